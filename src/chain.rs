@@ -1,0 +1,195 @@
+//! Backing chains: the files under a disk, top first, as qemu-img reports
+//! them, checked before anything acts on them, plus the identity of each file
+//! that tells whether its content may have changed since it was copied.
+
+use crate::error::{Error, Result};
+use crate::qemu_img::{self, ImageInfo};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What identifies a file's content without reading it: device, inode, size
+/// and modification time. Any write changes mtime; a file replaced under the
+/// same name changes inode. (ctime is left out on purpose: libvirt's DAC
+/// driver chowns images on every start and snapshot, which would force a
+/// full copy of unchanged bases.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceId {
+    /// st_dev.
+    pub dev: u64,
+    /// st_ino.
+    pub ino: u64,
+    /// st_size.
+    pub size: u64,
+    /// st_mtime in nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl SourceId {
+    /// Reads the identity of the file behind `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> SourceId {
+        SourceId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+
+    /// Reads the identity of the file at `path` (following symlinks).
+    pub fn read(path: &Path) -> Result<SourceId> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+        Ok(SourceId::of(&meta))
+    }
+}
+
+/// One file of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFile {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Image format.
+    pub format: String,
+    /// qcow2 cluster size; the header that `rebase -u` rewrites fits in one cluster.
+    pub cluster_size: Option<u64>,
+    /// Identity when the facts were gathered.
+    pub id: SourceId,
+}
+
+/// Reads and checks the chain below (and including) `top`, top first.
+pub fn read_chain(top: &Path) -> Result<Vec<ChainFile>> {
+    let infos = qemu_img::backing_chain(top)?;
+    let files = check_chain(top, &infos)?;
+    files
+        .into_iter()
+        .map(|(path, info)| {
+            let meta = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?;
+            if !meta.is_file() {
+                return Err(Error::Invalid(format!(
+                    "'{}' in the chain of '{}' is not a regular file",
+                    path.display(),
+                    top.display()
+                )));
+            }
+            Ok(ChainFile {
+                id: SourceId::of(&meta),
+                path,
+                format: info.format.clone(),
+                cluster_size: info.cluster_size,
+            })
+        })
+        .collect()
+}
+
+/// Checks what qemu-img said about a chain: every link is a plain absolute
+/// file path, names its format, and no file appears twice. Pure.
+pub fn check_chain<'a>(
+    top: &Path,
+    infos: &'a [ImageInfo],
+) -> Result<Vec<(PathBuf, &'a ImageInfo)>> {
+    let bad = |m: String| Error::Invalid(format!("chain of '{}': {m}", top.display()));
+    if infos.is_empty() {
+        return Err(bad("qemu-img reported no image".into()));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(infos.len());
+    for (i, info) in infos.iter().enumerate() {
+        let path = if i == 0 {
+            top.to_path_buf()
+        } else {
+            PathBuf::from(&info.filename)
+        };
+        if !path.is_absolute()
+            || info.filename.starts_with("json:")
+            || info.filename.contains("://")
+        {
+            return Err(bad(format!(
+                "'{}' is not a local file path (network and json: backings are not supported)",
+                info.filename
+            )));
+        }
+        if !seen.insert(path.clone()) {
+            return Err(bad(format!(
+                "'{}' appears twice: the chain loops",
+                path.display()
+            )));
+        }
+        let has_backing = info.backing_filename.is_some();
+        if has_backing && info.backing_format.is_none() {
+            return Err(bad(format!(
+                "'{}' names its backing file without a format; set one with qemu-img rebase -u -F",
+                path.display()
+            )));
+        }
+        if has_backing && info.format != "qcow2" {
+            return Err(bad(format!(
+                "'{}' is {} with a backing file; only qcow2 overlays are supported",
+                path.display(),
+                info.format
+            )));
+        }
+        let last = i + 1 == infos.len();
+        if has_backing == last {
+            return Err(bad(format!(
+                "qemu-img's chain is inconsistent at '{}' (backing file {})",
+                path.display(),
+                if has_backing { "missing" } else { "unexpected" }
+            )));
+        }
+        out.push((path, info));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, fmt: &str, backing: Option<&str>) -> ImageInfo {
+        ImageInfo {
+            filename: name.into(),
+            format: fmt.into(),
+            virtual_size: 1 << 20,
+            cluster_size: Some(65536),
+            backing_filename: backing.map(str::to_string),
+            full_backing_filename: backing.map(str::to_string),
+            backing_format: backing.map(|_| "qcow2".to_string()),
+            dirty: None,
+        }
+    }
+
+    #[test]
+    fn accepts_a_plain_chain() {
+        let infos = [
+            info("top", "qcow2", Some("/d/base")),
+            info("/d/base", "raw", None),
+        ];
+        let c = check_chain(Path::new("/d/top"), &infos).unwrap();
+        assert_eq!(c[0].0, Path::new("/d/top"));
+        assert_eq!(c[1].0, Path::new("/d/base"));
+    }
+
+    #[test]
+    fn rejects_loops_formatless_backings_and_raw_overlays() {
+        let looped = [
+            info("/d/a", "qcow2", Some("/d/a")),
+            info("/d/a", "qcow2", None),
+        ];
+        assert!(check_chain(Path::new("/d/a"), &looped)
+            .unwrap_err()
+            .to_string()
+            .contains("loops"));
+        let mut no_fmt = info("/d/a", "qcow2", Some("/d/b"));
+        no_fmt.backing_format = None;
+        let e = check_chain(Path::new("/d/a"), &[no_fmt, info("/d/b", "raw", None)]).unwrap_err();
+        assert!(e.to_string().contains("without a format"));
+        let raw_over = [info("/d/a", "raw", Some("/d/b")), info("/d/b", "raw", None)];
+        assert!(check_chain(Path::new("/d/a"), &raw_over).is_err());
+        let net = [
+            info("/d/a", "qcow2", Some("nbd://x")),
+            info("nbd://x", "raw", None),
+        ];
+        assert!(check_chain(Path::new("/d/a"), &net).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! The raw command line, as clap parses it. Nothing here is validated beyond
+//! what clap does; `config` turns it into what the program needs.
+//!
+//! Every fi-backup.sh 2.x command line parses here unchanged: the short flags,
+//! the underscore long forms (`--backup_dir`), and the domains as one
+//! space-separated argument, several arguments, or `all`. The dashed long
+//! forms (`--backup-dir`) are accepted too.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Online forward-incremental backups of libvirt/KVM virtual machines.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fi-backup",
+    version,
+    about = "Online forward-incremental backups of libvirt/KVM virtual machines",
+    long_about = "Online forward-incremental backups of libvirt/KVM virtual machines.\n\n\
+        For each domain, fi-backup takes one atomic external disk-only snapshot of all its \
+        disks; the files below the new overlays are then read-only and are copied into the \
+        backup directory, where their backing references are rewritten so that the directory \
+        stands on its own. Shut-off domains have their disks and chains copied.\n\n\
+        Command lines of fi-backup.sh 2.x work unchanged. The words list, restore and verify \
+        are reserved for subcommands; give a domain with one of those names after `--`.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Domains: one argument with names separated by spaces (\"dom1 dom2\"), several \
+        arguments, or `all` (every defined domain: running ones are snapshotted, shut-off ones \
+        copied)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The backup/consolidation run: fi-backup.sh's command line.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Copy the files below the new snapshot into DIR (one subdirectory per domain)
+    #[arg(
+        short = 'b',
+        long = "backup_dir",
+        visible_alias = "backup-dir",
+        value_name = "DIR"
+    )]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Consolidation only
+    #[arg(
+        short = 'c',
+        long = "consolidate_only",
+        visible_alias = "consolidate-only"
+    )]
+    pub consolidate_only: bool,
+
+    /// Snapshot, then consolidation
+    #[arg(
+        short = 'C',
+        long = "consolidate_and_snapshot",
+        visible_alias = "consolidate-and-snapshot"
+    )]
+    pub consolidate_and_snapshot: bool,
+
+    /// Consolidation method
+    #[arg(short = 'm', long = "method", value_enum, value_name = "METHOD")]
+    pub method: Option<MethodArg>,
+
+    /// Quiesce the guest's file systems (needs the qemu guest agent in the domain)
+    #[arg(short = 'q', long = "quiesce")]
+    pub quiesce: bool,
+
+    /// Save the domain's memory state into DIR together with the disk snapshot
+    #[arg(
+        short = 's',
+        long = "dump_state_dir",
+        visible_alias = "dump-state-dir",
+        value_name = "DIR"
+    )]
+    pub dump_state_dir: Option<PathBuf>,
+
+    /// Debug output ([DEB] lines; implies -v)
+    #[arg(short = 'd', long = "debug")]
+    pub debug: bool,
+
+    /// Back up all running domains (do not name domains)
+    #[arg(short = 'r', long = "all_running", visible_alias = "all-running")]
+    pub all_running: bool,
+
+    /// Verbose output ([VER] lines)
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+
+    /// Show what would be done, change nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+
+    /// libvirt connection URI
+    #[arg(
+        long = "connect",
+        value_name = "URI",
+        env = "FI_BACKUP_CONNECT",
+        default_value = "qemu:///system"
+    )]
+    pub connect: String,
+
+    /// Directory of the per-domain lock files
+    #[arg(
+        long = "lock-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_LOCK_DIR",
+        default_value = "/run/lock"
+    )]
+    pub lock_dir: PathBuf,
+
+    /// How many files are copied at once
+    #[arg(long = "copy-jobs", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub copy_jobs: u16,
+
+    /// Domains: "dom1 dom2", several arguments, or all
+    #[arg(value_name = "DOMAINS")]
+    pub domains: Vec<String>,
+}
+
+/// Consolidation methods, as fi-backup.sh names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Commit the chain into its base, then pivot to the base
+    Blockcommit,
+    /// Pull the chain into the top overlay
+    Blockpull,
+}
+
+/// Subcommands. The names are reserved: a domain called `list` is given after `--`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the restore points in a backup directory
+    List(ListArgs),
+    /// Restore a restore point (not built yet)
+    Restore,
+    /// Verify a backup directory (not built yet)
+    Verify,
+}
+
+/// Arguments of `fi-backup list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The backup directory given to -b
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        short = 'b',
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+    /// Only this domain
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domain: Option<String>,
+    /// Print JSON
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// The clap command, for the man page generator and tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

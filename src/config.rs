@@ -1,0 +1,202 @@
+//! Turns the raw command line into a validated `Config`: the option checks of
+//! fi-backup.sh (and a few more) live here, so that nothing is touched when
+//! the command line is wrong.
+
+use crate::cli::{MethodArg, RunArgs};
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// What a run does to each domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Snapshot (and copy with -b); shut-off domains are copied.
+    Backup,
+    /// -c: consolidation only.
+    ConsolidateOnly,
+    /// -C: snapshot, then consolidation.
+    SnapshotAndConsolidate,
+}
+
+/// How chains are consolidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Active commit into the base, then pivot.
+    BlockCommit,
+    /// Pull everything into the top overlay.
+    BlockPull,
+}
+
+/// Which domains a run covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// The domains named on the command line, in order, without duplicates.
+    Named(Vec<String>),
+    /// `all`: every defined domain.
+    All,
+    /// `-r`: every running domain.
+    AllRunning,
+}
+
+/// How much is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// [ERR], [WAR], [INF].
+    Normal,
+    /// -v: also [VER].
+    Verbose,
+    /// -d: also [DEB].
+    Debug,
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What to do.
+    pub action: Action,
+    /// Consolidation method (blockcommit unless -m says otherwise).
+    pub method: Method,
+    /// -q: quiesce through the guest agent.
+    pub quiesce: bool,
+    /// -s: where memory state goes.
+    pub dump_state_dir: Option<PathBuf>,
+    /// -b: the backup directory (absolute).
+    pub backup_dir: Option<PathBuf>,
+    /// Which domains.
+    pub selection: Selection,
+    /// Log level.
+    pub verbosity: Verbosity,
+    /// Where the per-domain lock files live.
+    pub lock_dir: PathBuf,
+    /// libvirt URI.
+    pub connect: String,
+    /// Print the plan, change nothing.
+    pub dry_run: bool,
+    /// Files copied at once.
+    pub copy_jobs: usize,
+}
+
+impl Config {
+    /// Validates the raw arguments. Errors here are usage errors: exit 2, nothing touched.
+    pub fn from_args(args: RunArgs) -> Result<Config> {
+        let verbosity = if args.debug {
+            Verbosity::Debug
+        } else if args.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        };
+        let action = match (args.consolidate_only, args.consolidate_and_snapshot) {
+            (true, true) => return usage("-c or -C already specified"),
+            (true, false) => Action::ConsolidateOnly,
+            (false, true) => Action::SnapshotAndConsolidate,
+            (false, false) => Action::Backup,
+        };
+        if action != Action::Backup {
+            if args.quiesce {
+                return usage("consolidation (-c | -C) and quiesce (-q) are not compatible");
+            }
+            if args.dump_state_dir.is_some() {
+                return usage("consolidation (-c | -C) and dump state (-s) are not compatible");
+            }
+        }
+        if args.dump_state_dir.is_some() && args.quiesce {
+            return usage("dump state (-s) and quiesce (-q) are not compatible");
+        }
+        let backup_dir = args
+            .backup_dir
+            .as_deref()
+            .map(|d| existing_dir(d, "backup directory"))
+            .transpose()?;
+        let dump_state_dir = args
+            .dump_state_dir
+            .as_deref()
+            .map(|d| existing_dir(d, "dump state directory"))
+            .transpose()?;
+        let selection = selection(args.all_running, &args.domains)?;
+        let method = match args.method {
+            Some(MethodArg::Blockpull) => Method::BlockPull,
+            Some(MethodArg::Blockcommit) | None => Method::BlockCommit,
+        };
+        Ok(Config {
+            action,
+            method,
+            quiesce: args.quiesce,
+            dump_state_dir,
+            backup_dir,
+            selection,
+            verbosity,
+            lock_dir: args.lock_dir,
+            connect: args.connect,
+            dry_run: args.dry_run,
+            copy_jobs: usize::from(args.copy_jobs),
+        })
+    }
+}
+
+fn usage<T>(message: &str) -> Result<T> {
+    Err(Error::Usage(message.to_string()))
+}
+
+/// A directory that must exist; returned absolute so that later steps do not
+/// depend on the working directory.
+fn existing_dir(dir: &Path, what: &str) -> Result<PathBuf> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => std::path::absolute(dir)
+            .map_err(|e| Error::io(format!("cannot resolve {what}"), dir, e)),
+        Ok(_) => usage(&format!("{what} '{}' is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            usage(&format!("{what} '{}' doesn't exist", dir.display()))
+        }
+        Err(e) => Err(Error::io(format!("cannot use {what}"), dir, e)),
+    }
+}
+
+/// Splits the domain arguments the way fi-backup.sh does ("dom1 dom2", several
+/// arguments, or `all`) and checks them against -r.
+fn selection(all_running: bool, raw: &[String]) -> Result<Selection> {
+    let mut names: Vec<String> = Vec::new();
+    for arg in raw {
+        for word in arg.split_whitespace() {
+            if !names.iter().any(|n| n == word) {
+                names.push(word.to_string());
+            }
+        }
+    }
+    if all_running {
+        if !names.is_empty() {
+            return usage("-r (all running domains) and domain names are mutually exclusive");
+        }
+        return Ok(Selection::AllRunning);
+    }
+    match names.as_slice() {
+        [] => usage("<domain name> is missing"),
+        [only] if only == "all" => Ok(Selection::All),
+        _ if names.iter().any(|n| n == "all") => {
+            usage("'all' cannot be combined with domain names")
+        }
+        _ => Ok(Selection::Named(names)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(words: &[&str]) -> Result<Selection> {
+        let raw: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        selection(false, &raw)
+    }
+
+    #[test]
+    fn domains_split_like_the_script() {
+        assert_eq!(
+            sel(&["a b", "c", "a"]).unwrap(),
+            Selection::Named(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(sel(&["all"]).unwrap(), Selection::All);
+        assert!(sel(&[]).is_err());
+        assert!(sel(&["all x"]).is_err());
+        assert!(selection(true, &["x".into()]).is_err());
+        assert_eq!(selection(true, &[]).unwrap(), Selection::AllRunning);
+    }
+}

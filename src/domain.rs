@@ -1,0 +1,160 @@
+//! Domain facts: the disks of a domain as its XML describes them, and which of
+//! them a disk-only snapshot can take. Pure parsing; the XML comes from libvirt
+//! through `libvirt`.
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+/// One `<disk>` of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFacts {
+    /// Target device (vda, sdb, hdc, ...).
+    pub target: String,
+    /// disk, cdrom, floppy, lun.
+    pub device: String,
+    /// file, block, network, volume, dir, nvme, ...
+    pub kind: String,
+    /// The source file, when there is one.
+    pub source: Option<PathBuf>,
+    /// The driver format (qcow2, raw, ...), when given.
+    pub format: Option<String>,
+    /// `<readonly/>`.
+    pub readonly: bool,
+    /// `<shareable/>`.
+    pub shareable: bool,
+}
+
+impl DiskFacts {
+    /// Why this disk is left out of the snapshot, or None when it is taken.
+    pub fn skip_reason(&self) -> Option<String> {
+        if self.device != "disk" {
+            return Some(format!("it is a {} drive", self.device));
+        }
+        if self.kind != "file" {
+            return Some(format!(
+                "its source is of type '{}' (only file-backed disks are backed up)",
+                self.kind
+            ));
+        }
+        if self.source.is_none() {
+            return Some("it has no source file (empty drive)".into());
+        }
+        if self.readonly {
+            return Some("it is read-only".into());
+        }
+        if self.shareable {
+            return Some("it is shareable (other domains may write to it)".into());
+        }
+        None
+    }
+}
+
+/// What the domain XML tells about a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainFacts {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: String,
+    /// Its disks, in XML order.
+    pub disks: Vec<DiskFacts>,
+}
+
+impl DomainFacts {
+    /// Disks that the snapshot takes.
+    pub fn eligible(&self) -> impl Iterator<Item = &DiskFacts> {
+        self.disks.iter().filter(|d| d.skip_reason().is_none())
+    }
+}
+
+/// Parses a domain XML document (as `virDomainGetXMLDesc` returns it).
+pub fn parse_domain_xml(xml: &str) -> Result<DomainFacts> {
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| Error::Invalid(format!("cannot parse the domain XML: {e}")))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("domain") {
+        return Err(Error::Invalid(format!(
+            "domain XML has root <{}>, expected <domain>",
+            root.tag_name().name()
+        )));
+    }
+    let text_of = |tag: &str| {
+        root.children()
+            .find(|n| n.has_tag_name(tag))
+            .and_then(|n| n.text())
+            .map(|t| t.trim().to_string())
+    };
+    let name = text_of("name").ok_or_else(|| Error::Invalid("domain XML has no <name>".into()))?;
+    let uuid = text_of("uuid").unwrap_or_default();
+    let mut disks = Vec::new();
+    if let Some(devices) = root.children().find(|n| n.has_tag_name("devices")) {
+        for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
+            disks.push(parse_disk(&name, disk)?);
+        }
+    }
+    Ok(DomainFacts { name, uuid, disks })
+}
+
+fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
+    let child = |tag: &str| disk.children().find(|n| n.has_tag_name(tag));
+    let target = child("target")
+        .and_then(|t| t.attribute("dev"))
+        .ok_or_else(|| Error::domain(domain, "a <disk> has no <target dev=...>"))?
+        .to_string();
+    let kind = disk.attribute("type").unwrap_or("file").to_string();
+    let source = child("source")
+        .and_then(|s| s.attribute("file"))
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from);
+    Ok(DiskFacts {
+        target,
+        device: disk.attribute("device").unwrap_or("disk").to_string(),
+        kind,
+        source,
+        format: child("driver")
+            .and_then(|d| d.attribute("type"))
+            .map(str::to_string),
+        readonly: child("readonly").is_some(),
+        shareable: child("shareable").is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='qemu'>
+      <name>web 1</name><uuid>0b3a</uuid>
+      <devices>
+        <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+          <source file='/v/a disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+        <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
+        <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>
+        <disk type='file' device='disk'><driver type='raw'/><source file='/v/s.raw'/>
+          <target dev='vdc'/><shareable/></disk>
+        <disk type='file' device='disk'><driver type='raw'/><source file='/v/r.raw'/>
+          <target dev='vdd'/></disk>
+      </devices></domain>"#;
+
+    #[test]
+    fn finds_disks_and_eligibility() {
+        let f = parse_domain_xml(XML).unwrap();
+        assert_eq!(f.name, "web 1");
+        assert_eq!(f.disks.len(), 5);
+        let eligible: Vec<_> = f.eligible().map(|d| d.target.as_str()).collect();
+        assert_eq!(eligible, ["vda", "vdd"]);
+        assert_eq!(
+            f.disks[0].source.as_deref(),
+            Some(std::path::Path::new("/v/a disk.qcow2"))
+        );
+        assert!(f.disks[1].skip_reason().unwrap().contains("cdrom"));
+        assert!(f.disks[2].skip_reason().unwrap().contains("block"));
+        assert!(f.disks[3].skip_reason().unwrap().contains("shareable"));
+    }
+
+    #[test]
+    fn rejects_non_domain_xml() {
+        assert!(parse_domain_xml("<network/>").is_err());
+        assert!(parse_domain_xml("<domain>").is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! The one error type. Every message is a sentence that names the thing that
+//! failed and, where it matters, the state that was left behind.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in fi-backup.
+#[derive(Debug)]
+pub enum Error {
+    /// The command line is wrong (bad combination, missing directory, ...).
+    Usage(String),
+    /// A libvirt call failed.
+    Libvirt { what: String, message: String },
+    /// A domain named on the command line does not exist.
+    NoSuchDomain(String),
+    /// An external program could not be started at all.
+    CommandStart { command: String, source: io::Error },
+    /// An external program ran and exited non-zero.
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// A file system operation failed on `path`.
+    Io {
+        what: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Another fi-backup run holds the domain's lock.
+    Locked { domain: String, lock: PathBuf },
+    /// Facts we read do not make sense (a loop in a chain, unparsable JSON, ...).
+    Invalid(String),
+    /// A domain cannot be handled as asked (no eligible disk, offline without -b, ...).
+    Domain { domain: String, message: String },
+}
+
+impl Error {
+    /// Wraps an I/O error with what we were doing and on which path.
+    pub fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Wraps a libvirt error with what we were doing.
+    pub fn libvirt(what: impl Into<String>, err: virt::error::Error) -> Error {
+        Error::Libvirt {
+            what: what.into(),
+            message: err.message().trim().to_string(),
+        }
+    }
+
+    /// An error about one domain.
+    pub fn domain(domain: &str, message: impl Into<String>) -> Error {
+        Error::Domain {
+            domain: domain.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// True when the user's input is at fault (exit code 2 rather than 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Usage(_) | Error::NoSuchDomain(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(m) => write!(f, "{m}"),
+            Error::Libvirt { what, message } => write!(f, "{what}: {message}"),
+            Error::NoSuchDomain(d) => write!(f, "domain '{d}' does not exist"),
+            Error::CommandStart { command, source } => {
+                write!(f, "could not start `{command}`: {source}")
+            }
+            Error::CommandFailed {
+                command,
+                status,
+                stderr,
+            } => {
+                write!(f, "`{command}` failed ({status})")?;
+                if !stderr.trim().is_empty() {
+                    write!(f, ": {}", stderr.trim())?;
+                }
+                Ok(())
+            }
+            Error::Io { what, path, source } => {
+                write!(f, "{what} '{}': {source}", path.display())
+            }
+            Error::Locked { domain, lock } => write!(
+                f,
+                "another fi-backup run holds the lock of domain '{domain}' ({}); skipping it",
+                lock.display()
+            ),
+            Error::Invalid(m) => write!(f, "{m}"),
+            Error::Domain { domain, message } => write!(f, "domain '{domain}': {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result with our error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,192 @@
+//! Runs a plan's steps in order. Thin: every decision was made by `plan`;
+//! this module performs the steps, logs each, and on failure says what state
+//! it left.
+
+use crate::copy::{self, Copied, CopyJob};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::libvirt::{Dom, SnapshotDisk};
+use crate::plan::{Plan, Step};
+use crate::record::Record;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What a run did to one domain.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Files copied.
+    pub copied: usize,
+    /// Bytes copied (file sizes).
+    pub bytes: u64,
+    /// Files reused from earlier runs.
+    pub reused: usize,
+    /// The restore point written, if any.
+    pub restore_point: Option<String>,
+    /// Overlays created by the snapshot.
+    pub overlays: usize,
+}
+
+/// Runs `plan` against domain `dom`, copying up to `jobs` files at once.
+pub fn execute(plan: &Plan, dom: &Dom, jobs: usize) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let mut copied: HashMap<String, Copied> = HashMap::new();
+    let mut snapshot_note = String::new();
+    for step in &plan.steps {
+        log::trace!("step for '{}': {step}", plan.domain);
+        let result = run_step(step, dom, jobs, &mut copied, &mut outcome);
+        if let Err(e) = result {
+            return Err(Error::domain(&plan.domain, format!("{e}{snapshot_note}")));
+        }
+        if let Step::Snapshot { disks, .. } = step {
+            let on: Vec<String> = disks
+                .iter()
+                .filter_map(|d| match d {
+                    SnapshotDisk::External { target, overlay } => {
+                        Some(format!("{target} on '{}'", overlay.display()))
+                    }
+                    SnapshotDisk::Skip { .. } => None,
+                })
+                .collect();
+            snapshot_note = format!(
+                " (the snapshot was taken and the domain runs on its new overlays: {}; \
+                 no restore point was recorded for {})",
+                on.join(", "),
+                plan.ts
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+fn run_step(
+    step: &Step,
+    dom: &Dom,
+    jobs: usize,
+    copied: &mut HashMap<String, Copied>,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    match step {
+        Step::Snapshot { disks, quiesce } => {
+            let started = Instant::now();
+            dom.snapshot_disks(disks, *quiesce)?;
+            outcome.overlays = disks
+                .iter()
+                .filter(|d| matches!(d, SnapshotDisk::External { .. }))
+                .count();
+            log::debug!(
+                "Snapshot for block devices of '{}' successful ({} ms)",
+                dom.name,
+                started.elapsed().as_millis()
+            );
+        }
+        Step::CreateDirs(dir) => dir.create()?,
+        Step::Reuse(files) => {
+            for (src, name, ts) in files {
+                log::debug!(
+                    "'{}' is unchanged since restore point {ts}: reusing '{name}'",
+                    src.display()
+                );
+            }
+            outcome.reused = files.len();
+        }
+        Step::Copy(list) => {
+            let done = copy_all(list, jobs)?;
+            for (job, c) in list.iter().zip(done) {
+                outcome.copied += 1;
+                outcome.bytes += c.size;
+                copied.insert(job.name.clone(), c);
+            }
+        }
+        Step::WriteXml { path, xml } => fsutil::write_once(path, xml.as_bytes())?,
+        Step::WriteRecord { path, draft } => {
+            let record = complete_record(draft, copied)?;
+            let mut text = serde_json::to_string_pretty(&record)
+                .map_err(|e| Error::Invalid(format!("cannot encode the record: {e}")))?;
+            text.push('\n');
+            fsutil::write_once(path, text.as_bytes())?;
+            outcome.restore_point = Some(record.restore_point.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Copies every job, up to `jobs` at once. If any copy fails, the copies this
+/// step published are removed again (no record names them) and the first
+/// error is returned.
+fn copy_all(list: &[CopyJob], jobs: usize) -> Result<Vec<Copied>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Copied>>>> =
+        Mutex::new((0..list.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, list.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = list.get(i) else { break };
+                let started = Instant::now();
+                let r = copy::copy(job);
+                if let Ok(c) = &r {
+                    let secs = started.elapsed().as_secs_f64().max(1e-6);
+                    log::debug!(
+                        "Copied '{}' to '{}' ({} bytes, {:.0} MB/s, blake3 {})",
+                        job.source.display(),
+                        job.dest_dir.join(&job.name).display(),
+                        c.size,
+                        c.size as f64 / secs / 1e6,
+                        &c.blake3[..16]
+                    );
+                }
+                results
+                    .lock()
+                    .expect("no copy thread panics while holding the lock")[i] = Some(r);
+            });
+        }
+    });
+    let results = results.into_inner().expect("copy threads have finished");
+    let mut done = Vec::with_capacity(list.len());
+    let mut first_error = None;
+    let mut published = Vec::new();
+    for (job, r) in list.iter().zip(results) {
+        match r.expect("every job ran") {
+            Ok(c) => {
+                published.push(job.dest_dir.join(&job.name));
+                done.push(c);
+            }
+            Err(e) => {
+                log::error!("copy of '{}' failed: {e}", job.source.display());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Only what this step published goes: no record names it yet.
+        for path in &published {
+            match std::fs::remove_file(path) {
+                Ok(()) => log::debug!(
+                    "removed '{}' (its run recorded no restore point)",
+                    path.display()
+                ),
+                Err(err) => log::warn!("could not remove '{}': {err}", path.display()),
+            }
+        }
+        return Err(e);
+    }
+    Ok(done)
+}
+
+/// Fills the copied files' sizes and checksums into the draft record.
+fn complete_record(draft: &Record, copied: &HashMap<String, Copied>) -> Result<Record> {
+    let mut record = draft.clone();
+    for f in &mut record.files {
+        if f.written_by == record.restore_point {
+            let c = copied.get(&f.name).ok_or_else(|| {
+                Error::Invalid(format!("internal: '{}' was planned but not copied", f.name))
+            })?;
+            f.size = c.size;
+            f.blake3 = c.blake3.clone();
+            f.source_id = c.source_id;
+        }
+    }
+    Ok(record)
+}

@@ -1,0 +1,118 @@
+//! Write-once files: a temporary file created exclusively with mode 0600,
+//! written and fsynced, then published under its final name with link(2),
+//! which fails rather than replace an existing file. Directories we create
+//! are 0700.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of temporary files; final names never start with a dot.
+pub const TEMP_PREFIX: &str = ".fi-tmp.";
+
+/// A temporary file that is removed on drop unless published.
+pub struct TempFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    published: bool,
+}
+
+impl TempFile {
+    /// Creates `dir/.fi-tmp.<hint>.<pid>.<n>` exclusively (O_EXCL, no symlink
+    /// followed), mode 0600.
+    pub fn create(dir: &Path, hint: &str) -> Result<TempFile> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let hint: String = hint.chars().take(80).collect();
+        let path = dir.join(format!("{TEMP_PREFIX}{hint}.{}.{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create temporary file", &path, e))?;
+        Ok(TempFile {
+            path,
+            file,
+            published: false,
+        })
+    }
+
+    /// fsyncs the data, then links it to `dir/name` (never replacing a file)
+    /// and removes the temporary name; then fsyncs the directory.
+    pub fn publish(mut self, final_path: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("cannot flush", &self.path, e))?;
+        std::fs::hard_link(&self.path, final_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Invalid(format!(
+                    "'{}' already exists; a backup file is never replaced",
+                    final_path.display()
+                ))
+            } else {
+                Error::io("cannot publish", final_path, e)
+            }
+        })?;
+        self.published = true;
+        std::fs::remove_file(&self.path)
+            .map_err(|e| Error::io("cannot remove temporary file", &self.path, e))?;
+        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// fsyncs a directory so that a new name in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("cannot flush directory", dir, e))
+}
+
+/// Creates `dir` (mode 0700) if it does not exist; an existing one must be a
+/// real directory, not a symlink.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Invalid(format!(
+            "'{}' exists and is not a directory (symlinks are not followed here)",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io("cannot create directory", dir, e))?;
+            sync_dir(dir.parent().unwrap_or(Path::new("/")))
+        }
+        Err(e) => Err(Error::io("cannot inspect", dir, e)),
+    }
+}
+
+/// Writes `bytes` to a new file `path` (0600, write-once).
+pub fn write_once(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let hint = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = TempFile::create(dir, &hint)?;
+    tmp.file
+        .write_all(bytes)
+        .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+    tmp.publish(path)
+}

@@ -1,0 +1,24 @@
+//! fi-backup: online forward-incremental backups of libvirt/KVM domains.
+//!
+//! Data flows facts -> plan -> execution: `libvirt`, `domain` and `chain`
+//! gather facts; `plan` turns them into steps; `exec` runs the steps with
+//! `copy`, `fsutil` and `qemu_img`. `sweep` drives a run over many domains.
+//! NUTSNBOLTS.md maps the modules in more words.
+
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod copy;
+pub mod domain;
+pub mod error;
+pub mod exec;
+pub mod fsutil;
+pub mod libvirt;
+pub mod list;
+pub mod lock;
+pub mod logging;
+pub mod naming;
+pub mod plan;
+pub mod qemu_img;
+pub mod record;
+pub mod sweep;

@@ -1,0 +1,100 @@
+//! `fi-backup list`: the restore points in a backup directory, oldest first,
+//! read from the records (a record that cannot be trusted is reported).
+
+use crate::cli::ListArgs;
+use crate::error::{Error, Result};
+use crate::record::{DomainDir, Index, Record};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Point<'a> {
+    domain: &'a str,
+    restore_point: &'a str,
+    taken_at: &'a str,
+    mode: crate::record::Mode,
+    bytes: u64,
+    disks: Vec<Disk<'a>>,
+    state_file: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Disk<'a> {
+    target: &'a str,
+    files: &'a [String],
+}
+
+/// Prints the restore points; Ok(false) when a record was not trusted.
+pub fn run(args: &ListArgs) -> Result<bool> {
+    let mut domains = Vec::new();
+    match &args.domain {
+        Some(d) => domains.push(d.clone()),
+        None => {
+            let entries = std::fs::read_dir(&args.backup_dir)
+                .map_err(|e| Error::io("cannot list backup directory", &args.backup_dir, e))?;
+            for e in entries {
+                let e = e.map_err(|e| Error::io("cannot list", &args.backup_dir, e))?;
+                if e.path().join("points").is_dir() {
+                    domains.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+            domains.sort();
+        }
+    }
+    let mut indexes = Vec::new();
+    let mut clean = true;
+    for d in &domains {
+        let index = Index::load(&DomainDir::new(&args.backup_dir, d)?)?;
+        for (path, why) in &index.rejected {
+            log::warn!("Record '{}' is not trusted: {why}", path.display());
+            clean = false;
+        }
+        indexes.push(index);
+    }
+    let points: Vec<Point> = indexes
+        .iter()
+        .flat_map(|i| i.records.iter())
+        .map(point)
+        .collect();
+    if args.json {
+        let text = serde_json::to_string_pretty(&points)
+            .map_err(|e| Error::Invalid(format!("cannot encode JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        for p in &points {
+            let disks: Vec<String> = p
+                .disks
+                .iter()
+                .map(|d| format!("{} ({} files)", d.target, d.files.len()))
+                .collect();
+            println!(
+                "{}\t{}\t{:?}\t{}\t{}\tmemory state: {}",
+                p.domain,
+                p.restore_point,
+                p.mode,
+                crate::sweep::human_bytes(p.bytes),
+                disks.join(", "),
+                if p.state_file.is_some() { "yes" } else { "no" }
+            );
+        }
+    }
+    Ok(clean)
+}
+
+fn point(r: &Record) -> Point<'_> {
+    Point {
+        domain: &r.domain,
+        restore_point: &r.restore_point,
+        taken_at: &r.taken_at,
+        mode: r.mode,
+        bytes: r.files.iter().map(|f| f.size).sum(),
+        disks: r
+            .disks
+            .iter()
+            .map(|d| Disk {
+                target: &d.target,
+                files: &d.chain,
+            })
+            .collect(),
+        state_file: r.state_file.as_deref(),
+    }
+}

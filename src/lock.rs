@@ -1,0 +1,68 @@
+//! One run at a time per domain: a non-blocking flock on
+//! `<lock dir>/fi-backup.<domain uuid>.lock`, opened without following
+//! symlinks. The lock is keyed by UUID so that a rename does not split it.
+//! The file is left in place on release: unlinking a lock file races with a
+//! run that has just opened it.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A held lock; released on drop (when the descriptor closes).
+#[derive(Debug)]
+pub struct DomainLock {
+    _file: File,
+    /// The lock file.
+    pub path: PathBuf,
+}
+
+/// Takes the lock of domain `name` (UUID `uuid`) or fails at once.
+pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock> {
+    let key = if uuid.is_empty() { name } else { uuid };
+    let path = lock_dir.join(format!("fi-backup.{key}.lock"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked {
+                domain: name.to_string(),
+                lock: path,
+            });
+        }
+        return Err(Error::io("cannot lock", &path, e));
+    }
+    Ok(DomainLock { _file: file, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_the_same_domain_fails() {
+        let dir = std::env::temp_dir().join(format!("fi-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = lock_domain(&dir, "d", "u-1").unwrap();
+        let second = lock_domain(&dir, "d", "u-1").unwrap_err();
+        assert!(second.to_string().contains("'d'"), "{second}");
+        assert!(lock_domain(&dir, "e", "u-2").is_ok());
+        drop(first);
+        assert!(lock_domain(&dir, "d", "u-1").is_ok());
+        let link = dir.join("fi-backup.u-3.lock");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert!(lock_domain(&dir, "f", "u-3").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

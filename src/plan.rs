@@ -1,0 +1,347 @@
+//! The backup plan: a pure function from gathered facts to a list of steps.
+//! Nothing here touches libvirt or the disk; `exec` runs the steps.
+//!
+//! Which file is copied and under which name is decided here: each disk's
+//! chain is walked from its base up; a file whose copy from an earlier run is
+//! still valid (same source identity, same backing copy) is reused, every
+//! other file gets a fresh, never-before-used name in images/.
+
+use crate::chain::{ChainFile, SourceId};
+use crate::copy::CopyJob;
+use crate::domain::{DiskFacts, DomainFacts};
+use crate::error::{Error, Result};
+use crate::libvirt::SnapshotDisk;
+use crate::naming;
+use crate::record::{DiskRecord, DomainDir, FileRecord, Index, Mode, Record, RECORD_VERSION};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A disk that will be backed up, with its chain (top first).
+#[derive(Debug, Clone)]
+pub struct DiskChain {
+    /// The disk.
+    pub disk: DiskFacts,
+    /// Its chain, top first.
+    pub chain: Vec<ChainFile>,
+}
+
+/// Everything the planner needs to know.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The domain.
+    pub domain: DomainFacts,
+    /// Running or paused.
+    pub active: bool,
+    /// The disks to back up, with their chains.
+    pub disks: Vec<DiskChain>,
+    /// Disks left out: target and reason.
+    pub skipped: Vec<(String, String)>,
+    /// The persistent domain XML, saved with the restore point.
+    pub domain_xml: String,
+    /// The backup directory of this domain and what it holds (with -b).
+    pub backup: Option<(DomainDir, Index)>,
+}
+
+/// Options of this run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The run's timestamp.
+    pub ts: String,
+    /// RFC 3339 time of the run.
+    pub taken_at: String,
+    /// -q.
+    pub quiesce: bool,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// One atomic disk-only snapshot.
+    Snapshot {
+        /// Every disk: new overlay or left out.
+        disks: Vec<SnapshotDisk>,
+        /// Quiesce through the guest agent.
+        quiesce: bool,
+    },
+    /// Create the domain's backup directories.
+    CreateDirs(DomainDir),
+    /// Copy these files (independent of each other: run in parallel).
+    Copy(Vec<CopyJob>),
+    /// Note files reused from earlier runs (nothing to do but say so).
+    Reuse(Vec<(PathBuf, String, String)>),
+    /// Write the domain XML.
+    WriteXml {
+        /// Where.
+        path: PathBuf,
+        /// The XML.
+        xml: String,
+    },
+    /// Write the record; sizes and checksums of copied files are filled in
+    /// from the copies.
+    WriteRecord {
+        /// Where.
+        path: PathBuf,
+        /// The record, complete but for the copied files' size and checksum.
+        draft: Record,
+    },
+}
+
+/// A domain's plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The domain.
+    pub domain: String,
+    /// The run's timestamp.
+    pub ts: String,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// Plans the backup of one domain.
+pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
+    let name = &facts.domain.name;
+    if facts.disks.is_empty() {
+        let why: Vec<String> = facts
+            .skipped
+            .iter()
+            .map(|(t, r)| format!("{t}: {r}"))
+            .collect();
+        return Err(Error::domain(
+            name,
+            format!(
+                "no disk can be backed up ({})",
+                if why.is_empty() {
+                    "it has no disks".into()
+                } else {
+                    why.join("; ")
+                }
+            ),
+        ));
+    }
+    if !facts.active && facts.backup.is_none() {
+        return Err(Error::domain(
+            name,
+            "is not running: a shut-off domain can only be backed up by copying its disks, which needs -b",
+        ));
+    }
+    let mut steps = Vec::new();
+    let mut overlays = HashMap::new();
+    if facts.active {
+        let mut disks = Vec::new();
+        for d in &facts.disks {
+            let overlay = naming::overlay_path(&d.chain[0].path, &opts.ts);
+            if let Some(other) = overlays.insert(overlay.clone(), d.disk.target.clone()) {
+                return Err(Error::domain(
+                    name,
+                    format!(
+                        "disks {other} and {} would both get the overlay '{}'",
+                        d.disk.target,
+                        overlay.display()
+                    ),
+                ));
+            }
+            disks.push(SnapshotDisk::External {
+                target: d.disk.target.clone(),
+                overlay,
+            });
+        }
+        for (target, _) in &facts.skipped {
+            disks.push(SnapshotDisk::Skip {
+                target: target.clone(),
+            });
+        }
+        steps.push(Step::Snapshot {
+            disks,
+            quiesce: opts.quiesce,
+        });
+    }
+    if let Some((dir, existing)) = &facts.backup {
+        steps.extend(plan_copies(facts, opts, dir, existing, &overlays)?);
+    }
+    Ok(Plan {
+        domain: name.clone(),
+        ts: opts.ts.clone(),
+        steps,
+    })
+}
+
+/// The copy, XML and record steps.
+fn plan_copies(
+    facts: &Facts,
+    opts: &Options,
+    dir: &DomainDir,
+    existing: &Index,
+    overlays: &HashMap<PathBuf, String>,
+) -> Result<Vec<Step>> {
+    let mut taken: HashSet<String> = existing.names.keys().cloned().collect();
+    // Source path -> (name in images/, format), for files already placed in this run.
+    let mut placed: HashMap<PathBuf, (String, String)> = HashMap::new();
+    let mut jobs = Vec::new();
+    let mut reused = Vec::new();
+    let mut files: Vec<FileRecord> = Vec::new();
+    let mut disks = Vec::new();
+    for d in &facts.disks {
+        let mut parent: Option<(String, String)> = None;
+        let mut chain_names = Vec::new();
+        for (depth, file) in d.chain.iter().enumerate().rev() {
+            let is_live_top = facts.active && depth == 0;
+            let placed_name = if let Some(p) = placed.get(&file.path) {
+                p.0.clone()
+            } else if let Some(fr) = (!is_live_top)
+                .then(|| {
+                    reusable(
+                        existing,
+                        &file.path,
+                        &file.id,
+                        parent.as_ref().map(|p| p.0.as_str()),
+                    )
+                })
+                .flatten()
+            {
+                reused.push((file.path.clone(), fr.name.clone(), fr.written_by.clone()));
+                files.push(fr.clone());
+                fr.name.clone()
+            } else {
+                let source_name = file_name(&file.path);
+                let new = naming::free_backup_name(&source_name, &opts.ts, &taken);
+                taken.insert(new.clone());
+                jobs.push(CopyJob {
+                    source: file.path.clone(),
+                    format: file.format.clone(),
+                    cluster_size: file.cluster_size,
+                    dest_dir: dir.images(),
+                    name: new.clone(),
+                    backing: parent.clone(),
+                    expected_id: (!is_live_top).then_some(file.id),
+                });
+                files.push(FileRecord {
+                    name: new.clone(),
+                    format: file.format.clone(),
+                    size: 0,
+                    blake3: String::new(),
+                    backing: parent.as_ref().map(|p| p.0.clone()),
+                    backing_format: parent.as_ref().map(|p| p.1.clone()),
+                    source: file.path.to_string_lossy().into_owned(),
+                    source_id: file.id,
+                    written_by: opts.ts.clone(),
+                });
+                new
+            };
+            placed.insert(
+                file.path.clone(),
+                (placed_name.clone(), file.format.clone()),
+            );
+            chain_names.push(placed_name.clone());
+            parent = Some((placed_name, file.format.clone()));
+        }
+        chain_names.reverse();
+        let top = &d.chain[0];
+        disks.push(DiskRecord {
+            target: d.disk.target.clone(),
+            source: top.path.to_string_lossy().into_owned(),
+            format: top.format.clone(),
+            chain: chain_names,
+            overlay: overlays
+                .iter()
+                .find(|(_, t)| **t == d.disk.target)
+                .map(|(p, _)| p.to_string_lossy().into_owned()),
+        });
+    }
+    let xml_path = dir.xml_path(&opts.ts);
+    let draft = Record {
+        fi_backup_record: RECORD_VERSION,
+        domain: facts.domain.name.clone(),
+        uuid: facts.domain.uuid.clone(),
+        restore_point: opts.ts.clone(),
+        taken_at: opts.taken_at.clone(),
+        mode: if facts.active {
+            Mode::Live
+        } else {
+            Mode::Offline
+        },
+        quiesced: facts.active && opts.quiesce,
+        domain_xml: file_name(&xml_path),
+        state_file: None,
+        disks,
+        files,
+    };
+    let mut steps = vec![Step::CreateDirs(dir.clone())];
+    if !reused.is_empty() {
+        steps.push(Step::Reuse(reused));
+    }
+    if !jobs.is_empty() {
+        steps.push(Step::Copy(jobs));
+    }
+    steps.push(Step::WriteXml {
+        path: xml_path,
+        xml: facts.domain_xml.clone(),
+    });
+    steps.push(Step::WriteRecord {
+        path: dir.record_path(&opts.ts),
+        draft,
+    });
+    Ok(steps)
+}
+
+/// The newest earlier copy of `source` that can serve again: same source
+/// identity, same backing copy, and still present in images/ at its size.
+fn reusable<'a>(
+    existing: &'a Index,
+    source: &Path,
+    id: &SourceId,
+    backing: Option<&str>,
+) -> Option<&'a FileRecord> {
+    let source = source.to_string_lossy();
+    existing.files().rev().find(|f| {
+        f.source == source
+            && f.source_id == *id
+            && f.backing.as_deref() == backing
+            && existing.names.get(&f.name) == Some(&f.size)
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Snapshot { disks, quiesce } => {
+                write!(f, "snapshot{}:", if *quiesce { " (quiesced)" } else { "" })?;
+                for d in disks {
+                    match d {
+                        SnapshotDisk::External { target, overlay } => {
+                            write!(f, " {target} -> '{}'", overlay.display())?
+                        }
+                        SnapshotDisk::Skip { target } => write!(f, " {target} left out")?,
+                    }
+                }
+                Ok(())
+            }
+            Step::CreateDirs(d) => write!(f, "create '{}'", d.root.display()),
+            Step::Copy(jobs) => {
+                write!(f, "copy {} file(s):", jobs.len())?;
+                for j in jobs {
+                    write!(f, " '{}' -> '{}'", j.source.display(), j.name)?;
+                    if let Some((b, _)) = &j.backing {
+                        write!(f, " (backing '{b}')")?;
+                    }
+                }
+                Ok(())
+            }
+            Step::Reuse(files) => {
+                write!(f, "reuse {} unchanged file(s):", files.len())?;
+                for (src, name, ts) in files {
+                    write!(f, " '{}' = '{name}' (from {ts})", src.display())?;
+                }
+                Ok(())
+            }
+            Step::WriteXml { path, .. } => write!(f, "write domain XML '{}'", path.display()),
+            Step::WriteRecord { path, .. } => write!(f, "write record '{}'", path.display()),
+        }
+    }
+}

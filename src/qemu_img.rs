@@ -1,0 +1,164 @@
+//! The one place that runs qemu-img. Every call is logged at [DEB] with its
+//! full command line; "not installed", "could not start" and "ran and failed"
+//! are different errors, and a failure carries qemu-img's stderr. No shell is
+//! involved: paths go to qemu-img as separate arguments.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// One image of a backing chain, as `qemu-img info --output=json` reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The image's file name (absolute when we asked with an absolute path).
+    pub filename: String,
+    /// qcow2, raw, ...
+    pub format: String,
+    /// Guest-visible size in bytes.
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    /// qcow2 cluster size (absent for raw).
+    #[serde(rename = "cluster-size", default)]
+    pub cluster_size: Option<u64>,
+    /// The backing reference exactly as written in the image.
+    #[serde(rename = "backing-filename", default)]
+    pub backing_filename: Option<String>,
+    /// The backing reference resolved against the image's directory.
+    #[serde(rename = "full-backing-filename", default)]
+    pub full_backing_filename: Option<String>,
+    /// The backing format recorded in the image.
+    #[serde(rename = "backing-filename-format", default)]
+    pub backing_format: Option<String>,
+    /// Set when the image was not closed cleanly.
+    #[serde(rename = "dirty-flag", default)]
+    pub dirty: Option<bool>,
+}
+
+/// Finds the qemu-img binary.
+pub fn program() -> Result<PathBuf> {
+    which::which("qemu-img").map_err(|_| {
+        Error::Invalid("qemu-img not found in PATH (install the qemu-utils package)".into())
+    })
+}
+
+/// Runs qemu-img with `args`; returns its stdout.
+pub fn run(args: &[OsString]) -> Result<String> {
+    let program = program()?;
+    let shown = show_command(&program, args);
+    log::trace!("running {shown}");
+    let output = duct::cmd(&program, args)
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .map_err(|source| Error::CommandStart {
+            command: shown.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::CommandFailed {
+            command: shown,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    String::from_utf8(output.stdout)
+        .map_err(|_| Error::Invalid(format!("`{shown}` printed output that is not UTF-8")))
+}
+
+/// A command line for messages: arguments with spaces or quotes are quoted.
+fn show_command(program: &Path, args: &[OsString]) -> String {
+    let mut s = program.display().to_string();
+    for a in args {
+        let a = a.to_string_lossy();
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+            s.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// The backing chain of `image`, top first. `-U` because a running QEMU holds
+/// the images open.
+pub fn backing_chain(image: &Path) -> Result<Vec<ImageInfo>> {
+    let mut args = os(&["info", "-U", "--output=json", "--backing-chain"]);
+    args.push(image.into());
+    let out = run(&args)?;
+    parse_chain_json(&out).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read qemu-img's description of '{}': {e}",
+            image.display()
+        ))
+    })
+}
+
+/// Parses `qemu-img info --backing-chain --output=json`, which is an array
+/// (or a single object for a one-image chain on some versions).
+pub fn parse_chain_json(text: &str) -> std::result::Result<Vec<ImageInfo>, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<ImageInfo>),
+        One(ImageInfo),
+    }
+    Ok(match serde_json::from_str::<OneOrMany>(text)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(i) => vec![i],
+    })
+}
+
+/// Rewrites `image`'s backing reference to `backing` (a name relative to the
+/// image's directory) of format `backing_format`, without touching data.
+pub fn rebase_unsafe(image: &Path, backing: &str, backing_format: &str) -> Result<()> {
+    let mut args = os(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-F",
+        backing_format,
+        "-b",
+        backing,
+    ]);
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_two_image_chain() {
+        let text = r#"[{"virtual-size": 67108864, "filename": "/a/top", "cluster-size": 65536,
+            "format": "qcow2", "backing-filename": "base.qcow2",
+            "full-backing-filename": "/a/base.qcow2", "backing-filename-format": "qcow2",
+            "dirty-flag": false},
+           {"virtual-size": 67108864, "filename": "/a/base.qcow2", "format": "raw"}]"#;
+        let chain = parse_chain_json(text).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(
+            chain[0].full_backing_filename.as_deref(),
+            Some("/a/base.qcow2")
+        );
+        assert_eq!(chain[1].format, "raw");
+        assert_eq!(chain[1].backing_filename, None);
+    }
+
+    #[test]
+    fn quotes_arguments_with_spaces() {
+        let s = show_command(
+            Path::new("/usr/bin/qemu-img"),
+            &os(&["info", "a b", "it's"]),
+        );
+        assert_eq!(s, "/usr/bin/qemu-img info 'a b' 'it'\\''s'");
+    }
+}
