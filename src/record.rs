@@ -156,8 +156,10 @@ impl Index {
     /// a record that does not parse or does not match its file name is
     /// rejected (reported, never trusted).
     pub fn load(dir: &DomainDir) -> Result<Index> {
-        let mut index = Index::default();
-        index.names = list_names(&dir.images())?;
+        let mut index = Index {
+            names: list_names(&dir.images())?,
+            ..Index::default()
+        };
         let mut paths: Vec<PathBuf> = list_names(&dir.points())?
             .into_keys()
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
@@ -171,6 +173,11 @@ impl Index {
             }
         }
         Ok(index)
+    }
+
+    /// Every file record of every valid record, oldest run first.
+    pub fn files(&self) -> impl DoubleEndedIterator<Item = &FileRecord> {
+        self.records.iter().flat_map(|r| r.files.iter())
     }
 }
 
@@ -309,12 +316,5 @@ mod tests {
         let mut r = record();
         r.disks[0].chain = vec!["../x".into()];
         assert!(check_record(&r, p).is_err());
-    }
-}
-
-impl Index {
-    /// Every file record of every valid record, oldest run first.
-    pub fn files(&self) -> impl DoubleEndedIterator<Item = &FileRecord> {
-        self.records.iter().flat_map(|r| r.files.iter())
     }
 }

@@ -1,0 +1,375 @@
+//! Backup scenarios on the real stack: data written into guest disks is read
+//! back from the backup directory's chains.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+/// Two disks (one path with spaces), two runs with writes before each; every
+/// restore point reads exactly its own data, after the directory is moved.
+#[test]
+fn two_disks_two_runs_restore_points_read_back_after_moving() {
+    let mut s = Scenario::new("twodisks");
+    let dom = s.start(
+        "vm",
+        "images with spaces",
+        &[
+            DiskSpec::qcow2("a disk.qcow2", "vda"),
+            DiskSpec::qcow2("b.qcow2", "vdb"),
+        ],
+    );
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+
+    guest_write(&dom, 0, 0xa1, 1);
+    guest_write(&dom, 1, 0xb1, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0xa2, 1); // overwrites 0xa1 after the first point
+    guest_write(&dom, 1, 0xb2, 2);
+    let log = s.fi_ok(&["--backup-dir", b, &dom]);
+    assert!(log.contains("2 unchanged file(s) reused"), "{log}");
+
+    // The live domain runs on the second run's overlays.
+    let live = live_sources(&dom);
+    assert!(
+        live.iter().all(|(_, src)| src.contains(".bimg-")),
+        "{live:?}"
+    );
+
+    let moved = s.root.join("moved");
+    std::fs::rename(&backup, &moved).unwrap();
+    let recs = records(&moved, &dom);
+    assert_eq!(recs.len(), 2);
+    let p1a = record_top(&moved, &dom, &recs[0], "vda");
+    let p1b = record_top(&moved, &dom, &recs[0], "vdb");
+    let p2a = record_top(&moved, &dom, &recs[1], "vda");
+    let p2b = record_top(&moved, &dom, &recs[1], "vdb");
+    assert_image(&p1a, "qcow2", &[(0xa1, 1), (0, 2)]);
+    assert_image(&p1b, "qcow2", &[(0xb1, 1), (0, 2)]);
+    assert_image(&p2a, "qcow2", &[(0xa2, 1)]);
+    assert_image(&p2b, "qcow2", &[(0xb1, 1), (0xb2, 2)]);
+
+    // Chains resolve inside the moved directory, by relative names.
+    let chain = chain_names(&p2a);
+    assert_eq!(chain.len(), 2);
+    assert!(
+        chain.iter().all(|f| !f.contains("images with spaces")),
+        "{chain:?}"
+    );
+    assert!(chain[1].starts_with(moved.to_str().unwrap()), "{chain:?}");
+
+    // Every checksum in the record is the BLAKE3 of the file as it stands.
+    for rec in &recs {
+        for f in rec["files"].as_array().unwrap() {
+            let path = moved
+                .join(&dom)
+                .join("images")
+                .join(f["name"].as_str().unwrap());
+            assert_eq!(
+                blake3_file(&path),
+                f["blake3"].as_str().unwrap(),
+                "{}",
+                path.display()
+            );
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                f["size"].as_u64().unwrap()
+            );
+        }
+    }
+}
+
+/// Backup files and records are 0600, directories 0700; a file written once
+/// is never modified by a later run.
+#[test]
+fn modes_and_write_once_across_runs() {
+    let mut s = Scenario::new("modes");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x11, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    let before: Vec<_> = tree(&backup.join(&dom))
+        .into_iter()
+        .filter(|(p, _)| p.is_file())
+        .map(|(p, _)| {
+            let m = std::fs::metadata(&p).unwrap();
+            (
+                p.clone(),
+                blake3_file(&p),
+                std::os::unix::fs::MetadataExt::ino(&m),
+            )
+        })
+        .collect();
+    guest_write(&dom, 0, 0x22, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x33, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    for (p, hash, ino) in &before {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!(&blake3_file(p), hash, "{} changed", p.display());
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&m),
+            *ino,
+            "{} replaced",
+            p.display()
+        );
+    }
+    for (p, mode) in tree(&backup.join(&dom)) {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} has mode {mode:o}", p.display());
+    }
+    assert_eq!(
+        std::fs::metadata(backup.join(&dom))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    // Three restore points, no temporary files left.
+    assert_eq!(records(&backup, &dom).len(), 3);
+    assert!(tree(&backup)
+        .iter()
+        .all(|(p, _)| !p.to_string_lossy().contains(".fi-tmp")));
+}
+
+/// A base that changes under its name (an admin's blockcommit here) goes in
+/// under a new name; older restore points keep reading their own data.
+#[test]
+fn changed_base_gets_a_new_name_and_old_points_survive() {
+    let mut s = Scenario::new("newbase");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("base.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x01, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x02, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    // Consolidate by hand: everything back into base.qcow2, which now changes.
+    virsh(&["blockcommit", &dom, "vda", "--active", "--pivot", "--wait"]);
+    guest_write(&dom, 0, 0x03, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    let recs = records(&backup, &dom);
+    assert_eq!(recs.len(), 3);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x01, 0)],
+    );
+    assert_image(
+        &record_top(&backup, &dom, &recs[1], "vda"),
+        "qcow2",
+        &[(0x02, 0)],
+    );
+    assert_image(
+        &record_top(&backup, &dom, &recs[2], "vda"),
+        "qcow2",
+        &[(0x03, 0)],
+    );
+    let third_chain = recs[2]["disks"][0]["chain"].as_array().unwrap();
+    let base_name = third_chain.last().unwrap().as_str().unwrap();
+    assert!(base_name.starts_with("base.qcow2.gen-"), "{third_chain:?}");
+    let first_base = recs[0]["disks"][0]["chain"][0].as_str().unwrap();
+    assert_eq!(first_base, "base.qcow2");
+}
+
+/// A shut-off domain with a chain of its own is copied whole, rebased inside
+/// the backup directory; after it ran and changed, the next copy of its top
+/// gets a new name and the first restore point still reads the old data.
+#[test]
+fn offline_domain_chain_is_copied_and_write_once_holds() {
+    let mut s = Scenario::new("offline");
+    let img = s.dir("img");
+    let base = img.join("base.qcow2");
+    let top = img.join("top.qcow2");
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x51 0 1M",
+            base.to_str().unwrap(),
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            top.to_str().unwrap(),
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x52 1M 1M",
+            top.to_str().unwrap(),
+        ],
+    );
+    let dom = s.define("vm", "img", &[DiskSpec::qcow2("top.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+
+    // Without -b a shut-off domain is an error for that domain.
+    let out = s.fi(&[&dom]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs -b"));
+
+    s.fi_ok(&["-b", b, &dom]);
+    let recs = records(&backup, &dom);
+    assert_eq!(recs[0]["mode"], "offline");
+    let p1 = record_top(&backup, &dom, &recs[0], "vda");
+    assert_image(&p1, "qcow2", &[(0x51, 0), (0x52, 1)]);
+    assert_eq!(chain_names(&p1).len(), 2);
+    // The domain's own files are untouched: same chain, no overlay.
+    assert_eq!(live_sources(&dom)[0].1, top.to_str().unwrap());
+    assert_eq!(std::fs::read_dir(&img).unwrap().count(), 2);
+
+    // Nothing changed: a second run copies nothing.
+    let log = s.fi_ok(&["-v", "-b", b, &dom]);
+    assert!(log.contains("0 file(s) copied"), "{log}");
+
+    // The domain runs and writes, then is shut off again.
+    virsh(&["start", &dom]);
+    guest_write(&dom, 0, 0x53, 1);
+    virsh(&["destroy", &dom]);
+    s.fi_ok(&["-b", b, &dom]);
+    let recs = records(&backup, &dom);
+    assert_eq!(recs.len(), 3);
+    let p3 = record_top(&backup, &dom, &recs[2], "vda");
+    assert!(p3
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("top.qcow2.gen-"));
+    assert_image(&p3, "qcow2", &[(0x51, 0), (0x53, 1)]);
+    assert_image(&p1, "qcow2", &[(0x51, 0), (0x52, 1)]);
+}
+
+/// A raw disk is snapshotted with a qcow2 overlay and copied; a CD-ROM is
+/// left out with a warning that says why.
+#[test]
+fn raw_disk_and_cdrom() {
+    let mut s = Scenario::new("rawcd");
+    let dom = s.start(
+        "vm",
+        "img",
+        &[DiskSpec::raw("r.raw", "vda"), DiskSpec::cdrom("hdc")],
+    );
+    let backup = s.dir("backup");
+    guest_write(&dom, 0, 0x7e, 3);
+    let log = s.fi_ok(&["-b", backup.to_str().unwrap(), &dom]);
+    assert!(
+        log.contains("[WAR] Disk hdc") && log.contains("cdrom"),
+        "{log}"
+    );
+    let recs = records(&backup, &dom);
+    let disks = recs[0]["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1);
+    assert_eq!(disks[0]["format"], "raw");
+    let copy = record_top(&backup, &dom, &recs[0], "vda");
+    assert_image(&copy, "raw", &[(0x7e, 3), (0, 0)]);
+    let live = live_sources(&dom);
+    assert!(live[0].1.contains("/r.bimg-"), "{live:?}");
+    // The copy is as sparse as the source: 64 MiB raw holding 1 MiB of data.
+    let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&copy).unwrap()) * 512;
+    assert!(used < 8 << 20, "copy uses {used} bytes");
+}
+
+/// Several domains in one run, given as one argument and as several; one of
+/// them fails (shut off, no -b) and the others still succeed; the summary
+/// names the failed one and the exit status is non-zero.
+#[test]
+fn sweep_goes_on_after_a_failed_domain() {
+    let mut s = Scenario::new("sweep");
+    let d1 = s.start("one", "img1", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let d2 = s.start("two", "img2", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let d3 = s.define("off", "img3", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    guest_write(&d1, 0, 0x01, 0);
+    guest_write(&d2, 0, 0x02, 0);
+
+    // Without -b, running domains are snapshotted and the shut-off one fails.
+    let joined = format!("{d1} {d3}");
+    let out = s.fi(&[&joined, &d2]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("1 of 3 domain(s) failed: {d3}")),
+        "{log}"
+    );
+    for d in [&d1, &d2] {
+        assert!(
+            live_sources(d)[0].1.contains(".bimg-"),
+            "{d} was not snapshotted"
+        );
+    }
+
+    // With -b all three succeed; images with the same basename do not collide.
+    let backup = s.dir("backup");
+    s.fi_ok(&["-b", backup.to_str().unwrap(), &joined, &d2]);
+    assert_image(
+        &record_top(&backup, &d1, &records(&backup, &d1)[0], "vda"),
+        "qcow2",
+        &[(0x01, 0)],
+    );
+    assert_image(
+        &record_top(&backup, &d2, &records(&backup, &d2)[0], "vda"),
+        "qcow2",
+        &[(0x02, 0)],
+    );
+    assert_eq!(records(&backup, &d3).len(), 1);
+}
+
+/// A second run on a locked domain skips it with an error naming it, and
+/// changes nothing.
+#[test]
+fn second_run_is_locked_out() {
+    let mut s = Scenario::new("locked");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let uuid = virsh(&["domuuid", &dom]).trim().to_string();
+    let _held = fi_backup::lock::lock_domain(&s.root.join("locks"), &dom, &uuid).unwrap();
+    let backup = s.dir("backup");
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("lock of domain '{dom}'")), "{log}");
+    assert_eq!(
+        std::fs::read_dir(s.root.join("img")).unwrap().count(),
+        1,
+        "an overlay was made"
+    );
+    assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0);
+}
+
+/// --dry-run prints the plan and changes nothing.
+#[test]
+fn dry_run_changes_nothing() {
+    let mut s = Scenario::new("dry");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let log = s.fi_ok(&["--dry-run", "-b", backup.to_str().unwrap(), &dom]);
+    assert!(
+        log.contains("would snapshot") && log.contains("would copy 1 file"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read_dir(s.root.join("img")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0);
+    assert!(live_sources(&dom)[0].1.ends_with("d.qcow2"));
+}

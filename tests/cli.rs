@@ -1,0 +1,136 @@
+//! Command-line errors: each is a clear message naming the thing, a non-zero
+//! exit, and no change anywhere (no overlay, nothing in the backup directory).
+
+mod common;
+
+use common::*;
+
+#[test]
+fn bad_command_lines_are_refused_and_change_nothing() {
+    let mut s = Scenario::new("badargs");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let state = s.dir("state");
+    let st = state.to_str().unwrap();
+    let missing = s.root.join("no such dir");
+    let m = missing.to_str().unwrap();
+    let file = s.root.join("a file");
+    std::fs::write(&file, "x").unwrap();
+    let f = file.to_str().unwrap();
+    let ghost = s.dom_name("ghost");
+
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["-c", "-q", &dom],
+            "consolidation (-c | -C) and quiesce (-q) are not compatible".to_string(),
+        ),
+        (
+            vec!["-C", "-q", &dom],
+            "consolidation (-c | -C) and quiesce (-q) are not compatible".to_string(),
+        ),
+        (
+            vec!["-c", "-s", st, &dom],
+            "consolidation (-c | -C) and dump state (-s) are not compatible".to_string(),
+        ),
+        (
+            vec!["-C", "-s", st, &dom],
+            "consolidation (-c | -C) and dump state (-s) are not compatible".to_string(),
+        ),
+        (
+            vec!["-c", "-C", &dom],
+            "-c or -C already specified".to_string(),
+        ),
+        (
+            vec!["-s", st, "-q", &dom],
+            "dump state (-s) and quiesce (-q) are not compatible".to_string(),
+        ),
+        (
+            vec!["-r", &dom],
+            "-r (all running domains) and domain names are mutually exclusive".to_string(),
+        ),
+        (
+            vec!["-b", m, &dom],
+            format!("backup directory '{m}' doesn't exist"),
+        ),
+        (
+            vec!["-b", f, &dom],
+            format!("backup directory '{f}' is not a directory"),
+        ),
+        (
+            vec!["-s", m, &dom],
+            format!("dump state directory '{m}' doesn't exist"),
+        ),
+        (
+            vec!["-m", "blockmerge", "-c", &dom],
+            "blockmerge".to_string(),
+        ),
+        (vec!["-b", b], "<domain name> is missing".to_string()),
+        (
+            vec!["-b", b, &ghost],
+            format!("domain '{ghost}' does not exist"),
+        ),
+        (
+            vec!["-b", b, &dom, &ghost],
+            format!("domain '{ghost}' does not exist"),
+        ),
+        (
+            vec!["--no-such-option", &dom],
+            "--no-such-option".to_string(),
+        ),
+        (vec!["restore"], "reserved".to_string()),
+    ];
+    for (args, message) in &cases {
+        let out = s.fi(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(message),
+            "{args:?}: expected {message:?} in:\n{err}"
+        );
+    }
+    // Nothing anywhere changed: no overlay, backup and state directories empty,
+    // and the domain still runs on its own image.
+    assert_eq!(std::fs::read_dir(s.root.join("img")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+}
+
+#[test]
+fn script_long_options_and_dashed_forms_parse() {
+    use clap::Parser;
+    use fi_backup::cli::Cli;
+    for argv in [
+        vec![
+            "fi-backup",
+            "--backup_dir",
+            "/x",
+            "--verbose",
+            "--debug",
+            "a b",
+            "c",
+        ],
+        vec!["fi-backup", "--backup-dir=/x", "--all_running"],
+        vec![
+            "fi-backup",
+            "--consolidate_only",
+            "--method",
+            "blockpull",
+            "all",
+        ],
+        vec![
+            "fi-backup",
+            "--consolidate-and-snapshot",
+            "--method=blockcommit",
+            "d",
+        ],
+        vec!["fi-backup", "--quiesce", "--dump_state_dir", "/s", "d"],
+        vec!["fi-backup", "-b", "/x", "--", "list"],
+    ] {
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        assert!(cli.command.is_none(), "{argv:?} parsed as a subcommand");
+    }
+    let cli = Cli::try_parse_from(["fi-backup", "-b", "/x", "--", "list"]).unwrap();
+    assert_eq!(cli.run.domains, ["list"]);
+}
