@@ -373,3 +373,38 @@ fn dry_run_changes_nothing() {
     assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0);
     assert!(live_sources(&dom)[0].1.ends_with("d.qcow2"));
 }
+
+/// -q on a domain without a guest agent fails that domain with a message
+/// saying so, and changes nothing: no overlay, no copy, no record.
+#[test]
+fn quiesce_without_agent_fails_and_changes_nothing() {
+    let mut s = Scenario::new("noagent");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let out = s.fi(&["-q", "-b", backup.to_str().unwrap(), &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("guest agent"), "{log}");
+    assert_eq!(std::fs::read_dir(s.root.join("img")).unwrap().count(), 1);
+    assert!(
+        tree(&backup).iter().all(|(p, _)| p.is_dir()),
+        "{:?}",
+        tree(&backup)
+    );
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+}
+
+/// A domain whose only drive is a CD-ROM has nothing to back up: an error
+/// that says why.
+#[test]
+fn domain_without_eligible_disk_fails_clearly() {
+    let mut s = Scenario::new("nodisk");
+    let dom = s.start("vm", "img", &[DiskSpec::cdrom("hdc")]);
+    let out = s.fi(&[&dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("no disk can be backed up (hdc: it is a cdrom drive)"),
+        "{log}"
+    );
+}
