@@ -115,6 +115,29 @@ pub struct RunArgs {
     )]
     pub lock_dir: PathBuf,
 
+    /// Directory of fi-backup's own state (the ledger of the overlays it created)
+    #[arg(
+        long = "state-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_STATE_DIR",
+        default_value = "/var/lib/fi-backup"
+    )]
+    pub state_dir: PathBuf,
+
+    /// Bandwidth limit of consolidation jobs, MiB/s (0: none)
+    #[arg(long = "bandwidth", value_name = "MIB_S", default_value_t = 0)]
+    pub bandwidth: u64,
+
+    /// Cancel a consolidation job that has not finished after SECS seconds
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
+    /// How many domains are handled at once
+    #[arg(long = "jobs", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+
     /// How many files are copied at once
     #[arg(long = "copy-jobs", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -73,6 +73,14 @@ pub struct Config {
     pub dry_run: bool,
     /// Files copied at once.
     pub copy_jobs: usize,
+    /// fi-backup's own state (the overlay ledger).
+    pub state_dir: PathBuf,
+    /// Consolidation bandwidth limit, MiB/s (0: none).
+    pub bandwidth_mib: u64,
+    /// Consolidation job timeout.
+    pub timeout: std::time::Duration,
+    /// Domains handled at once.
+    pub jobs: usize,
 }
 
 impl Config {
@@ -129,6 +137,10 @@ impl Config {
             connect: args.connect,
             dry_run: args.dry_run,
             copy_jobs: usize::from(args.copy_jobs),
+            state_dir: args.state_dir,
+            bandwidth_mib: args.bandwidth,
+            timeout: std::time::Duration::from_secs(args.timeout),
+            jobs: usize::from(args.jobs),
         })
     }
 }

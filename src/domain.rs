@@ -22,6 +22,8 @@ pub struct DiskFacts {
     pub readonly: bool,
     /// `<shareable/>`.
     pub shareable: bool,
+    /// The first `<backingStore>`'s file, as libvirt sees the chain (live XML).
+    pub backing: Option<PathBuf>,
 }
 
 impl DiskFacts {
@@ -116,6 +118,10 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
             .map(str::to_string),
         readonly: child("readonly").is_some(),
         shareable: child("shareable").is_some(),
+        backing: child("backingStore")
+            .and_then(|b| b.children().find(|n| n.has_tag_name("source")))
+            .and_then(|s| s.attribute("file"))
+            .map(PathBuf::from),
     })
 }
 
@@ -127,7 +133,10 @@ mod tests {
       <name>web 1</name><uuid>0b3a</uuid>
       <devices>
         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-          <source file='/v/a disk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+          <source file='/v/a disk.qcow2'/>
+          <backingStore type='file'><format type='qcow2'/><source file='/v/base'/>
+            <backingStore/></backingStore>
+          <target dev='vda' bus='virtio'/></disk>
         <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
         <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>
         <disk type='file' device='disk'><driver type='raw'/><source file='/v/s.raw'/>
@@ -147,6 +156,11 @@ mod tests {
             f.disks[0].source.as_deref(),
             Some(std::path::Path::new("/v/a disk.qcow2"))
         );
+        assert_eq!(
+            f.disks[0].backing.as_deref(),
+            Some(std::path::Path::new("/v/base"))
+        );
+        assert_eq!(f.disks[4].backing, None);
         assert!(f.disks[1].skip_reason().unwrap().contains("cdrom"));
         assert!(f.disks[2].skip_reason().unwrap().contains("block"));
         assert!(f.disks[3].skip_reason().unwrap().contains("shareable"));

@@ -5,6 +5,7 @@
 use crate::copy::{self, Copied, CopyJob};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::ledger::{Ledger, Overlay};
 use crate::libvirt::{Dom, SnapshotDisk};
 use crate::plan::{Plan, Step};
 use crate::record::Record;
@@ -28,14 +29,23 @@ pub struct Outcome {
     pub overlays: usize,
 }
 
-/// Runs `plan` against domain `dom`, copying up to `jobs` files at once.
-pub fn execute(plan: &Plan, dom: &Dom, jobs: usize) -> Result<Outcome> {
+/// Where and how the steps run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Files copied at once.
+    pub copy_jobs: usize,
+    /// fi-backup's state directory (the overlay ledger).
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Runs `plan` against domain `dom`.
+pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let mut copied: HashMap<String, Copied> = HashMap::new();
     let mut snapshot_note = String::new();
     for step in &plan.steps {
         log::trace!("step for '{}': {step}", plan.domain);
-        let result = run_step(step, dom, jobs, &mut copied, &mut outcome);
+        let result = run_step(plan, step, dom, ctx, &mut copied, &mut outcome);
         if let Err(e) = result {
             return Err(Error::domain(&plan.domain, format!("{e}{snapshot_note}")));
         }
@@ -61,9 +71,10 @@ pub fn execute(plan: &Plan, dom: &Dom, jobs: usize) -> Result<Outcome> {
 }
 
 fn run_step(
+    plan: &Plan,
     step: &Step,
     dom: &Dom,
-    jobs: usize,
+    ctx: &Context,
     copied: &mut HashMap<String, Copied>,
     outcome: &mut Outcome,
 ) -> Result<()> {
@@ -80,6 +91,7 @@ fn run_step(
                 dom.name,
                 started.elapsed().as_millis()
             );
+            record_overlays(plan, disks, &ctx.state_dir)?;
         }
         Step::CreateDirs(dir) => dir.create()?,
         Step::Reuse(files) => {
@@ -92,7 +104,7 @@ fn run_step(
             outcome.reused = files.len();
         }
         Step::Copy(list) => {
-            let done = copy_all(list, jobs)?;
+            let done = copy_all(list, ctx.copy_jobs)?;
             for (job, c) in list.iter().zip(done) {
                 outcome.copied += 1;
                 outcome.bytes += c.size;
@@ -110,6 +122,31 @@ fn run_step(
         }
     }
     Ok(())
+}
+
+/// Adds the overlays the snapshot just created to the domain's ledger, so
+/// that consolidation may delete them later (and only them).
+fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::Path) -> Result<()> {
+    let mut ledger = Ledger::load(state_dir, &plan.domain, &plan.uuid);
+    ledger.domain = plan.domain.clone();
+    for d in disks {
+        if let SnapshotDisk::External { target, overlay } = d {
+            let meta = std::fs::metadata(overlay)
+                .map_err(|e| Error::io("cannot stat new overlay", overlay, e))?;
+            ledger.overlays.push(Overlay {
+                path: overlay.to_string_lossy().into_owned(),
+                target: target.clone(),
+                created: plan.ts.clone(),
+                dev: std::os::unix::fs::MetadataExt::dev(&meta),
+                ino: std::os::unix::fs::MetadataExt::ino(&meta),
+            });
+        }
+    }
+    ledger.save(state_dir).map_err(|e| {
+        Error::Invalid(format!(
+            "{e}: the new overlays are not in fi-backup's ledger, so consolidation will not delete them"
+        ))
+    })
 }
 
 /// Copies every job, up to `jobs` at once. If any copy fails, the copies this

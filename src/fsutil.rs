@@ -68,6 +68,20 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// fsyncs the data and renames it over `final_path`. Only for fi-backup's
+    /// own state files (the overlay ledger); backup files use `publish`.
+    pub fn replace(mut self, final_path: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("cannot flush", &self.path, e))?;
+        std::fs::rename(&self.path, final_path)
+            .map_err(|e| Error::io("cannot replace", final_path, e))?;
+        self.published = true;
+        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.published {

@@ -5,14 +5,17 @@
 //! `copy`, `fsutil` and `qemu_img`. `sweep` drives a run over many domains.
 //! NUTSNBOLTS.md maps the modules in more words.
 
+pub mod blockjob;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod consolidate;
 pub mod copy;
 pub mod domain;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod ledger;
 pub mod libvirt;
 pub mod list;
 pub mod lock;

@@ -86,6 +86,11 @@ impl Libvirt {
 }
 
 impl Dom {
+    /// The underlying handle, for `blockjob`.
+    pub fn raw(&self) -> &Domain {
+        &self.dom
+    }
+
     /// True when the domain is running or paused (QEMU holds its disks).
     pub fn is_active(&self) -> Result<bool> {
         self.dom.is_active().map_err(|e| {

@@ -92,6 +92,8 @@ pub enum Step {
 pub struct Plan {
     /// The domain.
     pub domain: String,
+    /// Its UUID.
+    pub uuid: String,
     /// The run's timestamp.
     pub ts: String,
     /// The steps, in order.
@@ -161,6 +163,7 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
     }
     Ok(Plan {
         domain: name.clone(),
+        uuid: facts.domain.uuid.clone(),
         ts: opts.ts.clone(),
         steps,
     })

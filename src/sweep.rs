@@ -5,9 +5,11 @@
 
 use crate::chain;
 use crate::config::{Action, Config, Selection};
+use crate::consolidate;
 use crate::domain::{self, DomainFacts};
 use crate::error::{Error, Result};
 use crate::exec::{self, Outcome};
+use crate::ledger::Ledger;
 use crate::libvirt::{Dom, Libvirt};
 use crate::lock;
 use crate::naming;
@@ -26,12 +28,6 @@ pub struct Summary {
 
 /// Runs the configured action over the selected domains.
 pub fn run(config: &Config) -> Result<Summary> {
-    if config.action != Action::Backup {
-        return Err(Error::Usage(
-            "consolidation (-c / -C) is not available in this version of fi-backup yet; nothing was done"
-                .into(),
-        ));
-    }
     if config.dump_state_dir.is_some() {
         return Err(Error::Usage(
             "dump state (-s) is not available in this version of fi-backup yet; nothing was done"
@@ -39,36 +35,16 @@ pub fn run(config: &Config) -> Result<Summary> {
         ));
     }
     let lv = Libvirt::open(&config.connect)?;
-    let names = match &config.selection {
-        Selection::Named(names) => {
-            let missing: Vec<&str> = names
-                .iter()
-                .filter(|n| matches!(lv.lookup(n), Err(Error::NoSuchDomain(_))))
-                .map(String::as_str)
-                .collect();
-            match missing.as_slice() {
-                [] => names.clone(),
-                [one] => return Err(Error::NoSuchDomain(one.to_string())),
-                many => {
-                    return Err(Error::Usage(format!(
-                        "domains {} do not exist; nothing was done",
-                        many.iter()
-                            .map(|n| format!("'{n}'"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
-            }
-        }
-        Selection::All => lv.domain_names(false)?,
-        Selection::AllRunning => lv.domain_names(true)?,
-    };
+    let names = resolve(&lv, &config.selection)?;
     if names.is_empty() {
-        log::info!("No domain to back up");
+        log::info!("No domain to work on");
     }
+    let results = for_each_parallel(&names, config.jobs, |name| {
+        process_domain(&lv, name, config)
+    });
     let mut summary = Summary::default();
-    for name in &names {
-        match backup_domain(&lv, name, config) {
+    for (name, result) in names.iter().zip(results) {
+        match result {
             Ok(()) => summary.succeeded.push(name.clone()),
             Err(e) => {
                 log::error!("{e}");
@@ -79,17 +55,81 @@ pub fn run(config: &Config) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Backs up one domain.
-fn backup_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
+/// The domain names a selection stands for. Every named domain must exist:
+/// otherwise nothing is done at all.
+fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
+    match selection {
+        Selection::Named(names) => {
+            let missing: Vec<&str> = names
+                .iter()
+                .filter(|n| matches!(lv.lookup(n), Err(Error::NoSuchDomain(_))))
+                .map(String::as_str)
+                .collect();
+            match missing.as_slice() {
+                [] => Ok(names.clone()),
+                [one] => Err(Error::NoSuchDomain(one.to_string())),
+                many => Err(Error::Usage(format!(
+                    "domains {} do not exist; nothing was done",
+                    many.iter()
+                        .map(|n| format!("'{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+        Selection::All => lv.domain_names(false),
+        Selection::AllRunning => lv.domain_names(true),
+    }
+}
+
+/// Runs `f` on every item, `jobs` at a time; results in item order.
+fn for_each_parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<R>>> =
+        std::sync::Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().expect("no worker panics holding the lock")[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("workers have finished")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// One domain, under its lock: backup, consolidation, or both (-C).
+fn process_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
     let dom = lv.lookup(name)?;
     let first = domain::parse_domain_xml(&dom.live_xml()?)?;
     let _lock = lock::lock_domain(&config.lock_dir, name, &first.uuid)?;
-    // Read everything again under the lock: the domain may have changed while
-    // we were not holding it.
+    if config.action != Action::ConsolidateOnly {
+        backup_domain(&dom, config)?;
+    }
+    if config.action != Action::Backup {
+        consolidate_domain(&dom, config)?;
+    }
+    Ok(())
+}
+
+/// Backs up one domain (its lock is held).
+fn backup_domain(dom: &Dom, config: &Config) -> Result<()> {
+    let name = &dom.name;
+    // Facts are read under the lock: the domain may have changed meanwhile.
     let active = dom.is_active()?;
-    let facts_xml = dom.live_xml()?;
-    let domain = domain::parse_domain_xml(&facts_xml)?;
-    let facts = gather(&dom, domain, active, config)?;
+    let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let facts = gather(dom, domain, active, config)?;
     let opts = options(&facts, config)?;
     let plan = plan::plan_backup(&facts, &opts)?;
     log::trace!(
@@ -103,22 +143,76 @@ fn backup_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
         }
         return Ok(());
     }
-    let outcome = exec::execute(&plan, &dom, config.copy_jobs)?;
+    let ctx = exec::Context {
+        copy_jobs: config.copy_jobs,
+        state_dir: config.state_dir.clone(),
+    };
+    let outcome = exec::execute(&plan, dom, &ctx)?;
     report(name, &outcome, config);
     Ok(())
 }
 
-/// Reads chains and the backup directory into facts.
-fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Result<Facts> {
+/// Consolidates one running domain (its lock is held).
+fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
+    let name = &dom.name;
+    let active = dom.is_active()?;
+    let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly)?;
+    let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
+    let plans = consolidate::plan(name, active, &disks, &ledger, config.method)?;
+    if plans.is_empty() {
+        log::info!(
+            "Consolidation of '{name}': nothing to consolidate (every disk is a single image)"
+        );
+        return Ok(());
+    }
+    if config.dry_run {
+        for p in &plans {
+            log::info!(
+                "[dry run] {name}: would consolidate {} onto '{}', delete {} file(s), leave {}",
+                p.target,
+                p.result.display(),
+                p.delete.len(),
+                p.leave.len()
+            );
+        }
+        return Ok(());
+    }
+    let settings = consolidate::Settings {
+        bandwidth_mib: config.bandwidth_mib,
+        timeout: config.timeout,
+    };
+    consolidate::execute(dom, &plans, settings, &mut ledger, &config.state_dir)?;
+    let on: Vec<String> = plans
+        .iter()
+        .map(|p| format!("{} on '{}'", p.target, p.result.display()))
+        .collect();
+    let deleted: usize = plans.iter().map(|p| p.delete.len()).sum();
+    let left: usize = plans.iter().map(|p| p.leave.len()).sum();
+    log::info!(
+        "Consolidation of '{name}' done: {}; {deleted} file(s) of fi-backup deleted, {left} left in place",
+        on.join(", ")
+    );
+    Ok(())
+}
+
+/// Disks left out of a snapshot: target and reason.
+type Skipped = Vec<(String, String)>;
+
+/// The eligible disks with their chains, and the disks left out (each with
+/// a [WAR] when `warn`).
+fn disk_chains(domain: &DomainFacts, warn: bool) -> Result<(Vec<DiskChain>, Skipped)> {
     let mut disks = Vec::new();
     let mut skipped = Vec::new();
     for disk in &domain.disks {
         if let Some(reason) = disk.skip_reason() {
-            log::warn!(
-                "Disk {} of '{}' is left out: {reason}",
-                disk.target,
-                domain.name
-            );
+            if warn {
+                log::warn!(
+                    "Disk {} of '{}' is left out: {reason}",
+                    disk.target,
+                    domain.name
+                );
+            }
             skipped.push((disk.target.clone(), reason));
             continue;
         }
@@ -140,6 +234,12 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
             chain,
         });
     }
+    Ok((disks, skipped))
+}
+
+/// Reads chains and the backup directory into facts.
+fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Result<Facts> {
+    let (disks, skipped) = disk_chains(&domain, true)?;
     let backup = match &config.backup_dir {
         Some(dir) => {
             let ddir = DomainDir::new(dir, &domain.name)?;

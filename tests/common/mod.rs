@@ -203,6 +203,7 @@ impl Scenario {
         let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))
             .args(args)
             .env("FI_BACKUP_LOCK_DIR", self.root.join("locks"))
+            .env("FI_BACKUP_STATE_DIR", self.root.join("fi-state"))
             .env_remove("RUST_LOG")
             .output()
             .expect("cannot run fi-backup");
@@ -253,6 +254,53 @@ pub fn guest_write(domain: &str, disk: usize, pattern: u8, offset_mib: u64) {
         "qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset_mib}M 1M\""
     );
     virsh(&["qemu-monitor-command", domain, "--hmp", &hmp]);
+}
+
+/// True when the running domain's disk number `disk` reads `pattern` for the
+/// 1 MiB at `offset_mib` MiB, as the guest would see it. HMP qemu-io prints
+/// into the domain's log, so the part of the log this read added is checked.
+pub fn guest_reads(domain: &str, disk: usize, pattern: u8, offset_mib: u64) -> bool {
+    let log = PathBuf::from(format!("/var/log/libvirt/qemu/{domain}.log"));
+    let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
+    let hmp = format!(
+        "qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"read -P {pattern:#x} {offset_mib}M 1M\""
+    );
+    virsh(&["qemu-monitor-command", domain, "--hmp", &hmp]);
+    let text = std::fs::read(&log).unwrap_or_default();
+    let added = String::from_utf8_lossy(&text[before.min(text.len())..]).into_owned();
+    added.contains("read 1048576/1048576") && !added.contains("verification failed")
+}
+
+/// Asserts that the live disk reads each (pattern, offset) of `expected`.
+pub fn assert_guest(domain: &str, disk: usize, expected: &[(u8, u64)]) {
+    for &(p, off) in expected {
+        assert!(
+            guest_reads(domain, disk, p, off),
+            "disk {disk} of {domain} does not read pattern {p:#x} at {off} MiB"
+        );
+    }
+}
+
+/// The file names in a directory, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// BLAKE3 of every file below `dir`, for "nothing changed" checks.
+pub fn snapshot_tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(p, _)| p.is_file())
+        .map(|(p, _)| {
+            let h = blake3_file(&p);
+            (p, h)
+        })
+        .collect()
 }
 
 /// True when `image` (with its backing chain) reads `pattern` for the 1 MiB at

@@ -1,0 +1,249 @@
+//! Live consolidation scenarios on the real stack: patterns written before
+//! each backup and between runs are read back from the live disk afterwards;
+//! only fi-backup's own overlays are deleted; the backup directory is never
+//! touched.
+
+mod common;
+
+use common::*;
+
+/// Two disks (path with spaces): three snapshots with writes between, then
+/// -c blockcommit: each disk is back on its base, every pattern reads from
+/// the live disk, our overlays are gone, the backup directory is unchanged.
+#[test]
+fn blockcommit_two_disks() {
+    let mut s = Scenario::new("commit2");
+    let dom = s.start(
+        "vm",
+        "disk dir",
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::qcow2("b.qcow2", "vdb"),
+        ],
+    );
+    let img = s.root.join("disk dir");
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x01, 0);
+    guest_write(&dom, 1, 0x11, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x02, 1);
+    guest_write(&dom, 1, 0x12, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x03, 2);
+    guest_write(&dom, 1, 0x13, 0); // overwrites 0x11
+    assert_eq!(names_in(&img).len(), 6);
+    let backup_before = snapshot_tree(&backup);
+
+    let log = s.fi_ok(&["-c", &dom]);
+    assert!(
+        log.contains("4 file(s) of fi-backup deleted, 0 left in place"),
+        "{log}"
+    );
+    assert_eq!(
+        live_sources(&dom),
+        [
+            (
+                "vda".to_string(),
+                img.join("a.qcow2").to_string_lossy().into_owned()
+            ),
+            (
+                "vdb".to_string(),
+                img.join("b.qcow2").to_string_lossy().into_owned()
+            )
+        ]
+    );
+    assert_eq!(names_in(&img), ["a.qcow2", "b.qcow2"]);
+    assert_guest(&dom, 0, &[(0x01, 0), (0x02, 1), (0x03, 2)]);
+    assert_guest(&dom, 1, &[(0x13, 0), (0x12, 1)]);
+    assert_eq!(
+        snapshot_tree(&backup),
+        backup_before,
+        "the backup directory changed"
+    );
+    // A second -c finds nothing to do.
+    let log = s.fi_ok(&["-c", &dom]);
+    assert!(log.contains("nothing to consolidate"), "{log}");
+}
+
+/// blockpull: the top overlay holds everything and has no backing; our
+/// older overlay is deleted; the user's base stays, reported.
+#[test]
+fn blockpull_keeps_the_users_base() {
+    let mut s = Scenario::new("pull");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("base.qcow2", "vda")]);
+    let img = s.root.join("img");
+    guest_write(&dom, 0, 0x21, 0);
+    s.fi_ok(&[&dom]);
+    guest_write(&dom, 0, 0x22, 1);
+    s.fi_ok(&[&dom]);
+    guest_write(&dom, 0, 0x23, 2);
+    let top = live_sources(&dom)[0].1.clone();
+
+    let log = s.fi_ok(&["-c", "--method", "blockpull", &dom]);
+    assert!(
+        log.contains("[WAR]") && log.contains("base.qcow2") && log.contains("left in place"),
+        "{log}"
+    );
+    assert_eq!(live_sources(&dom)[0].1, top);
+    assert_eq!(
+        chain_names(std::path::Path::new(&top)).len(),
+        1,
+        "the top still has a backing file"
+    );
+    let names = names_in(&img);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"base.qcow2".to_string()));
+    assert_guest(&dom, 0, &[(0x21, 0), (0x22, 1), (0x23, 2)]);
+    // The user's base is as it was before the first snapshot.
+    assert_image(&img.join("base.qcow2"), "qcow2", &[(0x21, 0), (0, 1)]);
+}
+
+/// -C: snapshot with copies, then consolidation, in one run; the restore
+/// point reads the data, the domain is back on its base.
+#[test]
+fn snapshot_and_consolidate() {
+    let mut s = Scenario::new("bigc");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    guest_write(&dom, 0, 0x31, 0);
+    s.fi_ok(&["-C", "-b", backup.to_str().unwrap(), &dom]);
+    assert_eq!(names_in(&s.root.join("img")), ["d.qcow2"]);
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+    let recs = records(&backup, &dom);
+    assert_eq!(recs.len(), 1);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x31, 0)],
+    );
+    guest_write(&dom, 0, 0x32, 1);
+    s.fi_ok(&["-C", "-b", backup.to_str().unwrap(), &dom]);
+    let recs = records(&backup, &dom);
+    assert_image(
+        &record_top(&backup, &dom, &recs[1], "vda"),
+        "qcow2",
+        &[(0x31, 0), (0x32, 1)],
+    );
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x31, 0), (0, 1)],
+    );
+    assert_guest(&dom, 0, &[(0x31, 0), (0x32, 1)]);
+}
+
+/// An overlay made by someone else (a manual snapshot) in the chain is never
+/// deleted: after blockcommit it is reported and left in place.
+#[test]
+fn foreign_overlay_survives() {
+    let mut s = Scenario::new("foreign");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    guest_write(&dom, 0, 0x41, 0);
+    s.fi_ok(&[&dom]);
+    let manual = img.join("d.manual-snap");
+    virsh(&[
+        "snapshot-create-as",
+        &dom,
+        "--disk-only",
+        "--atomic",
+        "--no-metadata",
+        "--diskspec",
+        &format!("vda,file={}", manual.display()),
+    ]);
+    guest_write(&dom, 0, 0x42, 1);
+    s.fi_ok(&[&dom]);
+    guest_write(&dom, 0, 0x43, 2);
+    let log = s.fi_ok(&["-c", &dom]);
+    assert!(
+        log.contains("d.manual-snap") && log.contains("left in place"),
+        "{log}"
+    );
+    assert!(manual.exists(), "the foreign overlay was deleted");
+    assert_eq!(names_in(&img), ["d.manual-snap", "d.qcow2"]);
+    assert_guest(&dom, 0, &[(0x41, 0), (0x42, 1), (0x43, 2)]);
+}
+
+/// A shut-off domain cannot be consolidated live: an error for that domain,
+/// nothing changed.
+#[test]
+fn shut_off_domain_is_refused() {
+    let mut s = Scenario::new("offc");
+    let dom = s.define("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let out = s.fi(&["-c", &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be consolidated live"));
+    assert_eq!(names_in(&s.root.join("img")), ["d.qcow2"]);
+}
+
+/// A job forced to fail (the base cannot be opened for writing): the domain
+/// keeps running on its chain, nothing is deleted, the error says so; once
+/// the cause is gone, the next run consolidates.
+#[test]
+fn failed_job_leaves_the_chain_and_deletes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Scenario::new("failjob");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    guest_write(&dom, 0, 0x51, 0);
+    s.fi_ok(&[&dom]);
+    guest_write(&dom, 0, 0x52, 1);
+    let base = img.join("d.qcow2");
+    let top = live_sources(&dom)[0].1.clone();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();
+
+    let out = s.fi(&["-c", &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("vda") && log.contains("nothing was deleted"),
+        "{log}"
+    );
+    assert_eq!(live_sources(&dom)[0].1, top);
+    assert_eq!(names_in(&img).len(), 2);
+    assert_guest(&dom, 0, &[(0x51, 0), (0x52, 1)]);
+    assert!(
+        virsh(&["domstate", &dom]).trim() == "running",
+        "the domain is not running"
+    );
+
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    assert_guest(&dom, 0, &[(0x51, 0), (0x52, 1)]);
+}
+
+/// A job that does not finish in time (bandwidth-limited, 16 MiB to merge at
+/// 1 MiB/s, 2 s timeout) is cancelled: the domain stays on its chain, nothing
+/// is deleted; without the limit the next run succeeds.
+#[test]
+fn job_past_its_timeout_is_cancelled() {
+    let mut s = Scenario::new("timeout");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    s.fi_ok(&[&dom]);
+    for mib in 0..16 {
+        guest_write(&dom, 0, 0x60 + mib as u8, mib);
+    }
+    let top = live_sources(&dom)[0].1.clone();
+    let started = std::time::Instant::now();
+    let out = s.fi(&["-c", "--bandwidth", "1", "--timeout", "2", &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("did not finish within 2 s") && log.contains("the job was cancelled"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 15,
+        "the timeout was not honoured"
+    );
+    assert_eq!(live_sources(&dom)[0].1, top);
+    assert_eq!(names_in(&img).len(), 2);
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    for mib in 0..16 {
+        assert_guest(&dom, 0, &[(0x60 + mib as u8, mib)]);
+    }
+}
