@@ -4,9 +4,10 @@
 //! The plan is pure: from each disk's chain (read before any job starts) and
 //! the overlay ledger it says which image the disk must be on afterwards,
 //! which files of the old chain are ours to delete, and which are left, with
-//! the reason. The executor runs one disk at a time: start the job, wait
-//! (tight poll of the job info), pivot, confirm from the live domain XML that
-//! the disk is on the expected image, and only then delete. A job that
+//! the reason. The executor runs the disks' jobs at once, each: start the
+//! job, wait (tight poll of the job info, then libvirt's own readiness in the
+//! live XML), pivot, confirm from the live domain XML that the disk is on the
+//! expected image; and only then deletes. A job that
 //! fails, or does not converge within the timeout, is cancelled; the disk
 //! stays on its chain and nothing of it is deleted. Other disks go on.
 
@@ -106,8 +107,9 @@ fn not_ours(f: &crate::chain::ChainFile, ledger: &Ledger) -> Option<String> {
     None
 }
 
-/// Runs the plans on `dom`. Deleted files are removed from the ledger, which
-/// is saved. Every disk is tried; the error lists the disks that failed.
+/// Runs the plans on `dom`, all disks at once. Deleted files are removed from
+/// the ledger, which is saved. Every disk is tried; the error lists the disks
+/// that failed.
 pub fn execute(
     dom: &Dom,
     plans: &[DiskPlan],
@@ -115,9 +117,21 @@ pub fn execute(
     ledger: &mut Ledger,
     state_dir: &std::path::Path,
 ) -> Result<()> {
+    // The disks' jobs are independent: run them at once, one thread each;
+    // deletions and the ledger follow, in order, once every job has ended.
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|p| s.spawn(move || consolidate_disk(dom, p, settings)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a consolidation thread does not panic"))
+            .collect()
+    });
     let mut failed = Vec::new();
-    for p in plans {
-        match consolidate_disk(dom, p, settings) {
+    for (p, result) in plans.iter().zip(results) {
+        match result {
             Ok(()) => {
                 delete_ours(dom, p, ledger);
                 for (path, why) in &p.leave {
@@ -238,7 +252,13 @@ fn wait(dom: &Dom, t: &str, method: Method, timeout: Duration, progress: &Progre
     let mut pause = Duration::from_millis(1);
     loop {
         match blockjob::job_info(dom.raw(), t)? {
-            Some(i) if method == Method::BlockCommit && i.cur == i.end => return Ok(()),
+            // cur == end is QEMU's word; libvirt pivots only once it has
+            // processed QEMU's ready event, which it shows in the live XML.
+            Some(i)
+                if method == Method::BlockCommit && i.cur == i.end && libvirt_ready(dom, t)? =>
+            {
+                return Ok(())
+            }
             Some(i) => progress.show(i.cur, i.end),
             None if method == Method::BlockPull => return Ok(()),
             None => {
@@ -257,6 +277,15 @@ fn wait(dom: &Dom, t: &str, method: Method, timeout: Duration, progress: &Progre
         std::thread::sleep(pause);
         pause = (pause * 3 / 2).min(Duration::from_millis(20));
     }
+}
+
+/// True when the live XML shows the disk's job as ready to pivot.
+fn libvirt_ready(dom: &Dom, t: &str) -> Result<bool> {
+    let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
+    Ok(facts
+        .disks
+        .iter()
+        .any(|d| d.target == t && d.mirror_ready == Some(true)))
 }
 
 /// Cancels whatever job runs on the disk; says what happened.
@@ -375,6 +404,7 @@ mod tests {
                 readonly: false,
                 shareable: false,
                 backing: None,
+                mirror_ready: None,
             },
             chain,
         }

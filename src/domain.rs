@@ -24,6 +24,9 @@ pub struct DiskFacts {
     pub shareable: bool,
     /// The first `<backingStore>`'s file, as libvirt sees the chain (live XML).
     pub backing: Option<PathBuf>,
+    /// A block job's `<mirror>`: None without one, else whether libvirt
+    /// considers it ready to pivot (`ready='yes'`).
+    pub mirror_ready: Option<bool>,
 }
 
 impl DiskFacts {
@@ -122,6 +125,7 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
             .and_then(|b| b.children().find(|n| n.has_tag_name("source")))
             .and_then(|s| s.attribute("file"))
             .map(PathBuf::from),
+        mirror_ready: child("mirror").map(|m| m.attribute("ready") == Some("yes")),
     })
 }
 
@@ -136,7 +140,7 @@ mod tests {
           <source file='/v/a disk.qcow2'/>
           <backingStore type='file'><format type='qcow2'/><source file='/v/base'/>
             <backingStore/></backingStore>
-          <target dev='vda' bus='virtio'/></disk>
+          <target dev='vda' bus='virtio'/><mirror type='file' job='active-commit' ready='yes'/></disk>
         <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
         <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>
         <disk type='file' device='disk'><driver type='raw'/><source file='/v/s.raw'/>
@@ -161,6 +165,8 @@ mod tests {
             Some(std::path::Path::new("/v/base"))
         );
         assert_eq!(f.disks[4].backing, None);
+        assert_eq!(f.disks[0].mirror_ready, Some(true));
+        assert_eq!(f.disks[4].mirror_ready, None);
         assert!(f.disks[1].skip_reason().unwrap().contains("cdrom"));
         assert!(f.disks[2].skip_reason().unwrap().contains("block"));
         assert!(f.disks[3].skip_reason().unwrap().contains("shareable"));

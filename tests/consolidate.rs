@@ -247,3 +247,42 @@ fn job_past_its_timeout_is_cancelled() {
         assert_guest(&dom, 0, &[(0x60 + mib as u8, mib)]);
     }
 }
+
+/// A domain that disappears between listing and its turn: an error naming
+/// it; the other domain is consolidated.
+#[test]
+fn domain_gone_before_its_turn() {
+    let mut s = Scenario::new("gone");
+    let first = s.start("first", "img1", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let second = s.start("second", "img2", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    s.fi_ok(&[&first, &second]);
+    for mib in 0..16 {
+        guest_write(&first, 0, 0x70, mib);
+    }
+    // One domain at a time; the first one's job is throttled to ~4 s.
+    let bin = env!("CARGO_BIN_EXE_fi-backup");
+    let child = std::process::Command::new(bin)
+        .args(["-c", "--jobs", "1", "--bandwidth", "4", &first, &second])
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Undefined first it turns transient, so destroying it removes it at once.
+    virsh(&["undefine", &second]);
+    virsh(&["destroy", &second]);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("domain '{second}' does not exist")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("1 of 2 domain(s) failed: {second}")),
+        "{log}"
+    );
+    assert_eq!(names_in(&s.root.join("img1")), ["d.qcow2"]);
+    assert_guest(&first, 0, &[(0x70, 15)]);
+}
