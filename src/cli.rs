@@ -162,10 +162,68 @@ pub enum MethodArg {
 pub enum Command {
     /// List the restore points in a backup directory
     List(ListArgs),
-    /// Restore a restore point (not built yet)
-    Restore,
-    /// Verify a backup directory (not built yet)
-    Verify,
+    /// Restore a restore point into a directory (and define/start it)
+    Restore(RestoreArgs),
+    /// Check every restore point against its record
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `fi-backup restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory given to -b
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        short = 'b',
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+    /// The domain whose restore point is restored
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domain: String,
+    /// The restore point (YYYYMMDD-HHMMSS); the latest when absent
+    #[arg(long = "at", value_name = "RESTORE_POINT")]
+    pub at: Option<String>,
+    /// Where the disks (<target dev>.qcow2) and NAME.xml are written; must exist
+    #[arg(long = "target", value_name = "DIR")]
+    pub target: PathBuf,
+    /// One standalone image per disk instead of a copied chain
+    #[arg(long = "flatten")]
+    pub flatten: bool,
+    /// Define the restored domain in libvirt under this name (fresh UUID, no MACs)
+    #[arg(long = "define", value_name = "NEW_NAME")]
+    pub define: Option<String>,
+    /// Start the defined domain
+    #[arg(long = "start", requires = "define")]
+    pub start: bool,
+    /// libvirt connection URI
+    #[arg(
+        long = "connect",
+        value_name = "URI",
+        env = "FI_BACKUP_CONNECT",
+        default_value = "qemu:///system"
+    )]
+    pub connect: String,
+}
+
+/// Arguments of `fi-backup verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The backup directory given to -b
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        short = 'b',
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+    /// Only this domain
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domain: Option<String>,
+    /// Only this restore point (needs --domain)
+    #[arg(long = "at", value_name = "RESTORE_POINT", requires = "domain")]
+    pub at: Option<String>,
 }
 
 /// Arguments of `fi-backup list`.

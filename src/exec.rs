@@ -152,7 +152,7 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
 /// Copies every job, up to `jobs` at once. If any copy fails, the copies this
 /// step published are removed again (no record names them) and the first
 /// error is returned.
-fn copy_all(list: &[CopyJob], jobs: usize) -> Result<Vec<Copied>> {
+pub fn copy_all(list: &[CopyJob], jobs: usize) -> Result<Vec<Copied>> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Copied>>>> =
         Mutex::new((0..list.len()).map(|_| None).collect());

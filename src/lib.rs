@@ -24,4 +24,6 @@ pub mod naming;
 pub mod plan;
 pub mod qemu_img;
 pub mod record;
+pub mod restore;
 pub mod sweep;
+pub mod verify;

@@ -57,6 +57,16 @@ impl Libvirt {
         }
     }
 
+    /// Defines a domain from XML.
+    pub fn define(&self, xml: &str) -> Result<Dom> {
+        let dom = self
+            .conn
+            .define_domain_xml(xml)
+            .map_err(|e| Error::libvirt("cannot define the restored domain", e))?;
+        let name = dom.name().unwrap_or_default();
+        Ok(Dom { dom, name })
+    }
+
     /// Names of all defined domains (running first, then the others, each sorted),
     /// or of the running ones only.
     pub fn domain_names(&self, running_only: bool) -> Result<Vec<String>> {
@@ -99,6 +109,13 @@ impl Dom {
                 e,
             )
         })
+    }
+
+    /// Starts a defined domain.
+    pub fn start(&self) -> Result<()> {
+        self.dom
+            .create()
+            .map_err(|e| Error::libvirt(format!("cannot start domain '{}'", self.name), e))
     }
 
     /// The live XML (what QEMU uses now).

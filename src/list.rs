@@ -25,21 +25,10 @@ struct Disk<'a> {
 
 /// Prints the restore points; Ok(false) when a record was not trusted.
 pub fn run(args: &ListArgs) -> Result<bool> {
-    let mut domains = Vec::new();
-    match &args.domain {
-        Some(d) => domains.push(d.clone()),
-        None => {
-            let entries = std::fs::read_dir(&args.backup_dir)
-                .map_err(|e| Error::io("cannot list backup directory", &args.backup_dir, e))?;
-            for e in entries {
-                let e = e.map_err(|e| Error::io("cannot list", &args.backup_dir, e))?;
-                if e.path().join("points").is_dir() {
-                    domains.push(e.file_name().to_string_lossy().into_owned());
-                }
-            }
-            domains.sort();
-        }
-    }
+    let domains = match &args.domain {
+        Some(d) => vec![d.clone()],
+        None => domains_in(&args.backup_dir)?,
+    };
     let mut indexes = Vec::new();
     let mut clean = true;
     for d in &domains {
@@ -67,10 +56,13 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                 .map(|d| format!("{} ({} files)", d.target, d.files.len()))
                 .collect();
             println!(
-                "{}\t{}\t{:?}\t{}\t{}\tmemory state: {}",
+                "{}\t{}\t{}\t{}\t{}\tmemory state: {}",
                 p.domain,
                 p.restore_point,
-                p.mode,
+                match p.mode {
+                    crate::record::Mode::Live => "live",
+                    crate::record::Mode::Offline => "offline",
+                },
                 crate::sweep::human_bytes(p.bytes),
                 disks.join(", "),
                 if p.state_file.is_some() { "yes" } else { "no" }
@@ -78,6 +70,21 @@ pub fn run(args: &ListArgs) -> Result<bool> {
         }
     }
     Ok(clean)
+}
+
+/// The domains that have restore points in a backup directory, sorted.
+pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(backup_dir)
+        .map_err(|e| Error::io("cannot list backup directory", backup_dir, e))?;
+    let mut domains = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io("cannot list", backup_dir, e))?;
+        if e.path().join("points").is_dir() {
+            domains.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    domains.sort();
+    Ok(domains)
 }
 
 fn point(r: &Record) -> Point<'_> {

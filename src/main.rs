@@ -4,7 +4,7 @@ use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
 use fi_backup::error::Error;
-use fi_backup::{list, logging, sweep};
+use fi_backup::{list, logging, restore, sweep, verify};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -19,9 +19,8 @@ fn main() -> ExitCode {
     logging::init(verbosity);
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
-        Some(Command::Restore) | Some(Command::Verify) => Err(Error::Usage(
-            "restore and verify are reserved for a later version of fi-backup".into(),
-        )),
+        Some(Command::Restore(args)) => restore::run(&args),
+        Some(Command::Verify(args)) => verify::run(&args),
         None => run_sweep(cli.run),
     };
     match result {

@@ -132,6 +132,35 @@ pub fn rebase_unsafe(image: &Path, backing: &str, backing_format: &str) -> Resul
     run(&args).map(|_| ())
 }
 
+/// One image without its backing chain (`-U`; the backing file is not opened).
+pub fn info(image: &Path) -> Result<ImageInfo> {
+    let mut args = os(&["info", "-U", "--output=json"]);
+    args.push(image.into());
+    let out = run(&args)?;
+    serde_json::from_str(&out).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read qemu-img's description of '{}': {e}",
+            image.display()
+        ))
+    })
+}
+
+/// Converts the chain whose top is `source` (format `format`) into one
+/// standalone qcow2 image at `dest` (an existing file we own, overwritten).
+pub fn convert_to_qcow2(source: &Path, format: &str, dest: &Path) -> Result<()> {
+    let mut args = os(&["convert", "-f", format, "-O", "qcow2"]);
+    args.push(source.into());
+    args.push(dest.into());
+    run(&args).map(|_| ())
+}
+
+/// `qemu-img check` of one qcow2 image (metadata consistency).
+pub fn check(image: &Path) -> Result<()> {
+    let mut args = os(&["check", "-f", "qcow2", "-U"]);
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

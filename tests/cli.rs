@@ -78,7 +78,7 @@ fn bad_command_lines_are_refused_and_change_nothing() {
             vec!["--no-such-option", &dom],
             "--no-such-option".to_string(),
         ),
-        (vec!["restore"], "reserved".to_string()),
+        (vec!["restore"], "--backup-dir".to_string()),
     ];
     for (args, message) in &cases {
         let out = s.fi(args);

@@ -198,6 +198,11 @@ impl Scenario {
         name
     }
 
+    /// Makes the scenario clean up a domain created outside `define`.
+    pub fn adopt(&mut self, name: &str) {
+        self.domains.push(name.to_string());
+    }
+
     /// Runs the fi-backup binary with this scenario's lock directory.
     pub fn fi(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))

@@ -1,0 +1,412 @@
+//! `fi-backup restore`: bring a restore point back into a target directory.
+//!
+//! Each disk of the point becomes `<target dev>.qcow2` in the target: either
+//! its chain copied and rebased inside the target (`vda.qcow2` on
+//! `vda.1.<fmt>` on `vda.2.<fmt>` ...), or with `--flatten` one standalone
+//! image made by `qemu-img convert`. `NAME.xml` is the point's domain XML
+//! with its disks pointed at the restored images; under a new name (--define)
+//! it also loses its UUID and MAC addresses, so libvirt makes fresh ones.
+//! Nothing in the target is ever overwritten (every name is checked first,
+//! and files are published with link(2)); the backup directory is only read.
+
+use crate::cli::RestoreArgs;
+use crate::copy::CopyJob;
+use crate::error::{Error, Result};
+use crate::fsutil::{self, TempFile};
+use crate::libvirt::Libvirt;
+use crate::qemu_img;
+use crate::record::{DomainDir, Index, Record};
+use std::path::{Path, PathBuf};
+
+/// How one disk comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskRestore {
+    /// Copy these files (top first is `<dev>.qcow2`), rebased in the target.
+    Chain(Vec<CopyJob>),
+    /// Convert the chain whose top is `source` into one qcow2 image.
+    Flatten {
+        /// The top of the chain in images/.
+        source: PathBuf,
+        /// Its format.
+        format: String,
+        /// The output path.
+        dest: PathBuf,
+    },
+}
+
+/// A restore, decided before anything is written.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The record restored.
+    pub restore_point: String,
+    /// Per disk: target device and how it comes back.
+    pub disks: Vec<(String, DiskRestore)>,
+    /// The XML file to write and its text.
+    pub xml_path: PathBuf,
+    /// The rewritten domain XML.
+    pub xml: String,
+    /// Every path the restore will create.
+    pub outputs: Vec<PathBuf>,
+}
+
+/// Runs `fi-backup restore`.
+pub fn run(args: &RestoreArgs) -> Result<bool> {
+    let dir = DomainDir::new(&args.backup_dir, &args.domain)?;
+    let index = Index::load(&dir)?;
+    for (path, why) in &index.rejected {
+        log::warn!(
+            "Record '{}' is not trusted and was ignored: {why}",
+            path.display()
+        );
+    }
+    let record = pick(&index, &args.domain, args.at.as_deref())?;
+    let target = std::path::absolute(&args.target)
+        .map_err(|e| Error::io("cannot resolve target directory", &args.target, e))?;
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Usage(format!(
+                "target '{}' is not a directory",
+                target.display()
+            )))
+        }
+        Err(e) => return Err(Error::io("cannot use target directory", &target, e)),
+    }
+    let xml_text = std::fs::read_to_string(dir.points().join(&record.domain_xml)).map_err(|e| {
+        Error::io(
+            "cannot read the domain XML of the restore point",
+            dir.points().join(&record.domain_xml),
+            e,
+        )
+    })?;
+    let plan = plan(
+        &dir,
+        record,
+        &target,
+        &xml_text,
+        args.flatten,
+        args.define.as_deref(),
+    )?;
+    let taken: Vec<String> = plan
+        .outputs
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .map(|p| format!("'{}'", p.display()))
+        .collect();
+    if !taken.is_empty() {
+        return Err(Error::Usage(format!(
+            "the target already has {}; nothing was written (a restore never overwrites)",
+            taken.join(", ")
+        )));
+    }
+    log::info!(
+        "Restoring '{}' at {} into '{}'",
+        args.domain,
+        plan.restore_point,
+        target.display()
+    );
+    execute(&plan)?;
+    for (t, d) in &plan.disks {
+        let out = match d {
+            DiskRestore::Chain(jobs) => target.join(&jobs[0].name),
+            DiskRestore::Flatten { dest, .. } => dest.clone(),
+        };
+        log::info!("Restored {t} as '{}'", out.display());
+    }
+    log::info!("Domain XML: '{}'", plan.xml_path.display());
+    if let Some(name) = &args.define {
+        let lv = Libvirt::open(&args.connect)?;
+        let dom = lv.define(&plan.xml)?;
+        log::info!("Defined domain '{name}'");
+        if args.start {
+            dom.start()?;
+            log::info!("Started domain '{name}'");
+        }
+    }
+    Ok(true)
+}
+
+/// The restore point `at`, or the latest; a missing one is an error that
+/// lists the nearest ones.
+pub fn pick<'a>(index: &'a Index, domain: &str, at: Option<&str>) -> Result<&'a Record> {
+    let Some(at) = at else {
+        return index.records.last().ok_or_else(|| {
+            Error::Usage(format!(
+                "there is no restore point of '{domain}' in this backup directory"
+            ))
+        });
+    };
+    if let Some(r) = index.records.iter().find(|r| r.restore_point == at) {
+        return Ok(r);
+    }
+    let pos = index
+        .records
+        .partition_point(|r| r.restore_point.as_str() < at);
+    let near: Vec<&str> = index.records[pos.saturating_sub(2)..(pos + 2).min(index.records.len())]
+        .iter()
+        .map(|r| r.restore_point.as_str())
+        .collect();
+    Err(Error::Usage(if near.is_empty() {
+        format!("restore point '{at}' of '{domain}' does not exist: there are none")
+    } else {
+        format!(
+            "restore point '{at}' of '{domain}' does not exist; the nearest are {}",
+            near.join(", ")
+        )
+    }))
+}
+
+/// Plans the restore of `record` into `target`. Pure but for reading the
+/// cluster sizes of the chain files (qemu-img info).
+pub fn plan(
+    dir: &DomainDir,
+    record: &Record,
+    target: &Path,
+    xml: &str,
+    flatten: bool,
+    new_name: Option<&str>,
+) -> Result<RestorePlan> {
+    let mut disks = Vec::new();
+    let mut outputs = Vec::new();
+    let mut sources = Vec::new();
+    for d in &record.disks {
+        let top_name = format!("{}.qcow2", d.target);
+        let dest = target.join(&top_name);
+        sources.push((d.target.clone(), dest.clone()));
+        let top = record
+            .files
+            .iter()
+            .find(|f| f.name == d.chain[0])
+            .ok_or_else(|| {
+                Error::Invalid(format!("the record does not describe '{}'", d.chain[0]))
+            })?;
+        if flatten || top.format != "qcow2" {
+            outputs.push(dest.clone());
+            disks.push((
+                d.target.clone(),
+                DiskRestore::Flatten {
+                    source: dir.images().join(&top.name),
+                    format: top.format.clone(),
+                    dest,
+                },
+            ));
+            continue;
+        }
+        let names: Vec<String> = d
+            .chain
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let fmt = &record
+                    .files
+                    .iter()
+                    .find(|f| &f.name == n)
+                    .expect("checked record")
+                    .format;
+                if i == 0 {
+                    top_name.clone()
+                } else {
+                    format!("{}.{i}.{fmt}", d.target)
+                }
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        for (i, n) in d.chain.iter().enumerate() {
+            let f = record
+                .files
+                .iter()
+                .find(|f| &f.name == n)
+                .expect("checked record");
+            let source = dir.images().join(n);
+            let cluster_size = qemu_img::info(&source).ok().and_then(|i| i.cluster_size);
+            let backing = d.chain.get(i + 1).map(|b| {
+                let bf = record
+                    .files
+                    .iter()
+                    .find(|f| &f.name == b)
+                    .expect("checked record");
+                (names[i + 1].clone(), bf.format.clone())
+            });
+            outputs.push(target.join(&names[i]));
+            jobs.push(CopyJob {
+                source,
+                format: f.format.clone(),
+                cluster_size,
+                dest_dir: target.to_path_buf(),
+                name: names[i].clone(),
+                backing,
+                expected_id: None,
+            });
+        }
+        disks.push((d.target.clone(), DiskRestore::Chain(jobs)));
+    }
+    let xml = rewrite_domain_xml(xml, &sources, new_name)?;
+    let xml_path = target.join(format!("{}.xml", new_name.unwrap_or(&record.domain)));
+    outputs.push(xml_path.clone());
+    Ok(RestorePlan {
+        restore_point: record.restore_point.clone(),
+        disks,
+        xml_path,
+        xml,
+        outputs,
+    })
+}
+
+fn execute(plan: &RestorePlan) -> Result<()> {
+    let mut jobs = Vec::new();
+    for (_, d) in &plan.disks {
+        match d {
+            DiskRestore::Chain(list) => jobs.extend(list.iter().cloned()),
+            DiskRestore::Flatten {
+                source,
+                format,
+                dest,
+            } => flatten(source, format, dest)?,
+        }
+    }
+    if !jobs.is_empty() {
+        crate::exec::copy_all(&jobs, 4)?;
+    }
+    fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
+}
+
+/// One standalone qcow2 from a chain: qemu-img convert into a temporary
+/// file, then fsync and publish.
+fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let hint = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = TempFile::create(dir, &hint)?;
+    qemu_img::convert_to_qcow2(source, format, &tmp.path)?;
+    tmp.publish(dest)
+}
+
+/// The domain XML with disks `sources` (target, new file) pointed at their
+/// restored qcow2 images, backing stores dropped; with `new_name`, renamed,
+/// without UUID and MAC addresses. Pure.
+pub fn rewrite_domain_xml(
+    xml: &str,
+    sources: &[(String, PathBuf)],
+    new_name: Option<&str>,
+) -> Result<String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot parse the domain XML of the restore point: {e}"
+        ))
+    })?;
+    let root = doc.root_element();
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for disk in root.descendants().filter(|n| n.has_tag_name("disk")) {
+        let Some(target) = disk
+            .children()
+            .find(|n| n.has_tag_name("target"))
+            .and_then(|t| t.attribute("dev"))
+        else {
+            continue;
+        };
+        let Some((_, new)) = sources.iter().find(|(t, _)| t == target) else {
+            continue;
+        };
+        let source = format!("<source file='{}'/>", escape(&new.to_string_lossy()));
+        match disk.children().find(|n| n.has_tag_name("source")) {
+            Some(s) => edits.push((s.range(), source)),
+            None => edits.push((start_tag_end(xml, disk)..start_tag_end(xml, disk), source)),
+        }
+        match disk.children().find(|n| n.has_tag_name("driver")) {
+            Some(drv) => {
+                let mut attrs: Vec<String> = drv
+                    .attributes()
+                    .filter(|a| a.name() != "type")
+                    .map(|a| format!("{}='{}'", a.name(), escape(a.value())))
+                    .collect();
+                attrs.push("type='qcow2'".into());
+                let end = start_tag_end(xml, drv);
+                let self_closing = xml[..end].ends_with("/>");
+                let tag = format!(
+                    "<driver {}{}>",
+                    attrs.join(" "),
+                    if self_closing { "/" } else { "" }
+                );
+                edits.push((drv.range().start..end, tag));
+            }
+            None => {
+                let at = start_tag_end(xml, disk);
+                edits.push((at..at, "<driver name='qemu' type='qcow2'/>".into()));
+            }
+        }
+        for b in disk.children().filter(|n| n.has_tag_name("backingStore")) {
+            edits.push((b.range(), String::new()));
+        }
+    }
+    if let Some(name) = new_name {
+        for n in root.children().filter(|n| n.has_tag_name("name")) {
+            edits.push((n.range(), format!("<name>{}</name>", escape(name))));
+        }
+        for n in root.children().filter(|n| n.has_tag_name("uuid")) {
+            edits.push((n.range(), String::new()));
+        }
+        for iface in root.descendants().filter(|n| n.has_tag_name("interface")) {
+            for m in iface.children().filter(|n| n.has_tag_name("mac")) {
+                edits.push((m.range(), String::new()));
+            }
+        }
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
+    let mut out = xml.to_string();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
+/// The byte offset just past an element's start tag.
+fn start_tag_end(xml: &str, node: roxmltree::Node) -> usize {
+    let start = node.range().start;
+    start + xml[start..].find('>').map_or(0, |i| i + 1)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = "<domain type='qemu'>\n  <name>web</name>\n  <uuid>1234</uuid>\n  <devices>\n    \
+        <disk type='file' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      \
+        <source file='/old/a.img'/>\n      <backingStore type='file'><source file='/old/b'/></backingStore>\n      \
+        <target dev='vda' bus='virtio'/>\n    </disk>\n    \
+        <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>\n    \
+        <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>\n  \
+        </devices>\n</domain>\n";
+
+    #[test]
+    fn disks_point_at_the_restored_images() {
+        let out = rewrite_domain_xml(XML, &[("vda".into(), "/r/it's.qcow2".into())], None).unwrap();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
+        let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
+        assert_eq!(src.attribute("file"), Some("/r/it's.qcow2"));
+        let drv = disk.children().find(|n| n.has_tag_name("driver")).unwrap();
+        assert_eq!(drv.attribute("type"), Some("qcow2"));
+        assert_eq!(drv.attribute("cache"), Some("none"));
+        assert!(!out.contains("backingStore"));
+        assert!(out.contains("<uuid>1234</uuid>") && out.contains("52:54:00:aa:bb:cc"));
+        assert!(out.contains("<target dev='hdc' bus='ide'/>"));
+    }
+
+    #[test]
+    fn a_new_name_drops_uuid_and_macs() {
+        let out = rewrite_domain_xml(XML, &[], Some("web-copy")).unwrap();
+        assert!(out.contains("<name>web-copy</name>"));
+        assert!(!out.contains("<uuid>") && !out.contains("<mac"));
+        roxmltree::Document::parse(&out).unwrap();
+    }
+}
