@@ -81,6 +81,16 @@ pub struct RunArgs {
     )]
     pub dump_state_dir: Option<PathBuf>,
 
+    /// With -s: save memory while the guest runs (no long pause; larger file,
+    /// memory a little later than the disks)
+    #[arg(long = "live", requires = "dump_state_dir")]
+    pub live: bool,
+
+    /// With -q: a domain whose guest agent is missing or silent is snapshotted
+    /// without quiesce (with a [WAR]) instead of failing
+    #[arg(long = "quiesce-fallback", requires = "quiesce")]
+    pub quiesce_fallback: bool,
+
     /// Debug output ([DEB] lines; implies -v)
     #[arg(short = 'd', long = "debug")]
     pub debug: bool,
@@ -191,10 +201,13 @@ pub struct RestoreArgs {
     /// One standalone image per disk instead of a copied chain
     #[arg(long = "flatten")]
     pub flatten: bool,
-    /// Define the restored domain in libvirt under this name (fresh UUID, no MACs)
+    /// Define the restored domain in libvirt under this name (fresh UUID, no
+    /// MACs); the domain's own name restores it in place (same UUID; needed to
+    /// start from a memory state)
     #[arg(long = "define", value_name = "NEW_NAME")]
     pub define: Option<String>,
-    /// Start the defined domain
+    /// Start the defined domain, from the point's memory state when it has one
+    /// and the restore is in place
     #[arg(long = "start", requires = "define")]
     pub start: bool,
     /// libvirt connection URI

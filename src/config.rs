@@ -57,6 +57,10 @@ pub struct Config {
     pub method: Method,
     /// -q: quiesce through the guest agent.
     pub quiesce: bool,
+    /// --quiesce-fallback: go on unquiesced where the agent is missing.
+    pub quiesce_fallback: bool,
+    /// --live: memory saved while the guest runs.
+    pub live: bool,
     /// -s: where memory state goes.
     pub dump_state_dir: Option<PathBuf>,
     /// -b: the backup directory (absolute).
@@ -129,6 +133,8 @@ impl Config {
             action,
             method,
             quiesce: args.quiesce,
+            quiesce_fallback: args.quiesce_fallback,
+            live: args.live,
             dump_state_dir,
             backup_dir,
             selection,

@@ -27,6 +27,10 @@ pub struct Outcome {
     pub restore_point: Option<String>,
     /// Overlays created by the snapshot.
     pub overlays: usize,
+    /// -q was asked for but the snapshot was taken without it (--quiesce-fallback).
+    pub quiesce_dropped: bool,
+    /// How long the snapshot call took (the guest's pause is within it).
+    pub snapshot_ms: u128,
 }
 
 /// Where and how the steps run.
@@ -46,28 +50,35 @@ pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
     for step in &plan.steps {
         log::trace!("step for '{}': {step}", plan.domain);
         let result = run_step(plan, step, dom, ctx, &mut copied, &mut outcome);
-        if let Err(e) = result {
-            return Err(Error::domain(&plan.domain, format!("{e}{snapshot_note}")));
+        if result.is_ok() {
+            if let Step::Snapshot { disks, .. } = step {
+                snapshot_note = after_snapshot_note(disks, &plan.ts);
+            }
         }
-        if let Step::Snapshot { disks, .. } = step {
-            let on: Vec<String> = disks
-                .iter()
-                .filter_map(|d| match d {
-                    SnapshotDisk::External { target, overlay } => {
-                        Some(format!("{target} on '{}'", overlay.display()))
-                    }
-                    SnapshotDisk::Skip { .. } => None,
-                })
-                .collect();
-            snapshot_note = format!(
-                " (the snapshot was taken and the domain runs on its new overlays: {}; \
-                 no restore point was recorded for {})",
-                on.join(", "),
-                plan.ts
-            );
+        if let Err(e) = result.and_then(|()| crate::fault::check(&format!("after-{}", step.kind())))
+        {
+            return Err(Error::domain(&plan.domain, format!("{e}{snapshot_note}")));
         }
     }
     Ok(outcome)
+}
+
+/// What a failure after the snapshot leaves behind, for the error message.
+fn after_snapshot_note(disks: &[SnapshotDisk], ts: &str) -> String {
+    let on: Vec<String> = disks
+        .iter()
+        .filter_map(|d| match d {
+            SnapshotDisk::External { target, overlay } => {
+                Some(format!("{target} on '{}'", overlay.display()))
+            }
+            SnapshotDisk::Skip { .. } => None,
+        })
+        .collect();
+    format!(
+        " (the snapshot was taken and the domain runs on its new overlays: {}; \
+         no restore point was recorded for {ts})",
+        on.join(", ")
+    )
 }
 
 fn run_step(
@@ -79,9 +90,29 @@ fn run_step(
     outcome: &mut Outcome,
 ) -> Result<()> {
     match step {
-        Step::Snapshot { disks, quiesce } => {
+        Step::Snapshot {
+            disks,
+            how,
+            quiesce_fallback,
+        } => {
             let started = Instant::now();
-            dom.snapshot_disks(disks, *quiesce)?;
+            let was_paused = dom.is_paused()?;
+            let mut how = how.clone();
+            let mut result = dom.snapshot(disks, &how);
+            if let Err(e) = &result {
+                if how.quiesce && *quiesce_fallback && e.to_string().contains("agent") {
+                    log::warn!(
+                        "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
+                        dom.name
+                    );
+                    how.quiesce = false;
+                    outcome.quiesce_dropped = true;
+                    result = dom.snapshot(disks, &how);
+                }
+            }
+            outcome.snapshot_ms = started.elapsed().as_millis();
+            keep_running(dom, was_paused);
+            result?;
             outcome.overlays = disks
                 .iter()
                 .filter(|d| matches!(d, SnapshotDisk::External { .. }))
@@ -89,8 +120,17 @@ fn run_step(
             log::debug!(
                 "Snapshot for block devices of '{}' successful ({} ms)",
                 dom.name,
-                started.elapsed().as_millis()
+                outcome.snapshot_ms
             );
+            if let Some(state) = &how.memory {
+                private(state)?;
+                log::info!(
+                    "Memory state of '{}' saved to '{}' (snapshot call {} ms)",
+                    dom.name,
+                    state.display(),
+                    outcome.snapshot_ms
+                );
+            }
             record_overlays(plan, disks, &ctx.state_dir)?;
         }
         Step::CreateDirs(dir) => dir.create()?,
@@ -113,7 +153,10 @@ fn run_step(
         }
         Step::WriteXml { path, xml } => fsutil::write_once(path, xml.as_bytes())?,
         Step::WriteRecord { path, draft } => {
-            let record = complete_record(draft, copied)?;
+            let mut record = complete_record(draft, copied)?;
+            if outcome.quiesce_dropped {
+                record.quiesced = false;
+            }
             let mut text = serde_json::to_string_pretty(&record)
                 .map_err(|e| Error::Invalid(format!("cannot encode the record: {e}")))?;
             text.push('\n');
@@ -122,6 +165,26 @@ fn run_step(
         }
     }
     Ok(())
+}
+
+/// A guest that was running before the snapshot must be running after it,
+/// whatever happened in between: resume it if it was left paused.
+fn keep_running(dom: &Dom, was_paused: bool) {
+    match dom.is_paused() {
+        Ok(true) if !was_paused => match dom.resume() {
+            Ok(()) => log::warn!("'{}' was left paused; it was resumed", dom.name),
+            Err(e) => log::error!("'{}' is paused and could not be resumed: {e}", dom.name),
+        },
+        Ok(_) => {}
+        Err(e) => log::error!("cannot check that '{}' is running: {e}", dom.name),
+    }
+}
+
+/// Makes the memory state file 0600 (it holds the guest's memory).
+fn private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("cannot make the memory state private", path, e))
 }
 
 /// Adds the overlays the snapshot just created to the domain's ledger, so

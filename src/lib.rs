@@ -14,6 +14,7 @@ pub mod copy;
 pub mod domain;
 pub mod error;
 pub mod exec;
+pub mod fault;
 pub mod fsutil;
 pub mod ledger;
 pub mod libvirt;

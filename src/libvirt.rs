@@ -67,6 +67,19 @@ impl Libvirt {
         Ok(Dom { dom, name })
     }
 
+    /// Starts a domain from a saved memory state, with `xml` (disks pointed
+    /// at restored images) replacing the XML stored in the state file.
+    pub fn restore_state(&self, state: &std::path::Path, xml: &str) -> Result<()> {
+        self.conn
+            .restore_domain_flags(&state.to_string_lossy(), Some(xml), 0)
+            .map_err(|e| {
+                Error::libvirt(
+                    format!("cannot start from memory state '{}'", state.display()),
+                    e,
+                )
+            })
+    }
+
     /// Names of all defined domains (running first, then the others, each sorted),
     /// or of the running ones only.
     pub fn domain_names(&self, running_only: bool) -> Result<Vec<String>> {
@@ -134,14 +147,40 @@ impl Dom {
         })
     }
 
-    /// One atomic external disk-only snapshot without metadata.
-    pub fn snapshot_disks(&self, disks: &[SnapshotDisk], quiesce: bool) -> Result<()> {
-        let xml = snapshot_xml(disks);
+    /// True when the domain is paused.
+    pub fn is_paused(&self) -> Result<bool> {
+        let (state, _) = self.dom.state().map_err(|e| {
+            Error::libvirt(
+                format!("cannot read the state of domain '{}'", self.name),
+                e,
+            )
+        })?;
+        Ok(matches!(
+            state,
+            virt::enumutil::Enum::Known(virt::domain::DomainState::Paused)
+        ))
+    }
+
+    /// Resumes a paused domain.
+    pub fn resume(&self) -> Result<()> {
+        self.dom
+            .resume()
+            .map_err(|e| Error::libvirt(format!("cannot resume domain '{}'", self.name), e))
+    }
+
+    /// One atomic external snapshot without metadata: of the disks only, or
+    /// (with `memory`) of memory and disks at one instant.
+    pub fn snapshot(&self, disks: &[SnapshotDisk], how: &SnapshotHow) -> Result<()> {
+        let xml = snapshot_xml(disks, how.memory.as_deref());
         log::trace!("snapshot XML for '{}': {xml}", self.name);
-        let mut flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA;
-        if quiesce {
+        let mut flags =
+            sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA;
+        if how.memory.is_none() {
+            flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY;
+        } else if how.live {
+            flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_LIVE;
+        }
+        if how.quiesce {
             flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE;
         }
         self.dom
@@ -151,9 +190,27 @@ impl Dom {
     }
 }
 
-/// The `<domainsnapshot>` document for a disk-only snapshot. Pure.
-pub fn snapshot_xml(disks: &[SnapshotDisk]) -> String {
-    let mut xml = String::from("<domainsnapshot>\n  <disks>\n");
+/// How a snapshot is taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotHow {
+    /// Quiesce through the guest agent.
+    pub quiesce: bool,
+    /// Save memory into this file too.
+    pub memory: Option<PathBuf>,
+    /// Save memory while the guest runs (longer, larger, no long pause).
+    pub live: bool,
+}
+
+/// The `<domainsnapshot>` document: memory (when given) and disks. Pure.
+pub fn snapshot_xml(disks: &[SnapshotDisk], memory: Option<&std::path::Path>) -> String {
+    let mut xml = String::from("<domainsnapshot>\n");
+    if let Some(m) = memory {
+        xml.push_str(&format!(
+            "  <memory snapshot='external' file='{}'/>\n",
+            escape(&m.to_string_lossy())
+        ));
+    }
+    xml.push_str("  <disks>\n");
     for d in disks {
         match d {
             SnapshotDisk::External { target, overlay } => xml.push_str(&format!(
@@ -194,15 +251,18 @@ mod tests {
 
     #[test]
     fn snapshot_xml_escapes_paths() {
-        let xml = snapshot_xml(&[
-            SnapshotDisk::External {
-                target: "vda".into(),
-                overlay: "/v/it's <a>.bimg-1".into(),
-            },
-            SnapshotDisk::Skip {
-                target: "hdc".into(),
-            },
-        ]);
+        let xml = snapshot_xml(
+            &[
+                SnapshotDisk::External {
+                    target: "vda".into(),
+                    overlay: "/v/it's <a>.bimg-1".into(),
+                },
+                SnapshotDisk::Skip {
+                    target: "hdc".into(),
+                },
+            ],
+            Some(std::path::Path::new("/s/it's \"state\"")),
+        );
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let src = doc
             .descendants()
@@ -210,5 +270,10 @@ mod tests {
             .unwrap();
         assert_eq!(src.attribute("file"), Some("/v/it's <a>.bimg-1"));
         assert!(xml.contains("<disk name='hdc' snapshot='no'/>"));
+        let mem = doc
+            .descendants()
+            .find(|n| n.has_tag_name("memory"))
+            .unwrap();
+        assert_eq!(mem.attribute("file"), Some("/s/it's \"state\""));
     }
 }

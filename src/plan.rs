@@ -10,7 +10,7 @@ use crate::chain::{ChainFile, SourceId};
 use crate::copy::CopyJob;
 use crate::domain::{DiskFacts, DomainFacts};
 use crate::error::{Error, Result};
-use crate::libvirt::SnapshotDisk;
+use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
 use crate::record::{DiskRecord, DomainDir, FileRecord, Index, Mode, Record, RECORD_VERSION};
 use std::collections::{HashMap, HashSet};
@@ -52,6 +52,17 @@ pub struct Options {
     pub taken_at: String,
     /// -q.
     pub quiesce: bool,
+    /// --quiesce-fallback: without a working agent, snapshot unquiesced.
+    pub quiesce_fallback: bool,
+    /// -s: the directory of memory state files.
+    pub dump_state_dir: Option<PathBuf>,
+    /// --live: save memory while the guest runs.
+    pub live: bool,
+}
+
+/// The memory state file of domain `domain` for run `ts` in `dir`.
+pub fn state_file(dir: &Path, domain: &str, ts: &str) -> PathBuf {
+    dir.join(format!("{domain}.statefile-{ts}"))
 }
 
 /// One step of a plan.
@@ -61,8 +72,10 @@ pub enum Step {
     Snapshot {
         /// Every disk: new overlay or left out.
         disks: Vec<SnapshotDisk>,
-        /// Quiesce through the guest agent.
-        quiesce: bool,
+        /// Quiesce, memory file, live.
+        how: SnapshotHow,
+        /// Without a working agent, retry unquiesced (with a [WAR]).
+        quiesce_fallback: bool,
     },
     /// Create the domain's backup directories.
     CreateDirs(DomainDir),
@@ -155,7 +168,15 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
         }
         steps.push(Step::Snapshot {
             disks,
-            quiesce: opts.quiesce,
+            how: SnapshotHow {
+                quiesce: opts.quiesce,
+                memory: opts
+                    .dump_state_dir
+                    .as_deref()
+                    .map(|d| state_file(d, name, &opts.ts)),
+                live: opts.live,
+            },
+            quiesce_fallback: opts.quiesce_fallback,
         });
     }
     if let Some((dir, existing)) = &facts.backup {
@@ -265,7 +286,15 @@ fn plan_copies(
         },
         quiesced: facts.active && opts.quiesce,
         domain_xml: file_name(&xml_path),
-        state_file: None,
+        state_file: opts
+            .dump_state_dir
+            .as_deref()
+            .filter(|_| facts.active)
+            .map(|d| {
+                state_file(d, &facts.domain.name, &opts.ts)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         disks,
         files,
     };
@@ -310,11 +339,32 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+impl Step {
+    /// A short name, for fault points and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Snapshot { .. } => "snapshot",
+            Step::CreateDirs(_) => "create-dirs",
+            Step::Copy(_) => "copy",
+            Step::Reuse(_) => "reuse",
+            Step::WriteXml { .. } => "write-xml",
+            Step::WriteRecord { .. } => "write-record",
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Snapshot { disks, quiesce } => {
-                write!(f, "snapshot{}:", if *quiesce { " (quiesced)" } else { "" })?;
+            Step::Snapshot { disks, how, .. } => {
+                write!(
+                    f,
+                    "snapshot{}:",
+                    if how.quiesce { " (quiesced)" } else { "" }
+                )?;
+                if let Some(m) = &how.memory {
+                    write!(f, " memory -> '{}'", m.display())?;
+                }
                 for d in disks {
                     match d {
                         SnapshotDisk::External { target, overlay } => {

@@ -79,14 +79,26 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             e,
         )
     })?;
-    let plan = plan(
-        &dir,
-        record,
-        &target,
-        &xml_text,
-        args.flatten,
-        args.define.as_deref(),
-    )?;
+    // Defining under the domain's own name is a restore in place: same UUID
+    // and MACs, and the only way to start from a memory state (libvirt
+    // refuses a state under another UUID).
+    let in_place = args.define.as_deref() == Some(args.domain.as_str());
+    let lv = match &args.define {
+        Some(_) => Some(Libvirt::open(&args.connect)?),
+        None => None,
+    };
+    if let (true, Some(lv)) = (in_place, &lv) {
+        if let Ok(existing) = lv.lookup(&args.domain) {
+            if existing.is_active()? {
+                return Err(Error::Usage(format!(
+                    "domain '{}' is running; shut it off before restoring it in place; nothing was written",
+                    args.domain
+                )));
+            }
+        }
+    }
+    let new_name = args.define.as_deref().filter(|_| !in_place);
+    let plan = plan(&dir, record, &target, &xml_text, args.flatten, new_name)?;
     let taken: Vec<String> = plan
         .outputs
         .iter()
@@ -114,13 +126,27 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         log::info!("Restored {t} as '{}'", out.display());
     }
     log::info!("Domain XML: '{}'", plan.xml_path.display());
-    if let Some(name) = &args.define {
-        let lv = Libvirt::open(&args.connect)?;
+    if let (Some(name), Some(lv)) = (&args.define, &lv) {
         let dom = lv.define(&plan.xml)?;
         log::info!("Defined domain '{name}'");
-        if args.start {
-            dom.start()?;
-            log::info!("Started domain '{name}'");
+        match (&record.state_file, args.start) {
+            (Some(state), true) if in_place => {
+                lv.restore_state(Path::new(state), &plan.xml)?;
+                log::info!("Started domain '{name}' from its memory state '{state}'");
+            }
+            (state, true) => {
+                if let Some(state) = state {
+                    log::warn!(
+                        "The restore point has a memory state ('{state}'), but a domain under a new \
+                         name cannot resume it (libvirt requires the original UUID): '{name}' boots \
+                         from its disks. Use --define {} to restore in place.",
+                        args.domain
+                    );
+                }
+                dom.start()?;
+                log::info!("Started domain '{name}'");
+            }
+            _ => {}
         }
     }
     Ok(true)
@@ -242,6 +268,7 @@ pub fn plan(
     }
     let xml = rewrite_domain_xml(xml, &sources, new_name)?;
     let xml_path = target.join(format!("{}.xml", new_name.unwrap_or(&record.domain)));
+    // A restore in place keeps the recorded name (new_name is None).
     outputs.push(xml_path.clone());
     Ok(RestorePlan {
         restore_point: record.restore_point.clone(),

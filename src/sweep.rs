@@ -28,12 +28,6 @@ pub struct Summary {
 
 /// Runs the configured action over the selected domains.
 pub fn run(config: &Config) -> Result<Summary> {
-    if config.dump_state_dir.is_some() {
-        return Err(Error::Usage(
-            "dump state (-s) is not available in this version of fi-backup yet; nothing was done"
-                .into(),
-        ));
-    }
     let lv = Libvirt::open(&config.connect)?;
     let names = resolve(&lv, &config.selection)?;
     if names.is_empty() {
@@ -130,6 +124,9 @@ fn backup_domain(dom: &Dom, config: &Config) -> Result<()> {
     let active = dom.is_active()?;
     let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
     let facts = gather(dom, domain, active, config)?;
+    if !active && config.dump_state_dir.is_some() {
+        log::warn!("'{name}' is shut off: there is no memory state to save (-s)");
+    }
     let opts = options(&facts, config)?;
     let plan = plan::plan_backup(&facts, &opts)?;
     log::trace!(
@@ -270,11 +267,14 @@ fn options(facts: &Facts, config: &Config) -> Result<Options> {
     for _ in 0..3 {
         let now = chrono::Local::now();
         let ts = naming::timestamp(now);
-        if !timestamp_taken(facts, &ts) {
+        if !timestamp_taken(facts, config, &ts) {
             return Ok(Options {
                 ts,
                 taken_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
                 quiesce: config.quiesce,
+                quiesce_fallback: config.quiesce_fallback,
+                dump_state_dir: config.dump_state_dir.clone().filter(|_| facts.active),
+                live: config.live,
             });
         }
         let wait = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos().min(999_999_999));
@@ -286,7 +286,7 @@ fn options(facts: &Facts, config: &Config) -> Result<Options> {
     ))
 }
 
-fn timestamp_taken(facts: &Facts, ts: &str) -> bool {
+fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> bool {
     let record = facts.backup.as_ref().is_some_and(|(dir, index)| {
         dir.record_path(ts).exists() || index.records.iter().any(|r| r.restore_point == ts)
     });
@@ -295,7 +295,12 @@ fn timestamp_taken(facts: &Facts, ts: &str) -> bool {
             .disks
             .iter()
             .any(|d| naming::overlay_path(&d.chain[0].path, ts).exists());
-    record || overlay
+    let state = facts.active
+        && config
+            .dump_state_dir
+            .as_deref()
+            .is_some_and(|d| plan::state_file(d, &facts.domain.name, ts).exists());
+    record || overlay || state
 }
 
 fn report(name: &str, o: &Outcome, config: &Config) {

@@ -107,6 +107,8 @@ impl DiskSpec {
 pub struct Scenario {
     pub name: String,
     pub root: PathBuf,
+    /// Guest memory of the domains defined from now on.
+    pub memory_mib: u32,
     domains: Vec<String>,
 }
 
@@ -125,6 +127,7 @@ impl Scenario {
         Scenario {
             name,
             root,
+            memory_mib: 32,
             domains: Vec::new(),
         }
     }
@@ -179,10 +182,11 @@ impl Scenario {
             ));
         }
         let xml = format!(
-            "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory>\
+            "<domain type='qemu'><name>{}</name><memory unit='MiB'>{}</memory>\
              <os><type arch='x86_64' machine='pc'>hvm</type></os>\
              <devices>{devs}</devices></domain>",
-            xml_escape(&name)
+            xml_escape(&name),
+            self.memory_mib
         );
         let xml_path = self.root.join(format!("{short}.xml"));
         std::fs::write(&xml_path, xml).unwrap();
@@ -271,9 +275,17 @@ pub fn guest_reads(domain: &str, disk: usize, pattern: u8, offset_mib: u64) -> b
         "qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"read -P {pattern:#x} {offset_mib}M 1M\""
     );
     virsh(&["qemu-monitor-command", domain, "--hmp", &hmp]);
-    let text = std::fs::read(&log).unwrap_or_default();
-    let added = String::from_utf8_lossy(&text[before.min(text.len())..]).into_owned();
-    added.contains("read 1048576/1048576") && !added.contains("verification failed")
+    // QEMU's output reaches the log through virtlogd, sometimes a little late.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let added = String::from_utf8_lossy(&text[before.min(text.len())..]).into_owned();
+        if added.contains("read 1048576/1048576") || std::time::Instant::now() > deadline {
+            return added.contains("read 1048576/1048576")
+                && !added.contains("verification failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Asserts that the live disk reads each (pattern, offset) of `expected`.

@@ -1,0 +1,190 @@
+//! Memory state (-s) and quiesce fallback on the real stack.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+/// Watches a domain's lifecycle events; returns the pause window (Suspended
+/// to Resumed) seen while `f` ran, in milliseconds.
+fn pause_window(dom: &str, f: impl FnOnce()) -> f64 {
+    let mut watch = Command::new("virsh")
+        .args([
+            "-c",
+            URI,
+            "event",
+            "--domain",
+            dom,
+            "--event",
+            "lifecycle",
+            "--loop",
+            "--timestamp",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    f();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    watch.kill().unwrap();
+    let mut out = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = watch.wait();
+    let at = |word: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.contains(word))
+            .unwrap_or_else(|| panic!("no {word} event in:\n{out}"));
+        // "2026-11-22 04:05:01.123+0000: event 'lifecycle' ..."
+        let time = line.split_whitespace().nth(1).unwrap();
+        let time = time.trim_end_matches(':');
+        let time = &time[..time.find('+').unwrap_or(time.len())];
+        let parts: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+        (parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0
+    };
+    at("Resumed") - at("Suspended")
+}
+
+/// -s on a running two-disk domain (64 MiB), into a directory whose name has
+/// spaces and a single quote: one state file, 0600, recorded with the point;
+/// the guest was paused briefly and runs on; the point restores in place and
+/// starts from its memory state, reading the data the disks held.
+#[test]
+fn memory_state_is_saved_and_restorable() {
+    let mut s = Scenario::new("memstate");
+    s.memory_mib = 64;
+    let dom = s.start(
+        "vm",
+        "img",
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::qcow2("b.qcow2", "vdb"),
+        ],
+    );
+    let backup = s.dir("backup");
+    let state = s.dir("state dir 'quoted'");
+    guest_write(&dom, 0, 0x81, 0);
+    guest_write(&dom, 1, 0x91, 1);
+    let pause = pause_window(&dom, || {
+        s.fi_ok(&[
+            "-s",
+            state.to_str().unwrap(),
+            "-b",
+            backup.to_str().unwrap(),
+            &dom,
+        ]);
+    });
+    // Written past the test harness's capture, so it shows in every run's output.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\nPAUSE WINDOW (-s, 64 MiB guest, libvirt lifecycle events Suspended->Resumed): {pause:.0} ms\n").as_bytes(),
+    );
+    assert!(pause < 500.0, "the guest was paused {pause:.0} ms");
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    let files = names_in(&state);
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0].starts_with(&format!("{dom}.statefile-")),
+        "{files:?}"
+    );
+    let state_file = state.join(&files[0]);
+    assert_eq!(
+        std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let recs = records(&backup, &dom);
+    assert_eq!(recs[0]["state_file"].as_str(), state_file.to_str());
+
+    // Written after the snapshot: must not be in the restored guest.
+    guest_write(&dom, 0, 0x82, 0);
+    virsh(&["destroy", &dom]);
+    let target = s.dir("restored");
+    s.fi_ok(&[
+        "restore",
+        "--backup-dir",
+        backup.to_str().unwrap(),
+        "--domain",
+        &dom,
+        "--target",
+        target.to_str().unwrap(),
+        "--define",
+        &dom,
+        "--start",
+    ]);
+    assert_eq!(
+        virsh(&["domstate", &dom, "--reason"]).trim(),
+        "running (restored)"
+    );
+    assert!(live_sources(&dom)[0]
+        .1
+        .starts_with(target.to_str().unwrap()));
+    assert_guest(&dom, 0, &[(0x81, 0)]);
+    assert_guest(&dom, 1, &[(0x91, 1)]);
+}
+
+/// A failure after the memory dump (injected) leaves the guest running.
+#[test]
+fn guest_runs_after_a_failure_after_the_dump() {
+    let mut s = Scenario::new("memfail");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    let state = s.dir("state");
+    let backup = s.dir("backup");
+    let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))
+        .args([
+            "-s",
+            state.to_str().unwrap(),
+            "-b",
+            backup.to_str().unwrap(),
+            &dom,
+        ])
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env("FI_BACKUP_TEST_FAULT", "after-snapshot")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("injected fault") && log.contains("no restore point was recorded"),
+        "{log}"
+    );
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    assert!(records(&backup, &dom).is_empty());
+    guest_write(&dom, 0, 0x55, 0);
+    assert_guest(&dom, 0, &[(0x55, 0)]);
+}
+
+/// -q with --quiesce-fallback on a domain without an agent: a [WAR], the
+/// backup is taken unquiesced and recorded so.
+#[test]
+fn quiesce_fallback_goes_on_without_agent() {
+    let mut s = Scenario::new("qfall");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    guest_write(&dom, 0, 0x66, 0);
+    let log = s.fi_ok(&[
+        "-q",
+        "--quiesce-fallback",
+        "-b",
+        backup.to_str().unwrap(),
+        &dom,
+    ]);
+    assert!(
+        log.contains("[WAR]") && log.contains("without quiesce"),
+        "{log}"
+    );
+    let recs = records(&backup, &dom);
+    assert_eq!(recs[0]["quiesced"], false);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x66, 0)],
+    );
+}
