@@ -15,6 +15,7 @@ use crate::blockjob;
 use crate::config::Method;
 use crate::domain;
 use crate::error::{Error, Result};
+use crate::journal::{Entry, Journal};
 use crate::ledger::Ledger;
 use crate::libvirt::Dom;
 use crate::naming;
@@ -117,6 +118,29 @@ pub fn execute(
     ledger: &mut Ledger,
     state_dir: &std::path::Path,
 ) -> Result<()> {
+    // Journal first: a run killed from here on is finished or undone by the
+    // next one (journal::reconcile).
+    let mut journal = Journal {
+        domain: dom.name.clone(),
+        uuid: ledger.uuid.clone(),
+        entries: plans
+            .iter()
+            .map(|p| Entry {
+                target: p.target.clone(),
+                method: match p.method {
+                    Method::BlockCommit => "blockcommit".into(),
+                    Method::BlockPull => "blockpull".into(),
+                },
+                result: p.result.to_string_lossy().into_owned(),
+                delete: p
+                    .delete
+                    .iter()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .collect(),
+            })
+            .collect(),
+    };
+    journal.save(state_dir)?;
     // The disks' jobs are independent: run them at once, one thread each;
     // deletions and the ledger follow, in order, once every job has ended.
     let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -129,6 +153,7 @@ pub fn execute(
             .map(|h| h.join().expect("a consolidation thread does not panic"))
             .collect()
     });
+    crate::fault::check("after-pivot")?;
     let mut failed = Vec::new();
     for (p, result) in plans.iter().zip(results) {
         match result {
@@ -150,6 +175,8 @@ pub fn execute(
         }
     }
     ledger.save(state_dir)?;
+    journal.entries.clear();
+    journal.save(state_dir)?;
     if failed.is_empty() {
         Ok(())
     } else {
@@ -268,6 +295,7 @@ fn wait(dom: &Dom, t: &str, method: Method, timeout: Duration, progress: &Progre
                 ))
             }
         }
+        crate::signals::check()?;
         if started.elapsed() >= timeout {
             return Err(Error::Invalid(format!(
                 "the job did not finish within {} s",

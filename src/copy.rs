@@ -242,6 +242,7 @@ fn read_pieces(
             .map_err(|e| Error::io("cannot seek in", src_path, e))?
             .min(end);
         while pos < hole {
+            crate::signals::check()?;
             let Ok(mut buf) = buffers.recv() else {
                 return Ok(()); // the writer stopped; it reports why
             };

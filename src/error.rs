@@ -32,6 +32,8 @@ pub enum Error {
     Locked { domain: String, lock: PathBuf },
     /// Facts we read do not make sense (a loop in a chain, unparsable JSON, ...).
     Invalid(String),
+    /// SIGINT or SIGTERM asked the run to stop.
+    Interrupted(i32),
     /// A domain cannot be handled as asked (no eligible disk, offline without -b, ...).
     Domain { domain: String, message: String },
 }
@@ -97,6 +99,15 @@ impl fmt::Display for Error {
                 lock.display()
             ),
             Error::Invalid(m) => write!(f, "{m}"),
+            Error::Interrupted(sig) => write!(
+                f,
+                "interrupted by {}; stopped at a safe point",
+                if *sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
+            ),
             Error::Domain { domain, message } => write!(f, "domain '{domain}': {message}"),
         }
     }

@@ -49,7 +49,8 @@ pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
     let mut snapshot_note = String::new();
     for step in &plan.steps {
         log::trace!("step for '{}': {step}", plan.domain);
-        let result = run_step(plan, step, dom, ctx, &mut copied, &mut outcome);
+        let result = crate::signals::check()
+            .and_then(|()| run_step(plan, step, dom, ctx, &mut copied, &mut outcome));
         if result.is_ok() {
             if let Step::Snapshot { disks, .. } = step {
                 snapshot_note = after_snapshot_note(disks, &plan.ts);

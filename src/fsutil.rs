@@ -130,3 +130,25 @@ pub fn write_once(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
     tmp.publish(path)
 }
+
+/// Removes temporary files (ours by their prefix) that an interrupted run
+/// left in `dir`; returns how many. Called under the domain lock, so no other
+/// run of ours is writing there.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    let mut removed = 0;
+    for e in entries {
+        let e = e.map_err(|err| Error::io("cannot list", dir, err))?;
+        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let path = e.path();
+            std::fs::remove_file(&path).map_err(|err| Error::io("cannot remove", &path, err))?;
+            log::warn!("Removed '{}', left by an interrupted run", path.display());
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -4,7 +4,7 @@ use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
 use fi_backup::error::Error;
-use fi_backup::{list, logging, restore, sweep, verify};
+use fi_backup::{list, logging, restore, signals, sweep, verify};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,12 +17,20 @@ fn main() -> ExitCode {
         Verbosity::Normal
     };
     logging::init(verbosity);
+    signals::install();
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
         Some(Command::Restore(args)) => restore::run(&args),
         Some(Command::Verify(args)) => verify::run(&args),
         None => run_sweep(cli.run),
     };
+    if let Some(sig) = signals::requested() {
+        if let Err(e) = &result {
+            log::error!("{e}");
+        }
+        log::error!("{}", Error::Interrupted(sig));
+        return ExitCode::from(128 + sig as u8);
+    }
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

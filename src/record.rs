@@ -132,11 +132,15 @@ impl DomainDir {
     pub fn xml_path(&self, ts: &str) -> PathBuf {
         self.points().join(format!("{ts}.xml"))
     }
-    /// Creates the directories (0700).
+    /// Creates the directories (0700) and removes temporary files an
+    /// interrupted run left in them.
     pub fn create(&self) -> Result<()> {
         crate::fsutil::ensure_private_dir(&self.root)?;
         crate::fsutil::ensure_private_dir(&self.images())?;
-        crate::fsutil::ensure_private_dir(&self.points())
+        crate::fsutil::ensure_private_dir(&self.points())?;
+        crate::fsutil::remove_stale_temps(&self.images())?;
+        crate::fsutil::remove_stale_temps(&self.points())?;
+        Ok(())
     }
 }
 

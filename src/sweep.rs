@@ -105,9 +105,13 @@ fn for_each_parallel<T: Sync, R: Send>(
 
 /// One domain, under its lock: backup, consolidation, or both (-C).
 fn process_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
+    crate::signals::check().map_err(|e| Error::domain(name, format!("not started: {e}")))?;
     let dom = lv.lookup(name)?;
     let first = domain::parse_domain_xml(&dom.live_xml()?)?;
     let _lock = lock::lock_domain(&config.lock_dir, name, &first.uuid)?;
+    if !config.dry_run {
+        crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
+    }
     if config.action != Action::ConsolidateOnly {
         backup_domain(&dom, config)?;
     }

@@ -1,0 +1,291 @@
+//! Faults on the real stack. Each test prints a row of the fault table
+//! (fault | outcome | data check) past the harness's capture.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+
+fn row(fault: &str, outcome: &str, data: &str) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\nFAULT TABLE | {fault} | {outcome} | {data}\n").as_bytes(),
+    );
+}
+
+fn fi_cmd(s: &Scenario, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fi-backup"));
+    c.args(args)
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"));
+    c
+}
+
+/// SIGTERM while a consolidation job runs: the job is cancelled, the disk
+/// stays on its chain, nothing is deleted, the lock is released; the next
+/// run consolidates and every pattern reads back.
+#[test]
+fn sigterm_during_consolidation() {
+    let mut s = Scenario::new("sigterm");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    guest_write(&dom, 0, 0x10, 20);
+    s.fi_ok(&[&dom]);
+    for mib in 0..16 {
+        guest_write(&dom, 0, 0x20 + mib as u8, mib);
+    }
+    let top = live_sources(&dom)[0].1.clone();
+    let child = fi_cmd(&s, &["-c", "--bandwidth", "2", &dom])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{log}");
+    assert!(
+        log.contains("interrupted by SIGTERM") && log.contains("the job was cancelled"),
+        "{log}"
+    );
+    assert_eq!(live_sources(&dom)[0].1, top);
+    // virsh -q prints nothing when no job runs (and the job's progress when one does).
+    assert_eq!(
+        virsh(&["blockjob", &dom, "vda", "--info"]).trim(),
+        "",
+        "a block job is left running"
+    );
+    assert_eq!(names_in(&img).len(), 2);
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    assert_guest(&dom, 0, &[(0x10, 20), (0x20, 0), (0x2f, 15)]);
+    row(
+        "SIGTERM mid-blockcommit",
+        "exit 143, job cancelled, disk on its chain, nothing deleted; next run consolidates",
+        "17 patterns read from the live disk",
+    );
+}
+
+/// The backup directory fills up (a 20 MiB tmpfs): a clear error, no partial
+/// file, the earlier restore point untouched, the guest fine on a valid chain.
+#[test]
+fn backup_directory_full() {
+    let mut s = Scenario::new("enospc");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("small");
+    ok(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=20M,mode=0755",
+            "tmpfs",
+            backup.to_str().unwrap(),
+        ],
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = cmd("umount", &[self.0.to_str().unwrap()]);
+        }
+    }
+    let _unmount = Unmount(backup.clone());
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x31, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    let first = snapshot_tree(&backup);
+    for mib in 1..=24 {
+        guest_write(&dom, 0, 0x32, mib);
+    }
+    let out = s.fi(&["-b", b, &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(log.contains("no restore point was recorded"), "{log}");
+    assert_eq!(
+        snapshot_tree(&backup),
+        first,
+        "the backup directory changed"
+    );
+    assert_eq!(records(&backup, &dom).len(), 1);
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    assert_guest(&dom, 0, &[(0x31, 0), (0x32, 1), (0x32, 24)]);
+    let live = live_sources(&dom)[0].1.clone();
+    assert_eq!(
+        chain_names(std::path::Path::new(&live)).len(),
+        3,
+        "the live chain is not valid"
+    );
+    row(
+        "backup directory full (ENOSPC, tmpfs 20 MiB)",
+        "exit 1 naming ENOSPC, partial copy removed, older point byte-identical",
+        "25 patterns read from the live disk, live chain 3 files",
+    );
+}
+
+/// A record truncated by hand is reported and never trusted; the run goes on
+/// (copying anew what that record described) and verify names it.
+#[test]
+fn damaged_record_is_reported_not_trusted() {
+    let mut s = Scenario::new("badrecord");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x41, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    let points = backup.join(&dom).join("points");
+    let rec = std::fs::read_dir(&points)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let text = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, &text[..text.len() / 2]).unwrap();
+    guest_write(&dom, 0, 0x42, 1);
+    let log = s.fi_ok(&["-v", "-b", b, &dom]);
+    assert!(log.contains("is not trusted and was ignored"), "{log}");
+    assert!(log.contains("0 unchanged file(s) reused"), "{log}");
+    let recs = records_tolerant(&backup, &dom);
+    assert_eq!(recs.len(), 1);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x41, 0), (0x42, 1)],
+    );
+    let out = s.fi(&["verify", "--backup-dir", b]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be trusted"));
+    row(
+        "record truncated by hand",
+        "[WAR] not trusted, run succeeds without reusing its files, verify exits 1 naming it",
+        "2 patterns read from the new restore point",
+    );
+}
+
+/// The records that parse (a damaged one is skipped).
+fn records_tolerant(backup: &std::path::Path, domain: &str) -> Vec<serde_json::Value> {
+    let dir = backup.join(domain).join("points");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).ok())
+        .collect()
+}
+
+/// A fault after the copies, before the record: no restore point, the copies
+/// of that run removed, the guest on its new overlay; the next plain run
+/// succeeds and its point reads the data.
+#[test]
+fn fault_after_copy_then_next_run_succeeds() {
+    let mut s = Scenario::new("aftercopy");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x51, 0);
+    let out = fi_cmd(&s, &["-b", b, &dom])
+        .env("FI_BACKUP_TEST_FAULT", "after-write-xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(records(&backup, &dom).is_empty());
+    guest_write(&dom, 0, 0x52, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    let recs = records(&backup, &dom);
+    assert_eq!(recs.len(), 1);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x51, 0), (0x52, 1)],
+    );
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    row(
+        "failure after the copies, before the record",
+        "exit 1, no restore point; next run records a point that verifies",
+        "2 patterns read from the restore point",
+    );
+}
+
+/// SIGKILL mid-blockcommit, before the pivot: the job is left running in
+/// QEMU. The next run (a backup) cancels it from the journal, then
+/// snapshots and copies; a later -c consolidates; no data is lost.
+#[test]
+fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
+    let mut s = Scenario::new("sigkill");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    let backup = s.dir("backup");
+    s.fi_ok(&[&dom]);
+    for mib in 0..16 {
+        guest_write(&dom, 0, 0x60 + mib as u8, mib);
+    }
+    let top = live_sources(&dom)[0].1.clone();
+    let mut child = fi_cmd(&s, &["-c", "--bandwidth", "2", &dom])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_ne!(
+        virsh(&["blockjob", &dom, "vda", "--info"]).trim(),
+        "",
+        "no job was left running"
+    );
+    assert_eq!(live_sources(&dom)[0].1, top);
+
+    let log = s.fi_ok(&["-b", backup.to_str().unwrap(), &dom]);
+    assert!(log.contains("left running by an interrupted run"), "{log}");
+    assert_eq!(virsh(&["blockjob", &dom, "vda", "--info"]).trim(), "");
+    let recs = records(&backup, &dom);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x60, 0), (0x6f, 15)],
+    );
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    assert_guest(&dom, 0, &[(0x60, 0), (0x68, 8), (0x6f, 15)]);
+    row(
+        "SIGKILL mid-blockcommit (before pivot)",
+        "job left in QEMU; next run cancels it (journal), backs up; -c then consolidates",
+        "16 patterns from the restore point and the live disk",
+    );
+}
+
+/// A failure after the pivot, before the deletions: the next run finishes
+/// them from the journal (each file checked again against the ledger).
+#[test]
+fn failure_after_pivot_is_finished_by_the_next_run() {
+    let mut s = Scenario::new("afterpivot");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    guest_write(&dom, 0, 0x71, 0);
+    s.fi_ok(&[&dom]);
+    guest_write(&dom, 0, 0x72, 1);
+    let out = fi_cmd(&s, &["-c", &dom])
+        .env("FI_BACKUP_TEST_FAULT", "after-pivot")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+    assert_eq!(names_in(&img).len(), 2, "the overlay should still be there");
+    let log = s.fi_ok(&["-c", &dom]);
+    assert!(
+        log.contains("which an interrupted consolidation of vda"),
+        "{log}"
+    );
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    assert_guest(&dom, 0, &[(0x71, 0), (0x72, 1)]);
+    row(
+        "failure after pivot, before deleting",
+        "exit 1, domain on its base, overlay kept; next run deletes it from the journal",
+        "2 patterns read from the live disk",
+    );
+}
