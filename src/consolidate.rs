@@ -207,6 +207,7 @@ fn delete_ours(dom: &Dom, p: &DiskPlan, ledger: &mut Ledger) {
         }
         let gone = path.to_string_lossy();
         ledger.overlays.retain(|o| o.path != gone);
+        crate::fault::kill_point("kill-mid-deletion");
     }
 }
 
@@ -243,6 +244,7 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
             show_chain(&p.chain)
         )));
     }
+    crate::fault::kill_point("kill-mid-blockcommit");
     let progress = Progress::new(&dom.name, t, name);
     let waited = wait(dom, t, p.method, s.timeout, &progress);
     progress.finish();
@@ -263,6 +265,7 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
         }
     }
     confirm(dom, p).map_err(|e| fail(format!("{e}; nothing was deleted")))?;
+    crate::fault::kill_point("kill-after-pivot");
     log::debug!(
         "Consolidation of {t} of '{}' ({name}) done in {} ms, {} merged; now on '{}'",
         dom.name,

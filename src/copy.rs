@@ -292,6 +292,7 @@ fn write_pieces(
             dst.write_all_at(&piece.buf[..piece.len], piece.pos)
                 .map_err(|e| Error::io("cannot write the copy of", src_path, e))?;
             writeback(dst, piece.pos, piece.len, libc::SYNC_FILE_RANGE_WRITE);
+            crate::fault::kill_point("kill-mid-copy");
             in_flight.push_back((piece.pos, piece.len));
             if in_flight.len() > WINDOW {
                 let (pos, len) = in_flight.pop_front().expect("the window is not empty");

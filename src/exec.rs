@@ -133,6 +133,7 @@ fn run_step(
                 );
             }
             record_overlays(plan, disks, &ctx.state_dir)?;
+            crate::fault::kill_point("kill-after-snapshot");
         }
         Step::CreateDirs(dir) => dir.create()?,
         Step::Reuse(files) => {
@@ -146,6 +147,7 @@ fn run_step(
         }
         Step::Copy(list) => {
             let done = copy_all(list, ctx.copy_jobs)?;
+            crate::fault::kill_point("kill-after-copy");
             for (job, c) in list.iter().zip(done) {
                 outcome.copied += 1;
                 outcome.bytes += c.size;

@@ -1,8 +1,10 @@
 //! Test-only fault injection: when the environment variable
-//! FI_BACKUP_TEST_FAULT names a point (e.g. `after-snapshot`), the run fails
-//! there with an error, as a real fault would. Points are named after plan
-//! steps (`after-<step>`). Tests use it to prove that every failure path
-//! leaves the guest running on a valid chain. Unset, it costs one lookup.
+//! FI_BACKUP_TEST_FAULT names a point, the run fails there. `after-<step>`
+//! points (after each plan step, and `after-pivot`) return an error, as a
+//! real fault would; `kill-<point>` points SIGKILL the process on the spot,
+//! as a power cut or the OOM killer would, with no cleanup at all. Tests use
+//! them to prove that every failure leaves the guest running on a valid
+//! chain and that the next run converges. Unset, a check costs one lookup.
 
 use crate::error::{Error, Result};
 
@@ -14,5 +16,19 @@ pub fn check(point: &str) -> Result<()> {
     match std::env::var(VAR) {
         Ok(p) if p == point => Err(Error::Invalid(format!("injected fault at {point} ({VAR})"))),
         _ => Ok(()),
+    }
+}
+
+/// SIGKILLs this process when the fault point `point` is the one asked for.
+pub fn kill_point(point: &str) {
+    if std::env::var(VAR).is_ok_and(|p| p == point) {
+        log::error!("injected SIGKILL at {point} ({VAR})");
+        // SAFETY: signalling our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        loop {
+            std::thread::park();
+        }
     }
 }
