@@ -148,8 +148,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
 
-    /// How many files are copied at once
-    #[arg(long = "copy-jobs", value_name = "N", default_value_t = 4,
+    /// How many files are copied at once, over all domains of the run
+    #[arg(long = "copy-jobs", value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub copy_jobs: u16,
 

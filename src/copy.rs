@@ -20,7 +20,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const CHUNK: usize = 4 << 20;
+/// Chunk size; each copy holds DEPTH + 2 of these.
+const CHUNK: usize = 2 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// One file to copy.
@@ -285,7 +286,7 @@ fn write_pieces(
     buffers: &std::sync::mpsc::Sender<Vec<u8>>,
     src_path: &Path,
 ) -> Result<()> {
-    const WINDOW: usize = 8;
+    const WINDOW: usize = 16;
     let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
     for piece in rx {
         if !piece.zero {

@@ -33,11 +33,50 @@ pub struct Outcome {
     pub snapshot_ms: u128,
 }
 
+/// Copy slots shared by every domain of a run: at most that many files are
+/// copied at once in the whole process, which bounds memory (each copy holds
+/// a few chunk buffers) and keeps the disks from thrashing.
+#[derive(Debug)]
+pub struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+    /// How many slots there are.
+    pub capacity: usize,
+}
+
+impl Slots {
+    /// `n` slots (at least one).
+    pub fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n.max(1)),
+            freed: std::sync::Condvar::new(),
+            capacity: n.max(1),
+        }
+    }
+
+    /// Runs `f` holding a slot.
+    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut free = self.free.lock().expect("the slot lock is never poisoned");
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .expect("the slot lock is never poisoned");
+        }
+        *free -= 1;
+        drop(free);
+        let r = f();
+        *self.free.lock().expect("the slot lock is never poisoned") += 1;
+        self.freed.notify_one();
+        r
+    }
+}
+
 /// Where and how the steps run.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// Files copied at once.
-    pub copy_jobs: usize,
+    /// The run's copy slots.
+    pub slots: std::sync::Arc<Slots>,
     /// fi-backup's state directory (the overlay ledger).
     pub state_dir: std::path::PathBuf,
 }
@@ -146,7 +185,7 @@ fn run_step(
             outcome.reused = files.len();
         }
         Step::Copy(list) => {
-            let done = copy_all(list, ctx.copy_jobs)?;
+            let done = copy_all(list, &ctx.slots)?;
             crate::fault::kill_point("kill-after-copy");
             for (job, c) in list.iter().zip(done) {
                 outcome.copied += 1;
@@ -215,20 +254,20 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
     })
 }
 
-/// Copies every job, up to `jobs` at once. If any copy fails, the copies this
-/// step published are removed again (no record names them) and the first
-/// error is returned.
-pub fn copy_all(list: &[CopyJob], jobs: usize) -> Result<Vec<Copied>> {
+/// Copies every job, as many at once as `slots` allow. If any copy fails,
+/// the copies this step published are removed again (no record names them)
+/// and the first error is returned.
+pub fn copy_all(list: &[CopyJob], slots: &Slots) -> Result<Vec<Copied>> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Copied>>>> =
         Mutex::new((0..list.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, list.len().max(1)) {
+        for _ in 0..slots.capacity.clamp(1, list.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = list.get(i) else { break };
                 let started = Instant::now();
-                let r = copy::copy(job);
+                let r = slots.with(|| copy::copy(job));
                 if let Ok(c) = &r {
                     let secs = started.elapsed().as_secs_f64().max(1e-6);
                     log::debug!(

@@ -292,7 +292,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
         }
     }
     if !jobs.is_empty() {
-        crate::exec::copy_all(&jobs, 4)?;
+        crate::exec::copy_all(&jobs, &crate::exec::Slots::new(4))?;
     }
     fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
 }

@@ -33,8 +33,9 @@ pub fn run(config: &Config) -> Result<Summary> {
     if names.is_empty() {
         log::info!("No domain to work on");
     }
+    let slots = std::sync::Arc::new(exec::Slots::new(config.copy_jobs));
     let results = for_each_parallel(&names, config.jobs, |name| {
-        process_domain(&lv, name, config)
+        process_domain(&lv, name, config, &slots)
     });
     let mut summary = Summary::default();
     for (name, result) in names.iter().zip(results) {
@@ -104,7 +105,12 @@ fn for_each_parallel<T: Sync, R: Send>(
 }
 
 /// One domain, under its lock: backup, consolidation, or both (-C).
-fn process_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
+fn process_domain(
+    lv: &Libvirt,
+    name: &str,
+    config: &Config,
+    slots: &std::sync::Arc<exec::Slots>,
+) -> Result<()> {
     crate::signals::check().map_err(|e| Error::domain(name, format!("not started: {e}")))?;
     let dom = lv.lookup(name)?;
     let first = domain::parse_domain_xml(&dom.live_xml()?)?;
@@ -113,7 +119,7 @@ fn process_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
         crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
     }
     if config.action != Action::ConsolidateOnly {
-        backup_domain(&dom, config)?;
+        backup_domain(&dom, config, slots)?;
     }
     if config.action != Action::Backup {
         consolidate_domain(&dom, config)?;
@@ -122,7 +128,7 @@ fn process_domain(lv: &Libvirt, name: &str, config: &Config) -> Result<()> {
 }
 
 /// Backs up one domain (its lock is held).
-fn backup_domain(dom: &Dom, config: &Config) -> Result<()> {
+fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>) -> Result<()> {
     let name = &dom.name;
     // Facts are read under the lock: the domain may have changed meanwhile.
     let active = dom.is_active()?;
@@ -145,7 +151,7 @@ fn backup_domain(dom: &Dom, config: &Config) -> Result<()> {
         return Ok(());
     }
     let ctx = exec::Context {
-        copy_jobs: config.copy_jobs,
+        slots: slots.clone(),
         state_dir: config.state_dir.clone(),
     };
     let outcome = exec::execute(&plan, dom, &ctx)?;
