@@ -155,18 +155,42 @@ fn usage<T>(message: &str) -> Result<T> {
     Err(Error::Usage(message.to_string()))
 }
 
-/// A directory that must exist; returned absolute so that later steps do not
-/// depend on the working directory.
+/// A directory that must exist, be a real directory (not a symlink, whose
+/// target could change under us) and be writable; returned absolute so that
+/// later steps do not depend on the working directory. Checked before any
+/// domain is touched.
 fn existing_dir(dir: &Path, what: &str) -> Result<PathBuf> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => std::path::absolute(dir)
-            .map_err(|e| Error::io(format!("cannot resolve {what}"), dir, e)),
-        Ok(_) => usage(&format!("{what} '{}' is not a directory", dir.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            usage(&format!("{what} '{}' doesn't exist", dir.display()))
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return usage(&format!(
+                "{what} '{}' is a symlink (to '{to}'); give the directory itself",
+                dir.display()
+            ));
         }
-        Err(e) => Err(Error::io(format!("cannot use {what}"), dir, e)),
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return usage(&format!("{what} '{}' is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return usage(&format!("{what} '{}' doesn't exist", dir.display()))
+        }
+        Err(e) => return Err(Error::io(format!("cannot use {what}"), dir, e)),
     }
+    let abs = std::path::absolute(dir)
+        .map_err(|e| Error::io(format!("cannot resolve {what}"), dir, e))?;
+    // Prove it writable now, rather than find out after a snapshot.
+    match crate::fsutil::TempFile::create(&abs, "probe") {
+        Ok(probe) => drop(probe),
+        Err(Error::Io { source, .. }) => {
+            return usage(&format!(
+                "{what} '{}' is not writable: {source}",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(abs)
 }
 
 /// Splits the domain arguments the way fi-backup.sh does ("dom1 dom2", several

@@ -97,6 +97,107 @@ fn bad_command_lines_are_refused_and_change_nothing() {
     assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
 }
 
+/// Backup and dump directories that are symlinks, read-only mounts or not
+/// writable are refused before anything is touched.
+#[test]
+fn unusable_directories_are_refused_up_front() {
+    let mut s = Scenario::new("baddirs");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let real = s.dir("real");
+    let link = s.root.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let ro = s.dir("readonly");
+    ok(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "ro,size=1M",
+            "tmpfs",
+            ro.to_str().unwrap(),
+        ],
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = cmd("umount", &[self.0.to_str().unwrap()]);
+        }
+    }
+    let _u = Unmount(ro.clone());
+    let (l, r) = (
+        link.to_str().unwrap().to_string(),
+        ro.to_str().unwrap().to_string(),
+    );
+    for (args, message) in [
+        (vec!["-b", l.as_str(), dom.as_str()], "is a symlink"),
+        (vec!["-s", l.as_str(), dom.as_str()], "is a symlink"),
+        (vec!["-b", r.as_str(), dom.as_str()], "is not writable"),
+        (vec!["-s", r.as_str(), dom.as_str()], "is not writable"),
+    ] {
+        let out = s.fi(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    assert_eq!(names_in(&s.root.join("img")), ["d.qcow2"]);
+    assert_eq!(names_in(&real).len(), 0);
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+}
+
+/// A disk whose chain is broken (missing backing file, a loop) is a clear
+/// error for that domain, before anything is touched.
+#[test]
+fn broken_chains_are_refused() {
+    let mut s = Scenario::new("badchain");
+    let img = s.dir("img");
+    let (a, b) = (img.join("a.qcow2"), img.join("b.qcow2"));
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "16M"],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "a.qcow2",
+            "-F",
+            "qcow2",
+            b.to_str().unwrap(),
+        ],
+    );
+    let dom = s.define("vm", "img", &[DiskSpec::qcow2("b.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    // A loop: a now backs onto b.
+    ok(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-F",
+            "qcow2",
+            "-b",
+            "b.qcow2",
+            a.to_str().unwrap(),
+        ],
+    );
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disk vda") && err.contains("loop"), "{err}");
+    // Missing: a is gone.
+    std::fs::remove_file(&a).unwrap();
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("disk vda") && err.contains("a.qcow2"), "{err}");
+    assert_eq!(names_in(&backup).len(), 0);
+}
+
 #[test]
 fn script_long_options_and_dashed_forms_parse() {
     use clap::Parser;

@@ -16,32 +16,55 @@ fn quiesced_backup_of_a_writing_guest_is_clean() {
     s.adopt(&dom);
     let gdir = s.dir("guest");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-test-guest");
-    let built = Command::new(script).args([&dom, gdir.to_str().unwrap()]).status().unwrap();
+    let built = Command::new(script)
+        .args([&dom, gdir.to_str().unwrap()])
+        .status()
+        .unwrap();
     assert!(built.success(), "scripts/make-test-guest failed");
     // Let the guest write for a while.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let backup = s.dir("backup");
     s.fi_ok(&["-q", "-b", backup.to_str().unwrap(), &dom]);
 
-    let console = String::from_utf8_lossy(&std::fs::read(gdir.join("console.log")).unwrap()).into_owned();
+    let console =
+        String::from_utf8_lossy(&std::fs::read(gdir.join("console.log")).unwrap()).into_owned();
     let freeze = console.find("disabling logging due to filesystem freeze");
     let thaw = console.find("logging re-enabled due to filesystem unfreeze");
     assert!(
         matches!((freeze, thaw), (Some(f), Some(t)) if f < t),
         "the agent did not log a freeze then a thaw:\n{console}"
     );
-    let status = virsh(&["qemu-agent-command", &dom, r#"{"execute":"guest-fsfreeze-status"}"#]);
+    let status = virsh(&[
+        "qemu-agent-command",
+        &dom,
+        r#"{"execute":"guest-fsfreeze-status"}"#,
+    ]);
     assert!(status.contains("thawed"), "{status}");
     let recs = records(&backup, &dom);
     assert_eq!(recs[0]["quiesced"], true);
 
     let target = s.dir("restored");
     s.fi_ok(&[
-        "restore", "--backup-dir", backup.to_str().unwrap(), "--domain", &dom,
-        "--target", target.to_str().unwrap(), "--flatten",
+        "restore",
+        "--backup-dir",
+        backup.to_str().unwrap(),
+        "--domain",
+        &dom,
+        "--target",
+        target.to_str().unwrap(),
+        "--flatten",
     ]);
     let raw = target.join("vda.raw");
-    ok("qemu-img", &["convert", "-O", "raw", target.join("vda.qcow2").to_str().unwrap(), raw.to_str().unwrap()]);
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            target.join("vda.qcow2").to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
     let fsck = cmd("e2fsck", &["-n", "-f", raw.to_str().unwrap()]);
     assert!(
         fsck.status.success(),
