@@ -107,24 +107,7 @@ fn unusable_directories_are_refused_up_front() {
     let link = s.root.join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let ro = s.dir("readonly");
-    ok(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "ro,size=1M",
-            "tmpfs",
-            ro.to_str().unwrap(),
-        ],
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = cmd("umount", &[self.0.to_str().unwrap()]);
-        }
-    }
-    let _u = Unmount(ro.clone());
+    let _tmpfs = Tmpfs::mount(&ro, "ro,size=1M");
     let (l, r) = (
         link.to_str().unwrap().to_string(),
         ro.to_str().unwrap().to_string(),

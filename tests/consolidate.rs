@@ -260,11 +260,8 @@ fn domain_gone_before_its_turn() {
         guest_write(&first, 0, 0x70, mib);
     }
     // One domain at a time; the first one's job is throttled to ~4 s.
-    let bin = env!("CARGO_BIN_EXE_fi-backup");
-    let child = std::process::Command::new(bin)
-        .args(["-c", "--jobs", "1", "--bandwidth", "4", &first, &second])
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+    let child = s
+        .command(&["-c", "--jobs", "1", "--bandwidth", "4", &first, &second])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

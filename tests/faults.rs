@@ -4,21 +4,10 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn row(fault: &str, outcome: &str, data: &str) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\nFAULT TABLE | {fault} | {outcome} | {data}\n").as_bytes(),
-    );
-}
-
-fn fi_cmd(s: &Scenario, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fi-backup"));
-    c.args(args)
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"));
-    c
+    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
 }
 
 /// SIGTERM while a consolidation job runs: the job is cancelled, the disk
@@ -35,7 +24,8 @@ fn sigterm_during_consolidation() {
         guest_write(&dom, 0, 0x20 + mib as u8, mib);
     }
     let top = live_sources(&dom)[0].1.clone();
-    let child = fi_cmd(&s, &["-c", "--bandwidth", "2", &dom])
+    let child = s
+        .command(&["-c", "--bandwidth", "2", &dom])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -74,24 +64,7 @@ fn backup_directory_full() {
     let mut s = Scenario::new("enospc");
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let backup = s.dir("small");
-    ok(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=20M,mode=0755",
-            "tmpfs",
-            backup.to_str().unwrap(),
-        ],
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = cmd("umount", &[self.0.to_str().unwrap()]);
-        }
-    }
-    let _unmount = Unmount(backup.clone());
+    let _tmpfs = Tmpfs::mount(&backup, "size=20M,mode=0755");
     let b = backup.to_str().unwrap();
     guest_write(&dom, 0, 0x31, 0);
     s.fi_ok(&["-b", b, &dom]);
@@ -189,7 +162,8 @@ fn fault_after_copy_then_next_run_succeeds() {
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
     guest_write(&dom, 0, 0x51, 0);
-    let out = fi_cmd(&s, &["-b", b, &dom])
+    let out = s
+        .command(&["-b", b, &dom])
         .env("FI_BACKUP_TEST_FAULT", "after-write-xml")
         .output()
         .unwrap();
@@ -226,7 +200,8 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
         guest_write(&dom, 0, 0x60 + mib as u8, mib);
     }
     let top = live_sources(&dom)[0].1.clone();
-    let mut child = fi_cmd(&s, &["-c", "--bandwidth", "2", &dom])
+    let mut child = s
+        .command(&["-c", "--bandwidth", "2", &dom])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -269,7 +244,8 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
     guest_write(&dom, 0, 0x71, 0);
     s.fi_ok(&[&dom]);
     guest_write(&dom, 0, 0x72, 1);
-    let out = fi_cmd(&s, &["-c", &dom])
+    let out = s
+        .command(&["-c", &dom])
         .env("FI_BACKUP_TEST_FAULT", "after-pivot")
         .output()
         .unwrap();

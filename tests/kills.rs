@@ -7,20 +7,14 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn row(fault: &str, outcome: &str, data: &str) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\nFAULT TABLE | {fault} | {outcome} | {data}\n").as_bytes(),
-    );
+    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
 }
 
 fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))
-        .args(args)
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+    let out = s
+        .command(args)
         .env("FI_BACKUP_TEST_FAULT", point)
         .output()
         .unwrap();

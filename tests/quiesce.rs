@@ -76,8 +76,7 @@ fn quiesced_backup_of_a_writing_guest_is_clean() {
     let text = String::from_utf8_lossy(&file.stdout);
     let lines = text.lines().filter(|l| l.starts_with("line ")).count();
     assert!(lines > 100, "the guest's file has {lines} lines");
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\nQUIESCE: freeze and thaw logged by the agent; e2fsck clean; {lines} lines of the guest's file in the backup\n").as_bytes(),
-    );
+    report(&format!(
+        "QUIESCE: freeze and thaw logged by the agent; e2fsck clean; {lines} lines of the guest's file in the backup"
+    ));
 }

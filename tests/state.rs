@@ -81,11 +81,9 @@ fn memory_state_is_saved_and_restorable() {
             &dom,
         ]);
     });
-    // Written past the test harness's capture, so it shows in every run's output.
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\nPAUSE WINDOW (-s, 64 MiB guest, libvirt lifecycle events Suspended->Resumed): {pause:.0} ms\n").as_bytes(),
-    );
+    report(&format!(
+        "PAUSE WINDOW (-s, 64 MiB guest, libvirt lifecycle events Suspended->Resumed): {pause:.0} ms"
+    ));
     assert!(pause < 500.0, "the guest was paused {pause:.0} ms");
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
     let files = names_in(&state);
@@ -136,16 +134,14 @@ fn guest_runs_after_a_failure_after_the_dump() {
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
     let state = s.dir("state");
     let backup = s.dir("backup");
-    let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))
-        .args([
+    let out = s
+        .command(&[
             "-s",
             state.to_str().unwrap(),
             "-b",
             backup.to_str().unwrap(),
             &dom,
         ])
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
         .env("FI_BACKUP_TEST_FAULT", "after-snapshot")
         .output()
         .unwrap();

@@ -207,15 +207,21 @@ impl Scenario {
         self.domains.push(name.to_string());
     }
 
-    /// Runs the fi-backup binary with this scenario's lock directory.
-    pub fn fi(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_fi-backup"))
-            .args(args)
+    /// The fi-backup binary with `args` and this scenario's lock and state
+    /// directories, to run as the test needs (spawn, extra environment).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fi-backup"));
+        c.args(args)
             .env("FI_BACKUP_LOCK_DIR", self.root.join("locks"))
             .env("FI_BACKUP_STATE_DIR", self.root.join("fi-state"))
             .env_remove("RUST_LOG")
-            .output()
-            .expect("cannot run fi-backup");
+            .env_remove("FI_BACKUP_TEST_FAULT");
+        c
+    }
+
+    /// Runs the fi-backup binary with this scenario's lock directory.
+    pub fn fi(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("cannot run fi-backup");
         eprintln!(
             "$ fi-backup {}\n  -> {}\n{}",
             args.join(" "),
@@ -456,4 +462,29 @@ pub fn record_top(
         .join(domain)
         .join("images")
         .join(disk["chain"][0].as_str().unwrap())
+}
+
+/// Prints a line past the test harness's capture, so that figures (fault
+/// table rows, pause windows) show in every run's output.
+pub fn report(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("\n{line}\n").as_bytes());
+}
+
+/// A tmpfs mounted on `dir` with `options` for the test's lifetime.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        ok(
+            "mount",
+            &["-t", "tmpfs", "-o", options, "tmpfs", dir.to_str().unwrap()],
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = cmd("umount", &[self.0.to_str().unwrap()]);
+    }
 }
