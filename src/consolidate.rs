@@ -175,7 +175,12 @@ pub fn execute(
         }
     }
     ledger.save(state_dir)?;
-    journal.entries.clear();
+    // A failed disk's entry stays unless its job is verifiably gone: if the
+    // cancel could not be confirmed (libvirtd gone, say), the next run must
+    // know that a job found on the disk is ours.
+    journal.entries.retain(|e| {
+        failed.contains(&e.target) && !matches!(blockjob::job_info(dom.raw(), &e.target), Ok(None))
+    });
     journal.save(state_dir)?;
     if failed.is_empty() {
         Ok(())

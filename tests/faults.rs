@@ -265,3 +265,35 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
         "2 patterns read from the live disk",
     );
 }
+
+/// The domain is destroyed while its consolidation job runs: the job ends
+/// with it, an error says so, nothing is deleted; the disk files still read.
+#[test]
+fn domain_destroyed_mid_consolidation() {
+    let mut s = Scenario::new("destroyed");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    s.fi_ok(&[&dom]);
+    for mib in 0..16 {
+        guest_write(&dom, 0, 0xa0 + mib as u8, mib);
+    }
+    let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
+    let child = s
+        .command(&["-c", "--bandwidth", "2", &dom])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    virsh(&["destroy", &dom]);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("nothing was deleted"), "{log}");
+    assert_eq!(names_in(&img).len(), 2);
+    assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
+    row(
+        "domain destroyed mid-blockcommit",
+        "exit 1 'nothing was deleted', both files kept",
+        "16 patterns read from the chain's files",
+    );
+}

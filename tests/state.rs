@@ -184,3 +184,24 @@ fn quiesce_fallback_goes_on_without_agent() {
         &[(0x66, 0)],
     );
 }
+
+/// --live: memory saved while the guest runs; the state file exists and the
+/// guest runs on its new overlays.
+#[test]
+fn live_memory_state() {
+    let mut s = Scenario::new("memlive");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    let state = s.dir("state");
+    guest_write(&dom, 0, 0x77, 0);
+    s.fi_ok(&["-s", state.to_str().unwrap(), "--live", &dom]);
+    assert_eq!(names_in(&state).len(), 1);
+    assert!(
+        std::fs::metadata(state.join(&names_in(&state)[0]))
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    assert!(live_sources(&dom)[0].1.contains(".bimg-"));
+    assert_guest(&dom, 0, &[(0x77, 0)]);
+}
