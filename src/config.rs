@@ -29,7 +29,7 @@ pub enum Method {
 /// Which domains a run covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
-    /// The domains named on the command line, in order, without duplicates.
+    /// The domain arguments as given (split into names by `domain_names`).
     Named(Vec<String>),
     /// `all`: every defined domain.
     All,
@@ -193,31 +193,50 @@ fn existing_dir(dir: &Path, what: &str) -> Result<PathBuf> {
     Ok(abs)
 }
 
-/// Splits the domain arguments the way fi-backup.sh does ("dom1 dom2", several
-/// arguments, or `all`) and checks them against -r.
+/// Checks the domain arguments the way fi-backup.sh does ("dom1 dom2",
+/// several arguments, or `all`) and against -r. The arguments are kept as
+/// given: `sweep` splits them, unless an argument names a domain whole (a
+/// name with spaces).
 fn selection(all_running: bool, raw: &[String]) -> Result<Selection> {
-    let mut names: Vec<String> = Vec::new();
+    let mut args: Vec<String> = Vec::new();
     for arg in raw {
-        for word in arg.split_whitespace() {
-            if !names.iter().any(|n| n == word) {
-                names.push(word.to_string());
-            }
+        if !arg.trim().is_empty() && !args.contains(arg) {
+            args.push(arg.clone());
         }
     }
     if all_running {
-        if !names.is_empty() {
+        if !args.is_empty() {
             return usage("-r (all running domains) and domain names are mutually exclusive");
         }
         return Ok(Selection::AllRunning);
     }
-    match names.as_slice() {
+    let words: Vec<&str> = args.iter().flat_map(|a| a.split_whitespace()).collect();
+    match words.as_slice() {
         [] => usage("<domain name> is missing"),
-        [only] if only == "all" => Ok(Selection::All),
-        _ if names.iter().any(|n| n == "all") => {
-            usage("'all' cannot be combined with domain names")
-        }
-        _ => Ok(Selection::Named(names)),
+        ["all"] => Ok(Selection::All),
+        _ if words.contains(&"all") => usage("'all' cannot be combined with domain names"),
+        _ => Ok(Selection::Named(args)),
     }
+}
+
+/// The domain names in `args`: an argument that `exists` whole is one name,
+/// any other is split on white space (fi-backup.sh's "dom1 dom2"). In order,
+/// without duplicates.
+pub fn domain_names(args: &[String], exists: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for arg in args {
+        let parts: Vec<String> = if arg.contains(char::is_whitespace) && exists(arg) {
+            vec![arg.clone()]
+        } else {
+            arg.split_whitespace().map(str::to_string).collect()
+        };
+        for p in parts {
+            if !names.contains(&p) {
+                names.push(p);
+            }
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -231,10 +250,13 @@ mod tests {
 
     #[test]
     fn domains_split_like_the_script() {
-        assert_eq!(
-            sel(&["a b", "c", "a"]).unwrap(),
-            Selection::Named(vec!["a".into(), "b".into(), "c".into()])
-        );
+        let Selection::Named(args) = sel(&["a b", "c", "a", "c"]).unwrap() else {
+            panic!("not named")
+        };
+        let none = |_: &str| false;
+        assert_eq!(domain_names(&args, none), ["a", "b", "c"]);
+        let whole = |n: &str| n == "a b";
+        assert_eq!(domain_names(&args, whole), ["a b", "c", "a"]);
         assert_eq!(sel(&["all"]).unwrap(), Selection::All);
         assert!(sel(&[]).is_err());
         assert!(sel(&["all x"]).is_err());

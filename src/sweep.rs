@@ -54,7 +54,8 @@ pub fn run(config: &Config) -> Result<Summary> {
 /// otherwise nothing is done at all.
 fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
     match selection {
-        Selection::Named(names) => {
+        Selection::Named(args) => {
+            let names = crate::config::domain_names(args, |n| lv.lookup(n).is_ok());
             let missing: Vec<&str> = names
                 .iter()
                 .filter(|n| matches!(lv.lookup(n), Err(Error::NoSuchDomain(_))))

@@ -408,3 +408,25 @@ fn domain_without_eligible_disk_fails_clearly() {
         "{log}"
     );
 }
+
+/// A domain whose name has spaces, a quote and non-ASCII letters: named whole
+/// on the command line, it is backed up (its own directory, readable
+/// restore point); split words that name no domain are refused up front.
+#[test]
+fn domain_name_with_spaces_quotes_and_non_ascii() {
+    let mut s = Scenario::new("oddname");
+    let dom = s.start("my vm 'é'", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    guest_write(&dom, 0, 0x5e, 0);
+    s.fi_ok(&["-b", backup.to_str().unwrap(), &dom]);
+    let recs = records(&backup, &dom);
+    assert_eq!(recs[0]["domain"], dom.as_str());
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x5e, 0)],
+    );
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &format!("{dom}x")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not exist"));
+}
