@@ -107,11 +107,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
             dir.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io("cannot create directory", dir, e))?;
-            sync_dir(dir.parent().unwrap_or(Path::new("/")))
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/"))),
+                // Another domain of the same run created it meanwhile: fine,
+                // as long as it is a real directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ensure_private_dir(dir),
+                Err(e) => Err(Error::io("cannot create directory", dir, e)),
+            }
         }
         Err(e) => Err(Error::io("cannot inspect", dir, e)),
     }
@@ -151,4 +153,26 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_creation_of_one_directory_succeeds_everywhere() {
+        let base = std::env::temp_dir().join(format!("fi-dir-race-{}", std::process::id()));
+        for round in 0..20 {
+            let dir = base.join(round.to_string()).join("state");
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| ensure_private_dir(&dir)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
