@@ -220,9 +220,9 @@ pub struct RestoreArgs {
     pub connect: String,
 }
 
-/// Arguments of `fi-backup verify`.
+/// Which backups `list` and `verify` look at.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub struct Scope {
     /// The backup directory given to -b
     #[arg(
         long = "backup-dir",
@@ -234,6 +234,13 @@ pub struct VerifyArgs {
     /// Only this domain
     #[arg(long = "domain", value_name = "NAME")]
     pub domain: Option<String>,
+}
+
+/// Arguments of `fi-backup verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub scope: Scope,
     /// Only this restore point (needs --domain)
     #[arg(long = "at", value_name = "RESTORE_POINT", requires = "domain")]
     pub at: Option<String>,
@@ -242,17 +249,8 @@ pub struct VerifyArgs {
 /// Arguments of `fi-backup list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The backup directory given to -b
-    #[arg(
-        long = "backup-dir",
-        visible_alias = "backup_dir",
-        short = 'b',
-        value_name = "DIR"
-    )]
-    pub backup_dir: PathBuf,
-    /// Only this domain
-    #[arg(long = "domain", value_name = "NAME")]
-    pub domain: Option<String>,
+    #[command(flatten)]
+    pub scope: Scope,
     /// Print JSON
     #[arg(long = "json")]
     pub json: bool,

@@ -25,14 +25,14 @@ struct Disk<'a> {
 
 /// Prints the restore points; Ok(false) when a record was not trusted.
 pub fn run(args: &ListArgs) -> Result<bool> {
-    let domains = match &args.domain {
+    let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => domains_in(&args.backup_dir)?,
+        None => domains_in(&args.scope.backup_dir)?,
     };
     let mut indexes = Vec::new();
     let mut clean = true;
     for d in &domains {
-        let index = Index::load(&DomainDir::new(&args.backup_dir, d)?)?;
+        let index = Index::load(&DomainDir::new(&args.scope.backup_dir, d)?)?;
         for (path, why) in &index.rejected {
             log::warn!("Record '{}' is not trusted: {why}", path.display());
             clean = false;

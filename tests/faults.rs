@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use std::process::Stdio;
 
-fn row(fault: &str, outcome: &str, data: &str) {
-    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
-}
-
 /// SIGTERM while a consolidation job runs: the job is cancelled, the disk
 /// stays on its chain, nothing is deleted, the lock is released; the next
 /// run consolidates and every pattern reads back.
@@ -50,7 +46,7 @@ fn sigterm_during_consolidation() {
     s.fi_ok(&["-c", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x10, 20), (0x20, 0), (0x2f, 15)]);
-    row(
+    fault_row(
         "SIGTERM mid-blockcommit",
         "exit 143, job cancelled, disk on its chain, nothing deleted; next run consolidates",
         "17 patterns read from the live disk",
@@ -91,7 +87,7 @@ fn backup_directory_full() {
         3,
         "the live chain is not valid"
     );
-    row(
+    fault_row(
         "backup directory full (ENOSPC, tmpfs 20 MiB)",
         "exit 1 naming ENOSPC, partial copy removed, older point byte-identical",
         "25 patterns read from the live disk, live chain 3 files",
@@ -130,7 +126,7 @@ fn damaged_record_is_reported_not_trusted() {
     let out = s.fi(&["verify", "--backup-dir", b]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be trusted"));
-    row(
+    fault_row(
         "record truncated by hand",
         "[WAR] not trusted, run succeeds without reusing its files, verify exits 1 naming it",
         "2 patterns read from the new restore point",
@@ -179,7 +175,7 @@ fn fault_after_copy_then_next_run_succeeds() {
         &[(0x51, 0), (0x52, 1)],
     );
     s.fi_ok(&["verify", "--backup-dir", b]);
-    row(
+    fault_row(
         "failure after the copies, before the record",
         "exit 1, no restore point; next run records a point that verifies",
         "2 patterns read from the restore point",
@@ -227,7 +223,7 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
     s.fi_ok(&["-c", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x60, 0), (0x68, 8), (0x6f, 15)]);
-    row(
+    fault_row(
         "SIGKILL mid-blockcommit (before pivot)",
         "job left in QEMU; next run cancels it (journal), backs up; -c then consolidates",
         "16 patterns from the restore point and the live disk",
@@ -259,7 +255,7 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
     );
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x71, 0), (0x72, 1)]);
-    row(
+    fault_row(
         "failure after pivot, before deleting",
         "exit 1, domain on its base, overlay kept; next run deletes it from the journal",
         "2 patterns read from the live disk",
@@ -291,7 +287,7 @@ fn domain_destroyed_mid_consolidation() {
     assert!(log.contains("nothing was deleted"), "{log}");
     assert_eq!(names_in(&img).len(), 2);
     assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
-    row(
+    fault_row(
         "domain destroyed mid-blockcommit",
         "exit 1 'nothing was deleted', both files kept",
         "16 patterns read from the chain's files",

@@ -8,10 +8,6 @@ mod common;
 
 use common::*;
 
-fn row(fault: &str, outcome: &str, data: &str) {
-    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
-}
-
 fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
     let out = s
         .command(args)
@@ -71,7 +67,7 @@ fn sigkill_during_backup_converges() {
             "{point}: overlays left after -c"
         );
         assert_guest(&dom, 0, &[(0x81, 0), (0x82, 1)]);
-        row(
+        fault_row(
             &format!("SIGKILL {}", &point[5..]),
             &format!("guest running, live chain of {depth} valid, no point; next run records one that verifies; -c leaves only the base"),
             "2 patterns from the restore point and the live disk",
@@ -111,7 +107,7 @@ fn sigkill_during_consolidation_converges() {
         );
         assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
         assert_guest(&dom, 0, &[(0x91, 0), (0x92, 1), (0x93, 2)]);
-        row(
+        fault_row(
             &format!("SIGKILL {}", &point[5..]),
             &format!("guest running on a valid chain of {depth}; next -c reconciles from the journal: on its base, only the base left"),
             "3 patterns read from the live disk, before and after",

@@ -7,10 +7,6 @@ mod common;
 use common::*;
 use std::process::Stdio;
 
-fn row(fault: &str, outcome: &str, data: &str) {
-    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
-}
-
 /// libvirtd is killed while a block job runs, then started again: the run
 /// fails cleanly; QEMU kept running; the next run reconciles from the
 /// journal and consolidates; no data is lost.
@@ -43,7 +39,7 @@ fn libvirtd_restart_mid_consolidation() {
     s.fi_ok(&["-c", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0xb0, 0), (0xb8, 8), (0xbf, 15)]);
-    row(
+    fault_row(
         "libvirtd killed mid-blockcommit, restarted",
         "run fails; QEMU runs on; next run reconciles (journal) and consolidates",
         "16 patterns read from the live disk",

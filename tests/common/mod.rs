@@ -470,6 +470,12 @@ pub fn report(line: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("\n{line}\n").as_bytes());
 }
 
+/// A row of the fault table (fault | outcome | data check), printed past the
+/// capture.
+pub fn fault_row(fault: &str, outcome: &str, data: &str) {
+    report(&format!("FAULT TABLE | {fault} | {outcome} | {data}"));
+}
+
 /// A tmpfs mounted on `dir` with `options` for the test's lifetime.
 pub struct Tmpfs(PathBuf);
 
