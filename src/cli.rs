@@ -107,14 +107,8 @@ pub struct RunArgs {
     #[arg(long = "dry-run")]
     pub dry_run: bool,
 
-    /// libvirt connection URI
-    #[arg(
-        long = "connect",
-        value_name = "URI",
-        env = "FI_BACKUP_CONNECT",
-        default_value = "qemu:///system"
-    )]
-    pub connect: String,
+    #[command(flatten)]
+    pub libvirt: Connection,
 
     /// Directory of the per-domain lock files
     #[arg(
@@ -156,6 +150,19 @@ pub struct RunArgs {
     /// Domains: "dom1 dom2", several arguments, or all
     #[arg(value_name = "DOMAINS")]
     pub domains: Vec<String>,
+}
+
+/// Where libvirt is.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// libvirt connection URI
+    #[arg(
+        long = "connect",
+        value_name = "URI",
+        env = "FI_BACKUP_CONNECT",
+        default_value = "qemu:///system"
+    )]
+    pub connect: String,
 }
 
 /// Consolidation methods, as fi-backup.sh names them.
@@ -210,14 +217,8 @@ pub struct RestoreArgs {
     /// and the restore is in place
     #[arg(long = "start", requires = "define")]
     pub start: bool,
-    /// libvirt connection URI
-    #[arg(
-        long = "connect",
-        value_name = "URI",
-        env = "FI_BACKUP_CONNECT",
-        default_value = "qemu:///system"
-    )]
-    pub connect: String,
+    #[command(flatten)]
+    pub libvirt: Connection,
 }
 
 /// Which backups `list` and `verify` look at.

@@ -140,7 +140,7 @@ impl Config {
             selection,
             verbosity,
             lock_dir: args.lock_dir,
-            connect: args.connect,
+            connect: args.libvirt.connect,
             dry_run: args.dry_run,
             copy_jobs: usize::from(args.copy_jobs),
             state_dir: args.state_dir,

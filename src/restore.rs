@@ -84,7 +84,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     // refuses a state under another UUID).
     let in_place = args.define.as_deref() == Some(args.domain.as_str());
     let lv = match &args.define {
-        Some(_) => Some(Libvirt::open(&args.connect)?),
+        Some(_) => Some(Libvirt::open(&args.libvirt.connect)?),
         None => None,
     };
     if let (true, Some(lv)) = (in_place, &lv) {
