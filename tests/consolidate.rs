@@ -223,9 +223,7 @@ fn job_past_its_timeout_is_cancelled() {
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let img = s.root.join("img");
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0x60 + mib as u8, mib);
-    }
+    write_delta_16(&dom, 0x60);
     let top = live_sources(&dom)[0].1.clone();
     let started = std::time::Instant::now();
     let out = s.fi(&["-c", "--bandwidth", "1", "--timeout", "2", &dom]);
@@ -243,9 +241,7 @@ fn job_past_its_timeout_is_cancelled() {
     assert_eq!(names_in(&img).len(), 2);
     s.fi_ok(&["-c", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
-    for mib in 0..16 {
-        assert_guest(&dom, 0, &[(0x60 + mib as u8, mib)]);
-    }
+    assert_guest(&dom, 0, &delta_16(0x60));
 }
 
 /// A domain that disappears between listing and its turn: an error naming
@@ -256,15 +252,9 @@ fn domain_gone_before_its_turn() {
     let first = s.start("first", "img1", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let second = s.start("second", "img2", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     s.fi_ok(&[&first, &second]);
-    for mib in 0..16 {
-        guest_write(&first, 0, 0x70, mib);
-    }
+    write_delta_16(&first, 0x70);
     // One domain at a time; the first one's job is throttled to ~4 s.
-    let child = s
-        .command(&["-c", "--jobs", "1", "--bandwidth", "4", &first, &second])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["-c", "--jobs", "1", "--bandwidth", "4", &first, &second]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // Undefined first it turns transient, so destroying it removes it at once.
     virsh(&["undefine", &second]);
@@ -281,5 +271,5 @@ fn domain_gone_before_its_turn() {
         "{log}"
     );
     assert_eq!(names_in(&s.root.join("img1")), ["d.qcow2"]);
-    assert_guest(&first, 0, &[(0x70, 15)]);
+    assert_guest(&first, 0, &delta_16(0x70));
 }

@@ -16,15 +16,9 @@ fn sigterm_during_consolidation() {
     let img = s.root.join("img");
     guest_write(&dom, 0, 0x10, 20);
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0x20 + mib as u8, mib);
-    }
+    write_delta_16(&dom, 0x20);
     let top = live_sources(&dom)[0].1.clone();
-    let child = s
-        .command(&["-c", "--bandwidth", "2", &dom])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -192,9 +186,7 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
     let img = s.root.join("img");
     let backup = s.dir("backup");
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0x60 + mib as u8, mib);
-    }
+    write_delta_16(&dom, 0x60);
     let top = live_sources(&dom)[0].1.clone();
     let mut child = s
         .command(&["-c", "--bandwidth", "2", &dom])
@@ -270,15 +262,9 @@ fn domain_destroyed_mid_consolidation() {
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let img = s.root.join("img");
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0xa0 + mib as u8, mib);
-    }
+    write_delta_16(&dom, 0xa0);
     let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
-    let child = s
-        .command(&["-c", "--bandwidth", "2", &dom])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     virsh(&["destroy", &dom]);
     let out = child.wait_with_output().unwrap();
@@ -300,15 +286,9 @@ fn sigint_during_consolidation() {
     let mut s = Scenario::new("sigint");
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0xc0 + mib as u8, mib);
-    }
+    write_delta_16(&dom, 0xc0);
     let top = live_sources(&dom)[0].1.clone();
-    let child = s
-        .command(&["-c", "--bandwidth", "2", &dom])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -335,14 +315,8 @@ fn backup_sweep_overlapping_a_consolidation() {
     let busy = s.start("busy", "img1", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let free = s.start("free", "img2", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     s.fi_ok(&[&busy]);
-    for mib in 0..16 {
-        guest_write(&busy, 0, 0xd0, mib);
-    }
-    let consolidation = s
-        .command(&["-c", "--bandwidth", "4", &busy])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    write_delta_16(&busy, 0xd0);
+    let consolidation = s.spawn(&["-c", "--bandwidth", "4", &busy]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let backup = s.dir("backup");
     let out = s.fi(&["-b", backup.to_str().unwrap(), &busy, &free]);
@@ -358,7 +332,7 @@ fn backup_sweep_overlapping_a_consolidation() {
         String::from_utf8_lossy(&done.stderr)
     );
     assert_eq!(names_in(&s.root.join("img1")), ["d.qcow2"]);
-    assert_guest(&busy, 0, &[(0xd0, 0), (0xd0, 15)]);
+    assert_guest(&busy, 0, &delta_16(0xd0));
     fault_row(
         "backup sweep overlapping a consolidation",
         "the consolidating domain is skipped (lock named), the other backed up; consolidation completes",

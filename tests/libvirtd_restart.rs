@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::process::Stdio;
 
 /// libvirtd is killed while a block job runs, then started again: the run
 /// fails cleanly; QEMU kept running; the next run reconciles from the
@@ -16,14 +15,8 @@ fn libvirtd_restart_mid_consolidation() {
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let img = s.root.join("img");
     s.fi_ok(&[&dom]);
-    for mib in 0..16 {
-        guest_write(&dom, 0, 0xb0 + mib as u8, mib);
-    }
-    let child = s
-        .command(&["-c", "--bandwidth", "2", &dom])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    write_delta_16(&dom, 0xb0);
+    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     ok("pkill", &["-x", "libvirtd"]);
     let out = child.wait_with_output().unwrap();

@@ -219,6 +219,15 @@ impl Scenario {
         c
     }
 
+    /// Starts fi-backup in the background (stderr captured), for tests that
+    /// act on the domain while it runs.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start fi-backup")
+    }
+
     /// Runs the fi-backup binary with this scenario's lock directory.
     pub fn fi(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().expect("cannot run fi-backup");
@@ -269,6 +278,19 @@ pub fn guest_write(domain: &str, disk: usize, pattern: u8, offset_mib: u64) {
         "qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset_mib}M 1M\""
     );
     virsh(&["qemu-monitor-command", domain, "--hmp", &hmp]);
+}
+
+/// Writes a 16 MiB delta into vda: pattern `first + n` at MiB n, n in 0..16,
+/// enough for a throttled block job to run for seconds.
+pub fn write_delta_16(domain: &str, first: u8) {
+    for (pattern, mib) in delta_16(first) {
+        guest_write(domain, 0, pattern, mib);
+    }
+}
+
+/// The (pattern, MiB) pairs `write_delta_16` writes.
+pub fn delta_16(first: u8) -> Vec<(u8, u64)> {
+    (0..16u8).map(|n| (first + n, u64::from(n))).collect()
 }
 
 /// True when the running domain's disk number `disk` reads `pattern` for the
