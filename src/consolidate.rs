@@ -441,6 +441,7 @@ mod tests {
                 shareable: false,
                 backing: None,
                 mirror_ready: None,
+                snapshot: None,
             },
             chain,
         }

@@ -27,11 +27,17 @@ pub struct DiskFacts {
     /// A block job's `<mirror>`: None without one, else whether libvirt
     /// considers it ready to pivot (`ready='yes'`).
     pub mirror_ready: Option<bool>,
+    /// The `<disk snapshot='...'>` attribute: `no` is the admin's way to
+    /// leave a disk out of snapshots (and so out of backups).
+    pub snapshot: Option<String>,
 }
 
 impl DiskFacts {
     /// Why this disk is left out of the snapshot, or None when it is taken.
     pub fn skip_reason(&self) -> Option<String> {
+        if self.snapshot.as_deref() == Some("no") {
+            return Some("its domain XML sets snapshot='no'".into());
+        }
         if self.device != "disk" {
             return Some(format!("it is a {} drive", self.device));
         }
@@ -51,6 +57,18 @@ impl DiskFacts {
             return Some("it is shareable (other domains may write to it)".into());
         }
         None
+    }
+
+    /// Whether leaving this disk out would make a backup silently
+    /// incomplete: a writable data disk that fi-backup cannot copy (network,
+    /// block device, shareable) and that the admin has not opted out with
+    /// `snapshot='no'`. Such a disk fails the domain's backup.
+    pub fn needs_opt_out(&self) -> bool {
+        self.skip_reason().is_some()
+            && self.snapshot.as_deref() != Some("no")
+            && self.device == "disk"
+            && !self.readonly
+            && (self.kind != "file" || self.shareable)
     }
 }
 
@@ -126,6 +144,7 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
             .and_then(|s| s.attribute("file"))
             .map(PathBuf::from),
         mirror_ready: child("mirror").map(|m| m.attribute("ready") == Some("yes")),
+        snapshot: disk.attribute("snapshot").map(str::to_string),
     })
 }
 
@@ -147,13 +166,19 @@ mod tests {
           <target dev='vdc'/><shareable/></disk>
         <disk type='file' device='disk'><driver type='raw'/><source file='/v/r.raw'/>
           <target dev='vdd'/></disk>
+        <disk type='network' device='disk' snapshot='no'><source protocol='nbd' name='x'>
+          <host name='h'/></source><target dev='vde'/></disk>
+        <disk type='file' device='disk' snapshot='no'><source file='/v/t.qcow2'/>
+          <target dev='vdf'/></disk>
+        <disk type='network' device='disk'><source protocol='nbd' name='y'>
+          <host name='h'/></source><target dev='vdg'/><readonly/></disk>
       </devices></domain>"#;
 
     #[test]
     fn finds_disks_and_eligibility() {
         let f = parse_domain_xml(XML).unwrap();
         assert_eq!(f.name, "web 1");
-        assert_eq!(f.disks.len(), 5);
+        assert_eq!(f.disks.len(), 8);
         let eligible: Vec<_> = f.eligible().map(|d| d.target.as_str()).collect();
         assert_eq!(eligible, ["vda", "vdd"]);
         assert_eq!(
@@ -170,6 +195,17 @@ mod tests {
         assert!(f.disks[1].skip_reason().unwrap().contains("cdrom"));
         assert!(f.disks[2].skip_reason().unwrap().contains("block"));
         assert!(f.disks[3].skip_reason().unwrap().contains("shareable"));
+        assert!(f.disks[5].skip_reason().unwrap().contains("snapshot='no'"));
+        assert!(f.disks[6].skip_reason().unwrap().contains("snapshot='no'"));
+        // Writable disks that cannot be copied need the admin's opt-out;
+        // drives, read-only disks and opted-out disks do not.
+        let needs: Vec<_> = f
+            .disks
+            .iter()
+            .filter(|d| d.needs_opt_out())
+            .map(|d| d.target.as_str())
+            .collect();
+        assert_eq!(needs, ["vdb", "vdc"]);
     }
 
     #[test]

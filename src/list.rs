@@ -15,6 +15,7 @@ struct Point<'a> {
     bytes: u64,
     disks: Vec<Disk<'a>>,
     state_file: Option<&'a str>,
+    left_out: &'a [crate::record::LeftOutRecord],
 }
 
 #[derive(Serialize)]
@@ -55,8 +56,13 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                 .iter()
                 .map(|d| format!("{} ({} files)", d.target, d.files.len()))
                 .collect();
+            let left: String = p
+                .left_out
+                .iter()
+                .map(|l| format!("\tleft out: {} ({})", l.target, l.reason))
+                .collect();
             println!(
-                "{}\t{}\t{}\t{}\t{}\tmemory state: {}",
+                "{}\t{}\t{}\t{}\t{}\tmemory state: {}{left}",
                 p.domain,
                 p.restore_point,
                 match p.mode {
@@ -103,5 +109,6 @@ fn point(r: &Record) -> Point<'_> {
             })
             .collect(),
         state_file: r.state_file.as_deref(),
+        left_out: &r.left_out,
     }
 }

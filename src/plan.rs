@@ -12,7 +12,9 @@ use crate::domain::{DiskFacts, DomainFacts};
 use crate::error::{Error, Result};
 use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
-use crate::record::{DiskRecord, DomainDir, FileRecord, Index, Mode, Record, RECORD_VERSION};
+use crate::record::{
+    DiskRecord, DomainDir, FileRecord, Index, LeftOutRecord, Mode, Record, RECORD_VERSION,
+};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,20 @@ pub struct DiskChain {
     pub chain: Vec<ChainFile>,
 }
 
+/// A disk the snapshot leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// Target device.
+    pub target: String,
+    /// disk, cdrom, floppy, ...
+    pub device: String,
+    /// Why.
+    pub reason: String,
+    /// A writable data disk that only the admin can agree to leave out
+    /// (`DiskFacts::needs_opt_out`): it fails the backup.
+    pub refused: bool,
+}
+
 /// Everything the planner needs to know.
 #[derive(Debug, Clone)]
 pub struct Facts {
@@ -35,8 +51,8 @@ pub struct Facts {
     pub active: bool,
     /// The disks to back up, with their chains.
     pub disks: Vec<DiskChain>,
-    /// Disks left out: target and reason.
-    pub skipped: Vec<(String, String)>,
+    /// Disks left out.
+    pub skipped: Vec<LeftOut>,
     /// The persistent domain XML, saved with the restore point.
     pub domain_xml: String,
     /// The backup directory of this domain and what it holds (with -b).
@@ -116,11 +132,33 @@ pub struct Plan {
 /// Plans the backup of one domain.
 pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
     let name = &facts.domain.name;
+    let refused: Vec<String> = facts
+        .skipped
+        .iter()
+        .filter(|l| l.refused)
+        .map(|l| format!("disk {}: {}", l.target, l.reason))
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::domain(
+            name,
+            format!(
+                "{}; a backup without {it} would be incomplete. To back up the other disks \
+                 without {it}, set snapshot='no' on {that} in the domain XML (virsh edit)",
+                refused.join("; "),
+                it = if refused.len() == 1 { "it" } else { "them" },
+                that = if refused.len() == 1 {
+                    "that <disk>"
+                } else {
+                    "each of those <disk>s"
+                },
+            ),
+        ));
+    }
     if facts.disks.is_empty() {
         let why: Vec<String> = facts
             .skipped
             .iter()
-            .map(|(t, r)| format!("{t}: {r}"))
+            .map(|l| format!("{}: {}", l.target, l.reason))
             .collect();
         return Err(Error::domain(
             name,
@@ -161,9 +199,9 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
                 overlay,
             });
         }
-        for (target, _) in &facts.skipped {
+        for left in &facts.skipped {
             disks.push(SnapshotDisk::Skip {
-                target: target.clone(),
+                target: left.target.clone(),
             });
         }
         steps.push(Step::Snapshot {
@@ -296,6 +334,15 @@ fn plan_copies(
                     .into_owned()
             }),
         disks,
+        left_out: facts
+            .skipped
+            .iter()
+            .filter(|l| l.device == "disk")
+            .map(|l| LeftOutRecord {
+                target: l.target.clone(),
+                reason: l.reason.clone(),
+            })
+            .collect(),
         files,
     };
     let mut steps = vec![Step::CreateDirs(dir.clone())];

@@ -55,6 +55,9 @@ pub struct Record {
     pub state_file: Option<String>,
     /// The disks, in domain order.
     pub disks: Vec<DiskRecord>,
+    /// Disks (not CD-ROM or floppy drives) this restore point does not hold, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOutRecord>,
     /// Every file the disks' chains use, in images/.
     pub files: Vec<FileRecord>,
 }
@@ -72,6 +75,15 @@ pub struct DiskRecord {
     pub chain: Vec<String>,
     /// The overlay this run's snapshot created (live mode).
     pub overlay: Option<String>,
+}
+
+/// A disk left out of a restore point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOutRecord {
+    /// Target device.
+    pub target: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// One file in images/.
@@ -293,6 +305,7 @@ mod tests {
                 chain: vec!["top".into(), "base".into()],
                 overlay: None,
             }],
+            left_out: Vec::new(),
             files: vec![file("top", Some("base")), file("base", None)],
         }
     }

@@ -126,6 +126,13 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         log::info!("Restored {t} as '{}'", out.display());
     }
     log::info!("Domain XML: '{}'", plan.xml_path.display());
+    for l in &record.left_out {
+        log::warn!(
+            "Disk {} is not in the restore point ({}): the domain XML keeps its original source",
+            l.target,
+            l.reason
+        );
+    }
     if let (Some(name), Some(lv)) = (&args.define, &lv) {
         let dom = lv.define(&plan.xml)?;
         log::info!("Defined domain '{name}'");

@@ -13,7 +13,7 @@ use crate::ledger::Ledger;
 use crate::libvirt::{Dom, Libvirt};
 use crate::lock;
 use crate::naming;
-use crate::plan::{self, DiskChain, Facts, Options};
+use crate::plan::{self, DiskChain, Facts, LeftOut, Options};
 use crate::record::{DomainDir, Index};
 use std::time::Duration;
 
@@ -204,24 +204,27 @@ fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Disks left out of a snapshot: target and reason.
-type Skipped = Vec<(String, String)>;
-
 /// The eligible disks with their chains, and the disks left out (each with
 /// a [WAR] when `warn`).
-fn disk_chains(domain: &DomainFacts, warn: bool) -> Result<(Vec<DiskChain>, Skipped)> {
+fn disk_chains(domain: &DomainFacts, warn: bool) -> Result<(Vec<DiskChain>, Vec<LeftOut>)> {
     let mut disks = Vec::new();
     let mut skipped = Vec::new();
     for disk in &domain.disks {
         if let Some(reason) = disk.skip_reason() {
-            if warn {
+            let refused = disk.needs_opt_out();
+            if warn && !refused {
                 log::warn!(
                     "Disk {} of '{}' is left out: {reason}",
                     disk.target,
                     domain.name
                 );
             }
-            skipped.push((disk.target.clone(), reason));
+            skipped.push(LeftOut {
+                target: disk.target.clone(),
+                device: disk.device.clone(),
+                reason,
+                refused,
+            });
             continue;
         }
         let source = disk.source.as_ref().expect("eligible disks have a source");

@@ -430,3 +430,124 @@ fn domain_name_with_spaces_quotes_and_non_ascii() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("do not exist"));
 }
+
+/// Writable disks that fi-backup cannot copy (a network disk served by
+/// qemu-nbd, a loop block device) fail the backup before anything is
+/// touched, naming each disk; once the admin sets `snapshot='no'` on them
+/// (libvirt's own opt-out), the file disk is backed up, the others are left
+/// out with a [WAR], and the record and `list` say so.
+#[test]
+fn network_and_block_disks_need_an_opt_out() {
+    let mut s = Scenario::new("netblk");
+    let img = s.dir("img");
+    let nbd_image = img.join("n.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            nbd_image.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    let nbd = NbdServer::start(&nbd_image, "qcow2");
+    let loop_file = img.join("l.raw");
+    ok("truncate", &["-s", "16M", loop_file.to_str().unwrap()]);
+    let dev = LoopDevice::attach(&loop_file);
+    let disks = |opt_out: &str| {
+        [
+            DiskSpec::qcow2("d.qcow2", "vda"),
+            DiskSpec::xml(
+                "vdb",
+                format!(
+                    "<disk type='network' device='disk'{opt_out}><driver name='qemu' type='raw'/>\
+                     <source protocol='nbd'><host name='127.0.0.1' port='{}'/></source>\
+                     <target dev='vdb' bus='virtio'/></disk>",
+                    nbd.port
+                ),
+            ),
+            DiskSpec::xml(
+                "vdc",
+                format!(
+                    "<disk type='block' device='disk'{opt_out}><driver name='qemu' type='raw'/>\
+                     <source dev='{}'/><target dev='vdc' bus='virtio'/></disk>",
+                    dev.0
+                ),
+            ),
+        ]
+    };
+    let dom = s.start("vm", "img", &disks(""));
+    let backup = s.dir("backup");
+    guest_write(&dom, 0, 0x3a, 1);
+    guest_write(&dom, 1, 0x3b, 1);
+    let before = live_sources(&dom);
+    let images_before = names_in(&img);
+
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("disk vdb: its source is of type 'network'")
+            && err.contains("disk vdc: its source is of type 'block'")
+            && err.contains("snapshot='no'"),
+        "{err}"
+    );
+    assert_eq!(live_sources(&dom), before, "the domain was changed");
+    assert_eq!(names_in(&img), images_before, "image directory changed");
+    assert!(names_in(&backup).is_empty(), "{:?}", tree(&backup));
+
+    // The admin opts the two disks out.
+    virsh(&["destroy", &dom]);
+    let xml = s.root.join("vm-opt-out.xml");
+    let mut text = virsh(&["dumpxml", "--inactive", &dom]);
+    for kind in ["network", "block"] {
+        let tag = format!("<disk type='{kind}' device='disk'>");
+        assert!(text.contains(&tag), "{text}");
+        text = text.replace(
+            &tag,
+            &format!("<disk type='{kind}' device='disk' snapshot='no'>"),
+        );
+    }
+    std::fs::write(&xml, text).unwrap();
+    virsh(&["define", xml.to_str().unwrap()]);
+    virsh(&["start", &dom]);
+    guest_write(&dom, 0, 0x3c, 2);
+    let log = s.fi_ok(&["-b", backup.to_str().unwrap(), &dom]);
+    for d in ["vdb", "vdc"] {
+        assert!(
+            log.contains(&format!(
+                "[WAR] Disk {d} of '{dom}' is left out: its domain XML sets snapshot='no'"
+            )),
+            "{log}"
+        );
+    }
+    let recs = records(&backup, &dom);
+    assert_eq!(recs[0]["disks"].as_array().unwrap().len(), 1);
+    let left: Vec<&str> = recs[0]["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["vdb", "vdc"]);
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x3a, 1), (0x3c, 2)],
+    );
+    let live = live_sources(&dom);
+    assert!(live[0].1.contains("/d.bimg-"), "{live:?}");
+    assert_eq!(live[1..], before[1..], "left-out disks were changed");
+    assert_guest(&dom, 1, &[(0x3b, 1)]);
+    let out = s
+        .command(&["list", "--backup-dir", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("left out: vdb (its domain XML sets snapshot='no')"),
+        "{listed}"
+    );
+}

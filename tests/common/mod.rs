@@ -74,7 +74,7 @@ pub struct DiskSpec {
     pub format: &'static str,
     /// Target device.
     pub target: String,
-    /// disk or cdrom.
+    /// disk, cdrom, or xml (then `file` holds the whole `<disk>` element).
     pub device: &'static str,
 }
 
@@ -91,6 +91,15 @@ impl DiskSpec {
         DiskSpec {
             format: "raw",
             ..DiskSpec::qcow2(file, target)
+        }
+    }
+    /// A `<disk>` element given whole (network, block device, ...).
+    pub fn xml(target: &str, element: String) -> DiskSpec {
+        DiskSpec {
+            file: element,
+            format: "raw",
+            target: target.into(),
+            device: "xml",
         }
     }
     pub fn cdrom(target: &str) -> DiskSpec {
@@ -157,6 +166,10 @@ impl Scenario {
                     "<disk type='file' device='cdrom'><target dev='{}' bus='ide'/><readonly/></disk>\n",
                     d.target
                 ));
+                continue;
+            }
+            if d.device == "xml" {
+                devs.push_str(&d.file);
                 continue;
             }
             let path = dir.join(&d.file);
@@ -385,7 +398,8 @@ pub fn assert_image(image: &Path, format: &str, expected: &[(u8, u64)]) {
     }
 }
 
-/// The disk sources of a domain's live XML, by target.
+/// The disk sources of a domain's live XML, by target: file or device path,
+/// or protocol://host:port for a network disk.
 pub fn live_sources(domain: &str) -> Vec<(String, String)> {
     let xml = virsh(&["dumpxml", domain]);
     let doc = roxmltree::Document::parse(&xml).unwrap();
@@ -396,11 +410,22 @@ pub fn live_sources(domain: &str) -> Vec<(String, String)> {
                 .children()
                 .find(|c| c.has_tag_name("target"))?
                 .attribute("dev")?;
-            let src = d
-                .children()
-                .find(|c| c.has_tag_name("source"))?
-                .attribute("file")?;
-            Some((target.to_string(), src.to_string()))
+            let source = d.children().find(|c| c.has_tag_name("source"))?;
+            let src = match (source.attribute("file"), source.attribute("dev")) {
+                (Some(f), _) => f.to_string(),
+                (None, Some(dev)) => dev.to_string(),
+                // A network disk: protocol://host:port.
+                (None, None) => {
+                    let host = source.children().find(|c| c.has_tag_name("host"))?;
+                    format!(
+                        "{}://{}:{}",
+                        source.attribute("protocol")?,
+                        host.attribute("name")?,
+                        host.attribute("port").unwrap_or("")
+                    )
+                }
+            };
+            Some((target.to_string(), src))
         })
         .collect()
 }
@@ -514,5 +539,65 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = cmd("umount", &[self.0.to_str().unwrap()]);
+    }
+}
+
+/// A qemu-nbd server exporting an image on 127.0.0.1, for the test's lifetime.
+pub struct NbdServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl NbdServer {
+    pub fn start(image: &Path, format: &str) -> NbdServer {
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let child = Command::new("qemu-nbd")
+            .args([
+                "-t",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-f",
+                format,
+            ])
+            .arg(image)
+            .spawn()
+            .expect("cannot start qemu-nbd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "qemu-nbd does not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NbdServer { child, port }
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loop block device over a file, for the test's lifetime.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    pub fn attach(file: &Path) -> LoopDevice {
+        LoopDevice(
+            ok("losetup", &["-f", "--show", file.to_str().unwrap()])
+                .trim()
+                .to_string(),
+        )
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = cmd("losetup", &["-d", &self.0]);
     }
 }
