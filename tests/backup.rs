@@ -263,8 +263,9 @@ fn offline_domain_chain_is_copied_and_write_once_holds() {
     assert_image(&p1, "qcow2", &[(0x51, 0), (0x52, 1)]);
 }
 
-/// A raw disk is snapshotted with a qcow2 overlay and copied; a CD-ROM is
-/// left out with a warning that says why.
+/// A raw disk is snapshotted with a qcow2 overlay and copied, and the next
+/// run backs up the qcow2-over-raw chain; a CD-ROM is left out with a
+/// warning that says why.
 #[test]
 fn raw_disk_and_cdrom() {
     let mut s = Scenario::new("rawcd");
@@ -291,6 +292,16 @@ fn raw_disk_and_cdrom() {
     // The copy is as sparse as the source: 64 MiB raw holding 1 MiB of data.
     let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&copy).unwrap()) * 512;
     assert!(used < 8 << 20, "copy uses {used} bytes");
+
+    // The disk is now a qcow2 overlay over the raw file, with its backing
+    // format recorded: a valid chain, backed up like any other.
+    guest_write(&dom, 0, 0x7f, 4);
+    s.fi_ok(&["-b", backup.to_str().unwrap(), &dom]);
+    let recs = records(&backup, &dom);
+    let top = record_top(&backup, &dom, &recs[1], "vda");
+    assert_eq!(recs[1]["disks"][0]["format"], "qcow2");
+    assert!(chain_names(&top).last().unwrap().ends_with("/images/r.raw"));
+    assert_image(&top, "qcow2", &[(0x7e, 3), (0x7f, 4), (0, 0)]);
 }
 
 /// Several domains in one run, given as one argument and as several; one of

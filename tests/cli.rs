@@ -128,8 +128,9 @@ fn unusable_directories_are_refused_up_front() {
     assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
 }
 
-/// A disk whose chain is broken (missing backing file, a loop) is a clear
-/// error for that domain, before anything is touched.
+/// A disk whose chain is broken (missing backing file, a loop, a backing
+/// file without a recorded format) is a clear error for that domain, before
+/// anything is touched.
 #[test]
 fn broken_chains_are_refused() {
     let mut s = Scenario::new("badchain");
@@ -178,6 +179,52 @@ fn broken_chains_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("disk vda") && err.contains("a.qcow2"), "{err}");
+    assert_eq!(names_in(&backup).len(), 0);
+
+    // A qcow2 over a raw file whose backing format is not recorded: QEMU
+    // would probe the format of guest-written data. (A qcow2 over raw with
+    // the format recorded, as a snapshot of a raw disk makes, is fine.)
+    let (raw, top) = (img.join("r.raw"), img.join("t.qcow2"));
+    ok("truncate", &["-s", "16M", raw.to_str().unwrap()]);
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "r.raw",
+            "-F",
+            "raw",
+            top.to_str().unwrap(),
+        ],
+    );
+    // Hide the header extension that names the backing format (magic
+    // 0xe2792aca) behind an unknown magic, which QEMU ignores.
+    let mut bytes = std::fs::read(&top).unwrap();
+    let at = bytes[..65536]
+        .windows(4)
+        .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
+        .expect("no backing format extension");
+    bytes[at..at + 4].copy_from_slice(&[0x0b, 0xad, 0xf0, 0x0d]);
+    std::fs::write(&top, bytes).unwrap();
+    let info = ok(
+        "qemu-img",
+        &["info", "--output=json", top.to_str().unwrap()],
+    );
+    assert!(
+        info.contains("backing-filename") && !info.contains("backing-filename-format"),
+        "{info}"
+    );
+    let dom = s.define("noformat", "img", &[DiskSpec::qcow2("t.qcow2", "vda")]);
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("t.qcow2' names its backing file without a format"),
+        "{err}"
+    );
     assert_eq!(names_in(&backup).len(), 0);
 }
 
