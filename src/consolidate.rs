@@ -461,6 +461,7 @@ mod tests {
                     ino: *ino,
                 })
                 .collect(),
+            intent: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use crate::copy::{self, Copied, CopyJob};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::intent::{Intent, PlannedOverlay};
 use crate::ledger::{Ledger, Overlay};
 use crate::libvirt::{Dom, SnapshotDisk};
 use crate::plan::{Plan, Step};
@@ -135,9 +136,18 @@ fn run_step(
             how,
             quiesce_fallback,
         } => {
+            crate::intent::record(
+                &ctx.state_dir,
+                &plan.domain,
+                &plan.uuid,
+                intent_of(plan, disks, how),
+            )?;
             let started = Instant::now();
             let was_paused = dom.is_paused()?;
             let mut how = how.clone();
+            if how.memory.is_some() {
+                crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
+            }
             let mut result = dom.snapshot(disks, &how);
             if let Err(e) = &result {
                 if how.quiesce && *quiesce_fallback && e.to_string().contains("agent") {
@@ -207,6 +217,29 @@ fn run_step(
         }
     }
     Ok(())
+}
+
+/// What the snapshot step is about to create.
+fn intent_of(plan: &Plan, disks: &[SnapshotDisk], how: &crate::libvirt::SnapshotHow) -> Intent {
+    let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    Intent {
+        ts: plan.ts.clone(),
+        overlays: disks
+            .iter()
+            .filter_map(|d| match d {
+                SnapshotDisk::External { target, overlay } => Some(PlannedOverlay {
+                    target: target.clone(),
+                    path: text(overlay),
+                }),
+                SnapshotDisk::Skip { .. } => None,
+            })
+            .collect(),
+        state_file: how.memory.as_deref().map(text),
+        record: plan.steps.iter().find_map(|s| match s {
+            Step::WriteRecord { path, .. } => Some(text(path)),
+            _ => None,
+        }),
+    }
 }
 
 /// A guest that was running before the snapshot must be running after it,

@@ -22,13 +22,30 @@ pub fn check(point: &str) -> Result<()> {
 /// SIGKILLs this process when the fault point `point` is the one asked for.
 pub fn kill_point(point: &str) {
     if std::env::var(VAR).is_ok_and(|p| p == point) {
-        log::error!("injected SIGKILL at {point} ({VAR})");
-        // SAFETY: signalling our own process.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        loop {
-            std::thread::park();
-        }
+        kill_now(point);
+    }
+}
+
+/// When `point` is the one asked for, SIGKILLs this process `after` from
+/// now, from another thread: for a kill in the middle of a call that blocks
+/// (the memory dump inside libvirt's snapshot call).
+pub fn kill_later(point: &str, after: std::time::Duration) {
+    if std::env::var(VAR).is_ok_and(|p| p == point) {
+        let point = point.to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            kill_now(&point);
+        });
+    }
+}
+
+fn kill_now(point: &str) -> ! {
+    log::error!("injected SIGKILL at {point} ({VAR})");
+    // SAFETY: signalling our own process.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    loop {
+        std::thread::park();
     }
 }

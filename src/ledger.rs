@@ -38,6 +38,10 @@ pub struct Ledger {
     pub uuid: String,
     /// The overlays.
     pub overlays: Vec<Overlay>,
+    /// A snapshot in progress (see `intent`); None when no run is between
+    /// writing it and settling it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::intent::Intent>,
 }
 
 impl Ledger {
@@ -54,6 +58,7 @@ impl Ledger {
             domain: domain.to_string(),
             uuid: uuid.to_string(),
             overlays: Vec::new(),
+            intent: None,
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<Ledger>(&text) {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exec;
 pub mod fault;
 pub mod fsutil;
+pub mod intent;
 pub mod journal;
 pub mod ledger;
 pub mod libvirt;

@@ -161,6 +161,18 @@ impl Dom {
         ))
     }
 
+    /// True while libvirt runs a domain job (a snapshot with its memory
+    /// dump, a save, a migration); block jobs are not domain jobs.
+    pub fn job_active(&self) -> Result<bool> {
+        let info = self.dom.job_info().map_err(|e| {
+            Error::libvirt(
+                format!("cannot read the job info of domain '{}'", self.name),
+                e,
+            )
+        })?;
+        Ok(info.r#type != virt::sys::VIR_DOMAIN_JOB_NONE as i32)
+    }
+
     /// Resumes a paused domain.
     pub fn resume(&self) -> Result<()> {
         self.dom

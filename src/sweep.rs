@@ -118,6 +118,7 @@ fn process_domain(
     let _lock = lock::lock_domain(&config.lock_dir, name, &first.uuid)?;
     if !config.dry_run {
         crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
+        crate::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
     if config.action != Action::ConsolidateOnly {
         backup_domain(&dom, config, slots)?;
@@ -155,9 +156,23 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
         slots: slots.clone(),
         state_dir: config.state_dir.clone(),
     };
-    let outcome = exec::execute(&plan, dom, &ctx)?;
-    report(name, &outcome, config);
-    Ok(())
+    match exec::execute(&plan, dom, &ctx) {
+        Ok(outcome) => {
+            crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
+            report(name, &outcome, config);
+            Ok(())
+        }
+        Err(e) => {
+            // What the failed run created is adopted or removed now, not
+            // left for the next run.
+            if let Err(s) =
+                crate::intent::settle(dom, &plan.uuid, &config.state_dir, config.timeout)
+            {
+                log::warn!("{s}");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Consolidates one running domain (its lock is held).

@@ -114,3 +114,93 @@ fn sigkill_during_consolidation_converges() {
         );
     }
 }
+
+/// SIGKILL in the middle of a `-s` memory dump, inside libvirt's snapshot
+/// call. libvirt finishes the snapshot on its own (overlay, state file,
+/// guest resumed), so the killed run leaves an overlay that only its intent
+/// in the ledger names. The next run adopts that overlay, removes the state
+/// file that no restore point records, and records its own point; `-c` then
+/// deletes every overlay and leaves only the base.
+#[test]
+fn sigkill_during_memory_dump_converges() {
+    let mut s = Scenario::new("kdump");
+    s.memory_mib = 128;
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let state = s.dir("state");
+    let (b, st) = (backup.to_str().unwrap(), state.to_str().unwrap());
+    guest_write(&dom, 0, 0x61, 0);
+    killed_run(&s, "kill-mid-dump", &["-b", b, "-s", st, &dom]);
+    // The run died inside the call: its intent is in the ledger, no overlay
+    // was confirmed.
+    let ledger_dir = s.root.join("fi-state/overlays");
+    let ledger: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            ledger_dir.join(format!("{}.json", virsh(&["domuuid", &dom]).trim())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        ledger["overlays"].as_array().unwrap().is_empty(),
+        "{ledger}"
+    );
+    let planned = ledger["intent"]["overlays"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // libvirt finishes the snapshot and resumes the guest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while virsh(&["domstate", &dom]).trim() != "running" {
+        assert!(std::time::Instant::now() < deadline, "guest not resumed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        live_sources(&dom)[0].1,
+        planned,
+        "libvirt did not finish the snapshot"
+    );
+    let depth = live_chain_is_valid(&dom);
+    assert!(records(&backup, &dom).is_empty());
+    let orphan = names_in(&state);
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+
+    guest_write(&dom, 0, 0x62, 1);
+    let log = s.fi_ok(&["-b", b, "-s", st, &dom]);
+    assert!(
+        log.contains(&format!(
+            "Overlay '{planned}' (vda of '{dom}') was made by the unfinished run"
+        )) && log.contains(&format!(
+            "Removed memory state '{}",
+            state.join(&orphan[0]).display()
+        )),
+        "{log}"
+    );
+    let recs = records(&backup, &dom);
+    assert_eq!(recs.len(), 1);
+    let kept = names_in(&state);
+    assert_eq!(kept.len(), 1);
+    assert_ne!(kept, orphan);
+    assert_eq!(
+        recs[0]["state_file"],
+        state.join(&kept[0]).to_str().unwrap()
+    );
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x61, 0), (0x62, 1)],
+    );
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(
+        names_in(&s.root.join("img")),
+        ["d.qcow2"],
+        "overlays left after -c"
+    );
+    assert_guest(&dom, 0, &[(0x61, 0), (0x62, 1)]);
+    fault_row(
+        "SIGKILL mid -s dump",
+        &format!("libvirt finished the snapshot, guest running on a valid chain of {depth}; next run adopts the overlay, removes the unrecorded state; -c leaves only the base"),
+        "2 patterns from the restore point and the live disk",
+    );
+}

@@ -127,7 +127,8 @@ fn memory_state_is_saved_and_restorable() {
     assert_guest(&dom, 1, &[(0x91, 1)]);
 }
 
-/// A failure after the memory dump (injected) leaves the guest running.
+/// A failure after the memory dump (injected) leaves the guest running, and
+/// the run removes the state file that no restore point will record.
 #[test]
 fn guest_runs_after_a_failure_after_the_dump() {
     let mut s = Scenario::new("memfail");
@@ -153,6 +154,12 @@ fn guest_runs_after_a_failure_after_the_dump() {
     );
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
     assert!(records(&backup, &dom).is_empty());
+    // The state file no restore point records is removed by the same run;
+    // its overlay is in the ledger, so -c deletes it.
+    assert!(log.contains("Removed memory state"), "{log}");
+    assert!(names_in(&state).is_empty(), "{:?}", names_in(&state));
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&s.root.join("img")), ["a.qcow2"]);
     guest_write(&dom, 0, 0x55, 0);
     assert_guest(&dom, 0, &[(0x55, 0)]);
 }

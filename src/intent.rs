@@ -1,0 +1,304 @@
+//! The snapshot intent: what a snapshot is about to create, written into the
+//! domain's overlay ledger *before* libvirt is called and cleared when the
+//! run's backup ends. libvirt finishes a snapshot even when the client that
+//! asked for it dies (a SIGKILL during a `-s` memory dump, which pauses the
+//! guest for a while, is the likely case), so without it a killed run would
+//! leave overlays that no ledger lists: consolidation could never delete
+//! them, and every later run would warn about them.
+//!
+//! An intent found by a later run (or left by a run that failed) is settled
+//! under the domain lock (`settle`):
+//! - a planned overlay that exists and is in one of the domain's live chains
+//!   was made by that snapshot (its name carries the run's timestamp, checked
+//!   unused before the call): it goes into the ledger with its inode;
+//! - a planned overlay that exists but is in no chain is reported and left
+//!   alone (not ours to delete on that evidence);
+//! - the planned memory state file is removed when no restore point can use
+//!   it: the snapshot did not complete (no planned overlay in a chain), or the
+//!   run meant to record a restore point and did not. Otherwise it is kept.
+
+use crate::error::{Error, Result};
+use crate::ledger::{Ledger, Overlay};
+use crate::libvirt::Dom;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often a running domain job is polled.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One overlay a snapshot is about to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedOverlay {
+    /// The disk.
+    pub target: String,
+    /// The overlay's path.
+    pub path: String,
+}
+
+/// What a snapshot is about to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The run's timestamp.
+    pub ts: String,
+    /// The overlays.
+    pub overlays: Vec<PlannedOverlay>,
+    /// The memory state file (-s).
+    pub state_file: Option<String>,
+    /// The record the run will write (with -b).
+    pub record: Option<String>,
+}
+
+/// What settling an intent does; decided by `decide`, carried out by `settle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Put this overlay into the ledger.
+    Adopt(PlannedOverlay),
+    /// This planned overlay exists outside every chain: report, leave alone.
+    Stray(PlannedOverlay),
+    /// Remove the memory state file; the reason.
+    RemoveState(String, &'static str),
+    /// Keep the memory state file; the reason.
+    KeepState(String, &'static str),
+}
+
+/// What is there now, as far as an intent is concerned.
+pub struct Seen<'a> {
+    /// Paths that exist.
+    pub exists: &'a dyn Fn(&Path) -> bool,
+    /// Every file of the domain's live chains.
+    pub in_chain: &'a HashSet<PathBuf>,
+    /// Paths the ledger already owns.
+    pub owned: &'a HashSet<String>,
+}
+
+/// Decides how to settle `intent`. Pure.
+pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut completed = false;
+    for o in &intent.overlays {
+        let path = Path::new(&o.path);
+        if seen.in_chain.contains(path) {
+            completed = true;
+        }
+        if seen.owned.contains(&o.path) || !(seen.exists)(path) {
+            continue;
+        }
+        actions.push(if seen.in_chain.contains(path) {
+            Action::Adopt(o.clone())
+        } else {
+            Action::Stray(o.clone())
+        });
+    }
+    if let Some(state) = &intent.state_file {
+        if (seen.exists)(Path::new(state)) {
+            let recorded = intent
+                .record
+                .as_deref()
+                .map(|r| (seen.exists)(Path::new(r)));
+            actions.push(match (completed, recorded) {
+                (false, _) => Action::RemoveState(state.clone(), "its snapshot did not complete"),
+                (true, Some(false)) => {
+                    Action::RemoveState(state.clone(), "no restore point records it")
+                }
+                (true, Some(true)) => Action::KeepState(state.clone(), "its restore point exists"),
+                (true, None) => Action::KeepState(
+                    state.clone(),
+                    "its snapshot completed (the run had no -b, so no restore point)",
+                ),
+            });
+        }
+    }
+    actions
+}
+
+/// Writes `intent` into the ledger of `domain`/`uuid`, replacing any other.
+pub fn record(state_dir: &Path, domain: &str, uuid: &str, intent: Intent) -> Result<()> {
+    let mut ledger = Ledger::load(state_dir, domain, uuid);
+    ledger.intent = Some(intent);
+    ledger.save(state_dir)
+}
+
+/// Clears the intent after a backup that went through: everything it
+/// planned exists and is recorded.
+pub fn clear(state_dir: &Path, domain: &str, uuid: &str) -> Result<()> {
+    let mut ledger = Ledger::load(state_dir, domain, uuid);
+    if ledger.intent.take().is_some() {
+        ledger.save(state_dir)?;
+    }
+    Ok(())
+}
+
+/// Settles what an earlier (or this) run's intent left, under the domain
+/// lock. A domain job still running (the snapshot of a run killed a moment
+/// ago, which libvirt finishes on its own) is waited for, up to `timeout`.
+pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Result<()> {
+    let mut ledger = Ledger::load(state_dir, &dom.name, uuid);
+    let Some(intent) = ledger.intent.clone() else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    while dom.job_active()? {
+        if started.elapsed() >= timeout {
+            return Err(Error::domain(
+                &dom.name,
+                format!(
+                    "a domain job is still running after {} s; the snapshot of run {} cannot be settled yet",
+                    timeout.as_secs(),
+                    intent.ts
+                ),
+            ));
+        }
+        if started.elapsed() < POLL {
+            log::info!(
+                "Waiting for the domain job of '{}' (the snapshot of run {} may still be finishing)",
+                dom.name,
+                intent.ts
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    let facts = crate::domain::parse_domain_xml(&dom.live_xml()?)?;
+    let mut in_chain = HashSet::new();
+    for disk in &facts.disks {
+        if let (Some(source), true) = (&disk.source, disk.kind == "file") {
+            for f in crate::chain::read_chain(source)? {
+                in_chain.insert(f.path);
+            }
+        }
+    }
+    let owned: HashSet<String> = ledger.overlays.iter().map(|o| o.path.clone()).collect();
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let actions = decide(
+        &intent,
+        &Seen {
+            exists: &exists,
+            in_chain: &in_chain,
+            owned: &owned,
+        },
+    );
+    for a in actions {
+        match a {
+            Action::Adopt(o) => {
+                let id = crate::chain::SourceId::read(Path::new(&o.path))?;
+                log::warn!(
+                    "Overlay '{}' ({} of '{}') was made by the unfinished run {}; it is now in fi-backup's ledger",
+                    o.path,
+                    o.target,
+                    dom.name,
+                    intent.ts
+                );
+                ledger.overlays.push(Overlay {
+                    path: o.path,
+                    target: o.target,
+                    created: intent.ts.clone(),
+                    dev: id.dev,
+                    ino: id.ino,
+                });
+            }
+            Action::Stray(o) => log::warn!(
+                "'{}' has the name of an overlay the unfinished run {} of '{}' planned, but no disk uses it; left in place",
+                o.path,
+                intent.ts,
+                dom.name
+            ),
+            Action::RemoveState(path, why) => {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
+                log::warn!(
+                    "Removed memory state '{path}' of run {} of '{}': {why}",
+                    intent.ts,
+                    dom.name
+                );
+            }
+            Action::KeepState(path, why) => log::info!(
+                "Memory state '{path}' of run {} of '{}' is kept: {why}",
+                intent.ts,
+                dom.name
+            ),
+        }
+    }
+    ledger.intent = None;
+    ledger.save(state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(record: Option<&str>) -> Intent {
+        Intent {
+            ts: "20260101-000000".into(),
+            overlays: vec![
+                PlannedOverlay {
+                    target: "vda".into(),
+                    path: "/i/a.bimg-20260101-000000".into(),
+                },
+                PlannedOverlay {
+                    target: "vdb".into(),
+                    path: "/i/b.bimg-20260101-000000".into(),
+                },
+            ],
+            state_file: Some("/s/d.statefile-20260101-000000".into()),
+            record: record.map(str::to_string),
+        }
+    }
+
+    fn run(intent: &Intent, present: &[&str], chain: &[&str], owned: &[&str]) -> Vec<Action> {
+        let present: HashSet<PathBuf> = present.iter().map(PathBuf::from).collect();
+        let exists = |p: &Path| present.contains(p);
+        decide(
+            intent,
+            &Seen {
+                exists: &exists,
+                in_chain: &chain.iter().map(PathBuf::from).collect(),
+                owned: &owned.iter().map(|s| s.to_string()).collect(),
+            },
+        )
+    }
+
+    const A: &str = "/i/a.bimg-20260101-000000";
+    const B: &str = "/i/b.bimg-20260101-000000";
+    const S: &str = "/s/d.statefile-20260101-000000";
+    const R: &str = "/b/d/points/20260101-000000.json";
+
+    #[test]
+    fn completed_snapshot_without_record_adopts_overlays_and_drops_the_state() {
+        let i = intent(Some(R));
+        let acts = run(&i, &[A, B, S], &[A, B, "/i/a"], &[]);
+        assert_eq!(
+            acts,
+            [
+                Action::Adopt(i.overlays[0].clone()),
+                Action::Adopt(i.overlays[1].clone()),
+                Action::RemoveState(S.into(), "no restore point records it"),
+            ]
+        );
+        // Already in the ledger: nothing to adopt; the record exists: keep.
+        let acts = run(&i, &[A, B, S, R], &[A, B], &[A, B]);
+        assert_eq!(
+            acts,
+            [Action::KeepState(S.into(), "its restore point exists")]
+        );
+    }
+
+    #[test]
+    fn failed_snapshot_leaves_nothing_to_adopt_and_a_useless_state() {
+        let i = intent(None);
+        let acts = run(&i, &[S], &["/i/a"], &[]);
+        assert_eq!(
+            acts,
+            [Action::RemoveState(
+                S.into(),
+                "its snapshot did not complete"
+            )]
+        );
+        // A file under a planned name that no chain uses is not adopted.
+        let acts = run(&i, &[A], &["/i/a"], &[]);
+        assert_eq!(acts, [Action::Stray(i.overlays[0].clone())]);
+        // Without -b a completed snapshot's state is the run's product.
+        let acts = run(&i, &[A, S], &[A], &[]);
+        assert!(matches!(acts[1], Action::KeepState(..)));
+    }
+}
