@@ -183,6 +183,7 @@ fn run_step(
             }
             record_overlays(plan, disks, &ctx.state_dir)?;
             crate::fault::kill_point("kill-after-snapshot");
+            crate::fault::hold("hold-after-snapshot");
         }
         Step::CreateDirs(dir) => dir.create()?,
         Step::Reuse(files) => {

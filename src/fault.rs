@@ -39,6 +39,33 @@ pub fn kill_later(point: &str, after: std::time::Duration) {
     }
 }
 
+/// When `point` is the one asked for, the first time it is reached: creates
+/// the file named by FI_BACKUP_TEST_HOLD and waits (up to a minute) until
+/// the test removes it. Lets a test act on a domain at an exact point of a
+/// run (rename it, shut it down) without racing the run.
+pub fn hold(point: &str) {
+    static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !std::env::var(VAR).is_ok_and(|p| p == point)
+        || HELD.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return;
+    }
+    let Some(file) = std::env::var_os("FI_BACKUP_TEST_HOLD") else {
+        return;
+    };
+    log::warn!(
+        "held at {point} ({VAR}) until '{}' is removed",
+        file.to_string_lossy()
+    );
+    if std::fs::write(&file, point).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::path::Path::new(&file).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn kill_now(point: &str) -> ! {
     log::error!("injected SIGKILL at {point} ({VAR})");
     // SAFETY: signalling our own process.

@@ -57,6 +57,14 @@ impl Libvirt {
         }
     }
 
+    /// The name of the domain with UUID `uuid`, if there is one.
+    pub fn name_of_uuid(&self, uuid: &str) -> Option<String> {
+        self.conn
+            .lookup_domain_by_uuid_string(uuid)
+            .and_then(|d| d.name())
+            .ok()
+    }
+
     /// Defines a domain from XML.
     pub fn define(&self, xml: &str) -> Result<Dom> {
         let dom = self
@@ -144,6 +152,13 @@ impl Dom {
     fn xml(&self, flags: sys::virDomainXMLFlags) -> Result<String> {
         self.dom.xml_desc(flags).map_err(|e| {
             Error::libvirt(format!("cannot read the XML of domain '{}'", self.name), e)
+        })
+    }
+
+    /// The domain's UUID.
+    pub fn uuid(&self) -> Result<String> {
+        self.dom.uuid_string().map_err(|e| {
+            Error::libvirt(format!("cannot read the UUID of domain '{}'", self.name), e)
         })
     }
 

@@ -33,9 +33,15 @@ pub fn run(config: &Config) -> Result<Summary> {
     if names.is_empty() {
         log::info!("No domain to work on");
     }
+    // Who each name stood for when listed: a domain renamed, undefined or
+    // replaced before its turn is then named as such, never mistaken.
+    let listed: Vec<(String, Option<String>)> = names
+        .iter()
+        .map(|n| (n.clone(), lv.lookup(n).and_then(|d| d.uuid()).ok()))
+        .collect();
     let slots = std::sync::Arc::new(exec::Slots::new(config.copy_jobs));
-    let results = for_each_parallel(&names, config.jobs, |name| {
-        process_domain(&lv, name, config, &slots)
+    let results = for_each_parallel(&listed, config.jobs, |(name, uuid)| {
+        process_domain(&lv, name, uuid.as_deref(), config, &slots)
     });
     let mut summary = Summary::default();
     for (name, result) in names.iter().zip(results) {
@@ -109,12 +115,39 @@ fn for_each_parallel<T: Sync, R: Send>(
 fn process_domain(
     lv: &Libvirt,
     name: &str,
+    listed_uuid: Option<&str>,
     config: &Config,
     slots: &std::sync::Arc<exec::Slots>,
 ) -> Result<()> {
     crate::signals::check().map_err(|e| Error::domain(name, format!("not started: {e}")))?;
-    let dom = lv.lookup(name)?;
+    crate::fault::hold("hold-before-domain");
+    let dom = match lv.lookup(name) {
+        Ok(dom) => dom,
+        Err(Error::NoSuchDomain(_)) => {
+            let now = listed_uuid.and_then(|u| lv.name_of_uuid(u));
+            return Err(Error::domain(
+                name,
+                match now {
+                    Some(new) => format!(
+                        "was renamed to '{new}' after the run listed it; skipped (name it on the next run)"
+                    ),
+                    None => "no longer exists (undefined after the run listed it); skipped".into(),
+                },
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let first = domain::parse_domain_xml(&dom.live_xml()?)?;
+    if let Some(uuid) = listed_uuid.filter(|u| *u != first.uuid) {
+        return Err(Error::domain(
+            name,
+            format!(
+                "is not the domain the run listed (UUID {uuid}, now {}): it was undefined and \
+                 another defined under its name; skipped",
+                first.uuid
+            ),
+        ));
+    }
     let _lock = lock::lock_domain(&config.lock_dir, name, &first.uuid)?;
     if !config.dry_run {
         crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;

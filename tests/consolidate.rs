@@ -263,7 +263,9 @@ fn domain_gone_before_its_turn() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
-        log.contains(&format!("domain '{second}' does not exist")),
+        log.contains(&format!(
+            "domain '{second}': no longer exists (undefined after the run listed it)"
+        )),
         "{log}"
     );
     assert!(

@@ -254,30 +254,41 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
     );
 }
 
-/// The domain is destroyed while its consolidation job runs: the job ends
+/// The domain is destroyed, or shut down from inside (QEMU quits on its own,
+/// as after a guest poweroff), while its consolidation job runs: the job ends
 /// with it, an error says so, nothing is deleted; the disk files still read.
 #[test]
-fn domain_destroyed_mid_consolidation() {
-    let mut s = Scenario::new("destroyed");
-    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
-    let img = s.root.join("img");
-    s.fi_ok(&[&dom]);
-    write_delta_16(&dom, 0xa0);
-    let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
-    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    virsh(&["destroy", &dom]);
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("nothing was deleted"), "{log}");
-    assert_eq!(names_in(&img).len(), 2);
-    assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
-    fault_row(
-        "domain destroyed mid-blockcommit",
-        "exit 1 'nothing was deleted', both files kept",
-        "16 patterns read from the chain's files",
-    );
+fn domain_destroyed_or_shut_down_mid_consolidation() {
+    for how in ["destroyed", "shut down"] {
+        let mut s = Scenario::new(&format!("stop-{}", &how[..4]));
+        let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+        let img = s.root.join("img");
+        s.fi_ok(&[&dom]);
+        write_delta_16(&dom, 0xa0);
+        let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
+        let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        if how == "destroyed" {
+            virsh(&["destroy", &dom]);
+        } else {
+            let _ = cmd(
+                "virsh",
+                &["-c", URI, "qemu-monitor-command", &dom, "--hmp", "quit"],
+            );
+        }
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how}: {log}");
+        assert!(log.contains("nothing was deleted"), "{how}: {log}");
+        assert_eq!(virsh(&["domstate", &dom]).trim(), "shut off");
+        assert_eq!(names_in(&img).len(), 2);
+        assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
+        fault_row(
+            &format!("domain {how} mid-blockcommit"),
+            "exit 1 'nothing was deleted', both files kept",
+            "16 patterns read from the chain's files",
+        );
+    }
 }
 
 /// SIGINT (Ctrl-C) mid-consolidation: the same safe stop as SIGTERM, exit 130.
@@ -338,4 +349,129 @@ fn backup_sweep_overlapping_a_consolidation() {
         "the consolidating domain is skipped (lock named), the other backed up; consolidation completes",
         "2 patterns read from the live disk",
     );
+}
+
+/// Between listing and its turn, one domain is renamed, one undefined, and
+/// one replaced by another domain under the same name (new UUID). Each is
+/// named with what happened to it and skipped, untouched; the running
+/// domain of the sweep is backed up.
+#[test]
+fn domains_renamed_undefined_or_replaced_before_their_turn() {
+    let mut s = Scenario::new("renamed");
+    let disk = [DiskSpec::qcow2("d.qcow2", "vda")];
+    let a = s.define("a", "img-a", &disk);
+    let b = s.define("b", "img-b", &disk);
+    let c = s.define("c", "img-c", &disk);
+    let d = s.start("d", "img-d", &disk);
+    let backup = s.dir("backup");
+    guest_write(&d, 0, 0x41, 0);
+    let (child, hold) = s.spawn_held(
+        "hold-before-domain",
+        &[
+            "-b",
+            backup.to_str().unwrap(),
+            "--jobs",
+            "1",
+            &a,
+            &b,
+            &c,
+            &d,
+        ],
+    );
+    let renamed = format!("{a}-renamed");
+    virsh(&["domrename", &a, &renamed]);
+    s.adopt(&renamed);
+    virsh(&["undefine", &b]);
+    virsh(&["undefine", &c]);
+    s.define("c", "img-c2", &disk);
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    for expected in [
+        format!("domain '{a}': was renamed to '{renamed}' after the run listed it; skipped"),
+        format!("domain '{b}': no longer exists (undefined after the run listed it); skipped"),
+        format!("domain '{c}': is not the domain the run listed"),
+        format!("3 of 4 domain(s) failed: {a}, {b}, {c}"),
+    ] {
+        assert!(log.contains(&expected), "missing {expected:?} in\n{log}");
+    }
+    assert_eq!(names_in(&backup), [d.clone()]);
+    assert_image(
+        &record_top(&backup, &d, &records(&backup, &d)[0], "vda"),
+        "qcow2",
+        &[(0x41, 0)],
+    );
+    for dir in ["img-a", "img-b", "img-c", "img-c2"] {
+        assert_eq!(names_in(&s.root.join(dir)), ["d.qcow2"], "{dir}");
+    }
+    fault_row(
+        "domains renamed / undefined / replaced before their turn",
+        "exit 1, each named with what happened and left untouched; the other domain backed up",
+        "pattern read from the other domain's restore point",
+    );
+}
+
+/// The domain goes away right after its snapshot, while the run still has
+/// its copies to make: shut down from inside (QEMU quits on its own, as
+/// after a guest poweroff), or undefined and destroyed. The restore point
+/// is still complete (the files below the overlays were read-only from the
+/// snapshot on), and the next run does what the domain's new state allows.
+#[test]
+fn domain_shut_down_or_undefined_mid_backup() {
+    for how in ["shutdown", "undefine"] {
+        let mut s = Scenario::new(&format!("gone-{how}"));
+        let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+        let backup = s.dir("backup");
+        let b = backup.to_str().unwrap();
+        guest_write(&dom, 0, 0x51, 0);
+        let (child, hold) = s.spawn_held("hold-after-snapshot", &["-b", b, &dom]);
+        if how == "shutdown" {
+            let _ = cmd(
+                "virsh",
+                &["-c", URI, "qemu-monitor-command", &dom, "--hmp", "quit"],
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while virsh(&["domstate", &dom]).trim() != "shut off" {
+                assert!(std::time::Instant::now() < deadline, "QEMU did not quit");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(virsh(&["domstate", "--reason", &dom]).contains("shutdown"));
+        } else {
+            virsh(&["undefine", &dom]);
+            virsh(&["destroy", &dom]);
+        }
+        std::fs::remove_file(&hold).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{how}: {log}");
+        let recs = records(&backup, &dom);
+        assert_eq!(recs.len(), 1, "{how}");
+        assert_image(
+            &record_top(&backup, &dom, &recs[0], "vda"),
+            "qcow2",
+            &[(0x51, 0)],
+        );
+        s.fi_ok(&["verify", "--backup-dir", b]);
+        let next = s.fi(&["-b", b, &dom]);
+        let outcome = if how == "shutdown" {
+            // Shut off on its overlay, a valid chain: the next run copies it.
+            assert!(next.status.success(), "{how}");
+            let recs = records(&backup, &dom);
+            assert_eq!(recs[1]["mode"], "offline");
+            let top = record_top(&backup, &dom, &recs[1], "vda");
+            assert_eq!(chain_names(&top).len(), 2);
+            assert_image(&top, "qcow2", &[(0x51, 0)]);
+            "exit 0, complete restore point; shut off on its overlay; next run backs it up offline"
+        } else {
+            assert_eq!(next.status.code(), Some(2), "{how}");
+            assert!(String::from_utf8_lossy(&next.stderr).contains("does not exist"));
+            "exit 0, complete restore point; next run: 'does not exist', exit 2"
+        };
+        fault_row(
+            &format!("domain {how} mid-backup (after the snapshot)"),
+            outcome,
+            "pattern read from the restore point(s); verify passes",
+        );
+    }
 }

@@ -241,6 +241,28 @@ impl Scenario {
             .expect("cannot start fi-backup")
     }
 
+    /// Starts fi-backup held at fault point `point` (a `hold-*` point): returns
+    /// once the run waits there, with the file whose removal releases it.
+    pub fn spawn_held(&self, point: &str, args: &[&str]) -> (std::process::Child, PathBuf) {
+        let hold = self.root.join("hold");
+        let child = self
+            .command(args)
+            .env("FI_BACKUP_TEST_FAULT", point)
+            .env("FI_BACKUP_TEST_HOLD", &hold)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start fi-backup");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !hold.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fi-backup never reached {point}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (child, hold)
+    }
+
     /// Runs the fi-backup binary with this scenario's lock directory.
     pub fn fi(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().expect("cannot run fi-backup");
