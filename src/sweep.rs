@@ -323,13 +323,19 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
     })
 }
 
-/// Picks the run's timestamp: now, or the next second when a restore point or
-/// an overlay of this second already exists (two runs in one second).
+/// Picks the run's timestamp: now, or the next second when a restore point,
+/// an overlay or a state file of this second already exists (two runs in one
+/// second, or a file someone put under such a name). A name in use is never
+/// reused; after three seconds in a row are taken the domain fails, naming
+/// the files in the way. (libvirt itself also refuses to create an overlay
+/// over an existing file, which closes the gap between check and snapshot.)
 fn options(facts: &Facts, config: &Config) -> Result<Options> {
+    let mut in_the_way = Vec::new();
     for _ in 0..3 {
         let now = chrono::Local::now();
         let ts = naming::timestamp(now);
-        if !timestamp_taken(facts, config, &ts) {
+        let taken = timestamp_taken(facts, config, &ts);
+        if taken.is_empty() {
             return Ok(Options {
                 ts,
                 taken_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
@@ -339,30 +345,49 @@ fn options(facts: &Facts, config: &Config) -> Result<Options> {
                 live: config.live,
             });
         }
+        log::debug!(
+            "Timestamp {ts} of '{}' is taken: {}",
+            facts.domain.name,
+            taken.join(", ")
+        );
+        in_the_way.extend(taken);
         let wait = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos().min(999_999_999));
         std::thread::sleep(Duration::from_nanos(wait));
     }
     Err(Error::domain(
         &facts.domain.name,
-        "every timestamp tried names an existing overlay or restore point",
+        format!(
+            "three timestamps in a row are taken, so no new name is free; in the way: {}. \
+             Nothing was changed; move those files if they are not needed",
+            in_the_way.join(", ")
+        ),
     ))
 }
 
-fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> bool {
-    let record = facts.backup.as_ref().is_some_and(|(dir, index)| {
-        dir.record_path(ts).exists() || index.records.iter().any(|r| r.restore_point == ts)
-    });
-    let overlay = facts.active
-        && facts
-            .disks
-            .iter()
-            .any(|d| naming::overlay_path(&d.chain[0].path, ts).exists());
-    let state = facts.active
-        && config
-            .dump_state_dir
-            .as_deref()
-            .is_some_and(|d| plan::state_file(d, &facts.domain.name, ts).exists());
-    record || overlay || state
+/// What already uses timestamp `ts` for this domain (empty when it is free).
+fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> Vec<String> {
+    let mut taken = Vec::new();
+    if let Some((dir, index)) = &facts.backup {
+        let record = dir.record_path(ts);
+        if record.exists() || index.records.iter().any(|r| r.restore_point == ts) {
+            taken.push(format!("restore point '{}'", record.display()));
+        }
+    }
+    if facts.active {
+        for d in &facts.disks {
+            let overlay = naming::overlay_path(&d.chain[0].path, ts);
+            if std::fs::symlink_metadata(&overlay).is_ok() {
+                taken.push(format!("'{}'", overlay.display()));
+            }
+        }
+        if let Some(dir) = config.dump_state_dir.as_deref() {
+            let state = plan::state_file(dir, &facts.domain.name, ts);
+            if std::fs::symlink_metadata(&state).is_ok() {
+                taken.push(format!("'{}'", state.display()));
+            }
+        }
+    }
+    taken
 }
 
 fn report(name: &str, o: &Outcome, config: &Config) {

@@ -562,3 +562,89 @@ fn network_and_block_disks_need_an_opt_out() {
         "{listed}"
     );
 }
+
+/// Files already under the overlay names a run would use (someone else's,
+/// or a dangling symlink) are never touched: the run moves to a free
+/// second, and when three seconds in a row are taken it fails, naming the
+/// files in the way, with nothing changed.
+#[test]
+fn overlay_names_in_use_are_never_reused() {
+    let mut s = Scenario::new("taken");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x6a, 0);
+    let occupy = |seconds: std::ops::Range<i64>| {
+        let now = chrono::Local::now();
+        let mut names = Vec::new();
+        for i in seconds {
+            let ts = fi_backup::naming::timestamp(now + chrono::Duration::seconds(i));
+            let path = img.join(format!("d.bimg-{ts}"));
+            if i % 2 == 0 {
+                std::fs::write(&path, format!("someone else's {i}")).unwrap();
+            } else {
+                std::os::unix::fs::symlink("/nonexistent/target", &path).unwrap();
+            }
+            names.push(path);
+        }
+        names
+    };
+    let unchanged = |names: &[std::path::PathBuf]| {
+        for (i, p) in names.iter().enumerate() {
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            if meta.file_type().is_symlink() {
+                assert_eq!(
+                    std::fs::read_link(p).unwrap().to_str(),
+                    Some("/nonexistent/target")
+                );
+            } else {
+                assert!(
+                    std::fs::read_to_string(p)
+                        .unwrap()
+                        .starts_with("someone else's"),
+                    "{i}"
+                );
+            }
+        }
+    };
+
+    // Every second the run could try is taken.
+    let names = occupy(-1..10);
+    let out = s.fi(&["-b", b, &dom]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("three timestamps in a row are taken")
+            && err.contains(&format!("'{}/d.bimg-", img.display()))
+            && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    unchanged(&names);
+    assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+    assert!(names_in(&backup).is_empty());
+    assert!(records(&backup, &dom).is_empty());
+
+    // Only this second and the next are taken: the run goes to a free one.
+    for p in &names {
+        std::fs::remove_file(p).unwrap();
+    }
+    let names = occupy(0..2);
+    s.fi_ok(&["-b", b, &dom]);
+    unchanged(&names);
+    let recs = records(&backup, &dom);
+    let live = live_sources(&dom)[0].1.clone();
+    assert!(
+        !names.iter().any(|p| p.to_str() == Some(live.as_str())),
+        "{live}"
+    );
+    assert!(live.ends_with(&format!(
+        "d.bimg-{}",
+        recs[0]["restore_point"].as_str().unwrap()
+    )));
+    assert_image(
+        &record_top(&backup, &dom, &recs[0], "vda"),
+        "qcow2",
+        &[(0x6a, 0)],
+    );
+}
