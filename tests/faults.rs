@@ -396,7 +396,7 @@ fn domains_renamed_undefined_or_replaced_before_their_turn() {
     ] {
         assert!(log.contains(&expected), "missing {expected:?} in\n{log}");
     }
-    assert_eq!(names_in(&backup), [d.clone()]);
+    assert_eq!(names_in(&backup), std::slice::from_ref(&d));
     assert_image(
         &record_top(&backup, &d, &records(&backup, &d)[0], "vda"),
         "qcow2",
