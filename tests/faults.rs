@@ -475,3 +475,65 @@ fn domain_shut_down_or_undefined_mid_backup() {
         );
     }
 }
+
+/// A blockcommit that cannot become ready: the guest writes without pause
+/// while the job is held to 1 MiB/s. At the timeout the job is cancelled,
+/// the domain stays on its chain with nothing deleted, and every write the
+/// guest made before, during and after the attempt reads back; the next
+/// run without the limit, once the guest is quiet, converges.
+#[test]
+fn blockcommit_under_continuous_writes_is_cancelled_at_the_timeout() {
+    let mut s = Scenario::new("busy");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let img = s.root.join("img");
+    s.fi_ok(&[&dom]);
+    write_delta_16(&dom, 0x20);
+    let top = live_sources(&dom)[0].1.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, written) = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            // Last pattern written at each MiB of 16..48.
+            let mut written = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (mib, pattern) = (16 + i % 32, 0x40 + (i % 64) as u8);
+                guest_write(&dom, 0, pattern, mib);
+                written.insert(mib, pattern);
+                i += 1;
+            }
+            written
+        });
+        let out = s.fi(&["-c", "--bandwidth", "1", "--timeout", "3", &dom]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, writer.join().unwrap())
+    });
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("did not finish within 3 s")
+            && log.contains("the job was cancelled")
+            && log.contains("nothing was deleted"),
+        "{log}"
+    );
+    assert!(written.len() > 8, "the guest wrote too little: {written:?}");
+    assert_eq!(virsh(&["-q", "blockjob", &dom, "vda", "--info"]).trim(), "");
+    assert_eq!(live_sources(&dom)[0].1, top);
+    assert_eq!(names_in(&img).len(), 2);
+    let expected: Vec<(u8, u64)> = delta_16(0x20)
+        .into_iter()
+        .chain(written.iter().map(|(m, p)| (*p, *m)))
+        .collect();
+    assert_guest(&dom, 0, &expected);
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img), ["d.qcow2"]);
+    assert_guest(&dom, 0, &expected);
+    fault_row(
+        "blockcommit never ready (guest writing, 1 MiB/s, 3 s timeout)",
+        "exit 1, job cancelled at the timeout, on its chain, nothing deleted; next -c converges",
+        &format!(
+            "{} patterns (16 before, {} during) read before and after",
+            expected.len(),
+            written.len()
+        ),
+    );
+}
