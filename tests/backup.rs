@@ -184,10 +184,7 @@ fn offline_domain_chain_is_copied_and_write_once_holds() {
     let img = s.dir("img");
     let base = img.join("base.qcow2");
     let top = img.join("top.qcow2");
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"],
-    );
+    create_image(&base, "qcow2", "64M");
     ok(
         "qemu-io",
         &[
@@ -198,20 +195,7 @@ fn offline_domain_chain_is_copied_and_write_once_holds() {
             base.to_str().unwrap(),
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            top.to_str().unwrap(),
-        ],
-    );
+    create_overlay(&top, "base.qcow2", "qcow2");
     ok(
         "qemu-io",
         &[
@@ -452,20 +436,10 @@ fn network_and_block_disks_need_an_opt_out() {
     let mut s = Scenario::new("netblk");
     let img = s.dir("img");
     let nbd_image = img.join("n.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            nbd_image.to_str().unwrap(),
-            "16M",
-        ],
-    );
+    create_image(&nbd_image, "qcow2", "16M");
     let nbd = NbdServer::start(&nbd_image, "qcow2");
     let loop_file = img.join("l.raw");
-    ok("truncate", &["-s", "16M", loop_file.to_str().unwrap()]);
+    create_image(&loop_file, "raw", "16M");
     let dev = LoopDevice::attach(&loop_file);
     let disks = |opt_out: &str| {
         [

@@ -136,24 +136,8 @@ fn broken_chains_are_refused() {
     let mut s = Scenario::new("badchain");
     let img = s.dir("img");
     let (a, b) = (img.join("a.qcow2"), img.join("b.qcow2"));
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "16M"],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "a.qcow2",
-            "-F",
-            "qcow2",
-            b.to_str().unwrap(),
-        ],
-    );
+    create_image(&a, "qcow2", "16M");
+    create_overlay(&b, "a.qcow2", "qcow2");
     let dom = s.define("vm", "img", &[DiskSpec::qcow2("b.qcow2", "vda")]);
     let backup = s.dir("backup");
     // A loop: a now backs onto b.
@@ -185,21 +169,8 @@ fn broken_chains_are_refused() {
     // would probe the format of guest-written data. (A qcow2 over raw with
     // the format recorded, as a snapshot of a raw disk makes, is fine.)
     let (raw, top) = (img.join("r.raw"), img.join("t.qcow2"));
-    ok("truncate", &["-s", "16M", raw.to_str().unwrap()]);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "r.raw",
-            "-F",
-            "raw",
-            top.to_str().unwrap(),
-        ],
-    );
+    create_image(&raw, "raw", "16M");
+    create_overlay(&top, "r.raw", "raw");
     // Hide the header extension that names the backing format (magic
     // 0xe2792aca) behind an unknown magic, which QEMU ignores.
     let mut bytes = std::fs::read(&top).unwrap();

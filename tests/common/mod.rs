@@ -37,6 +37,33 @@ pub fn ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A new image file (`qemu-img create`) of `format` and `size` ("64M").
+pub fn create_image(path: &Path, format: &str, size: &str) {
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", format, path.to_str().unwrap(), size],
+    );
+}
+
+/// A new qcow2 overlay at `path` over `backing` (a name relative to the
+/// overlay's directory) of format `backing_format`.
+pub fn create_overlay(path: &Path, backing: &str, backing_format: &str) {
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            backing,
+            "-F",
+            backing_format,
+            path.to_str().unwrap(),
+        ],
+    );
+}
+
 /// virsh on the system connection; must succeed.
 pub fn virsh(args: &[&str]) -> String {
     let mut all = vec!["-c", URI, "-q"];
@@ -174,17 +201,7 @@ impl Scenario {
             }
             let path = dir.join(&d.file);
             if !path.exists() {
-                ok(
-                    "qemu-img",
-                    &[
-                        "create",
-                        "-q",
-                        "-f",
-                        d.format,
-                        path.to_str().unwrap(),
-                        "64M",
-                    ],
-                );
+                create_image(&path, d.format, "64M");
             }
             devs.push_str(&format!(
                 "<disk type='file' device='disk'><driver name='qemu' type='{}'/>\
