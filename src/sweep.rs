@@ -213,7 +213,7 @@ fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
     let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
-    let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly)?;
+    let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
     let plans = consolidate::plan(name, active, &disks, &ledger, config.method)?;
     if plans.is_empty() {
@@ -253,14 +253,19 @@ fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
 }
 
 /// The eligible disks with their chains, and the disks left out (each with
-/// a [WAR] when `warn`).
-fn disk_chains(domain: &DomainFacts, warn: bool) -> Result<(Vec<DiskChain>, Vec<LeftOut>)> {
+/// a [WAR] when `warn`, except, `for_backup`, those that fail the backup:
+/// its error names them).
+fn disk_chains(
+    domain: &DomainFacts,
+    warn: bool,
+    for_backup: bool,
+) -> Result<(Vec<DiskChain>, Vec<LeftOut>)> {
     let mut disks = Vec::new();
     let mut skipped = Vec::new();
     for disk in &domain.disks {
         if let Some(reason) = disk.skip_reason() {
             let refused = disk.needs_opt_out();
-            if warn && !refused {
+            if warn && !(refused && for_backup) {
                 log::warn!(
                     "Disk {} of '{}' is left out: {reason}",
                     disk.target,
@@ -298,7 +303,7 @@ fn disk_chains(domain: &DomainFacts, warn: bool) -> Result<(Vec<DiskChain>, Vec<
 
 /// Reads chains and the backup directory into facts.
 fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Result<Facts> {
-    let (disks, skipped) = disk_chains(&domain, true)?;
+    let (disks, skipped) = disk_chains(&domain, true, true)?;
     let backup = match &config.backup_dir {
         Some(dir) => {
             let ddir = DomainDir::new(dir, &domain.name)?;

@@ -482,6 +482,14 @@ fn network_and_block_disks_need_an_opt_out() {
     assert_eq!(live_sources(&dom), before, "the domain was changed");
     assert_eq!(names_in(&img), images_before, "image directory changed");
     assert!(names_in(&backup).is_empty(), "{:?}", tree(&backup));
+    // Consolidation has nothing to do with such disks: a [WAR] each, no error.
+    let log = s.fi_ok(&["-c", &dom]);
+    assert!(
+        log.contains(&format!(
+            "[WAR] Disk vdb of '{dom}' is left out: its source is of type 'network'"
+        )),
+        "{log}"
+    );
 
     // The admin opts the two disks out.
     virsh(&["destroy", &dom]);
