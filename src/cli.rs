@@ -185,9 +185,9 @@ pub enum Command {
     Verify(VerifyArgs),
 }
 
-/// Arguments of `fi-backup restore`.
+/// The backup directory a subcommand reads.
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
+pub struct BackupDir {
     /// The backup directory given to -b
     #[arg(
         long = "backup-dir",
@@ -196,6 +196,13 @@ pub struct RestoreArgs {
         value_name = "DIR"
     )]
     pub backup_dir: PathBuf,
+}
+
+/// Arguments of `fi-backup restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub backup: BackupDir,
     /// The domain whose restore point is restored
     #[arg(long = "domain", value_name = "NAME")]
     pub domain: String,
@@ -224,14 +231,8 @@ pub struct RestoreArgs {
 /// Which backups `list` and `verify` look at.
 #[derive(Debug, Args)]
 pub struct Scope {
-    /// The backup directory given to -b
-    #[arg(
-        long = "backup-dir",
-        visible_alias = "backup_dir",
-        short = 'b',
-        value_name = "DIR"
-    )]
-    pub backup_dir: PathBuf,
+    #[command(flatten)]
+    pub backup: BackupDir,
     /// Only this domain
     #[arg(long = "domain", value_name = "NAME")]
     pub domain: Option<String>,

@@ -28,12 +28,12 @@ struct Disk<'a> {
 pub fn run(args: &ListArgs) -> Result<bool> {
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => domains_in(&args.scope.backup_dir)?,
+        None => domains_in(&args.scope.backup.backup_dir)?,
     };
     let mut indexes = Vec::new();
     let mut clean = true;
     for d in &domains {
-        let index = Index::load(&DomainDir::new(&args.scope.backup_dir, d)?)?;
+        let index = Index::load(&DomainDir::new(&args.scope.backup.backup_dir, d)?)?;
         for (path, why) in &index.rejected {
             log::warn!("Record '{}' is not trusted: {why}", path.display());
             clean = false;

@@ -51,7 +51,7 @@ pub struct RestorePlan {
 
 /// Runs `fi-backup restore`.
 pub fn run(args: &RestoreArgs) -> Result<bool> {
-    let dir = DomainDir::new(&args.backup_dir, &args.domain)?;
+    let dir = DomainDir::new(&args.backup.backup_dir, &args.domain)?;
     let index = Index::load(&dir)?;
     for (path, why) in &index.rejected {
         log::warn!(

@@ -17,13 +17,13 @@ use std::path::Path;
 pub fn run(args: &VerifyArgs) -> Result<bool> {
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => crate::list::domains_in(&args.scope.backup_dir)?,
+        None => crate::list::domains_in(&args.scope.backup.backup_dir)?,
     };
     let mut clean = true;
     let mut points = 0;
     let mut files = 0;
     for d in &domains {
-        let dir = DomainDir::new(&args.scope.backup_dir, d)?;
+        let dir = DomainDir::new(&args.scope.backup.backup_dir, d)?;
         let index = Index::load(&dir)?;
         for (path, why) in &index.rejected {
             log::error!("Record '{}' cannot be trusted: {why}", path.display());

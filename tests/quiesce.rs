@@ -44,16 +44,12 @@ fn quiesced_backup_of_a_writing_guest_is_clean() {
     assert_eq!(recs[0]["quiesced"], true);
 
     let target = s.dir("restored");
-    s.fi_ok(&[
-        "restore",
-        "--backup-dir",
+    s.fi_ok(&restore_args(
         backup.to_str().unwrap(),
-        "--domain",
         &dom,
-        "--target",
         target.to_str().unwrap(),
-        "--flatten",
-    ]);
+        &["--flatten"],
+    ));
     let raw = target.join("vda.raw");
     ok(
         "qemu-img",

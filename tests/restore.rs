@@ -79,21 +79,13 @@ fn every_restore_point_restores_and_verifies() {
         for flat in [false, true] {
             let target = s.dir(&format!("restored-{point}-{flat}"));
             let t = target.to_str().unwrap();
-            let mut args = vec![
-                "restore",
-                "--backup-dir",
+            let flatten: &[&str] = if flat { &["--flatten"] } else { &[] };
+            s.fi_ok(&restore_args(
                 m,
-                "--domain",
                 &dom,
-                "--at",
-                point,
-                "--target",
                 t,
-            ];
-            if flat {
-                args.push("--flatten");
-            }
-            s.fi_ok(&args);
+                &[&["--at", point.as_str()][..], flatten].concat(),
+            ));
             for (disk, pattern, mib) in want {
                 let image = target.join(format!("{disk}.qcow2"));
                 assert_image(&image, "qcow2", &[(*pattern, *mib)]);
@@ -117,32 +109,19 @@ fn every_restore_point_restores_and_verifies() {
     // A second restore into the same target overwrites nothing.
     let target = s.root.join(format!("restored-{}-false", points[0]));
     let before = snapshot_tree(&target);
-    let out = s.fi(&[
-        "restore",
-        "--backup-dir",
-        m,
-        "--domain",
-        &dom,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let out = s.fi(&restore_args(m, &dom, target.to_str().unwrap(), &[]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was written"));
     assert_eq!(snapshot_tree(&target), before);
 
     // A point that does not exist: the nearest ones are listed.
     let t = s.dir("nowhere");
-    let out = s.fi(&[
-        "restore",
-        "--backup-dir",
+    let out = s.fi(&restore_args(
         m,
-        "--domain",
         &dom,
-        "--at",
-        "20000101-000000",
-        "--target",
         t.to_str().unwrap(),
-    ]);
+        &["--at", "20000101-000000"],
+    ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -156,18 +135,12 @@ fn every_restore_point_restores_and_verifies() {
     let copy = s.dom_name("copy");
     s.adopt(&copy);
     let target = s.dir("defined");
-    s.fi_ok(&[
-        "restore",
-        "--backup-dir",
+    s.fi_ok(&restore_args(
         m,
-        "--domain",
         &dom,
-        "--target",
         target.to_str().unwrap(),
-        "--define",
-        &copy,
-        "--start",
-    ]);
+        &["--define", &copy, "--start"],
+    ));
     assert_eq!(virsh(&["domstate", &copy]).trim(), "running");
     assert_ne!(
         virsh(&["domuuid", &copy]).trim(),

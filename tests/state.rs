@@ -104,18 +104,12 @@ fn memory_state_is_saved_and_restorable() {
     guest_write(&dom, 0, 0x82, 0);
     virsh(&["destroy", &dom]);
     let target = s.dir("restored");
-    s.fi_ok(&[
-        "restore",
-        "--backup-dir",
+    s.fi_ok(&restore_args(
         backup.to_str().unwrap(),
-        "--domain",
         &dom,
-        "--target",
         target.to_str().unwrap(),
-        "--define",
-        &dom,
-        "--start",
-    ]);
+        &["--define", &dom, "--start"],
+    ));
     assert_eq!(
         virsh(&["domstate", &dom, "--reason"]).trim(),
         "running (restored)"

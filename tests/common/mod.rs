@@ -64,6 +64,27 @@ pub fn create_overlay(path: &Path, backing: &str, backing_format: &str) {
     );
 }
 
+/// The command line of `fi-backup restore` of `domain` from `backup` into
+/// `target`, followed by `extra` (--at, --flatten, --define, ...).
+pub fn restore_args<'a>(
+    backup: &'a str,
+    domain: &'a str,
+    target: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "restore",
+        "--backup-dir",
+        backup,
+        "--domain",
+        domain,
+        "--target",
+        target,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// virsh on the system connection; must succeed.
 pub fn virsh(args: &[&str]) -> String {
     let mut all = vec!["-c", URI, "-q"];
