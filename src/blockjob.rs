@@ -89,24 +89,22 @@ pub fn job_info(dom: &Domain, disk: &str) -> Result<Option<JobInfo>> {
     }
 }
 
-/// Ends the job on `disk`: with `pivot`, switches the disk to the job's
-/// result (active commit: the base); without, cancels it and the disk stays
-/// where it was. Synchronous: returns once libvirt has done it.
-pub fn abort(dom: &Domain, disk: &str, pivot: bool) -> Result<()> {
+/// Switches `disk` to the result of its ready job (active commit: the base).
+/// Synchronous: returns once libvirt has done it.
+pub fn pivot(dom: &Domain, disk: &str) -> Result<()> {
+    abort(dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT, "pivot")
+}
+
+/// Cancels the job on `disk`; the disk stays where it was. Synchronous.
+pub fn cancel(dom: &Domain, disk: &str) -> Result<()> {
+    abort(dom, disk, 0, "cancel the block job of")
+}
+
+fn abort(dom: &Domain, disk: &str, flags: u32, what: &str) -> Result<()> {
     let d = c_disk(disk)?;
-    let flags = if pivot {
-        sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT
-    } else {
-        0
-    };
     // SAFETY: as in start_commit.
     let r = unsafe { sys::virDomainBlockJobAbort(dom.as_ptr(), d.as_ptr(), flags) };
     if r < 0 {
-        let what = if pivot {
-            "pivot"
-        } else {
-            "cancel the block job of"
-        };
         return Err(last_error(format!("cannot {what} {disk}")));
     }
     Ok(())

@@ -26,6 +26,16 @@ pub enum Method {
     BlockPull,
 }
 
+impl Method {
+    /// The name used in messages and the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::BlockCommit => "blockcommit",
+            Method::BlockPull => "blockpull",
+        }
+    }
+}
+
 /// Which domains a run covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {

@@ -10,8 +10,14 @@ use std::path::PathBuf;
 pub enum Error {
     /// The command line is wrong (bad combination, missing directory, ...).
     Usage(String),
-    /// A libvirt call failed.
-    Libvirt { what: String, message: String },
+    /// A libvirt call failed. `code` is libvirt's error number: decisions
+    /// are made on it, never on `message`, which libvirtd translates into its
+    /// own locale.
+    Libvirt {
+        what: String,
+        message: String,
+        code: virt::error::ErrorNumberEnum,
+    },
     /// A domain named on the command line does not exist.
     NoSuchDomain(String),
     /// An external program could not be started at all.
@@ -53,7 +59,32 @@ impl Error {
         Error::Libvirt {
             what: what.into(),
             message: err.message().trim().to_string(),
+            code: err.code(),
         }
+    }
+
+    /// libvirt's error number, when this is a libvirt error.
+    pub fn libvirt_code(&self) -> Option<virt::error::ErrorNumber> {
+        match self {
+            Error::Libvirt {
+                code: virt::enumutil::Enum::Known(c),
+                ..
+            } => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// True when libvirt refused a quiesced snapshot because the guest agent
+    /// is not configured (VIR_ERR_ARGUMENT_UNSUPPORTED, which is how
+    /// qemuDomainAgentAvailable reports a missing channel), not connected or
+    /// not answering (AGENT_UNRESPONSIVE), or out of sync (AGENT_UNSYNCED).
+    /// Decided by code: the message is in libvirtd's language.
+    pub fn is_agent_unavailable(&self) -> bool {
+        use virt::error::ErrorNumber as N;
+        matches!(
+            self.libvirt_code(),
+            Some(N::ArgumentUnsupported | N::AgentUnresponsive | N::AgentUnsynced)
+        )
     }
 
     /// An error about one domain.
@@ -74,7 +105,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(m) => write!(f, "{m}"),
-            Error::Libvirt { what, message } => write!(f, "{what}: {message}"),
+            Error::Libvirt { what, message, .. } => write!(f, "{what}: {message}"),
             Error::NoSuchDomain(d) => write!(f, "domain '{d}' does not exist"),
             Error::CommandStart { command, source } => {
                 write!(f, "could not start `{command}`: {source}")

@@ -150,7 +150,7 @@ fn run_step(
             }
             let mut result = dom.snapshot(disks, &how);
             if let Err(e) = &result {
-                if how.quiesce && *quiesce_fallback && e.to_string().contains("agent") {
+                if how.quiesce && *quiesce_fallback && e.is_agent_unavailable() {
                     log::warn!(
                         "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
                         dom.name

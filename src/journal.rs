@@ -33,6 +33,20 @@ pub struct Entry {
     pub result: String,
     /// The files to delete once it has.
     pub delete: Vec<String>,
+    /// The disk's chain before the job, top first, with formats: what a
+    /// pull that QEMU did not finish is put back onto. Empty in journals of
+    /// older versions.
+    #[serde(default)]
+    pub chain: Vec<Link>,
+}
+
+/// One file of a journaled chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// Its path.
+    pub path: String,
+    /// Its format.
+    pub format: String,
 }
 
 /// A domain's journal.
@@ -93,47 +107,163 @@ impl Journal {
 }
 
 /// Finishes or undoes what an interrupted consolidation of `dom` left, as
-/// its journal describes. Called under the domain lock.
+/// its journal describes. Called under the domain lock; errors name the
+/// domain.
 pub fn reconcile(dom: &Dom, uuid: &str, state_dir: &Path) -> Result<()> {
     let Some(mut journal) = Journal::load(state_dir, uuid) else {
         return Ok(());
     };
+    let in_domain = |e: Error| match e {
+        e @ Error::Domain { .. } => e,
+        e => Error::domain(
+            &dom.name,
+            format!("reconciling the interrupted consolidation recorded in its journal: {e}"),
+        ),
+    };
     let mut ledger = Ledger::load(state_dir, &dom.name, uuid);
     for e in &journal.entries {
-        reconcile_disk(dom, e, &mut ledger)?;
+        reconcile_disk(dom, e, &mut ledger).map_err(in_domain)?;
     }
-    ledger.save(state_dir)?;
+    ledger.save(state_dir).map_err(in_domain)?;
     journal.entries.clear();
-    journal.save(state_dir)
+    journal.save(state_dir).map_err(in_domain)
+}
+
+/// What reconciliation does with one journaled disk. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Our job still runs: cancel it (the disk keeps its chain).
+    Cancel,
+    /// The job did not finish: nothing to do.
+    Interrupted,
+    /// QEMU stopped during a pull and the top lost its backing reference:
+    /// put it back (a pull only copies data up, so the old chain reads the
+    /// same) onto this file of that format.
+    RestoreBacking {
+        top: String,
+        backing: String,
+        format: String,
+    },
+    /// The job finished: delete the planned files still there.
+    FinishDeletion,
+    /// The job seems finished, but QEMU did not stop cleanly, so what it
+    /// wrote last may be lost: delete nothing.
+    KeepFiles,
+}
+
+/// What was found for one journaled disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The domain runs (or is paused).
+    pub active: bool,
+    /// A block job runs on the disk.
+    pub job: bool,
+    /// The disk's source in the domain's XML.
+    pub source: Option<PathBuf>,
+    /// The source's backing file as qemu-img reads it (None: standalone).
+    pub backing: Option<String>,
+    /// A shut-off domain stopped cleanly (shutdown, destroy), not crashed.
+    pub stopped_cleanly: bool,
+}
+
+/// Decides what to do with journal entry `e` given what was found.
+pub fn decide(e: &Entry, f: &Found) -> Decision {
+    if f.active && f.job {
+        return Decision::Cancel;
+    }
+    let on_result = f.source.as_deref() == Some(Path::new(&e.result));
+    if !on_result {
+        return Decision::Interrupted;
+    }
+    if e.method == "blockpull" && f.backing.is_some() {
+        return Decision::Interrupted;
+    }
+    if e.method == "blockpull" && !f.active && !f.stopped_cleanly {
+        if let Some(below) = e.chain.get(1) {
+            return Decision::RestoreBacking {
+                top: e.result.clone(),
+                backing: below.path.clone(),
+                format: below.format.clone(),
+            };
+        }
+    }
+    if f.active || f.stopped_cleanly {
+        Decision::FinishDeletion
+    } else {
+        Decision::KeepFiles
+    }
 }
 
 fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     let t = &e.target;
-    if blockjob::job_info(dom.raw(), t)?.is_some() {
-        blockjob::abort(dom.raw(), t, false)?;
-        log::warn!(
-            "Cancelled the {} of {t} of '{}' left running by an interrupted run; the disk stays on its chain",
-            e.method,
-            dom.name
-        );
-        return Ok(());
-    }
+    let active = dom.is_active()?;
+    let job = active && blockjob::job_info(dom.raw(), t)?.is_some();
     let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
     let Some(disk) = facts.disks.iter().find(|d| &d.target == t) else {
         return Ok(());
     };
-    let Some(source) = &disk.source else {
-        return Ok(());
+    let source = disk.source.clone();
+    let backing = match &source {
+        Some(s) if !job => crate::qemu_img::info(s)?.backing_filename,
+        _ => None,
     };
-    if source != Path::new(&e.result) || disk.backing.is_some() && e.method == "blockpull" {
-        log::warn!(
+    let found = Found {
+        active,
+        job,
+        source,
+        backing,
+        stopped_cleanly: dom.stopped_cleanly()?.unwrap_or(false),
+    };
+    match decide(e, &found) {
+        Decision::Cancel => {
+            blockjob::cancel(dom.raw(), t)?;
+            log::warn!(
+                "Cancelled the {} of {t} of '{}' left running by an interrupted run; the disk stays on its chain",
+                e.method,
+                dom.name
+            );
+        }
+        Decision::Interrupted => log::warn!(
             "The {} of {t} of '{}' was interrupted before it finished; the disk stays on its chain",
             e.method,
             dom.name
-        );
-        return Ok(());
+        ),
+        Decision::RestoreBacking {
+            top,
+            backing,
+            format,
+        } => {
+            let top = Path::new(&top);
+            if !Path::new(&backing).is_file() {
+                return Err(Error::domain(
+                    &dom.name,
+                    format!(
+                        "{t}: QEMU stopped during its blockpull and '{}' lost its backing file '{backing}', which is missing; do not start the domain: its disk lacks the data below",
+                        top.display()
+                    ),
+                ));
+            }
+            crate::qemu_img::rebase_unsafe(top, &backing, &format)?;
+            log::warn!(
+                "Repaired {t} of '{}': QEMU stopped during its blockpull and '{}' had lost the reference to its backing file; it is back on '{backing}' ({format}), and reads as before the pull; nothing was deleted",
+                dom.name,
+                top.display()
+            );
+        }
+        Decision::KeepFiles => log::warn!(
+            "The {} of {t} of '{}' finished, but QEMU did not stop cleanly afterwards; the files it made unused were left in place: {}",
+            e.method,
+            dom.name,
+            e.delete.join(", ")
+        ),
+        Decision::FinishDeletion => finish_deletion(dom, e, ledger)?,
     }
-    let in_chain: Vec<PathBuf> = crate::chain::read_chain(source)?
+    Ok(())
+}
+
+fn finish_deletion(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
+    let t = &e.target;
+    let in_chain: Vec<PathBuf> = crate::chain::read_chain(Path::new(&e.result))?
         .into_iter()
         .map(|f| f.path)
         .collect();
@@ -156,4 +286,81 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(method: &str, result: &str) -> Entry {
+        Entry {
+            target: "vdb".into(),
+            method: method.into(),
+            result: result.into(),
+            delete: vec!["/v/b.bimg-1".into()],
+            chain: vec![
+                Link {
+                    path: "/v/b.bimg-2".into(),
+                    format: "qcow2".into(),
+                },
+                Link {
+                    path: "/v/b.bimg-1".into(),
+                    format: "qcow2".into(),
+                },
+                Link {
+                    path: "/v/b.raw".into(),
+                    format: "raw".into(),
+                },
+            ],
+        }
+    }
+
+    fn found(active: bool, job: bool, source: &str, backing: Option<&str>, clean: bool) -> Found {
+        Found {
+            active,
+            job,
+            source: Some(source.into()),
+            backing: backing.map(str::to_string),
+            stopped_cleanly: clean,
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let pull = entry("blockpull", "/v/b.bimg-2");
+        let commit = entry("blockcommit", "/v/b.raw");
+        let restore = Decision::RestoreBacking {
+            top: "/v/b.bimg-2".into(),
+            backing: "/v/b.bimg-1".into(),
+            format: "qcow2".into(),
+        };
+        #[rustfmt::skip]
+        let table: Vec<(&Entry, Found, Decision, &str)> = vec![
+            (&pull, found(true, true, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Cancel, "our job still runs"),
+            (&pull, found(true, false, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Interrupted, "pull cancelled, chain intact"),
+            (&pull, found(true, false, "/v/b.bimg-2", None, false), Decision::FinishDeletion, "pull done, killed before deleting"),
+            (&pull, found(false, false, "/v/b.bimg-2", None, false), restore.clone(), "QEMU crashed: top lost its backing"),
+            (&pull, found(false, false, "/v/b.bimg-2", None, true), Decision::FinishDeletion, "pull done, then a clean shutdown"),
+            (&pull, found(false, false, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Interrupted, "crashed before the header changed"),
+            (&commit, found(true, true, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Cancel, "commit still mirroring"),
+            (&commit, found(true, false, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Interrupted, "commit cancelled"),
+            (&commit, found(true, false, "/v/b.raw", None, false), Decision::FinishDeletion, "pivoted, killed before deleting"),
+            (&commit, found(false, false, "/v/b.raw", None, false), Decision::KeepFiles, "pivoted, then QEMU crashed"),
+            (&commit, found(false, false, "/v/b.raw", None, true), Decision::FinishDeletion, "pivoted, then shut down"),
+        ];
+        for (e, f, want, case) in table {
+            assert_eq!(decide(e, &f), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn an_old_journal_without_a_chain_never_restores_a_backing() {
+        let mut e = entry("blockpull", "/v/b.bimg-2");
+        e.chain.clear();
+        let f = found(false, false, "/v/b.bimg-2", None, false);
+        assert_eq!(decide(&e, &f), Decision::KeepFiles);
+        let old = r#"{"domain":"d","uuid":"u","entries":[{"target":"vda","method":"blockpull","result":"/a","delete":[]}]}"#;
+        let j: Journal = serde_json::from_str(old).unwrap();
+        assert!(j.entries[0].chain.is_empty());
+    }
 }

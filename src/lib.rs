@@ -28,6 +28,7 @@ pub mod plan;
 pub mod qemu_img;
 pub mod record;
 pub mod restore;
+pub mod siblings;
 pub mod signals;
 pub mod sweep;
 pub mod verify;

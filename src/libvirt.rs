@@ -102,6 +102,21 @@ impl Libvirt {
         Ok(running)
     }
 
+    /// Every defined domain, running, shut off or transient.
+    pub fn all_domains(&self) -> Result<Vec<Dom>> {
+        let doms = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| Error::libvirt("cannot list domains", e))?;
+        Ok(doms
+            .into_iter()
+            .filter_map(|dom| {
+                let name = dom.name().ok()?;
+                Some(Dom { dom, name })
+            })
+            .collect())
+    }
+
     fn names(&self, flags: sys::virConnectListAllDomainsFlags) -> Result<Vec<String>> {
         let doms = self
             .conn
@@ -159,6 +174,28 @@ impl Dom {
     pub fn uuid(&self) -> Result<String> {
         self.dom.uuid_string().map_err(|e| {
             Error::libvirt(format!("cannot read the UUID of domain '{}'", self.name), e)
+        })
+    }
+
+    /// Whether a shut-off domain stopped cleanly: a guest shutdown or a
+    /// destroy (QEMU is asked to quit, and closes its images) as opposed to
+    /// a crash, after which QEMU's unwritten image metadata is lost. None
+    /// while the domain is active.
+    pub fn stopped_cleanly(&self) -> Result<Option<bool>> {
+        use virt::domain::{DomainShutoffReason as R, DomainStateReason};
+        use virt::enumutil::Enum;
+        let (_, reason) = self.dom.state().map_err(|e| {
+            Error::libvirt(
+                format!("cannot read the state of domain '{}'", self.name),
+                e,
+            )
+        })?;
+        Ok(match reason {
+            Enum::Known(DomainStateReason::Shutoff(r)) => Some(matches!(
+                r,
+                Enum::Known(R::Shutdown | R::Destroyed | R::Saved | R::FromSnapshot)
+            )),
+            _ => None,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::lock;
 use crate::naming;
 use crate::plan::{self, DiskChain, Facts, LeftOut, Options};
 use crate::record::{DomainDir, Index};
+use crate::siblings::Siblings;
 use std::time::Duration;
 
 /// How a sweep went.
@@ -40,8 +41,14 @@ pub fn run(config: &Config) -> Result<Summary> {
         .map(|n| (n.clone(), lv.lookup(n).and_then(|d| d.uuid()).ok()))
         .collect();
     let slots = std::sync::Arc::new(exec::Slots::new(config.copy_jobs));
+    // Linked clones: which files each defined domain uses, read once before
+    // any consolidation of this run.
+    let siblings = match config.action {
+        Action::Backup => Siblings::default(),
+        _ => Siblings::gather(&lv)?,
+    };
     let results = for_each_parallel(&listed, config.jobs, |(name, uuid)| {
-        process_domain(&lv, name, uuid.as_deref(), config, &slots)
+        process_domain(&lv, name, uuid.as_deref(), config, &slots, &siblings)
     });
     let mut summary = Summary::default();
     for (name, result) in names.iter().zip(results) {
@@ -118,6 +125,7 @@ fn process_domain(
     listed_uuid: Option<&str>,
     config: &Config,
     slots: &std::sync::Arc<exec::Slots>,
+    siblings: &Siblings,
 ) -> Result<()> {
     crate::signals::check().map_err(|e| Error::domain(name, format!("not started: {e}")))?;
     crate::fault::hold("hold-before-domain");
@@ -157,7 +165,7 @@ fn process_domain(
         backup_domain(&dom, config, slots)?;
     }
     if config.action != Action::Backup {
-        consolidate_domain(&dom, config)?;
+        consolidate_domain(&dom, config, siblings)?;
     }
     Ok(())
 }
@@ -209,21 +217,29 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
 }
 
 /// Consolidates one running domain (its lock is held).
-fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
+fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
     let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
     let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
-    let plans = consolidate::plan(name, active, &disks, &ledger, config.method)?;
-    if plans.is_empty() {
+    let plan = consolidate::plan(
+        name,
+        &domain.uuid,
+        active,
+        &disks,
+        &ledger,
+        siblings,
+        config.method,
+    )?;
+    if plan.disks.is_empty() && plan.refused.is_empty() {
         log::info!(
             "Consolidation of '{name}': nothing to consolidate (every disk is a single image)"
         );
         return Ok(());
     }
     if config.dry_run {
-        for p in &plans {
+        for p in &plan.disks {
             log::info!(
                 "[dry run] {name}: would consolidate {} onto '{}', delete {} file(s), leave {}",
                 p.target,
@@ -232,19 +248,23 @@ fn consolidate_domain(dom: &Dom, config: &Config) -> Result<()> {
                 p.leave.len()
             );
         }
+        for r in &plan.refused {
+            log::info!("[dry run] {name}: would refuse {}: {}", r.target, r.why);
+        }
         return Ok(());
     }
     let settings = consolidate::Settings {
         bandwidth_mib: config.bandwidth_mib,
         timeout: config.timeout,
     };
-    consolidate::execute(dom, &plans, settings, &mut ledger, &config.state_dir)?;
-    let on: Vec<String> = plans
+    consolidate::execute(dom, &plan, settings, &mut ledger, &config.state_dir)?;
+    let on: Vec<String> = plan
+        .disks
         .iter()
         .map(|p| format!("{} on '{}'", p.target, p.result.display()))
         .collect();
-    let deleted: usize = plans.iter().map(|p| p.delete.len()).sum();
-    let left: usize = plans.iter().map(|p| p.leave.len()).sum();
+    let deleted: usize = plan.disks.iter().map(|p| p.delete.len()).sum();
+    let left: usize = plan.disks.iter().map(|p| p.leave.len()).sum();
     log::info!(
         "Consolidation of '{name}' done: {}; {deleted} file(s) of fi-backup deleted, {left} left in place",
         on.join(", ")

@@ -661,3 +661,44 @@ impl Drop for LoopDevice {
         let _ = cmd("losetup", &["-d", &self.0]);
     }
 }
+
+/// SIGKILLs the QEMU process of a running domain, as a QEMU crash would end
+/// it, and waits until libvirt has seen it go.
+pub fn kill_qemu(domain: &str) {
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
+        .unwrap_or_else(|e| panic!("no pid file for {domain}: {e}"));
+    ok("kill", &["-KILL", pid.trim()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while virsh(&["domstate", domain]).trim() != "shut off" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{domain} still runs after its QEMU was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until a block job runs on `target` of `domain`.
+pub fn wait_for_block_job(domain: &str, target: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while virsh(&["blockjob", domain, target, "--info"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no block job started on {target} of {domain}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Writes `pattern` at `offset_mib` into an image file directly (no QEMU
+/// may hold it), as the data a user's base image carries.
+pub fn image_write(image: &Path, format: &str, pattern: u8, offset_mib: u64) {
+    let write = format!("write -P {pattern:#x} {offset_mib}M 1M");
+    ok(
+        "qemu-io",
+        &["-f", format, "-c", &write, image.to_str().unwrap()],
+    );
+}
