@@ -10,7 +10,10 @@ use std::path::Path;
 /// A running domain with two disks and a chain of three files each (the
 /// base, two overlays of fi-backup), 17 MiB of data in vda's chain so that a
 /// throttled pull runs for seconds. Returns the domain and its patterns per disk.
-fn two_disk_chain(s: &mut Scenario) -> (String, Vec<(u8, u64)>, Vec<(u8, u64)>) {
+/// (pattern, MiB) pairs a disk must read.
+type Patterns = Vec<(u8, u64)>;
+
+fn two_disk_chain(s: &mut Scenario) -> (String, Patterns, Patterns) {
     let dom = s.start(
         "vm",
         "img",
