@@ -726,7 +726,16 @@ mod tests {
         let d = disk(vec![file(T1, 10), file("/v/base.qcow2", 9)]);
         let l = ledger(&[(T1, 10)]);
         let s = siblings(&[(9, "sib")]);
-        let p = plan("d", "u", true, std::slice::from_ref(&d), &l, &s, Method::BlockCommit).unwrap();
+        let p = plan(
+            "d",
+            "u",
+            true,
+            std::slice::from_ref(&d),
+            &l,
+            &s,
+            Method::BlockCommit,
+        )
+        .unwrap();
         assert!(p.disks.is_empty(), "{p:?}");
         assert_eq!(p.refused.len(), 1);
         let why = &p.refused[0].why;

@@ -81,6 +81,10 @@ pub struct DomainFacts {
     pub uuid: String,
     /// Its disks, in XML order.
     pub disks: Vec<DiskFacts>,
+    /// The UEFI variable store (`<os><nvram>`), when it has one.
+    pub nvram: Option<PathBuf>,
+    /// It has a TPM emulated by swtpm, whose state libvirt keeps per UUID.
+    pub tpm_emulator: bool,
 }
 
 impl DomainFacts {
@@ -115,7 +119,25 @@ pub fn parse_domain_xml(xml: &str) -> Result<DomainFacts> {
             disks.push(parse_disk(&name, disk)?);
         }
     }
-    Ok(DomainFacts { name, uuid, disks })
+    let nvram = root
+        .children()
+        .find(|n| n.has_tag_name("os"))
+        .and_then(|os| os.children().find(|n| n.has_tag_name("nvram")))
+        .and_then(|n| n.text())
+        .map(|t| PathBuf::from(t.trim()))
+        .filter(|p| p.is_absolute());
+    let tpm_emulator = root
+        .descendants()
+        .filter(|n| n.has_tag_name("tpm"))
+        .flat_map(|t| t.children().filter(|n| n.has_tag_name("backend")))
+        .any(|b| b.attribute("type") == Some("emulator"));
+    Ok(DomainFacts {
+        name,
+        uuid,
+        disks,
+        nvram,
+        tpm_emulator,
+    })
 }
 
 fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
@@ -206,6 +228,24 @@ mod tests {
             .map(|d| d.target.as_str())
             .collect();
         assert_eq!(needs, ["vdb", "vdc"]);
+    }
+
+    #[test]
+    fn finds_nvram_and_an_emulated_tpm() {
+        let xml = "<domain><name>u</name><uuid>1</uuid><os><type>hvm</type>\
+            <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+            <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/v/u_VARS.fd</nvram></os>\
+            <devices><tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
+            </devices></domain>";
+        let f = parse_domain_xml(xml).unwrap();
+        assert_eq!(
+            f.nvram.as_deref(),
+            Some(std::path::Path::new("/v/u_VARS.fd"))
+        );
+        assert!(f.tpm_emulator);
+        let f = parse_domain_xml(XML).unwrap();
+        assert_eq!(f.nvram, None);
+        assert!(!f.tpm_emulator);
     }
 
     #[test]

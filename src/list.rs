@@ -16,6 +16,7 @@ struct Point<'a> {
     disks: Vec<Disk<'a>>,
     state_file: Option<&'a str>,
     left_out: &'a [crate::record::LeftOutRecord],
+    firmware: &'a [crate::record::FirmwareRecord],
 }
 
 #[derive(Serialize)]
@@ -61,8 +62,21 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                 .iter()
                 .map(|l| format!("\tleft out: {} ({})", l.target, l.reason))
                 .collect();
+            let firmware: Vec<&str> = p
+                .firmware
+                .iter()
+                .map(|f| match f.kind {
+                    crate::record::FirmwareKind::Nvram => "nvram",
+                    crate::record::FirmwareKind::Tpm => "tpm",
+                })
+                .collect();
+            let firmware = if firmware.is_empty() {
+                String::new()
+            } else {
+                format!("\tfirmware: {}", firmware.join(", "))
+            };
             println!(
-                "{}\t{}\t{}\t{}\t{}\tmemory state: {}{left}",
+                "{}\t{}\t{}\t{}\t{}\tmemory state: {}{firmware}{left}",
                 p.domain,
                 p.restore_point,
                 match p.mode {
@@ -110,5 +124,6 @@ fn point(r: &Record) -> Point<'_> {
             .collect(),
         state_file: r.state_file.as_deref(),
         left_out: &r.left_out,
+        firmware: &r.firmware,
     }
 }

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
 use crate::record::{
-    DiskRecord, DomainDir, FileRecord, Index, LeftOutRecord, Mode, Record, RECORD_VERSION,
+    DiskRecord, DomainDir, FileRecord, FirmwareFile, FirmwareKind, FirmwareRecord, Index,
+    LeftOutRecord, Mode, Record, RECORD_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -57,6 +58,19 @@ pub struct Facts {
     pub domain_xml: String,
     /// The backup directory of this domain and what it holds (with -b).
     pub backup: Option<(DomainDir, Index)>,
+    /// Firmware state on the host (NVRAM, TPM), copied with every restore point.
+    pub firmware: Vec<FirmwareSource>,
+}
+
+/// Firmware state of the domain on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareSource {
+    /// NVRAM or TPM.
+    pub kind: FirmwareKind,
+    /// The NVRAM file, or the TPM state directory.
+    pub root: PathBuf,
+    /// Its files: path relative to `root` ("" for the NVRAM file), path, identity.
+    pub files: Vec<(String, PathBuf, SourceId)>,
 }
 
 /// Options of this run.
@@ -310,6 +324,57 @@ fn plan_copies(
                 .map(|(p, _)| p.to_string_lossy().into_owned()),
         });
     }
+    // Firmware state: a file reused while its identity is the recorded one,
+    // else copied. A running guest may write it meanwhile (rarely: boot
+    // entries, TPM counters); its copy is then as of the copy.
+    let mut firmware = Vec::new();
+    for fw in &facts.firmware {
+        let mut fw_files = Vec::new();
+        for (rel, path, id) in &fw.files {
+            let name = if let Some(fr) = reusable(existing, path, id, None) {
+                reused.push((path.clone(), fr.name.clone(), fr.written_by.clone()));
+                files.push(fr.clone());
+                fr.name.clone()
+            } else {
+                let source_name = match fw.kind {
+                    FirmwareKind::Nvram => file_name(path),
+                    FirmwareKind::Tpm => format!("swtpm.{}", rel.replace('/', "_")),
+                };
+                let new = naming::free_backup_name(&source_name, &opts.ts, &taken);
+                taken.insert(new.clone());
+                jobs.push(CopyJob {
+                    source: path.clone(),
+                    format: "raw".into(),
+                    cluster_size: None,
+                    dest_dir: dir.images(),
+                    name: new.clone(),
+                    backing: None,
+                    expected_id: (!facts.active).then_some(*id),
+                });
+                files.push(FileRecord {
+                    name: new.clone(),
+                    format: "raw".into(),
+                    size: 0,
+                    blake3: String::new(),
+                    backing: None,
+                    backing_format: None,
+                    source: path.to_string_lossy().into_owned(),
+                    source_id: *id,
+                    written_by: opts.ts.clone(),
+                });
+                new
+            };
+            fw_files.push(FirmwareFile {
+                name,
+                rel: rel.clone(),
+            });
+        }
+        firmware.push(FirmwareRecord {
+            kind: fw.kind,
+            source: fw.root.to_string_lossy().into_owned(),
+            files: fw_files,
+        });
+    }
     let xml_path = dir.xml_path(&opts.ts);
     let draft = Record {
         fi_backup_record: RECORD_VERSION,
@@ -344,6 +409,7 @@ fn plan_copies(
             })
             .collect(),
         files,
+        firmware,
     };
     let mut steps = vec![Step::CreateDirs(dir.clone())];
     if !reused.is_empty() {

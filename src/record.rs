@@ -58,8 +58,43 @@ pub struct Record {
     /// Disks (not CD-ROM or floppy drives) this restore point does not hold, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOutRecord>,
-    /// Every file the disks' chains use, in images/.
+    /// Every file the disks' chains and the firmware state use, in images/.
     pub files: Vec<FileRecord>,
+    /// Firmware state that is not a disk: UEFI variables (NVRAM), an
+    /// emulated TPM's state. Absent when empty (older records have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareRecord>,
+}
+
+/// What kind of firmware state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareKind {
+    /// The UEFI variable store (`<os><nvram>`), one file.
+    Nvram,
+    /// An emulated TPM's state directory (swtpm), its files.
+    Tpm,
+}
+
+/// Firmware state held by a restore point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareRecord {
+    /// NVRAM or TPM.
+    pub kind: FirmwareKind,
+    /// Where it was on the host: the NVRAM file, or the TPM state directory.
+    pub source: String,
+    /// Its files in images/ (each also in `files`), with the path relative
+    /// to `source` (empty for the NVRAM file itself).
+    pub files: Vec<FirmwareFile>,
+}
+
+/// One file of firmware state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareFile {
+    /// Name in images/.
+    pub name: String,
+    /// Path relative to the source directory ("" for a single file).
+    pub rel: String,
 }
 
 /// One disk of a restore point.
@@ -261,6 +296,27 @@ fn check_record(r: &Record, path: &Path) -> std::result::Result<(), String> {
             }
         }
     }
+    for fw in &r.firmware {
+        for f in &fw.files {
+            if bad_name(&f.name) || !r.files.iter().any(|x| x.name == f.name) {
+                return Err(format!(
+                    "firmware file '{}' is not a plain name the record describes",
+                    f.name
+                ));
+            }
+            let rel = Path::new(&f.rel);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!(
+                    "firmware path '{}' is not a plain relative path",
+                    f.rel
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -306,7 +362,19 @@ mod tests {
                 overlay: None,
             }],
             left_out: Vec::new(),
-            files: vec![file("top", Some("base")), file("base", None)],
+            files: vec![
+                file("top", Some("base")),
+                file("base", None),
+                file("u_VARS.fd", None),
+            ],
+            firmware: vec![FirmwareRecord {
+                kind: FirmwareKind::Nvram,
+                source: "/src/u_VARS.fd".into(),
+                files: vec![FirmwareFile {
+                    name: "u_VARS.fd".into(),
+                    rel: String::new(),
+                }],
+            }],
         }
     }
 
@@ -333,5 +401,20 @@ mod tests {
         let mut r = record();
         r.disks[0].chain = vec!["../x".into()];
         assert!(check_record(&r, p).is_err());
+        let mut r = record();
+        r.firmware[0].files[0].name = "missing".into();
+        assert!(check_record(&r, p).is_err());
+        let mut r = record();
+        r.firmware[0].files[0].rel = "../../etc/x".into();
+        assert!(check_record(&r, p).is_err());
+    }
+
+    #[test]
+    fn records_without_firmware_still_read() {
+        let mut r = record();
+        r.firmware.clear();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("firmware"));
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{self, TempFile};
 use crate::libvirt::Libvirt;
 use crate::qemu_img;
-use crate::record::{DomainDir, Index, Record};
+use crate::record::{DomainDir, FirmwareKind, Index, Record};
 use std::path::{Path, PathBuf};
 
 /// How one disk comes back.
@@ -45,6 +45,10 @@ pub struct RestorePlan {
     pub xml_path: PathBuf,
     /// The rewritten domain XML.
     pub xml: String,
+    /// Firmware state copied into the target (NVRAM, TPM state files).
+    pub firmware: Vec<CopyJob>,
+    /// Directories the firmware copies need, created (0700) in this order.
+    pub dirs: Vec<PathBuf>,
     /// Every path the restore will create.
     pub outputs: Vec<PathBuf>,
 }
@@ -62,16 +66,20 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     let record = pick(&index, &args.domain, args.at.as_deref())?;
     let target = std::path::absolute(&args.target)
         .map_err(|e| Error::io("cannot resolve target directory", &args.target, e))?;
-    match std::fs::metadata(&target) {
-        Ok(m) if m.is_dir() => {}
+    if let Some(name) = &args.define {
+        check_define_name(name)?;
+    }
+    let target_exists = match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => true,
         Ok(_) => {
             return Err(Error::Usage(format!(
-                "target '{}' is not a directory",
+                "target '{}' is not a directory; nothing was written",
                 target.display()
             )))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(Error::io("cannot use target directory", &target, e)),
-    }
+    };
     let xml_text = std::fs::read_to_string(dir.points().join(&record.domain_xml)).map_err(|e| {
         Error::io(
             "cannot read the domain XML of the restore point",
@@ -87,14 +95,10 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         Some(_) => Some(Libvirt::open(&args.libvirt.connect)?),
         None => None,
     };
-    if let (true, Some(lv)) = (in_place, &lv) {
-        if let Ok(existing) = lv.lookup(&args.domain) {
-            if existing.is_active()? {
-                return Err(Error::Usage(format!(
-                    "domain '{}' is running; shut it off before restoring it in place; nothing was written",
-                    args.domain
-                )));
-            }
+    if let (Some(name), Some(lv)) = (&args.define, &lv) {
+        check_define_target(lv, name, in_place, record)?;
+        if args.libvirt.connect == "qemu:///system" {
+            check_qemu_can_reach(&target, target_exists)?;
         }
     }
     let new_name = args.define.as_deref().filter(|_| !in_place);
@@ -111,6 +115,12 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             taken.join(", ")
         )));
     }
+    if !target_exists {
+        // QEMU (another user) must reach the images of a domain that is
+        // defined: 0711 lets it through without listing the directory.
+        let mode = if args.define.is_some() { 0o711 } else { 0o700 };
+        create_target(&target, mode)?;
+    }
     log::info!(
         "Restoring '{}' at {} into '{}'",
         args.domain,
@@ -125,7 +135,25 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         };
         log::info!("Restored {t} as '{}'", out.display());
     }
+    for fw in &plan.firmware {
+        log::info!(
+            "Restored firmware state as '{}'",
+            fw.dest_dir.join(&fw.name).display()
+        );
+    }
     log::info!("Domain XML: '{}'", plan.xml_path.display());
+    if let Some(tpm) = record.firmware.iter().find(|f| f.kind == FirmwareKind::Tpm) {
+        let name = args.define.as_deref().unwrap_or(&record.domain);
+        log::warn!(
+            "The emulated TPM's state is restored into '{}'. libvirt 9.0 keeps TPM state in \
+             {}/<uuid>/ and cannot be pointed elsewhere, so a defined domain starts with its own \
+             TPM state there; to carry this state over, copy it there while the domain is shut off \
+             (it was '{}')",
+            tpm_dir(&target, name).display(),
+            crate::sweep::SWTPM_STATE_DIR,
+            tpm.source
+        );
+    }
     for l in &record.left_out {
         log::warn!(
             "Disk {} is not in the restore point ({}): the domain XML keeps its original source",
@@ -157,6 +185,128 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// A name for `--define`: libvirt's own rules, plus no `/` (it names the
+/// XML file in the target, which must stay inside the target).
+fn check_define_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+    {
+        return Err(Error::Usage(format!(
+            "--define '{}': a domain name must not be empty, '.', '..', or contain '/' or \
+             control characters; nothing was written",
+            name.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+/// The domain `--define` names: under a new name it must not exist; in
+/// place it must be the restore point's own domain (same UUID), shut off.
+fn check_define_target(lv: &Libvirt, name: &str, in_place: bool, record: &Record) -> Result<()> {
+    let existing = match lv.lookup(name) {
+        Ok(d) => d,
+        Err(Error::NoSuchDomain(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !in_place {
+        return Err(Error::Usage(format!(
+            "domain '{name}' already exists; choose another name for --define, or use --define {} \
+             to restore in place; nothing was written",
+            record.domain
+        )));
+    }
+    let uuid = existing.uuid()?;
+    if uuid != record.uuid {
+        return Err(Error::Usage(format!(
+            "domain '{name}' now has UUID {uuid}, but the restore point is of UUID {}: the domain \
+             was undefined and another one created under its name since. Restore under a new \
+             name (--define NEW), or undefine the current '{name}' first; nothing was written",
+            record.uuid
+        )));
+    }
+    if existing.is_active()? {
+        return Err(Error::Usage(format!(
+            "domain '{name}' is running; shut it off before restoring it in place; nothing was written"
+        )));
+    }
+    Ok(())
+}
+
+/// The user QEMU runs as under qemu:///system: qemu.conf's `user`, else
+/// Debian's default.
+fn qemu_user() -> String {
+    std::fs::read_to_string("/etc/libvirt/qemu.conf")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("user"))
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.trim() == "user")
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+                .next_back()
+        })
+        .filter(|u| !u.is_empty() && !u.starts_with('+'))
+        .unwrap_or_else(|| "libvirt-qemu".into())
+}
+
+/// A defined domain's images must be reachable by QEMU: every directory
+/// from / down to the target (its nearest existing ancestor when it is to
+/// be created 0711) must let QEMU's user through. Refused before anything
+/// is written, naming the directory in the way.
+fn check_qemu_can_reach(target: &Path, exists: bool) -> Result<()> {
+    let user = qemu_user();
+    let Some((uid, gids)) = crate::fsutil::user_ids(&user) else {
+        log::debug!("QEMU's user '{user}' is unknown here; not checking the target's access");
+        return Ok(());
+    };
+    let mut dirs: Vec<&Path> = target.ancestors().collect();
+    if !exists {
+        dirs.retain(|d| d.exists());
+    }
+    for d in dirs.into_iter().rev() {
+        if !crate::fsutil::can_traverse(d, uid, &gids)? {
+            return Err(Error::Usage(format!(
+                "QEMU (user '{user}') cannot enter '{}', so the restored domain could not open its \
+                 images; use a target it can reach (chmod o+x '{}', or another directory); \
+                 nothing was written",
+                d.display(),
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the target and any missing parents with `mode`.
+fn create_target(target: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(target)
+        .map_err(|e| Error::io("cannot create target directory", target, e))?;
+    // The umask may have taken bits away.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("cannot set the mode of", target, e))?;
+    log::info!("Created target directory '{}' ({mode:o})", target.display());
+    Ok(())
+}
+
+/// The restored NVRAM of domain `name`.
+fn nvram_path(target: &Path, name: &str) -> PathBuf {
+    target.join(format!("{name}_VARS.fd"))
+}
+
+/// The restored TPM state directory of domain `name`.
+fn tpm_dir(target: &Path, name: &str) -> PathBuf {
+    target.join(format!("{name}.swtpm"))
 }
 
 /// The restore point `at`, or the latest; a missing one is an error that
@@ -273,8 +423,45 @@ pub fn plan(
         }
         disks.push((d.target.clone(), DiskRestore::Chain(jobs)));
     }
-    let xml = rewrite_domain_xml(xml, &sources, new_name)?;
-    let xml_path = target.join(format!("{}.xml", new_name.unwrap_or(&record.domain)));
+    let name = new_name.unwrap_or(&record.domain);
+    let mut firmware = Vec::new();
+    let mut dirs = Vec::new();
+    let mut nvram = None;
+    for fw in &record.firmware {
+        for f in &fw.files {
+            let dest = match fw.kind {
+                FirmwareKind::Nvram => {
+                    nvram = Some(nvram_path(target, name));
+                    nvram_path(target, name)
+                }
+                FirmwareKind::Tpm => tpm_dir(target, name).join(&f.rel),
+            };
+            let parent = dest.parent().expect("below the target").to_path_buf();
+            for d in parent.ancestors().take_while(|d| *d != target) {
+                if !dirs.contains(&d.to_path_buf()) {
+                    dirs.push(d.to_path_buf());
+                    outputs.push(d.to_path_buf());
+                }
+            }
+            outputs.push(dest.clone());
+            firmware.push(CopyJob {
+                source: dir.images().join(&f.name),
+                format: "raw".into(),
+                cluster_size: None,
+                dest_dir: parent,
+                name: dest
+                    .file_name()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                backing: None,
+                expected_id: None,
+            });
+        }
+    }
+    dirs.sort_by_key(|d| d.components().count());
+    let xml = rewrite_domain_xml(xml, &sources, new_name, nvram.as_deref())?;
+    let xml_path = target.join(format!("{name}.xml"));
     // A restore in place keeps the recorded name (new_name is None).
     outputs.push(xml_path.clone());
     Ok(RestorePlan {
@@ -282,6 +469,8 @@ pub fn plan(
         disks,
         xml_path,
         xml,
+        firmware,
+        dirs,
         outputs,
     })
 }
@@ -298,6 +487,10 @@ fn execute(plan: &RestorePlan) -> Result<()> {
             } => flatten(source, format, dest)?,
         }
     }
+    for d in &plan.dirs {
+        fsutil::ensure_private_dir(d)?;
+    }
+    jobs.extend(plan.firmware.iter().cloned());
     if !jobs.is_empty() {
         crate::exec::copy_all(&jobs, &crate::exec::Slots::new(4))?;
     }
@@ -319,11 +512,13 @@ fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
 
 /// The domain XML with disks `sources` (target, new file) pointed at their
 /// restored qcow2 images, backing stores dropped; with `new_name`, renamed,
-/// without UUID and MAC addresses. Pure.
+/// without UUID and MAC addresses; with `nvram`, `<os><nvram>` pointed at
+/// the restored copy (never left on the original's file). Pure.
 pub fn rewrite_domain_xml(
     xml: &str,
     sources: &[(String, PathBuf)],
     new_name: Option<&str>,
+    nvram: Option<&Path>,
 ) -> Result<String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| {
         Error::Invalid(format!(
@@ -372,6 +567,33 @@ pub fn rewrite_domain_xml(
         }
         for b in disk.children().filter(|n| n.has_tag_name("backingStore")) {
             edits.push((b.range(), String::new()));
+        }
+    }
+    let os_nvram = root
+        .children()
+        .filter(|n| n.has_tag_name("os"))
+        .flat_map(|os| os.children().filter(|n| n.has_tag_name("nvram")));
+    for n in os_nvram {
+        match nvram {
+            Some(path) => {
+                let attrs: String = n
+                    .attributes()
+                    .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
+                    .collect();
+                let text = escape(&path.to_string_lossy());
+                edits.push((n.range(), format!("<nvram{attrs}>{text}</nvram>")));
+            }
+            // A restore point without NVRAM (the file did not exist yet):
+            // libvirt makes a fresh one from the template, under the new
+            // domain's own name, never the original's.
+            None if new_name.is_some() => {
+                let attrs: String = n
+                    .attributes()
+                    .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
+                    .collect();
+                edits.push((n.range(), format!("<nvram{attrs}/>")));
+            }
+            None => {}
         }
     }
     if let Some(name) = new_name {
@@ -423,7 +645,8 @@ mod tests {
 
     #[test]
     fn disks_point_at_the_restored_images() {
-        let out = rewrite_domain_xml(XML, &[("vda".into(), "/r/it's.qcow2".into())], None).unwrap();
+        let out =
+            rewrite_domain_xml(XML, &[("vda".into(), "/r/it's.qcow2".into())], None, None).unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
         let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
         let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
@@ -438,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_new_name_drops_uuid_and_macs() {
-        let out = rewrite_domain_xml(XML, &[], Some("web-copy")).unwrap();
+        let out = rewrite_domain_xml(XML, &[], Some("web-copy"), None).unwrap();
         assert!(out.contains("<name>web-copy</name>"));
         assert!(!out.contains("<uuid>") && !out.contains("<mac"));
         roxmltree::Document::parse(&out).unwrap();

@@ -13,8 +13,8 @@ use crate::ledger::Ledger;
 use crate::libvirt::{Dom, Libvirt};
 use crate::lock;
 use crate::naming;
-use crate::plan::{self, DiskChain, Facts, LeftOut, Options};
-use crate::record::{DomainDir, Index};
+use crate::plan::{self, DiskChain, Facts, FirmwareSource, LeftOut, Options};
+use crate::record::{DomainDir, FirmwareKind, Index};
 use crate::siblings::Siblings;
 use std::time::Duration;
 
@@ -338,7 +338,9 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
         }
         None => None,
     };
+    let firmware = firmware_sources(&domain)?;
     Ok(Facts {
+        firmware,
         domain_xml: dom.inactive_xml()?,
         domain,
         active,
@@ -346,6 +348,75 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
         skipped,
         backup,
     })
+}
+
+/// Where libvirt keeps an emulated TPM's state: per UUID, not configurable
+/// in libvirt 9.0.
+pub const SWTPM_STATE_DIR: &str = "/var/lib/libvirt/swtpm";
+
+/// The domain's firmware state on the host, with identities. An NVRAM file
+/// or TPM state that does not exist yet (libvirt makes them at the first
+/// start) is no state to keep.
+fn firmware_sources(domain: &DomainFacts) -> Result<Vec<FirmwareSource>> {
+    let mut out = Vec::new();
+    if let Some(nvram) = &domain.nvram {
+        match std::fs::metadata(nvram) {
+            Ok(m) => out.push(FirmwareSource {
+                kind: FirmwareKind::Nvram,
+                root: nvram.clone(),
+                files: vec![(String::new(), nvram.clone(), chain::SourceId::of(&m))],
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => log::debug!(
+                "NVRAM '{}' of '{}' does not exist yet",
+                nvram.display(),
+                domain.name
+            ),
+            Err(e) => return Err(Error::io("cannot read NVRAM", nvram, e)),
+        }
+    }
+    if domain.tpm_emulator && !domain.uuid.is_empty() {
+        let root = std::path::Path::new(SWTPM_STATE_DIR).join(&domain.uuid);
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("cannot list TPM state", &d, e)),
+            };
+            for e in entries {
+                let e = e.map_err(|err| Error::io("cannot list TPM state", &d, err))?;
+                let path = e.path();
+                let meta = std::fs::symlink_metadata(&path)
+                    .map_err(|err| Error::io("cannot stat", &path, err))?;
+                // swtpm's lock file and other dot files are not state.
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if meta.is_dir() {
+                    dirs.push(path);
+                } else if meta.is_file() {
+                    let rel = path
+                        .strip_prefix(&root)
+                        .expect("below root")
+                        .to_string_lossy()
+                        .into_owned();
+                    files.push((rel, path, chain::SourceId::of(&meta)));
+                }
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        if files.is_empty() {
+            log::debug!("'{}' has no TPM state yet", domain.name);
+        } else {
+            out.push(FirmwareSource {
+                kind: FirmwareKind::Tpm,
+                root,
+                files,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Picks the run's timestamp: now, or the next second when a restore point,

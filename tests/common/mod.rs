@@ -166,6 +166,11 @@ pub struct Scenario {
     pub root: PathBuf,
     /// Guest memory of the domains defined from now on.
     pub memory_mib: u32,
+    /// Domains defined from now on boot OVMF (q35, pflash) with an NVRAM
+    /// file `<short>_VARS.fd` in their image directory.
+    pub uefi: bool,
+    /// Domains defined from now on have a TPM 2.0 emulated by swtpm.
+    pub tpm: bool,
     domains: Vec<String>,
 }
 
@@ -185,6 +190,8 @@ impl Scenario {
             name,
             root,
             memory_mib: 32,
+            uefi: false,
+            tpm: false,
             domains: Vec::new(),
         }
     }
@@ -232,9 +239,22 @@ impl Scenario {
                 d.target
             ));
         }
+        let os = if self.uefi {
+            format!(
+                "<os><type arch='x86_64' machine='q35'>hvm</type>\
+                 <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+                 <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram></os>\
+                 <features><acpi/></features>",
+                xml_escape(dir.join(format!("{short}_VARS.fd")).to_str().unwrap())
+            )
+        } else {
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os>".to_string()
+        };
+        if self.tpm {
+            devs.push_str("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>");
+        }
         let xml = format!(
-            "<domain type='qemu'><name>{}</name><memory unit='MiB'>{}</memory>\
-             <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+            "<domain type='qemu'><name>{}</name><memory unit='MiB'>{}</memory>{os}\
              <devices>{devs}</devices></domain>",
             xml_escape(&name),
             self.memory_mib
@@ -329,7 +349,7 @@ impl Drop for Scenario {
     fn drop(&mut self) {
         for d in &self.domains {
             let _ = cmd("virsh", &["-c", URI, "-q", "destroy", d]);
-            let _ = cmd("virsh", &["-c", URI, "-q", "undefine", d]);
+            let _ = cmd("virsh", &["-c", URI, "-q", "undefine", "--nvram", d]);
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.root);
