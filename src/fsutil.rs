@@ -155,28 +155,6 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn concurrent_creation_of_one_directory_succeeds_everywhere() {
-        let base = std::env::temp_dir().join(format!("fi-dir-race-{}", std::process::id()));
-        for round in 0..20 {
-            let dir = base.join(round.to_string()).join("state");
-            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-            let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..8)
-                    .map(|_| s.spawn(|| ensure_private_dir(&dir)))
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-        }
-        std::fs::remove_dir_all(&base).unwrap();
-    }
-}
-
 /// The uid and group ids (primary and supplementary) of `user`, or None
 /// when there is no such user.
 pub fn user_ids(user: &str) -> Option<(u32, Vec<u32>)> {
@@ -218,4 +196,26 @@ pub fn can_traverse(dir: &Path, uid: u32, gids: &[u32]) -> Result<bool> {
         } else {
             mode & 0o001 != 0
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_creation_of_one_directory_succeeds_everywhere() {
+        let base = std::env::temp_dir().join(format!("fi-dir-race-{}", std::process::id()));
+        for round in 0..20 {
+            let dir = base.join(round.to_string()).join("state");
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| ensure_private_dir(&dir)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

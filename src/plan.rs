@@ -126,7 +126,7 @@ pub enum Step {
         /// Where.
         path: PathBuf,
         /// The record, complete but for the copied files' size and checksum.
-        draft: Record,
+        draft: Box<Record>,
     },
 }
 
@@ -424,7 +424,7 @@ fn plan_copies(
     });
     steps.push(Step::WriteRecord {
         path: dir.record_path(&opts.ts),
-        draft,
+        draft: Box::new(draft),
     });
     Ok(steps)
 }
