@@ -194,3 +194,52 @@ fn linked_clones_never_get_their_base_committed_into() {
         "base and sibling disk hashed equal; 2 patterns per clone read by each guest",
     );
 }
+
+/// libvirtd in German: the "no agent" error is translated ("QEMU Gast-Agent
+/// ist nicht konfiguriert"), and --quiesce-fallback still goes on without
+/// quiesce, because it decides by libvirt's error code. The restore point
+/// says it is not quiesced and reads the guest's data.
+#[test]
+fn quiesce_fallback_works_when_libvirtd_speaks_german() {
+    let s = Scenario::new("german");
+    let de = GermanLibvirtd::start(&s.root.join("de"));
+    let dom = s.dom_name("de");
+    de.start_domain(&dom);
+    let hmp = "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P 0x71 0 1M\"";
+    de.virsh(&["qemu-monitor-command", &dom, "--hmp", hmp]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let args = [
+        "--connect",
+        &de.uri,
+        "-q",
+        "--quiesce-fallback",
+        "-b",
+        b,
+        &dom,
+    ];
+    let err = s.fi_ok(&args);
+    assert!(
+        err.contains("Gast-Agent"),
+        "libvirtd did not answer in German: {err}"
+    );
+    assert!(
+        err.contains("--quiesce-fallback: taking the snapshot"),
+        "{err}"
+    );
+    let rec = &records(&backup, &dom)[0];
+    assert_eq!(rec["quiesced"], false);
+    assert_image(
+        &record_top(&backup, &dom, rec, "vda"),
+        "qcow2",
+        &[(0x71, 0)],
+    );
+    // Without the fallback, the translated refusal fails the run cleanly.
+    let out = s.fi(&["--connect", &de.uri, "-q", &dom]);
+    assert_eq!(out.status.code(), Some(1));
+    report(
+        "LOCALE | libvirtd under de_DE.UTF-8: -q --quiesce-fallback goes on (exit 0) after \
+         \"QEMU Gast-Agent ist nicht konfiguriert\", record quiesced=false, 1 pattern read from the copy; \
+         -q alone exits 1",
+    );
+}

@@ -722,3 +722,99 @@ pub fn image_write(image: &Path, format: &str, pattern: u8, offset_mib: u64) {
         &["-f", format, "-c", &write, image.to_str().unwrap()],
     );
 }
+
+/// A second libvirtd beside the system one, as user `nobody`, speaking
+/// German (LANG/LC_ALL de_DE.UTF-8, messages from libvirt-l10n): its errors
+/// come translated, as on an admin's host in another language. Stopped on
+/// drop; its images must belong to `nobody`.
+pub struct GermanLibvirtd {
+    child: std::process::Child,
+    pub dir: PathBuf,
+    pub uri: String,
+}
+
+impl GermanLibvirtd {
+    pub fn start(dir: &Path) -> GermanLibvirtd {
+        for sub in ["run", "cfg", "cache", "home", "img"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ok("chown", &["-R", "nobody:nogroup", dir.to_str().unwrap()]);
+        let at = |sub: &str| dir.join(sub).to_str().unwrap().to_string();
+        let child = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .arg(format!("HOME={}", at("home")))
+            .arg(format!("XDG_RUNTIME_DIR={}", at("run")))
+            .arg(format!("XDG_CONFIG_HOME={}", at("cfg")))
+            .arg(format!("XDG_CACHE_HOME={}", at("cache")))
+            .args(["LANG=de_DE.UTF-8", "LC_ALL=de_DE.UTF-8", "libvirtd"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start a session libvirtd (setpriv, libvirtd)");
+        let socket = dir.join("run/libvirt/libvirt-sock");
+        let uri = format!("qemu+unix:///session?socket={}", socket.display());
+        let d = GermanLibvirtd {
+            child,
+            dir: dir.to_path_buf(),
+            uri,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !cmd("virsh", &["-c", &d.uri, "version"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the German libvirtd does not answer on {}",
+                d.uri
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        d
+    }
+
+    /// virsh on this daemon; must succeed.
+    pub fn virsh(&self, args: &[&str]) -> String {
+        let mut all = vec!["-c", self.uri.as_str(), "-q"];
+        all.extend_from_slice(args);
+        ok("virsh", &all)
+    }
+
+    /// Defines and starts domain `name` on a new 64 MiB qcow2 image owned by
+    /// `nobody`; returns the image's path.
+    pub fn start_domain(&self, name: &str) -> PathBuf {
+        let image = self.dir.join("img").join(format!("{name}.qcow2"));
+        create_image(&image, "qcow2", "64M");
+        ok("chown", &["nobody:nogroup", image.to_str().unwrap()]);
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+            xml_escape(image.to_str().unwrap())
+        );
+        let path = self.dir.join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        self.virsh(&["define", path.to_str().unwrap()]);
+        self.virsh(&["start", name]);
+        image
+    }
+}
+
+impl Drop for GermanLibvirtd {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("virsh")
+            .args(["-c", &self.uri, "list", "--all", "--name"])
+            .output()
+        {
+            for d in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
+                let _ = cmd("virsh", &["-c", &self.uri, "destroy", d]);
+                let _ = cmd("virsh", &["-c", &self.uri, "undefine", d]);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
