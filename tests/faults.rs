@@ -328,7 +328,8 @@ fn backup_sweep_overlapping_a_consolidation() {
     s.fi_ok(&[&busy]);
     write_delta_16(&busy, 0xd0);
     let consolidation = s.spawn(&["-c", "--bandwidth", "4", &busy]);
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Its job runs, so it holds the domain's lock.
+    wait_for_block_job(&busy, "vda");
     let backup = s.dir("backup");
     let out = s.fi(&["-b", backup.to_str().unwrap(), &busy, &free]);
     let log = String::from_utf8_lossy(&out.stderr);
