@@ -255,7 +255,7 @@ fn domain_gone_before_its_turn() {
     write_delta_16(&first, 0x70);
     // One domain at a time; the first one's job is throttled to ~4 s.
     let child = s.spawn(&["-c", "--jobs", "1", "--bandwidth", "4", &first, &second]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_for_block_job(&first, "vda");
     // Undefined first it turns transient, so destroying it removes it at once.
     virsh(&["undefine", &second]);
     virsh(&["destroy", &second]);

@@ -19,7 +19,7 @@ fn sigterm_during_consolidation() {
     write_delta_16(&dom, 0x20);
     let top = live_sources(&dom)[0].1.clone();
     let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_for_block_job(&dom, "vda");
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -193,7 +193,7 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_for_block_job(&dom, "vda");
     child.kill().unwrap();
     let _ = child.wait();
     assert_ne!(
@@ -267,7 +267,7 @@ fn domain_destroyed_or_shut_down_mid_consolidation() {
         write_delta_16(&dom, 0xa0);
         let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
         let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        wait_for_block_job(&dom, "vda");
         if how == "destroyed" {
             virsh(&["destroy", &dom]);
         } else {
@@ -300,7 +300,7 @@ fn sigint_during_consolidation() {
     write_delta_16(&dom, 0xc0);
     let top = live_sources(&dom)[0].1.clone();
     let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_for_block_job(&dom, "vda");
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();

@@ -17,7 +17,7 @@ fn libvirtd_restart_mid_consolidation() {
     s.fi_ok(&[&dom]);
     write_delta_16(&dom, 0xb0);
     let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_for_block_job(&dom, "vda");
     ok("pkill", &["-x", "libvirtd"]);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
