@@ -574,25 +574,19 @@ pub fn rewrite_domain_xml(
         .filter(|n| n.has_tag_name("os"))
         .flat_map(|os| os.children().filter(|n| n.has_tag_name("nvram")));
     for n in os_nvram {
+        let attrs: String = n
+            .attributes()
+            .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
+            .collect();
         match nvram {
             Some(path) => {
-                let attrs: String = n
-                    .attributes()
-                    .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
-                    .collect();
                 let text = escape(&path.to_string_lossy());
                 edits.push((n.range(), format!("<nvram{attrs}>{text}</nvram>")));
             }
             // A restore point without NVRAM (the file did not exist yet):
             // libvirt makes a fresh one from the template, under the new
             // domain's own name, never the original's.
-            None if new_name.is_some() => {
-                let attrs: String = n
-                    .attributes()
-                    .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
-                    .collect();
-                edits.push((n.range(), format!("<nvram{attrs}/>")));
-            }
+            None if new_name.is_some() => edits.push((n.range(), format!("<nvram{attrs}/>"))),
             None => {}
         }
     }
@@ -665,5 +659,34 @@ mod tests {
         assert!(out.contains("<name>web-copy</name>"));
         assert!(!out.contains("<uuid>") && !out.contains("<mac"));
         roxmltree::Document::parse(&out).unwrap();
+    }
+
+    #[test]
+    fn nvram_points_at_the_restored_copy_or_a_fresh_store() {
+        let xml = "<domain><name>u</name><uuid>1</uuid><os><type>hvm</type>\
+            <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/orig/u_VARS.fd</nvram></os>\
+            <devices/></domain>";
+        let nvram_of = |out: &str| {
+            let doc = roxmltree::Document::parse(out).unwrap();
+            let n = doc.descendants().find(|n| n.has_tag_name("nvram")).unwrap();
+            (
+                n.text().map(str::to_string),
+                n.attribute("template").map(str::to_string),
+            )
+        };
+        let template = Some("/usr/share/OVMF/OVMF_VARS_4M.fd".to_string());
+        let restored = Path::new("/t/it's_VARS.fd");
+        for new_name in [None, Some("copy")] {
+            let out = rewrite_domain_xml(xml, &[], new_name, Some(restored)).unwrap();
+            assert_eq!(
+                nvram_of(&out),
+                (Some("/t/it's_VARS.fd".into()), template.clone())
+            );
+        }
+        // No NVRAM in the point: a new name never keeps the original's path.
+        let out = rewrite_domain_xml(xml, &[], Some("copy"), None).unwrap();
+        assert_eq!(nvram_of(&out), (None, template.clone()));
+        let out = rewrite_domain_xml(xml, &[], None, None).unwrap();
+        assert_eq!(nvram_of(&out).0.as_deref(), Some("/orig/u_VARS.fd"));
     }
 }

@@ -7,8 +7,8 @@
 //! - the newest restore point's copies read the same patterns, and `verify`
 //!   passes over every restore point;
 //! - files the test marks as others' (a sibling's disk, a shared base, a
-//!   user's own overlay, the original NVRAM while a copy runs) are still
-//!   there, and the sibling's are byte-identical;
+//!   user's own overlay) are still there, and the sibling's are
+//!   byte-identical (the original NVRAM while a copy runs: tests/firmware.rs);
 //! - after a restore, the restored domain runs and reads every pattern.
 //!
 //! The multi-disk blockpull and blockcommit cells are then repeated ten
