@@ -209,7 +209,9 @@ pub fn execute(
     crate::fault::check("after-pivot")?;
     // Re-read before deleting anything: a domain that is gone now (QEMU
     // crashed or was stopped) may not have written out what its jobs did.
-    let alive = dom.is_active().unwrap_or(false);
+    let alive = plans
+        .first()
+        .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
     let mut unsettled = Vec::new();
     for (p, result) in plans.iter().zip(results) {
@@ -290,7 +292,7 @@ fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>
     }
     let mut results = Vec::new();
     for p in plans {
-        if !results.is_empty() && !dom.is_active().unwrap_or(false) {
+        if !results.is_empty() && !still_running(dom, &p.target).unwrap_or(false) {
             results.push(Err(Error::domain(
                 &dom.name,
                 format!(
@@ -386,13 +388,31 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
     Ok(())
 }
 
+/// Whether the domain's QEMU still runs. Right after QEMU dies, a call to it
+/// fails ("connection reset") while libvirt still calls the domain active,
+/// until it has processed the end of the monitor: so the domain counts as
+/// running only once its monitor answers (a block job query of `disk`, which libvirt sends to QEMU, succeeds), or as
+/// stopped once libvirt says so, waiting up to 2 s for either.
+fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if !dom.is_active()? {
+            return Ok(false);
+        }
+        if blockjob::job_info(dom.raw(), disk).is_ok() || Instant::now() >= deadline {
+            return dom.is_active();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The error of a failed job, after re-reading the real state: whether QEMU
 /// still runs (if not, that is the news), the job cancelled if one is left,
 /// and the disk's chain as qemu-img reads it now.
 fn failure(dom: &Dom, p: &DiskPlan, cause: String) -> Error {
     let t = &p.target;
     let name = p.method.name();
-    let msg = match dom.is_active() {
+    let msg = match still_running(dom, t) {
         Ok(false) => format!(
             "QEMU exited during the {name} of {t} (the domain is shut off now; the job's error \
              was: {cause}); {}; nothing was deleted",
@@ -511,7 +531,7 @@ fn cancel(dom: &Dom, t: &str) -> String {
 /// `p.result` must stand alone (no backing file), both in libvirt's live
 /// XML and in the image itself as qemu-img reads it.
 fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
-    if !dom.is_active()? {
+    if !still_running(dom, &p.target)? {
         return Err(Error::Invalid("the domain is no longer running".into()));
     }
     let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
@@ -543,7 +563,7 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
             p.result.display()
         )));
     }
-    if !dom.is_active()? {
+    if !still_running(dom, &p.target)? {
         return Err(Error::Invalid("the domain is no longer running".into()));
     }
     Ok(())
