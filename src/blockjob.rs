@@ -50,6 +50,42 @@ pub fn start_commit(dom: &Domain, disk: &str, bandwidth_mib: u64) -> Result<()> 
     Ok(())
 }
 
+/// Starts a commit of the files from `top` down to just above `base` into
+/// `base`, below the active layer (which stays): a job that completes by
+/// itself, after which the file above `top` backs onto `base`.
+pub fn start_commit_below(
+    dom: &Domain,
+    disk: &str,
+    top: &std::path::Path,
+    base: &std::path::Path,
+    bandwidth_mib: u64,
+) -> Result<()> {
+    let d = c_disk(disk)?;
+    let path = |p: &std::path::Path| {
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Invalid(format!("path '{}' contains a NUL byte", p.display())))
+    };
+    let (t, b) = (path(top)?, path(base)?);
+    // SAFETY: `dom` is a live domain handle for the duration of the call; the
+    // C strings outlive it; flags 0 is a plain (non-active) commit.
+    let r = unsafe {
+        sys::virDomainBlockCommit(
+            dom.as_ptr(),
+            d.as_ptr(),
+            b.as_ptr(),
+            t.as_ptr(),
+            bandwidth_mib as std::os::raw::c_ulong,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(last_error(format!(
+            "cannot start the blockcommit of {disk} below its top"
+        )));
+    }
+    Ok(())
+}
+
 /// Starts a pull of `disk`'s whole backing chain into its top image.
 pub fn start_pull(dom: &Domain, disk: &str, bandwidth_mib: u64) -> Result<()> {
     let d = c_disk(disk)?;

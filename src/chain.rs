@@ -44,6 +44,20 @@ impl SourceId {
     }
 }
 
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "inode {}:{}, {} bytes, mtime {}.{:09}",
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns.div_euclid(1_000_000_000),
+            self.mtime_ns.rem_euclid(1_000_000_000)
+        )
+    }
+}
+
 /// One file of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainFile {

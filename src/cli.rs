@@ -128,6 +128,13 @@ pub struct RunArgs {
     )]
     pub state_dir: PathBuf,
 
+    /// blockcommit everything, the top overlay included, into the base, and
+    /// put the disk back on it (fi-backup.sh's shape). The next backup then
+    /// copies the whole base again. Without it, -c and -C commit only the
+    /// files below the newest overlay, and the next backup stays incremental
+    #[arg(long = "commit-all")]
+    pub commit_all: bool,
+
     /// Bandwidth limit of consolidation jobs, MiB/s (0: none)
     #[arg(long = "bandwidth", value_name = "MIB_S", default_value_t = 0)]
     pub bandwidth: u64,

@@ -65,6 +65,8 @@ pub struct Config {
     pub action: Action,
     /// Consolidation method (blockcommit unless -m says otherwise).
     pub method: Method,
+    /// --commit-all: blockcommit the top too, back onto the base.
+    pub commit_all: bool,
     /// -q: quiesce through the guest agent.
     pub quiesce: bool,
     /// --quiesce-fallback: go on unquiesced where the agent is missing.
@@ -139,9 +141,16 @@ impl Config {
             Some(MethodArg::Blockpull) => Method::BlockPull,
             Some(MethodArg::Blockcommit) | None => Method::BlockCommit,
         };
+        if args.commit_all && action == Action::Backup {
+            return usage("--commit-all needs consolidation (-c | -C)");
+        }
+        if args.commit_all && method == Method::BlockPull {
+            return usage("--commit-all is a blockcommit option; it cannot go with -m blockpull");
+        }
         Ok(Config {
             action,
             method,
+            commit_all: args.commit_all,
             quiesce: args.quiesce,
             quiesce_fallback: args.quiesce_fallback,
             live: args.live,

@@ -17,7 +17,7 @@ use crate::config::Method;
 use crate::domain;
 use crate::error::{Error, Result};
 use crate::journal::{Entry, Journal, Link};
-use crate::ledger::Ledger;
+use crate::ledger::{Base, Held, Ledger};
 use crate::libvirt::Dom;
 use crate::naming;
 use crate::plan::DiskChain;
@@ -26,13 +26,38 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What a disk's job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// blockcommit of the files below the top into the base: the disk stays
+    /// on its top, which then backs onto the base (the default). The base
+    /// then holds exactly what the files below the top held.
+    CommitBelow,
+    /// blockcommit of everything, the top included, into the base; the disk
+    /// ends on the base (`--commit-all`, fi-backup.sh's shape).
+    CommitAll,
+    /// blockpull: the top absorbs the chain and stands alone.
+    Pull,
+}
+
+impl Job {
+    /// The name used in messages and the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::CommitBelow => "blockcommit-below",
+            Job::CommitAll => "blockcommit",
+            Job::Pull => "blockpull",
+        }
+    }
+}
+
 /// What consolidation does to one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskPlan {
     /// Target device.
     pub target: String,
-    /// blockcommit or blockpull.
-    pub method: Method,
+    /// The job.
+    pub job: Job,
     /// The chain before the job, top first.
     pub chain: Vec<ChainFile>,
     /// The image the disk must be on when the job is done.
@@ -42,6 +67,29 @@ pub struct DiskPlan {
     /// Files of the old chain that are not ours, or that other domains
     /// use: left, with the reason.
     pub leave: Vec<(PathBuf, String)>,
+    /// What the next backup copies afterwards.
+    pub next: NextCopy,
+}
+
+/// What the next backup (with -b) copies of a disk after its consolidation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextCopy {
+    /// Only what is above the base: the base will hold the same data as the
+    /// copy chain of `target` in restore point `point` of backup directory
+    /// `dir`, which is recorded once the commit is done.
+    Incremental {
+        /// The domain's backup directory.
+        dir: String,
+        /// The restore point.
+        point: String,
+    },
+    /// This file, whole (a new generation), and why.
+    Whole {
+        /// The file.
+        file: PathBuf,
+        /// Why no restore point can stand for it.
+        why: String,
+    },
 }
 
 /// A disk that is not consolidated at all, and why (nothing is started).
@@ -60,6 +108,8 @@ pub struct DomainPlan {
     pub disks: Vec<DiskPlan>,
     /// Disks refused before any job starts.
     pub refused: Vec<Refusal>,
+    /// Disks with more than one file and nothing to do, and why.
+    pub idle: Vec<(String, String)>,
 }
 
 /// How jobs run.
@@ -71,29 +121,41 @@ pub struct Settings {
     pub timeout: Duration,
 }
 
-/// Plans the consolidation of domain `uuid`'s disks. Disks whose chain is
-/// a single file have nothing to consolidate and are left out. A commit
-/// writes into the base: a disk whose files below the top are used by
-/// another defined domain (linked clones) is refused, naming them.
+/// Plans the consolidation of domain `uuid`'s disks, running or shut off.
+/// Disks whose chain is a single file have nothing to consolidate and are
+/// left out; with the default commit, so are disks on their base plus one
+/// overlay (`idle`). A commit writes into the base: a disk whose files
+/// below the top are used by another defined domain (linked clones) is
+/// refused, naming them.
 pub fn plan(
-    domain: &str,
     uuid: &str,
-    active: bool,
     disks: &[DiskChain],
     ledger: &Ledger,
     siblings: &Siblings,
     method: Method,
-) -> Result<DomainPlan> {
-    if !active {
-        return Err(Error::domain(
-            domain,
-            "is not running: a shut-off domain cannot be consolidated live",
-        ));
-    }
+    commit_all: bool,
+) -> DomainPlan {
+    let job = match method {
+        Method::BlockPull => Job::Pull,
+        Method::BlockCommit if commit_all => Job::CommitAll,
+        Method::BlockCommit => Job::CommitBelow,
+    };
     let mut out = DomainPlan::default();
     for d in disks.iter().filter(|d| d.chain.len() > 1) {
+        let t = &d.disk.target;
+        if job == Job::CommitBelow && d.chain.len() == 2 {
+            out.idle.push((
+                t.clone(),
+                format!(
+                    "nothing to commit: its chain is its base '{}' and one overlay '{}'",
+                    d.chain[1].path.display(),
+                    d.chain[0].path.display()
+                ),
+            ));
+            continue;
+        }
         let shared_with = |f: &ChainFile| siblings.others(uuid, f.id.dev, f.id.ino);
-        if method == Method::BlockCommit {
+        if job != Job::Pull {
             let shared: Vec<String> = d.chain[1..]
                 .iter()
                 .filter_map(|f| {
@@ -104,7 +166,7 @@ pub fn plan(
                 .collect();
             if !shared.is_empty() {
                 out.refused.push(Refusal {
-                    target: d.disk.target.clone(),
+                    target: t.clone(),
                     why: format!(
                         "not consolidated: its chain shares {} with other domains, and a \
                          blockcommit would write into the image they read; no job was started. \
@@ -115,12 +177,12 @@ pub fn plan(
                 continue;
             }
         }
-        let (result, others) = match method {
-            Method::BlockCommit => (
-                d.chain.last().expect("a chain has files"),
-                &d.chain[..d.chain.len() - 1],
-            ),
-            Method::BlockPull => (&d.chain[0], &d.chain[1..]),
+        let n = d.chain.len();
+        let base = &d.chain[n - 1];
+        let (result, others) = match job {
+            Job::CommitBelow => (&d.chain[0], &d.chain[1..n - 1]),
+            Job::CommitAll => (base, &d.chain[..n - 1]),
+            Job::Pull => (&d.chain[0], &d.chain[1..]),
         };
         let mut delete = Vec::new();
         let mut leave = Vec::new();
@@ -136,16 +198,71 @@ pub fn plan(
                 Some(why) => leave.push((f.path.clone(), why)),
             }
         }
+        let next = match job {
+            Job::CommitBelow => match equal_point(d, ledger) {
+                Ok((dir, point)) => NextCopy::Incremental { dir, point },
+                Err(why) => NextCopy::Whole {
+                    file: base.path.clone(),
+                    why,
+                },
+            },
+            Job::CommitAll => NextCopy::Whole {
+                file: base.path.clone(),
+                why: "--commit-all wrote the whole chain, the top included, into it".into(),
+            },
+            Job::Pull => NextCopy::Whole {
+                file: d.chain[0].path.clone(),
+                why: "blockpull made it hold the whole disk".into(),
+            },
+        };
         out.disks.push(DiskPlan {
-            target: d.disk.target.clone(),
-            method,
+            target: t.clone(),
+            job,
             chain: d.chain.clone(),
             result: result.path.clone(),
             delete,
             leave,
+            next,
         });
     }
-    Ok(out)
+    out
+}
+
+/// The restore point that copied exactly the files below the disk's top
+/// (its backup directory and timestamp): the top must be an overlay we made
+/// whose snapshot's restore point was recorded, and each file below it must
+/// still be the path and identity that point checked. Otherwise why not.
+fn equal_point(d: &DiskChain, ledger: &Ledger) -> std::result::Result<(String, String), String> {
+    let top = &d.chain[0];
+    let Some(o) = ledger.overlay(&top.path, top.id.dev, top.id.ino) else {
+        return Err(format!(
+            "its top '{}' is not an overlay fi-backup made, so no restore point is known to \
+             hold the files below it",
+            top.path.display()
+        ));
+    };
+    let Some(p) = &o.point else {
+        return Err(format!(
+            "no restore point was recorded by the run that made '{}' (a run without -b, or its \
+             backup failed)",
+            top.path.display()
+        ));
+    };
+    let below: Vec<Held> = d.chain[1..]
+        .iter()
+        .map(|f| Held {
+            path: f.path.to_string_lossy().into_owned(),
+            id: f.id,
+        })
+        .collect();
+    if p.below != below {
+        return Err(format!(
+            "the files below '{}' are no longer exactly those restore point {} copied",
+            top.path.display(),
+            o.created
+        ));
+    }
+    Ok((p.dir.clone(), o.created.clone()))
 }
 
 /// Why a file of the chain is not ours to delete, or None when it is.
@@ -162,12 +279,14 @@ fn not_ours(f: &ChainFile, ledger: &Ledger) -> Option<String> {
     None
 }
 
-/// The journal entry of a disk's plan.
-pub fn journal_entry(p: &DiskPlan) -> Entry {
+/// The journal entry of a disk's plan (`offline`: run with qemu-img on a
+/// shut-off domain).
+pub fn journal_entry(p: &DiskPlan, offline: bool) -> Entry {
     let text = |p: &Path| p.to_string_lossy().into_owned();
     Entry {
         target: p.target.clone(),
-        method: p.method.name().into(),
+        method: p.job.name().into(),
+        offline,
         result: text(&p.result),
         delete: p.delete.iter().map(|d| text(d)).collect(),
         chain: p
@@ -200,7 +319,7 @@ pub fn execute(
     let mut journal = Journal {
         domain: dom.name.clone(),
         uuid: ledger.uuid.clone(),
-        entries: plans.iter().map(journal_entry).collect(),
+        entries: plans.iter().map(|p| journal_entry(p, false)).collect(),
     };
     if !plans.is_empty() {
         journal.save(state_dir)?;
@@ -214,6 +333,15 @@ pub fn execute(
         .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
     let mut unsettled = Vec::new();
+    if alive {
+        let done: Vec<&DiskPlan> = plans
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(p, _)| p)
+            .collect();
+        record_bases(&done, ledger, state_dir)?;
+    }
     for (p, result) in plans.iter().zip(results) {
         match result {
             Ok(()) if alive => {
@@ -270,6 +398,203 @@ pub fn execute(
     }
 }
 
+/// Consolidates a shut-off domain's disks with qemu-img, under the domain
+/// lock, one disk after another: a commit-below is `qemu-img commit -b
+/// <base>` of the file below the top, then `qemu-img rebase -u` of the top
+/// onto the base; a commit-all commits the top down into the base and points
+/// the persistent XML at the base; a pull is a `qemu-img rebase -b ''` of
+/// the top. Every state in between is a valid chain that reads the same.
+/// qemu-img holds QEMU's image locks while it works, so the domain cannot
+/// start on a chain being changed; its state is checked before and after
+/// each step, and nothing is deleted once it has started.
+pub fn execute_offline(
+    dom: &Dom,
+    plan: &DomainPlan,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+) -> Result<()> {
+    for r in &plan.refused {
+        log::error!("domain '{}': {}: {}", dom.name, r.target, r.why);
+    }
+    let mut journal = Journal {
+        domain: dom.name.clone(),
+        uuid: ledger.uuid.clone(),
+        entries: plan.disks.iter().map(|p| journal_entry(p, true)).collect(),
+    };
+    if !plan.disks.is_empty() {
+        journal.save(state_dir)?;
+    }
+    let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
+    let mut done = Vec::new();
+    for p in &plan.disks {
+        match offline_disk(dom, p) {
+            Ok(()) => done.push(p),
+            Err(e) => {
+                log::error!("{e}");
+                failed.push(p.target.clone());
+            }
+        }
+    }
+    record_bases(&done, ledger, state_dir)?;
+    if dom.is_active()? {
+        log::error!(
+            "domain '{}' was started during its offline consolidation; nothing was deleted",
+            dom.name
+        );
+        failed.extend(done.iter().map(|p| p.target.clone()));
+    } else {
+        for p in &done {
+            delete_ours(dom, p, ledger);
+            for (path, why) in &p.leave {
+                log::warn!(
+                    "'{}' was left in place: {why} ({} of '{}' no longer has it in its chain)",
+                    path.display(),
+                    p.target,
+                    dom.name
+                );
+            }
+        }
+    }
+    ledger.save(state_dir)?;
+    journal.entries.clear();
+    journal.save(state_dir)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::domain(
+            &dom.name,
+            format!("consolidation failed for {}", failed.join(", ")),
+        ))
+    }
+}
+
+/// One disk of a shut-off domain: the qemu-img steps, the persistent XML,
+/// then the chain read back.
+fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
+    let t = &p.target;
+    let n = p.chain.len();
+    let (top, base) = (&p.chain[0], &p.chain[n - 1]);
+    let fail = |what: String| {
+        Error::domain(
+            &dom.name,
+            format!(
+                "{t}: offline {}: {what}; {}; nothing was deleted",
+                p.job.name(),
+                offline_chain_now(dom, p)
+            ),
+        )
+    };
+    let stopped = || -> Result<()> {
+        match dom.is_active() {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(fail("the domain was started meanwhile".into())),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    };
+    stopped()?;
+    log::debug!(
+        "Offline consolidation of {t} of '{}' ({}) started",
+        dom.name,
+        p.job.name()
+    );
+    let step = match p.job {
+        Job::CommitBelow => {
+            let below = &p.chain[1];
+            crate::qemu_img::commit(&below.path, &below.format, &base.path).and_then(|()| {
+                crate::fault::kill_point("kill-mid-offline");
+                stopped()?;
+                crate::qemu_img::rebase_unsafe(
+                    &top.path,
+                    &base.path.to_string_lossy(),
+                    &base.format,
+                )
+            })
+        }
+        Job::CommitAll => crate::qemu_img::commit(&top.path, &top.format, &base.path),
+        Job::Pull => crate::qemu_img::pull_into(&top.path),
+    };
+    step.map_err(|e| fail(e.to_string()))?;
+    crate::fault::kill_point("kill-mid-offline");
+    stopped()?;
+    point_persistent_xml(dom, p).map_err(|e| fail(e.to_string()))?;
+    let now: Vec<PathBuf> = crate::chain::read_chain(&p.result)
+        .map_err(|e| fail(e.to_string()))?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let expected: Vec<PathBuf> = std::iter::once(p.result.clone())
+        .chain(expected_backing(p).map(Path::to_path_buf))
+        .collect();
+    if now != expected {
+        return Err(fail(format!(
+            "the chain read back is ({}), expected ({})",
+            show_paths(&now),
+            show_paths(&expected)
+        )));
+    }
+    Ok(())
+}
+
+/// Points the disk's persistent definition at the job's result (a
+/// commit-all moves it to the base), without any `<backingStore>` (libvirt
+/// reads the chain from the images at start). Nothing is written when the
+/// definition already says so. If the domain was started meanwhile, the
+/// old definition is put back: the running domain is still on the old
+/// chain.
+fn point_persistent_xml(dom: &Dom, p: &DiskPlan) -> Result<()> {
+    let xml = dom.inactive_xml()?;
+    let facts = domain::parse_domain_xml(&xml)?;
+    let Some(disk) = facts.disks.iter().find(|d| d.target == p.target) else {
+        return Err(Error::Invalid(format!(
+            "the persistent definition no longer has disk {}",
+            p.target
+        )));
+    };
+    let format = &p.chain.iter().find(|f| f.path == p.result).expect("the result is in the chain").format;
+    if disk.source.as_ref() == Some(&p.result)
+        && disk.backing.is_none()
+        && disk.format.as_deref() == Some(format.as_str())
+    {
+        return Ok(());
+    }
+    let new = crate::restore::rewrite_domain_xml(
+        &xml,
+        &[(p.target.clone(), p.result.clone(), format.clone())],
+        None,
+        None,
+    )?;
+    dom.redefine(&new)?;
+    if dom.is_active()? {
+        dom.redefine(&xml)?;
+        return Err(Error::Invalid(
+            "the domain was started while its definition was changed; the old definition was put back".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The chain of a shut-off domain's disk as read now, from its top.
+fn offline_chain_now(dom: &Dom, p: &DiskPlan) -> String {
+    let source = dom
+        .inactive_xml()
+        .and_then(|x| domain::parse_domain_xml(&x))
+        .ok()
+        .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
+        .and_then(|d| d.source)
+        .unwrap_or_else(|| p.chain[0].path.clone());
+    match crate::qemu_img::backing_chain(&source) {
+        Ok(infos) => {
+            let now: Vec<PathBuf> = infos.iter().map(|i| PathBuf::from(&i.filename)).collect();
+            format!("the disk is on ({}) as read now", show_paths(&now))
+        }
+        Err(e) => format!(
+            "the chain of '{}' cannot be read now ({e}); before it was ({})",
+            source.display(),
+            show_chain(&p.chain)
+        ),
+    }
+}
+
 /// Runs the disks' jobs. Commits run at once, one thread each (two commit
 /// jobs of one domain at once: 6 of 6 fine on QEMU 7.2, and the
 /// configuration matrix test repeats them). Pulls run one after another:
@@ -278,7 +603,7 @@ pub fn execute(
 /// leaves the top without its backing reference. After a failure that took
 /// QEMU down, the remaining disks are not started.
 fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>> {
-    if plans.iter().all(|p| p.method == Method::BlockCommit) {
+    if plans.iter().all(|p| p.job != Job::Pull) {
         return std::thread::scope(|s| {
             let handles: Vec<_> = plans
                 .iter()
@@ -307,6 +632,37 @@ fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>
         results.push(consolidate_disk(dom, p, settings));
     }
     results
+}
+
+/// Updates what the ledger knows of the consolidated disks' bases, and
+/// saves it, before anything is deleted: a base a commit-below left equal
+/// to a restore point is recorded with its identity as read now, right
+/// after the job (the next backup trusts it only while that identity
+/// holds); any other base that changed or left the chain is forgotten.
+fn record_bases(done: &[&DiskPlan], ledger: &mut Ledger, state_dir: &Path) -> Result<()> {
+    for p in done {
+        let base = &p.chain[p.chain.len() - 1].path;
+        match (&p.job, &p.next) {
+            (Job::CommitBelow, NextCopy::Incremental { dir, point }) => {
+                crate::fault::kill_point("kill-before-equivalence");
+                let id = crate::chain::SourceId::read(base)?;
+                ledger.set_base(Base {
+                    target: p.target.clone(),
+                    path: base.to_string_lossy().into_owned(),
+                    id,
+                    dir: dir.clone(),
+                    point: point.clone(),
+                });
+            }
+            (Job::Pull, _) => {
+                for f in &p.chain[1..] {
+                    ledger.forget_base(&f.path);
+                }
+            }
+            _ => ledger.forget_base(base),
+        }
+    }
+    ledger.save(state_dir)
 }
 
 fn delete_ours(dom: &Dom, p: &DiskPlan, ledger: &mut Ledger) {
@@ -353,23 +709,31 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
         .map(|m| m.len())
         .sum::<u64>();
     let started = Instant::now();
-    let name = p.method.name();
+    let name = p.job.name();
     log::debug!("Consolidation of {t} of '{}' ({name}) started", dom.name);
-    let start = match p.method {
-        Method::BlockCommit => blockjob::start_commit(raw, t, s.bandwidth_mib),
-        Method::BlockPull => blockjob::start_pull(raw, t, s.bandwidth_mib),
+    let n = p.chain.len();
+    let start = match p.job {
+        Job::CommitAll => blockjob::start_commit(raw, t, s.bandwidth_mib),
+        Job::CommitBelow => blockjob::start_commit_below(
+            raw,
+            t,
+            &p.chain[1].path,
+            &p.chain[n - 1].path,
+            s.bandwidth_mib,
+        ),
+        Job::Pull => blockjob::start_pull(raw, t, s.bandwidth_mib),
     };
     if let Err(e) = start {
         return Err(failure(dom, p, e.to_string()));
     }
     crate::fault::kill_point("kill-mid-blockcommit");
     let progress = Progress::new(&dom.name, t, name);
-    let waited = wait(dom, t, p.method, s.timeout, &progress);
+    let waited = wait(dom, t, p.job, s.timeout, &progress);
     progress.finish();
     if let Err(e) = waited {
         return Err(failure(dom, p, e.to_string()));
     }
-    if p.method == Method::BlockCommit {
+    if p.job == Job::CommitAll {
         if let Err(e) = blockjob::pivot(raw, t) {
             return Err(failure(dom, p, e.to_string()));
         }
@@ -411,7 +775,7 @@ fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
 /// and the disk's chain as qemu-img reads it now.
 fn failure(dom: &Dom, p: &DiskPlan, cause: String) -> Error {
     let t = &p.target;
-    let name = p.method.name();
+    let name = p.job.name();
     let msg = match still_running(dom, t) {
         Ok(false) => format!(
             "QEMU exited during the {name} of {t} (the domain is shut off now; the job's error \
@@ -470,8 +834,8 @@ fn chain_now(dom: &Dom, p: &DiskPlan) -> String {
     }
 }
 
-/// Waits until a commit is ready or a pull has finished.
-fn wait(dom: &Dom, t: &str, method: Method, timeout: Duration, progress: &Progress) -> Result<()> {
+/// Waits until an active commit is ready, or another job has ended.
+fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) -> Result<()> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -479,14 +843,15 @@ fn wait(dom: &Dom, t: &str, method: Method, timeout: Duration, progress: &Progre
             // cur == end is QEMU's word; libvirt pivots only once it has
             // processed QEMU's ready event, which it shows in the live XML.
             Some(i)
-                if method == Method::BlockCommit && i.cur == i.end && libvirt_ready(dom, t)? =>
+                if job == Job::CommitAll && i.cur == i.end && libvirt_ready(dom, t)? =>
             {
                 return Ok(())
             }
             Some(i) => progress.show(i.cur, i.end),
-            // A pull's job is gone when it finished, and also when QEMU
-            // died: `confirm` tells the two apart.
-            None if method == Method::BlockPull => return Ok(()),
+            // A pull's or a commit-below's job is gone when it finished,
+            // and also when it failed or QEMU died: `confirm` tells them
+            // apart.
+            None if job != Job::CommitAll => return Ok(()),
             None => {
                 return Err(Error::Invalid(
                     "the blockcommit job ended before it became ready (QEMU reported a failure)"
@@ -527,9 +892,10 @@ fn cancel(dom: &Dom, t: &str) -> String {
     }
 }
 
-/// The disk must be on `p.result` now, in a domain that still runs, and
-/// `p.result` must stand alone (no backing file), both in libvirt's live
-/// XML and in the image itself as qemu-img reads it.
+/// The disk must be on `p.result` now, in a domain that still runs, with
+/// the expected backing both in libvirt's live XML and in the image itself
+/// as qemu-img reads it: none after a pull or a commit-all, the base after
+/// a commit-below.
 fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
     if !still_running(dom, &p.target)? {
         return Err(Error::Invalid("the domain is no longer running".into()));
@@ -550,23 +916,53 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
             p.result.display()
         )));
     }
-    if let Some(b) = &disk.backing {
+    let expected = expected_backing(p);
+    if disk.backing.as_deref() != expected {
         return Err(Error::Invalid(format!(
-            "'{}' still has a backing file '{}'",
+            "libvirt shows '{}' on {}, expected {}",
             p.result.display(),
-            b.display()
+            show_backing(disk.backing.as_deref()),
+            show_backing(expected)
         )));
     }
-    if let Some(b) = crate::qemu_img::info(&p.result)?.backing_filename {
+    let found = crate::qemu_img::info(&p.result)?
+        .backing_filename
+        .map(|b| resolve_backing(&p.result, &b));
+    if found.as_deref() != expected {
         return Err(Error::Invalid(format!(
-            "qemu-img still finds a backing file '{b}' under '{}'",
-            p.result.display()
+            "qemu-img finds '{}' on {}, expected {}",
+            p.result.display(),
+            show_backing(found.as_deref()),
+            show_backing(expected)
         )));
     }
     if !still_running(dom, &p.target)? {
         return Err(Error::Invalid("the domain is no longer running".into()));
     }
     Ok(())
+}
+
+/// The backing file the disk's result has when the job succeeded.
+fn expected_backing(p: &DiskPlan) -> Option<&Path> {
+    (p.job == Job::CommitBelow).then(|| p.chain[p.chain.len() - 1].path.as_path())
+}
+
+fn show_backing(b: Option<&Path>) -> String {
+    match b {
+        Some(b) => format!("the backing file '{}'", b.display()),
+        None => "no backing file".into(),
+    }
+}
+
+/// A backing file name as written in `image`, as a path (a relative name is
+/// relative to the image's directory).
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let b = Path::new(name);
+    if b.is_absolute() {
+        b.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new("/")).join(b)
+    }
 }
 
 fn show_chain(chain: &[ChainFile]) -> String {
@@ -678,9 +1074,11 @@ mod tests {
                     created: "20260101-000000".into(),
                     dev: 1,
                     ino: *ino,
+                    point: None,
                 })
                 .collect(),
             intent: None,
+            bases: Vec::new(),
         }
     }
 
@@ -688,39 +1086,60 @@ mod tests {
     const T2: &str = "/v/a.bimg-20260101-000002";
     const FOREIGN: &str = "/v/a.manual";
 
+    fn plan_of(d: &DiskChain, l: &Ledger, s: &Siblings, m: Method, all: bool) -> DomainPlan {
+        plan("u", std::slice::from_ref(d), l, s, m, all)
+    }
+
+    /// The ledger entry of `top` noting that restore point 20260101-000002
+    /// in /b/d copied `below` (path, inode).
+    fn noted(l: &mut Ledger, top: &str, below: &[(&str, u64)]) {
+        let o = l.overlays.iter_mut().find(|o| o.path == top).unwrap();
+        o.created = "20260101-000002".into();
+        o.point = Some(crate::ledger::PointRef {
+            dir: "/b/d".into(),
+            below: below
+                .iter()
+                .map(|(p, ino)| Held {
+                    path: p.to_string(),
+                    id: file(p, *ino).id,
+                })
+                .collect(),
+        });
+    }
+
     #[test]
-    fn blockcommit_deletes_only_ledgered_overlays_above_the_base() {
-        let d = disk(vec![
+    fn which_job_and_what_is_deleted() {
+        let none = siblings(&[]);
+        let four = disk(vec![
             file(T2, 12),
             file(FOREIGN, 11),
             file(T1, 10),
             file("/v/a.qcow2", 9),
         ]);
         let l = ledger(&[(T2, 12), (T1, 10)]);
-        let p = &plan(
-            "d",
-            "u",
-            true,
-            &[d],
-            &l,
-            &siblings(&[]),
-            Method::BlockCommit,
-        )
-        .unwrap()
-        .disks[0];
-        assert_eq!(p.result, PathBuf::from("/v/a.qcow2"));
-        assert_eq!(p.delete, [PathBuf::from(T2), PathBuf::from(T1)]);
-        assert_eq!(p.leave.len(), 1);
-        assert_eq!(p.leave[0].0, PathBuf::from(FOREIGN));
+        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        #[rustfmt::skip]
+        let table: Vec<(Method, bool, Job, &str, Vec<&str>, Vec<&str>)> = vec![
+            // method, --commit-all, job, ends on, deleted, left
+            (Method::BlockCommit, false, Job::CommitBelow, T2, vec![T1], vec![FOREIGN]),
+            (Method::BlockCommit, true, Job::CommitAll, "/v/a.qcow2", vec![T2, T1], vec![FOREIGN]),
+            (Method::BlockPull, false, Job::Pull, T2, vec![T1], vec![FOREIGN, "/v/a.qcow2"]),
+        ];
+        for (m, all, job, on, deleted, left) in table {
+            let p = &plan_of(&four, &l, &none, m, all).disks[0];
+            assert_eq!(p.job, job);
+            assert_eq!(p.result, PathBuf::from(on), "{job:?}");
+            assert_eq!(p.delete, paths(&deleted), "{job:?}");
+            let l: Vec<PathBuf> = p.leave.iter().map(|(f, _)| f.clone()).collect();
+            assert_eq!(l, paths(&left), "{job:?}");
+        }
     }
 
     #[test]
     fn blockpull_keeps_the_users_base_and_replaced_overlays() {
         let d = disk(vec![file(T2, 12), file(T1, 99), file("/v/a.qcow2", 9)]);
         let l = ledger(&[(T2, 12), (T1, 10)]);
-        let p = &plan("d", "u", true, &[d], &l, &siblings(&[]), Method::BlockPull)
-            .unwrap()
-            .disks[0];
+        let p = &plan_of(&d, &l, &siblings(&[]), Method::BlockPull, false).disks[0];
         assert_eq!(p.result, PathBuf::from(T2));
         assert!(p.delete.is_empty(), "{:?}", p.delete);
         let left: Vec<_> = p.leave.iter().map(|(f, _)| f.clone()).collect();
@@ -730,42 +1149,82 @@ mod tests {
     }
 
     #[test]
-    fn single_file_chains_and_shut_off_domains() {
-        let l = ledger(&[]);
+    fn short_chains_have_nothing_to_do() {
+        let l = ledger(&[(T1, 10)]);
         let none = siblings(&[]);
-        let single = [disk(vec![file("/v/a.qcow2", 1)])];
-        let p = plan("d", "u", true, &single, &l, &none, Method::BlockCommit).unwrap();
-        assert_eq!(p, DomainPlan::default());
-        let e = plan("d", "u", false, &[], &l, &none, Method::BlockCommit).unwrap_err();
-        assert!(e.to_string().contains("cannot be consolidated live"), "{e}");
+        let single = disk(vec![file("/v/a.qcow2", 1)]);
+        let two = disk(vec![file(T1, 10), file("/v/a.qcow2", 9)]);
+        #[rustfmt::skip]
+        let table: Vec<(&DiskChain, Method, bool, usize, usize)> = vec![
+            // chain, method, --commit-all, disks planned, idle
+            (&single, Method::BlockCommit, false, 0, 0),
+            (&single, Method::BlockPull, false, 0, 0),
+            (&two, Method::BlockCommit, false, 0, 1),
+            (&two, Method::BlockCommit, true, 1, 0),
+            (&two, Method::BlockPull, false, 1, 0),
+        ];
+        for (d, m, all, planned, idle) in table {
+            let p = plan_of(d, &l, &none, m, all);
+            assert_eq!((p.disks.len(), p.idle.len()), (planned, idle), "{m:?} {all}");
+        }
+        let p = plan_of(&two, &l, &none, Method::BlockCommit, false);
+        assert!(p.idle[0].1.contains("nothing to commit"), "{:?}", p.idle);
+    }
+
+    #[test]
+    fn the_next_backup_is_incremental_only_when_a_point_holds_exactly_what_is_below() {
+        let d = disk(vec![file(T2, 12), file(T1, 10), file("/v/a.qcow2", 9)]);
+        let none = siblings(&[]);
+        let mut good = ledger(&[(T2, 12), (T1, 10)]);
+        noted(&mut good, T2, &[(T1, 10), ("/v/a.qcow2", 9)]);
+        let mut moved = ledger(&[(T2, 12), (T1, 10)]);
+        noted(&mut moved, T2, &[(T1, 10), ("/v/a.qcow2", 8)]);
+        let unnoted = ledger(&[(T2, 12), (T1, 10)]);
+        let foreign_top = ledger(&[(T1, 10)]);
+        #[rustfmt::skip]
+        let table: Vec<(&Ledger, bool, Option<&str>, &str)> = vec![
+            (&good, false, None, "noted, identities equal"),
+            (&good, true, Some("--commit-all"), "noted, but --commit-all"),
+            (&moved, false, Some("no longer exactly"), "the base changed since"),
+            (&unnoted, false, Some("no restore point was recorded"), "made without -b"),
+            (&foreign_top, false, Some("not an overlay fi-backup made"), "someone else's top"),
+        ];
+        for (l, all, why, case) in table {
+            let p = &plan_of(&d, l, &none, Method::BlockCommit, all).disks[0];
+            match (why, &p.next) {
+                (None, NextCopy::Incremental { dir, point }) => {
+                    assert_eq!((dir.as_str(), point.as_str()), ("/b/d", "20260101-000002"), "{case}")
+                }
+                (Some(w), NextCopy::Whole { file, why }) => {
+                    assert!(why.contains(w), "{case}: {why}");
+                    assert_eq!(file, &PathBuf::from("/v/a.qcow2"), "{case}");
+                }
+                (_, next) => panic!("{case}: {next:?}"),
+            }
+        }
+        let p = &plan_of(&d, &good, &none, Method::BlockPull, false).disks[0];
+        assert!(matches!(&p.next, NextCopy::Whole { file, .. } if file == Path::new(T2)));
     }
 
     #[test]
     fn a_commit_into_a_base_another_domain_uses_is_refused() {
-        // Linked clone: our overlay T1 over a base that domain 'sib' uses too.
-        let d = disk(vec![file(T1, 10), file("/v/base.qcow2", 9)]);
-        let l = ledger(&[(T1, 10)]);
+        // Linked clone: our overlays over a base that domain 'sib' uses too.
+        let d = disk(vec![file(T2, 12), file(T1, 10), file("/v/base.qcow2", 9)]);
+        let l = ledger(&[(T2, 12), (T1, 10)]);
         let s = siblings(&[(9, "sib")]);
-        let p = plan(
-            "d",
-            "u",
-            true,
-            std::slice::from_ref(&d),
-            &l,
-            &s,
-            Method::BlockCommit,
-        )
-        .unwrap();
-        assert!(p.disks.is_empty(), "{p:?}");
-        assert_eq!(p.refused.len(), 1);
-        let why = &p.refused[0].why;
-        assert!(why.contains("'/v/base.qcow2' (used by 'sib')"), "{why}");
-        assert!(why.contains("-m blockpull"), "{why}");
+        for all in [false, true] {
+            let p = plan_of(&d, &l, &s, Method::BlockCommit, all);
+            assert!(p.disks.is_empty(), "{p:?}");
+            assert_eq!(p.refused.len(), 1);
+            let why = &p.refused[0].why;
+            assert!(why.contains("'/v/base.qcow2' (used by 'sib')"), "{why}");
+            assert!(why.contains("-m blockpull"), "{why}");
+        }
         // A pull is allowed; the shared base is left and named as shared,
         // never as ours to delete.
-        let p = plan("d", "u", true, &[d], &l, &s, Method::BlockPull).unwrap();
+        let p = plan_of(&d, &l, &s, Method::BlockPull, false);
         assert!(p.refused.is_empty());
-        assert!(p.disks[0].delete.is_empty());
+        assert_eq!(p.disks[0].delete, [PathBuf::from(T1)]);
         assert_eq!(
             p.disks[0].leave,
             [(
@@ -781,7 +1240,7 @@ mod tests {
         let d = disk(vec![file(T2, 12), file(T1, 10), file("/v/a.qcow2", 9)]);
         let l = ledger(&[(T2, 12), (T1, 10)]);
         let s = siblings(&[(10, "clone")]);
-        let p = plan("d", "u", true, &[d], &l, &s, Method::BlockPull).unwrap();
+        let p = plan_of(&d, &l, &s, Method::BlockPull, false);
         assert_eq!(p.disks[0].delete, Vec::<PathBuf>::new());
         assert!(p.disks[0].leave[0].1.contains("shared with 'clone'"));
     }
@@ -790,8 +1249,8 @@ mod tests {
     fn the_journal_entry_keeps_the_chain_with_formats() {
         let d = disk(vec![file(T1, 10), file("/v/a.qcow2", 9)]);
         let l = ledger(&[(T1, 10)]);
-        let p = plan("d", "u", true, &[d], &l, &siblings(&[]), Method::BlockPull).unwrap();
-        let e = journal_entry(&p.disks[0]);
+        let p = plan_of(&d, &l, &siblings(&[]), Method::BlockPull, false);
+        let e = journal_entry(&p.disks[0], false);
         assert_eq!(e.method, "blockpull");
         assert_eq!(e.chain[1].path, "/v/a.qcow2");
         assert_eq!(e.chain[1].format, "qcow2");

@@ -6,7 +6,8 @@ use crate::copy::{self, Copied, CopyJob};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::intent::{Intent, PlannedOverlay};
-use crate::ledger::{Ledger, Overlay};
+use crate::chain::SourceId;
+use crate::ledger::{Held, Ledger, Overlay, PointRef};
 use crate::libvirt::{Dom, SnapshotDisk};
 use crate::plan::{Plan, Step};
 use crate::record::Record;
@@ -216,6 +217,10 @@ fn run_step(
             fsutil::write_once(path, text.as_bytes())?;
             outcome.restore_point = Some(record.restore_point.clone());
         }
+        Step::NotePoint { dir, overlays } => {
+            crate::fault::kill_point("kill-before-note");
+            note_point(plan, dir, overlays, copied, &ctx.state_dir)?;
+        }
     }
     Ok(())
 }
@@ -278,6 +283,7 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
                 created: plan.ts.clone(),
                 dev: std::os::unix::fs::MetadataExt::dev(&meta),
                 ino: std::os::unix::fs::MetadataExt::ino(&meta),
+                point: None,
             });
         }
     }
@@ -286,6 +292,41 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
             "{e}: the new overlays are not in fi-backup's ledger, so consolidation will not delete them"
         ))
     })
+}
+
+/// Records in the ledger, on each new overlay, which restore point holds the
+/// files below it and with which identities. A run killed before this has a
+/// restore point, but its overlays carry no such note: a later consolidation
+/// then cannot keep the next backup incremental, and says so.
+fn note_point(
+    plan: &Plan,
+    dir: &std::path::Path,
+    overlays: &[(std::path::PathBuf, Vec<(std::path::PathBuf, SourceId, String)>)],
+    copied: &HashMap<String, Copied>,
+    state_dir: &std::path::Path,
+) -> Result<()> {
+    let mut ledger = Ledger::load(state_dir, &plan.domain, &plan.uuid);
+    for (overlay, below) in overlays {
+        let p = overlay.to_string_lossy();
+        let Some(entry) = ledger
+            .overlays
+            .iter_mut()
+            .find(|o| o.path == p && o.created == plan.ts)
+        else {
+            continue;
+        };
+        entry.point = Some(PointRef {
+            dir: dir.to_string_lossy().into_owned(),
+            below: below
+                .iter()
+                .map(|(path, id, name)| Held {
+                    path: path.to_string_lossy().into_owned(),
+                    id: copied.get(name).map_or(*id, |c| c.source_id),
+                })
+                .collect(),
+        });
+    }
+    ledger.save(state_dir)
 }
 
 /// Copies every job, as many at once as `slots` allow. If any copy fails,

@@ -195,6 +195,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
                     created: intent.ts.clone(),
                     dev: id.dev,
                     ino: id.ino,
+                    point: None,
                 });
             }
             Action::Stray(o) => log::warn!(

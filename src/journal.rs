@@ -27,8 +27,14 @@ use std::path::{Path, PathBuf};
 pub struct Entry {
     /// Target device.
     pub target: String,
-    /// blockcommit or blockpull.
+    /// blockcommit (everything into the base, `--commit-all`),
+    /// blockcommit-below (the files below the top into the base) or
+    /// blockpull.
     pub method: String,
+    /// Run offline with qemu-img on a shut-off domain: no QEMU wrote the
+    /// result, so how the domain last stopped does not matter.
+    #[serde(default)]
+    pub offline: bool,
     /// The image the disk is on when the job has succeeded.
     pub result: String,
     /// The files to delete once it has.
@@ -175,10 +181,22 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
     if !on_result {
         return Decision::Interrupted;
     }
-    if e.method == "blockpull" && f.backing.is_some() {
-        return Decision::Interrupted;
+    let backing = f
+        .backing
+        .as_deref()
+        .map(|b| crate::consolidate::resolve_backing(Path::new(&e.result), b));
+    match e.method.as_str() {
+        "blockpull" if backing.is_some() => return Decision::Interrupted,
+        "blockcommit-below" => {
+            // Done only once the top backs onto the base itself.
+            let base = e.chain.last().map(|l| PathBuf::from(&l.path));
+            if base.is_none() || backing != base {
+                return Decision::Interrupted;
+            }
+        }
+        _ => {}
     }
-    if e.method == "blockpull" && !f.active && !f.stopped_cleanly {
+    if e.method == "blockpull" && !e.offline && !f.active && !f.stopped_cleanly {
         if let Some(below) = e.chain.get(1) {
             return Decision::RestoreBacking {
                 top: e.result.clone(),
@@ -187,7 +205,7 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
             };
         }
     }
-    if f.active || f.stopped_cleanly {
+    if e.offline || f.active || f.stopped_cleanly {
         Decision::FinishDeletion
     } else {
         Decision::KeepFiles
@@ -296,6 +314,7 @@ mod tests {
         Entry {
             target: "vdb".into(),
             method: method.into(),
+            offline: false,
             result: result.into(),
             delete: vec!["/v/b.bimg-1".into()],
             chain: vec![
@@ -329,6 +348,15 @@ mod tests {
     fn decisions() {
         let pull = entry("blockpull", "/v/b.bimg-2");
         let commit = entry("blockcommit", "/v/b.raw");
+        let below = entry("blockcommit-below", "/v/b.bimg-2");
+        let below_off = Entry {
+            offline: true,
+            ..below.clone()
+        };
+        let pull_off = Entry {
+            offline: true,
+            ..pull.clone()
+        };
         let restore = Decision::RestoreBacking {
             top: "/v/b.bimg-2".into(),
             backing: "/v/b.bimg-1".into(),
@@ -347,6 +375,16 @@ mod tests {
             (&commit, found(true, false, "/v/b.raw", None, false), Decision::FinishDeletion, "pivoted, killed before deleting"),
             (&commit, found(false, false, "/v/b.raw", None, false), Decision::KeepFiles, "pivoted, then QEMU crashed"),
             (&commit, found(false, false, "/v/b.raw", None, true), Decision::FinishDeletion, "pivoted, then shut down"),
+            (&below, found(true, true, "/v/b.bimg-2", Some("/v/b.bimg-1"), false), Decision::Cancel, "commit-below still copying"),
+            (&below, found(true, false, "/v/b.bimg-2", Some("/v/b.bimg-1"), false), Decision::Interrupted, "commit-below cancelled or failed"),
+            (&below, found(true, false, "/v/b.bimg-2", Some("/v/b.raw"), false), Decision::FinishDeletion, "commit-below done, killed before deleting"),
+            (&below, found(true, false, "/v/b.bimg-2", Some("b.raw"), false), Decision::FinishDeletion, "a relative backing name, same file"),
+            (&below, found(false, false, "/v/b.bimg-2", Some("/v/b.raw"), false), Decision::KeepFiles, "commit-below done, then QEMU crashed"),
+            (&below, found(false, false, "/v/b.bimg-2", None, false), Decision::Interrupted, "top without backing: not what the job makes"),
+            (&below_off, found(false, false, "/v/b.bimg-2", Some("/v/b.bimg-1"), false), Decision::Interrupted, "offline: killed before the rebase"),
+            (&below_off, found(false, false, "/v/b.bimg-2", Some("/v/b.raw"), false), Decision::FinishDeletion, "offline: rebased, killed before deleting"),
+            (&pull_off, found(false, false, "/v/b.bimg-2", None, false), Decision::FinishDeletion, "offline pull done: no QEMU to distrust"),
+            (&pull_off, found(false, false, "/v/b.bimg-2", Some("b.bimg-1"), false), Decision::Interrupted, "offline pull killed mid-copy"),
         ];
         for (e, f, want, case) in table {
             assert_eq!(decide(e, &f), want, "{case}");

@@ -9,6 +9,7 @@
 //! that cannot be read is reported and treated as empty, which only means
 //! that fewer files are deleted.
 
+use crate::chain::SourceId;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,49 @@ pub struct Overlay {
     pub dev: u64,
     /// st_ino when created.
     pub ino: u64,
+    /// The restore point that copied the files below this overlay, written
+    /// once that point's record is published (None: no -b, the backup
+    /// failed, or an older version made it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<PointRef>,
+}
+
+/// What restore point `Overlay::created` holds of the chain below an overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRef {
+    /// The domain's backup directory (`BACKUP_DIR/<domain>`).
+    pub dir: String,
+    /// The live files below the overlay at the snapshot, top first, with
+    /// the identities their copies (or reuses) were checked against.
+    pub below: Vec<Held>,
+}
+
+/// A live file and its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Its path.
+    pub path: String,
+    /// Its identity.
+    pub id: SourceId,
+}
+
+/// A recorded equivalence: base image `path`, while its identity is exactly
+/// `id`, holds the same data as disk `target` of restore point `point` in
+/// backup directory `dir` (the chain of copies that point names). Written
+/// right after a consolidation committed the files below the newest overlay
+/// into the base; the next backup then copies only what is above the base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// The disk, as the restore point names it.
+    pub target: String,
+    /// The base image.
+    pub path: String,
+    /// Its identity right after the commit.
+    pub id: SourceId,
+    /// The domain's backup directory.
+    pub dir: String,
+    /// The restore point whose copy chain of `target` holds the same data.
+    pub point: String,
 }
 
 /// A domain's ledger.
@@ -42,6 +86,9 @@ pub struct Ledger {
     /// writing it and settling it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<crate::intent::Intent>,
+    /// Base images known to equal a restore point (see `Base`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<Base>,
 }
 
 impl Ledger {
@@ -59,6 +106,7 @@ impl Ledger {
             uuid: uuid.to_string(),
             overlays: Vec::new(),
             intent: None,
+            bases: Vec::new(),
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<Ledger>(&text) {
@@ -85,6 +133,28 @@ impl Ledger {
         self.overlays
             .iter()
             .any(|o| o.path == p && o.dev == dev && o.ino == ino)
+    }
+
+    /// Forgets what is recorded of `path` as a base: it is about to change,
+    /// or is no longer in the chain.
+    pub fn forget_base(&mut self, path: &Path) {
+        let p = path.to_string_lossy();
+        self.bases.retain(|b| b.path != p);
+    }
+
+    /// Records that `base` (replacing what was recorded of its path) holds a
+    /// restore point's data.
+    pub fn set_base(&mut self, base: Base) {
+        self.bases.retain(|b| b.path != base.path);
+        self.bases.push(base);
+    }
+
+    /// The overlay entry of `path` with device `dev` and inode `ino`.
+    pub fn overlay(&self, path: &Path, dev: u64, ino: u64) -> Option<&Overlay> {
+        let p = path.to_string_lossy();
+        self.overlays
+            .iter()
+            .find(|o| o.path == p && o.dev == dev && o.ino == ino)
     }
 
     /// Writes the ledger (atomically replacing the old one).

@@ -10,6 +10,7 @@ use crate::chain::{ChainFile, SourceId};
 use crate::copy::CopyJob;
 use crate::domain::{DiskFacts, DomainFacts};
 use crate::error::{Error, Result};
+use crate::ledger::Base;
 use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
 use crate::record::{
@@ -60,7 +61,14 @@ pub struct Facts {
     pub backup: Option<(DomainDir, Index)>,
     /// Firmware state on the host (NVRAM, TPM), copied with every restore point.
     pub firmware: Vec<FirmwareSource>,
+    /// Base images recorded as equal to a restore point (the overlay
+    /// ledger's `bases`): such a base is not copied again while its identity
+    /// is the recorded one; that point's copy chain stands for it.
+    pub bases: Vec<Base>,
 }
+
+/// A live chain deeper than this (after the snapshot) gets a [WAR].
+pub const DEEP_CHAIN: usize = 30;
 
 /// Firmware state of the domain on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +136,32 @@ pub enum Step {
         /// The record, complete but for the copied files' size and checksum.
         draft: Box<Record>,
     },
+    /// Note in the overlay ledger, for each new overlay, that this restore
+    /// point holds the files below it (what a later consolidation needs to
+    /// keep the next backup incremental).
+    NotePoint {
+        /// The domain's backup directory.
+        dir: PathBuf,
+        /// Per new overlay: the live files below it, top first, with the
+        /// identity planned and their name in images/ (a file copied by this
+        /// run has the identity its copy checked).
+        overlays: Vec<(PathBuf, Vec<(PathBuf, SourceId, String)>)>,
+    },
+}
+
+/// A restore point's copy chain that stands for a base image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Equivalent<'a> {
+    /// No equivalence is recorded for the file.
+    None,
+    /// Use this point's copy chain (top first) and its files.
+    Use {
+        point: String,
+        names: Vec<String>,
+        files: Vec<&'a FileRecord>,
+    },
+    /// One is recorded but cannot be trusted now: why.
+    Stale(String),
 }
 
 /// A domain's plan.
@@ -141,6 +175,9 @@ pub struct Plan {
     pub ts: String,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// What the run must say with [WAR] (a base copied whole after all, a
+    /// deep live chain).
+    pub warnings: Vec<String>,
 }
 
 /// Plans the backup of one domain.
@@ -193,8 +230,17 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
         ));
     }
     let mut steps = Vec::new();
+    let mut warnings = Vec::new();
     let mut overlays = HashMap::new();
     if facts.active {
+        for d in facts.disks.iter().filter(|d| d.chain.len() + 1 > DEEP_CHAIN) {
+            warnings.push(format!(
+                "disk {} of '{name}' runs on a chain of {} files after this snapshot; \
+                 a long chain slows the guest's reads: consolidate it with -C or -c",
+                d.disk.target,
+                d.chain.len() + 1
+            ));
+        }
         let mut disks = Vec::new();
         for d in &facts.disks {
             let overlay = naming::overlay_path(&d.chain[0].path, &opts.ts);
@@ -232,13 +278,21 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
         });
     }
     if let Some((dir, existing)) = &facts.backup {
-        steps.extend(plan_copies(facts, opts, dir, existing, &overlays)?);
+        steps.extend(plan_copies(
+            facts,
+            opts,
+            dir,
+            existing,
+            &overlays,
+            &mut warnings,
+        )?);
     }
     Ok(Plan {
         domain: name.clone(),
         uuid: facts.domain.uuid.clone(),
         ts: opts.ts.clone(),
         steps,
+        warnings,
     })
 }
 
@@ -249,6 +303,7 @@ fn plan_copies(
     dir: &DomainDir,
     existing: &Index,
     overlays: &HashMap<PathBuf, String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Step>> {
     let mut taken: HashSet<String> = existing.names.keys().cloned().collect();
     // Source path -> (name in images/, format), for files already placed in this run.
@@ -257,11 +312,50 @@ fn plan_copies(
     let mut reused = Vec::new();
     let mut files: Vec<FileRecord> = Vec::new();
     let mut disks = Vec::new();
+    let mut notes = Vec::new();
     for d in &facts.disks {
         let mut parent: Option<(String, String)> = None;
         let mut chain_names = Vec::new();
         for (depth, file) in d.chain.iter().enumerate().rev() {
             let is_live_top = facts.active && depth == 0;
+            let is_base = depth == d.chain.len() - 1;
+            let equivalent = if is_base && !is_live_top && !placed.contains_key(&file.path) {
+                match reusable(existing, &file.path, &file.id, None) {
+                    Some(_) => Equivalent::None,
+                    None => equivalent(&facts.bases, dir, existing, file),
+                }
+            } else {
+                Equivalent::None
+            };
+            if let Equivalent::Stale(why) = &equivalent {
+                warnings.push(format!(
+                    "disk {}: {why}; it is copied whole, as a new generation (restore points \
+                     are not affected)",
+                    d.disk.target
+                ));
+            }
+            if let Equivalent::Use {
+                point,
+                names,
+                files: held,
+            } = equivalent
+            {
+                reused.push((file.path.clone(), names[0].clone(), point));
+                for f in held {
+                    if !files.iter().any(|x: &FileRecord| x.name == f.name) {
+                        files.push(f.clone());
+                    }
+                }
+                let format = files
+                    .iter()
+                    .find(|f| f.name == names[0])
+                    .map(|f| f.format.clone())
+                    .expect("the copy chain's files were just added");
+                chain_names.extend(names.iter().rev().cloned());
+                placed.insert(file.path.clone(), (names[0].clone(), format.clone()));
+                parent = Some((names[0].clone(), format));
+                continue;
+            }
             let placed_name = if let Some(p) = placed.get(&file.path) {
                 p.0.clone()
             } else if let Some(fr) = (!is_live_top)
@@ -313,6 +407,17 @@ fn plan_copies(
         }
         chain_names.reverse();
         let top = &d.chain[0];
+        if let Some((overlay, _)) = overlays.iter().find(|(_, t)| **t == d.disk.target) {
+            let below = d
+                .chain
+                .iter()
+                .map(|f| {
+                    let name = placed.get(&f.path).map(|p| p.0.clone()).unwrap_or_default();
+                    (f.path.clone(), f.id, name)
+                })
+                .collect();
+            notes.push((overlay.clone(), below));
+        }
         disks.push(DiskRecord {
             target: d.disk.target.clone(),
             source: top.path.to_string_lossy().into_owned(),
@@ -426,7 +531,71 @@ fn plan_copies(
         path: dir.record_path(&opts.ts),
         draft: Box::new(draft),
     });
+    if !notes.is_empty() {
+        notes.sort_by(|a, b| a.0.cmp(&b.0));
+        steps.push(Step::NotePoint {
+            dir: dir.root.clone(),
+            overlays: notes,
+        });
+    }
     Ok(steps)
+}
+
+/// Whether a restore point's copy chain stands for base image `file`: the
+/// ledger records an equivalence for its path, in this backup directory,
+/// with exactly its identity now, and the point's record and every copy of
+/// that disk's chain are still there at their recorded sizes.
+fn equivalent<'a>(
+    bases: &[Base],
+    dir: &DomainDir,
+    existing: &'a Index,
+    file: &ChainFile,
+) -> Equivalent<'a> {
+    let path = file.path.to_string_lossy();
+    let Some(b) = bases.iter().find(|b| b.path == path) else {
+        return Equivalent::None;
+    };
+    let at = format!(
+        "'{path}' was recorded equal to restore point {} after a consolidation",
+        b.point
+    );
+    if Path::new(&b.dir) != dir.root {
+        return Equivalent::Stale(format!(
+            "{at}, but in backup directory '{}', not this one",
+            b.dir
+        ));
+    }
+    if b.id != file.id {
+        return Equivalent::Stale(format!(
+            "{at}, but it has changed since (identity then {}, now {}: written, replaced or \
+             copied back by something else)",
+            b.id, file.id
+        ));
+    }
+    let Some(record) = existing.records.iter().find(|r| r.restore_point == b.point) else {
+        return Equivalent::Stale(format!(
+            "{at}, but that restore point is no longer in the backup directory"
+        ));
+    };
+    let Some(disk) = record.disks.iter().find(|d| d.target == b.target) else {
+        return Equivalent::Stale(format!("{at}, but that restore point has no disk {}", b.target));
+    };
+    let mut files = Vec::new();
+    for name in &disk.chain {
+        match record.files.iter().find(|f| &f.name == name) {
+            Some(f) if existing.names.get(name) == Some(&f.size) => files.push(f),
+            _ => {
+                return Equivalent::Stale(format!(
+                    "{at}, but its copy '{name}' is missing or not at its recorded size"
+                ))
+            }
+        }
+    }
+    Equivalent::Use {
+        point: b.point.clone(),
+        names: disk.chain.clone(),
+        files,
+    }
 }
 
 /// The newest earlier copy of `source` that can serve again: same source
@@ -462,6 +631,7 @@ impl Step {
             Step::Reuse(_) => "reuse",
             Step::WriteXml { .. } => "write-xml",
             Step::WriteRecord { .. } => "write-record",
+            Step::NotePoint { .. } => "note-point",
         }
     }
 }
@@ -508,6 +678,13 @@ impl fmt::Display for Step {
             }
             Step::WriteXml { path, .. } => write!(f, "write domain XML '{}'", path.display()),
             Step::WriteRecord { path, .. } => write!(f, "write record '{}'", path.display()),
+            Step::NotePoint { overlays, .. } => {
+                write!(f, "note in the ledger what this point holds below")?;
+                for (o, _) in overlays {
+                    write!(f, " '{}'", o.display())?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -132,6 +132,27 @@ pub fn rebase_unsafe(image: &Path, backing: &str, backing_format: &str) -> Resul
     run(&args).map(|_| ())
 }
 
+/// Commits `image` (format `format`) and every file below it down to, not
+/// including, `base` into `base` (`qemu-img commit -b`, which keeps `image`
+/// as it is: the chain above still reads the same). For shut-off domains:
+/// qemu-img holds QEMU's image locks meanwhile, so the domain cannot start
+/// on the chain.
+pub fn commit(image: &Path, format: &str, base: &Path) -> Result<()> {
+    let mut args = os(&["commit", "-q", "-f", format, "-b"]);
+    args.push(base.into());
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
+/// Copies into `image` (qcow2) every cluster its backing chain provides and
+/// drops the backing reference (`qemu-img rebase -b ''`: the header changes
+/// only after the data is in). For shut-off domains.
+pub fn pull_into(image: &Path) -> Result<()> {
+    let mut args = os(&["rebase", "-f", "qcow2", "-b", ""]);
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
 /// One image without its backing chain (`-U`; the backing file is not opened).
 pub fn info(image: &Path) -> Result<ImageInfo> {
     let mut args = os(&["info", "-U", "--output=json"]);

@@ -355,7 +355,7 @@ pub fn plan(
     for d in &record.disks {
         let top_name = format!("{}.qcow2", d.target);
         let dest = target.join(&top_name);
-        sources.push((d.target.clone(), dest.clone()));
+        sources.push((d.target.clone(), dest.clone(), "qcow2".to_string()));
         let top = record
             .files
             .iter()
@@ -510,13 +510,13 @@ fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
     tmp.publish(dest)
 }
 
-/// The domain XML with disks `sources` (target, new file) pointed at their
+/// The domain XML with disks `sources` (target, new file, its format) pointed at their
 /// restored qcow2 images, backing stores dropped; with `new_name`, renamed,
 /// without UUID and MAC addresses; with `nvram`, `<os><nvram>` pointed at
 /// the restored copy (never left on the original's file). Pure.
 pub fn rewrite_domain_xml(
     xml: &str,
-    sources: &[(String, PathBuf)],
+    sources: &[(String, PathBuf, String)],
     new_name: Option<&str>,
     nvram: Option<&Path>,
 ) -> Result<String> {
@@ -535,7 +535,7 @@ pub fn rewrite_domain_xml(
         else {
             continue;
         };
-        let Some((_, new)) = sources.iter().find(|(t, _)| t == target) else {
+        let Some((_, new, format)) = sources.iter().find(|(t, _, _)| t == target) else {
             continue;
         };
         let source = format!("<source file='{}'/>", escape(&new.to_string_lossy()));
@@ -550,7 +550,7 @@ pub fn rewrite_domain_xml(
                     .filter(|a| a.name() != "type")
                     .map(|a| format!("{}='{}'", a.name(), escape(a.value())))
                     .collect();
-                attrs.push("type='qcow2'".into());
+                attrs.push(format!("type='{}'", escape(format)));
                 let end = start_tag_end(xml, drv);
                 let self_closing = xml[..end].ends_with("/>");
                 let tag = format!(
@@ -562,7 +562,7 @@ pub fn rewrite_domain_xml(
             }
             None => {
                 let at = start_tag_end(xml, disk);
-                edits.push((at..at, "<driver name='qemu' type='qcow2'/>".into()));
+                edits.push((at..at, format!("<driver name='qemu' type='{}'/>", escape(format))));
             }
         }
         for b in disk.children().filter(|n| n.has_tag_name("backingStore")) {
@@ -640,7 +640,12 @@ mod tests {
     #[test]
     fn disks_point_at_the_restored_images() {
         let out =
-            rewrite_domain_xml(XML, &[("vda".into(), "/r/it's.qcow2".into())], None, None).unwrap();
+            rewrite_domain_xml(
+                XML,
+                &[("vda".into(), "/r/it's.qcow2".into(), "qcow2".into())],
+                None,
+                None,
+            ).unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
         let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
         let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();

@@ -182,6 +182,9 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
     }
     let opts = options(&facts, config)?;
     let plan = plan::plan_backup(&facts, &opts)?;
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
     log::trace!(
         "Backup of '{name}' ({}) with timestamp '{}'",
         if active { "running" } else { "shut off" },
@@ -216,7 +219,8 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
     }
 }
 
-/// Consolidates one running domain (its lock is held).
+/// Consolidates one domain (its lock is held): live when it runs, with
+/// qemu-img when it is shut off.
 fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
@@ -224,25 +228,31 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
     let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
     let plan = consolidate::plan(
-        name,
         &domain.uuid,
-        active,
         &disks,
         &ledger,
         siblings,
         config.method,
-    )?;
+        config.commit_all,
+    );
+    let how = if active { "" } else { " (shut off: offline, with qemu-img)" };
+    for (target, why) in &plan.idle {
+        log::info!("Consolidation of '{name}': {target}: {why}");
+    }
     if plan.disks.is_empty() && plan.refused.is_empty() {
-        log::info!(
-            "Consolidation of '{name}': nothing to consolidate (every disk is a single image)"
-        );
+        if plan.idle.is_empty() {
+            log::info!(
+                "Consolidation of '{name}': nothing to consolidate (every disk is a single image)"
+            );
+        }
         return Ok(());
     }
     if config.dry_run {
         for p in &plan.disks {
             log::info!(
-                "[dry run] {name}: would consolidate {} onto '{}', delete {} file(s), leave {}",
+                "[dry run] {name}: would consolidate {} ({}{how}) onto '{}', delete {} file(s), leave {}",
                 p.target,
+                p.job.name(),
                 p.result.display(),
                 p.delete.len(),
                 p.leave.len()
@@ -253,11 +263,15 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
         }
         return Ok(());
     }
-    let settings = consolidate::Settings {
-        bandwidth_mib: config.bandwidth_mib,
-        timeout: config.timeout,
-    };
-    consolidate::execute(dom, &plan, settings, &mut ledger, &config.state_dir)?;
+    if active {
+        let settings = consolidate::Settings {
+            bandwidth_mib: config.bandwidth_mib,
+            timeout: config.timeout,
+        };
+        consolidate::execute(dom, &plan, settings, &mut ledger, &config.state_dir)?;
+    } else {
+        consolidate::execute_offline(dom, &plan, &mut ledger, &config.state_dir)?;
+    }
     let on: Vec<String> = plan
         .disks
         .iter()
@@ -266,9 +280,24 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
     let deleted: usize = plan.disks.iter().map(|p| p.delete.len()).sum();
     let left: usize = plan.disks.iter().map(|p| p.leave.len()).sum();
     log::info!(
-        "Consolidation of '{name}' done: {}; {deleted} file(s) of fi-backup deleted, {left} left in place",
+        "Consolidation of '{name}'{how} done: {}; {deleted} file(s) of fi-backup deleted, {left} left in place",
         on.join(", ")
     );
+    for p in &plan.disks {
+        match &p.next {
+            consolidate::NextCopy::Incremental { point, .. } => log::debug!(
+                "{} of '{name}': its base now holds the data of restore point {point}; the next \
+                 backup copies only what is above it",
+                p.target
+            ),
+            consolidate::NextCopy::Whole { file, why } => log::info!(
+                "{} of '{name}': the next backup (-b) copies '{}' whole ({}): {why}",
+                p.target,
+                file.display(),
+                human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
+            ),
+        }
+    }
     Ok(())
 }
 
@@ -339,8 +368,10 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
         None => None,
     };
     let firmware = firmware_sources(&domain)?;
+    let bases = Ledger::load(&config.state_dir, &domain.name, &domain.uuid).bases;
     Ok(Facts {
         firmware,
+        bases,
         domain_xml: dom.inactive_xml()?,
         domain,
         active,
