@@ -333,15 +333,12 @@ pub fn execute(
         .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
     let mut unsettled = Vec::new();
-    if alive {
-        let done: Vec<&DiskPlan> = plans
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(p, _)| p)
-            .collect();
-        record_bases(&done, ledger, state_dir)?;
-    }
+    let outcomes: Vec<(&DiskPlan, bool)> = plans
+        .iter()
+        .zip(&results)
+        .map(|(p, r)| (p, alive && r.is_ok()))
+        .collect();
+    record_bases(&dom.name, &outcomes, ledger, state_dir)?;
     for (p, result) in plans.iter().zip(results) {
         match result {
             Ok(()) if alive => {
@@ -425,17 +422,19 @@ pub fn execute_offline(
         journal.save(state_dir)?;
     }
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
-    let mut done = Vec::new();
+    let mut outcomes = Vec::new();
     for p in &plan.disks {
         match offline_disk(dom, p) {
-            Ok(()) => done.push(p),
+            Ok(()) => outcomes.push((p, true)),
             Err(e) => {
                 log::error!("{e}");
                 failed.push(p.target.clone());
+                outcomes.push((p, false));
             }
         }
     }
-    record_bases(&done, ledger, state_dir)?;
+    record_bases(&dom.name, &outcomes, ledger, state_dir)?;
+    let done: Vec<&DiskPlan> = outcomes.iter().filter(|o| o.1).map(|o| o.0).collect();
     if dom.is_active()? {
         log::error!(
             "domain '{}' was started during its offline consolidation; nothing was deleted",
@@ -497,6 +496,12 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         dom.name,
         p.job.name()
     );
+    // First, the definition stops naming the chain: libvirt then reads it
+    // from the images at start, and every state the steps pass through is
+    // a valid chain on disk. (libvirt keeps the chain a running domain had
+    // as <backingStore> in its persistent definition, and at start trusts
+    // it over the images.)
+    define_disk(dom, &p.target, top).map_err(|e| fail(e.to_string()))?;
     let step = match p.job {
         Job::CommitBelow => {
             let below = &p.chain[1];
@@ -514,9 +519,14 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         Job::Pull => crate::qemu_img::pull_into(&top.path),
     };
     step.map_err(|e| fail(e.to_string()))?;
-    crate::fault::kill_point("kill-mid-offline");
+    crate::fault::kill_point("kill-after-offline-step");
     stopped()?;
-    point_persistent_xml(dom, p).map_err(|e| fail(e.to_string()))?;
+    let result = p
+        .chain
+        .iter()
+        .find(|f| f.path == p.result)
+        .expect("the result is in the chain");
+    define_disk(dom, &p.target, result).map_err(|e| fail(e.to_string()))?;
     let now: Vec<PathBuf> = crate::chain::read_chain(&p.result)
         .map_err(|e| fail(e.to_string()))?
         .into_iter()
@@ -535,31 +545,27 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     Ok(())
 }
 
-/// Points the disk's persistent definition at the job's result (a
-/// commit-all moves it to the base), without any `<backingStore>` (libvirt
-/// reads the chain from the images at start). Nothing is written when the
-/// definition already says so. If the domain was started meanwhile, the
-/// old definition is put back: the running domain is still on the old
-/// chain.
-fn point_persistent_xml(dom: &Dom, p: &DiskPlan) -> Result<()> {
+/// Points disk `target`'s persistent definition at `image` (a commit-all
+/// moves it to the base), with its format and without any `<backingStore>`.
+/// Nothing is written when the definition already says so. If the domain
+/// was started meanwhile, the old definition is put back and this fails.
+fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     let xml = dom.inactive_xml()?;
     let facts = domain::parse_domain_xml(&xml)?;
-    let Some(disk) = facts.disks.iter().find(|d| d.target == p.target) else {
+    let Some(disk) = facts.disks.iter().find(|d| d.target == target) else {
         return Err(Error::Invalid(format!(
-            "the persistent definition no longer has disk {}",
-            p.target
+            "the persistent definition no longer has disk {target}"
         )));
     };
-    let format = &p.chain.iter().find(|f| f.path == p.result).expect("the result is in the chain").format;
-    if disk.source.as_ref() == Some(&p.result)
+    if disk.source.as_ref() == Some(&image.path)
         && disk.backing.is_none()
-        && disk.format.as_deref() == Some(format.as_str())
+        && disk.format.as_deref() == Some(image.format.as_str())
     {
         return Ok(());
     }
     let new = crate::restore::rewrite_domain_xml(
         &xml,
-        &[(p.target.clone(), p.result.clone(), format.clone())],
+        &[(target.to_string(), image.path.clone(), image.format.clone())],
         None,
         None,
     )?;
@@ -638,12 +644,35 @@ fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>
 /// saves it, before anything is deleted: a base a commit-below left equal
 /// to a restore point is recorded with its identity as read now, right
 /// after the job (the next backup trusts it only while that identity
-/// holds); any other base that changed or left the chain is forgotten.
-fn record_bases(done: &[&DiskPlan], ledger: &mut Ledger, state_dir: &Path) -> Result<()> {
-    for p in done {
+/// holds); any other base that changed or left the chain is forgotten, and
+/// so is the base of a commit that failed (it may be partly written).
+fn record_bases(
+    domain: &str,
+    outcomes: &[(&DiskPlan, bool)],
+    ledger: &mut Ledger,
+    state_dir: &Path,
+) -> Result<()> {
+    for (p, done) in outcomes {
         let base = &p.chain[p.chain.len() - 1].path;
-        match (&p.job, &p.next) {
-            (Job::CommitBelow, NextCopy::Incremental { dir, point }) => {
+        match (&p.job, &p.next, done) {
+            (Job::Pull, _, false) => {}
+            (_, _, false) => {
+                let now = crate::chain::SourceId::read(base).ok();
+                if ledger
+                    .bases
+                    .iter()
+                    .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
+                {
+                    log::warn!(
+                        "{} of '{domain}': its failed commit wrote part of '{}'; the next backup \
+                         copies it whole",
+                        p.target,
+                        base.display()
+                    );
+                    ledger.forget_base(base);
+                }
+            }
+            (Job::CommitBelow, NextCopy::Incremental { dir, point }, true) => {
                 crate::fault::kill_point("kill-before-equivalence");
                 let id = crate::chain::SourceId::read(base)?;
                 ledger.set_base(Base {
@@ -654,12 +683,12 @@ fn record_bases(done: &[&DiskPlan], ledger: &mut Ledger, state_dir: &Path) -> Re
                     point: point.clone(),
                 });
             }
-            (Job::Pull, _) => {
+            (Job::Pull, _, true) => {
                 for f in &p.chain[1..] {
                     ledger.forget_base(&f.path);
                 }
             }
-            _ => ledger.forget_base(base),
+            (_, _, true) => ledger.forget_base(base),
         }
     }
     ledger.save(state_dir)
@@ -842,9 +871,7 @@ fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) ->
         match blockjob::job_info(dom.raw(), t)? {
             // cur == end is QEMU's word; libvirt pivots only once it has
             // processed QEMU's ready event, which it shows in the live XML.
-            Some(i)
-                if job == Job::CommitAll && i.cur == i.end && libvirt_ready(dom, t)? =>
-            {
+            Some(i) if job == Job::CommitAll && i.cur == i.end && libvirt_ready(dom, t)? => {
                 return Ok(())
             }
             Some(i) => progress.show(i.cur, i.end),
@@ -1118,8 +1145,9 @@ mod tests {
         ]);
         let l = ledger(&[(T2, 12), (T1, 10)]);
         let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        type Row<'a> = (Method, bool, Job, &'a str, Vec<&'a str>, Vec<&'a str>);
         #[rustfmt::skip]
-        let table: Vec<(Method, bool, Job, &str, Vec<&str>, Vec<&str>)> = vec![
+        let table: Vec<Row> = vec![
             // method, --commit-all, job, ends on, deleted, left
             (Method::BlockCommit, false, Job::CommitBelow, T2, vec![T1], vec![FOREIGN]),
             (Method::BlockCommit, true, Job::CommitAll, "/v/a.qcow2", vec![T2, T1], vec![FOREIGN]),
@@ -1165,7 +1193,11 @@ mod tests {
         ];
         for (d, m, all, planned, idle) in table {
             let p = plan_of(d, &l, &none, m, all);
-            assert_eq!((p.disks.len(), p.idle.len()), (planned, idle), "{m:?} {all}");
+            assert_eq!(
+                (p.disks.len(), p.idle.len()),
+                (planned, idle),
+                "{m:?} {all}"
+            );
         }
         let p = plan_of(&two, &l, &none, Method::BlockCommit, false);
         assert!(p.idle[0].1.contains("nothing to commit"), "{:?}", p.idle);
@@ -1193,7 +1225,11 @@ mod tests {
             let p = &plan_of(&d, l, &none, Method::BlockCommit, all).disks[0];
             match (why, &p.next) {
                 (None, NextCopy::Incremental { dir, point }) => {
-                    assert_eq!((dir.as_str(), point.as_str()), ("/b/d", "20260101-000002"), "{case}")
+                    assert_eq!(
+                        (dir.as_str(), point.as_str()),
+                        ("/b/d", "20260101-000002"),
+                        "{case}"
+                    )
                 }
                 (Some(w), NextCopy::Whole { file, why }) => {
                     assert!(why.contains(w), "{case}: {why}");

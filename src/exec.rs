@@ -6,7 +6,6 @@ use crate::copy::{self, Copied, CopyJob};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::intent::{Intent, PlannedOverlay};
-use crate::chain::SourceId;
 use crate::ledger::{Held, Ledger, Overlay, PointRef};
 use crate::libvirt::{Dom, SnapshotDisk};
 use crate::plan::{Plan, Step};
@@ -301,13 +300,13 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
 fn note_point(
     plan: &Plan,
     dir: &std::path::Path,
-    overlays: &[(std::path::PathBuf, Vec<(std::path::PathBuf, SourceId, String)>)],
+    overlays: &[crate::plan::NoteOverlay],
     copied: &HashMap<String, Copied>,
     state_dir: &std::path::Path,
 ) -> Result<()> {
     let mut ledger = Ledger::load(state_dir, &plan.domain, &plan.uuid);
-    for (overlay, below) in overlays {
-        let p = overlay.to_string_lossy();
+    for o in overlays {
+        let p = o.overlay.to_string_lossy();
         let Some(entry) = ledger
             .overlays
             .iter_mut()
@@ -317,11 +316,12 @@ fn note_point(
         };
         entry.point = Some(PointRef {
             dir: dir.to_string_lossy().into_owned(),
-            below: below
+            below: o
+                .below
                 .iter()
-                .map(|(path, id, name)| Held {
-                    path: path.to_string_lossy().into_owned(),
-                    id: copied.get(name).map_or(*id, |c| c.source_id),
+                .map(|b| Held {
+                    path: b.path.to_string_lossy().into_owned(),
+                    id: copied.get(&b.name).map_or(b.id, |c| c.source_id),
                 })
                 .collect(),
         });

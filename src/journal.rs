@@ -129,10 +129,38 @@ pub fn reconcile(dom: &Dom, uuid: &str, state_dir: &Path) -> Result<()> {
     let mut ledger = Ledger::load(state_dir, &dom.name, uuid);
     for e in &journal.entries {
         reconcile_disk(dom, e, &mut ledger).map_err(in_domain)?;
+        forget_committed_base(&dom.name, e, &mut ledger);
     }
     ledger.save(state_dir).map_err(in_domain)?;
     journal.entries.clear();
     journal.save(state_dir).map_err(in_domain)
+}
+
+/// An interrupted commit may have written its base after what the ledger
+/// records of it: a recorded equivalence whose identity is no longer the
+/// base's is forgotten, saying why (the next backup copies the base whole).
+/// One that still matches stays: the base was not written since it was
+/// recorded (the job never started, or the run recorded it after the job).
+fn forget_committed_base(domain: &str, e: &Entry, ledger: &mut Ledger) {
+    if e.method == "blockpull" {
+        return;
+    }
+    let Some(base) = e.chain.last() else { return };
+    let base = Path::new(&base.path);
+    let now = SourceId::read(base).ok();
+    if ledger
+        .bases
+        .iter()
+        .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
+    {
+        log::warn!(
+            "{} of '{domain}': its interrupted {} wrote into '{}'; the next backup copies it whole",
+            e.target,
+            e.method,
+            base.display()
+        );
+        ledger.forget_base(base);
+    }
 }
 
 /// What reconciliation does with one journaled disk. Pure.

@@ -150,11 +150,13 @@ impl Dom {
     /// Replaces the domain's persistent definition.
     pub fn redefine(&self, xml: &str) -> Result<()> {
         let conn = self.dom.connect().map_err(|e| {
-            Error::libvirt(format!("cannot reach libvirt for domain '{}'", self.name), e)
+            Error::libvirt(
+                format!("cannot reach libvirt for domain '{}'", self.name),
+                e,
+            )
         })?;
-        conn.define_domain_xml(xml).map_err(|e| {
-            Error::libvirt(format!("cannot redefine domain '{}'", self.name), e)
-        })?;
+        conn.define_domain_xml(xml)
+            .map_err(|e| Error::libvirt(format!("cannot redefine domain '{}'", self.name), e))?;
         Ok(())
     }
 

@@ -142,11 +142,31 @@ pub enum Step {
     NotePoint {
         /// The domain's backup directory.
         dir: PathBuf,
-        /// Per new overlay: the live files below it, top first, with the
-        /// identity planned and their name in images/ (a file copied by this
-        /// run has the identity its copy checked).
-        overlays: Vec<(PathBuf, Vec<(PathBuf, SourceId, String)>)>,
+        /// Per new overlay, the live files below it.
+        overlays: Vec<NoteOverlay>,
     },
+}
+
+/// A new overlay and the live files below it, top first.
+#[derive(Debug, Clone)]
+pub struct NoteOverlay {
+    /// The overlay.
+    pub overlay: PathBuf,
+    /// The files below it.
+    pub below: Vec<BelowFile>,
+}
+
+/// A live file below a new overlay: its path, the identity planned, and its
+/// name in images/ (a file copied by this run has the identity its copy
+/// checked instead).
+#[derive(Debug, Clone)]
+pub struct BelowFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its identity when the facts were read.
+    pub id: SourceId,
+    /// Its copy (or what stands for it) in images/.
+    pub name: String,
 }
 
 /// A restore point's copy chain that stands for a base image.
@@ -233,7 +253,11 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
     let mut warnings = Vec::new();
     let mut overlays = HashMap::new();
     if facts.active {
-        for d in facts.disks.iter().filter(|d| d.chain.len() + 1 > DEEP_CHAIN) {
+        for d in facts
+            .disks
+            .iter()
+            .filter(|d| d.chain.len() + 1 > DEEP_CHAIN)
+        {
             warnings.push(format!(
                 "disk {} of '{name}' runs on a chain of {} files after this snapshot; \
                  a long chain slows the guest's reads: consolidate it with -C or -c",
@@ -411,12 +435,16 @@ fn plan_copies(
             let below = d
                 .chain
                 .iter()
-                .map(|f| {
-                    let name = placed.get(&f.path).map(|p| p.0.clone()).unwrap_or_default();
-                    (f.path.clone(), f.id, name)
+                .map(|f| BelowFile {
+                    path: f.path.clone(),
+                    id: f.id,
+                    name: placed.get(&f.path).map(|p| p.0.clone()).unwrap_or_default(),
                 })
                 .collect();
-            notes.push((overlay.clone(), below));
+            notes.push(NoteOverlay {
+                overlay: overlay.clone(),
+                below,
+            });
         }
         disks.push(DiskRecord {
             target: d.disk.target.clone(),
@@ -532,7 +560,7 @@ fn plan_copies(
         draft: Box::new(draft),
     });
     if !notes.is_empty() {
-        notes.sort_by(|a, b| a.0.cmp(&b.0));
+        notes.sort_by(|a, b| a.overlay.cmp(&b.overlay));
         steps.push(Step::NotePoint {
             dir: dir.root.clone(),
             overlays: notes,
@@ -578,7 +606,10 @@ fn equivalent<'a>(
         ));
     };
     let Some(disk) = record.disks.iter().find(|d| d.target == b.target) else {
-        return Equivalent::Stale(format!("{at}, but that restore point has no disk {}", b.target));
+        return Equivalent::Stale(format!(
+            "{at}, but that restore point has no disk {}",
+            b.target
+        ));
     };
     let mut files = Vec::new();
     for name in &disk.chain {
@@ -680,8 +711,8 @@ impl fmt::Display for Step {
             Step::WriteRecord { path, .. } => write!(f, "write record '{}'", path.display()),
             Step::NotePoint { overlays, .. } => {
                 write!(f, "note in the ledger what this point holds below")?;
-                for (o, _) in overlays {
-                    write!(f, " '{}'", o.display())?;
+                for o in overlays {
+                    write!(f, " '{}'", o.overlay.display())?;
                 }
                 Ok(())
             }

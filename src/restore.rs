@@ -562,7 +562,10 @@ pub fn rewrite_domain_xml(
             }
             None => {
                 let at = start_tag_end(xml, disk);
-                edits.push((at..at, format!("<driver name='qemu' type='{}'/>", escape(format))));
+                edits.push((
+                    at..at,
+                    format!("<driver name='qemu' type='{}'/>", escape(format)),
+                ));
             }
         }
         for b in disk.children().filter(|n| n.has_tag_name("backingStore")) {
@@ -639,13 +642,13 @@ mod tests {
 
     #[test]
     fn disks_point_at_the_restored_images() {
-        let out =
-            rewrite_domain_xml(
-                XML,
-                &[("vda".into(), "/r/it's.qcow2".into(), "qcow2".into())],
-                None,
-                None,
-            ).unwrap();
+        let out = rewrite_domain_xml(
+            XML,
+            &[("vda".into(), "/r/it's.qcow2".into(), "qcow2".into())],
+            None,
+            None,
+        )
+        .unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
         let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
         let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();

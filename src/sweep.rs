@@ -235,7 +235,11 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
         config.method,
         config.commit_all,
     );
-    let how = if active { "" } else { " (shut off: offline, with qemu-img)" };
+    let how = if active {
+        ""
+    } else {
+        " (shut off: offline, with qemu-img)"
+    };
     for (target, why) in &plan.idle {
         log::info!("Consolidation of '{name}': {target}: {why}");
     }

@@ -18,7 +18,7 @@ fn sigterm_during_consolidation() {
     s.fi_ok(&[&dom]);
     write_delta_16(&dom, 0x20);
     let top = live_sources(&dom)[0].1.clone();
-    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
+    let child = s.spawn(&["-c", "--commit-all", "--bandwidth", "2", &dom]);
     wait_for_block_job(&dom, "vda");
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -37,11 +37,11 @@ fn sigterm_during_consolidation() {
         "a block job is left running"
     );
     assert_eq!(names_in(&img).len(), 2);
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x10, 20), (0x20, 0), (0x2f, 15)]);
     fault_row(
-        "SIGTERM mid-blockcommit",
+        "SIGTERM mid-blockcommit (--commit-all)",
         "exit 143, job cancelled, disk on its chain, nothing deleted; next run consolidates",
         "17 patterns read from the live disk",
     );
@@ -189,7 +189,7 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
     write_delta_16(&dom, 0x60);
     let top = live_sources(&dom)[0].1.clone();
     let mut child = s
-        .command(&["-c", "--bandwidth", "2", &dom])
+        .command(&["-c", "--commit-all", "--bandwidth", "2", &dom])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -212,11 +212,11 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
         "qcow2",
         &[(0x60, 0), (0x6f, 15)],
     );
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x60, 0), (0x68, 8), (0x6f, 15)]);
     fault_row(
-        "SIGKILL mid-blockcommit (before pivot)",
+        "SIGKILL mid-blockcommit --commit-all (before pivot)",
         "job left in QEMU; next run cancels it (journal), backs up; -c then consolidates",
         "16 patterns from the restore point and the live disk",
     );
@@ -233,14 +233,14 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
     s.fi_ok(&[&dom]);
     guest_write(&dom, 0, 0x72, 1);
     let out = s
-        .command(&["-c", &dom])
+        .command(&["-c", "--commit-all", &dom])
         .env("FI_BACKUP_TEST_FAULT", "after-pivot")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
     assert_eq!(names_in(&img).len(), 2, "the overlay should still be there");
-    let log = s.fi_ok(&["-c", &dom]);
+    let log = s.fi_ok(&["-c", "--commit-all", &dom]);
     assert!(
         log.contains("which an interrupted consolidation of vda"),
         "{log}"
@@ -248,7 +248,7 @@ fn failure_after_pivot_is_finished_by_the_next_run() {
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0x71, 0), (0x72, 1)]);
     fault_row(
-        "failure after pivot, before deleting",
+        "failure after pivot (--commit-all), before deleting",
         "exit 1, domain on its base, overlay kept; next run deletes it from the journal",
         "2 patterns read from the live disk",
     );
@@ -266,7 +266,7 @@ fn domain_destroyed_or_shut_down_mid_consolidation() {
         s.fi_ok(&[&dom]);
         write_delta_16(&dom, 0xa0);
         let top = std::path::PathBuf::from(live_sources(&dom)[0].1.clone());
-        let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
+        let child = s.spawn(&["-c", "--commit-all", "--bandwidth", "2", &dom]);
         wait_for_block_job(&dom, "vda");
         if how == "destroyed" {
             virsh(&["destroy", &dom]);
@@ -284,7 +284,7 @@ fn domain_destroyed_or_shut_down_mid_consolidation() {
         assert_eq!(names_in(&img).len(), 2);
         assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
         fault_row(
-            &format!("domain {how} mid-blockcommit"),
+            &format!("domain {how} mid-blockcommit (--commit-all)"),
             "exit 1 'nothing was deleted', both files kept",
             "16 patterns read from the chain's files",
         );
@@ -299,7 +299,7 @@ fn sigint_during_consolidation() {
     s.fi_ok(&[&dom]);
     write_delta_16(&dom, 0xc0);
     let top = live_sources(&dom)[0].1.clone();
-    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
+    let child = s.spawn(&["-c", "--commit-all", "--bandwidth", "2", &dom]);
     wait_for_block_job(&dom, "vda");
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -311,7 +311,7 @@ fn sigint_during_consolidation() {
     assert_eq!(virsh(&["blockjob", &dom, "vda", "--info"]).trim(), "");
     assert_guest(&dom, 0, &[(0xc0, 0), (0xcf, 15)]);
     fault_row(
-        "SIGINT mid-blockcommit",
+        "SIGINT mid-blockcommit (--commit-all)",
         "exit 130, job cancelled, disk on its chain, nothing deleted",
         "2 patterns read from the live disk",
     );
@@ -327,7 +327,7 @@ fn backup_sweep_overlapping_a_consolidation() {
     let free = s.start("free", "img2", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     s.fi_ok(&[&busy]);
     write_delta_16(&busy, 0xd0);
-    let consolidation = s.spawn(&["-c", "--bandwidth", "4", &busy]);
+    let consolidation = s.spawn(&["-c", "--commit-all", "--bandwidth", "4", &busy]);
     // Its job runs, so it holds the domain's lock.
     wait_for_block_job(&busy, "vda");
     let backup = s.dir("backup");
@@ -504,7 +504,15 @@ fn blockcommit_under_continuous_writes_is_cancelled_at_the_timeout() {
             }
             written
         });
-        let out = s.fi(&["-c", "--bandwidth", "1", "--timeout", "3", &dom]);
+        let out = s.fi(&[
+            "-c",
+            "--commit-all",
+            "--bandwidth",
+            "1",
+            "--timeout",
+            "3",
+            &dom,
+        ]);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (out, writer.join().unwrap())
     });
@@ -525,11 +533,11 @@ fn blockcommit_under_continuous_writes_is_cancelled_at_the_timeout() {
         .chain(written.iter().map(|(m, p)| (*p, *m)))
         .collect();
     assert_guest(&dom, 0, &expected);
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &expected);
     fault_row(
-        "blockcommit never ready (guest writing, 1 MiB/s, 3 s timeout)",
+        "blockcommit --commit-all never ready (guest writing, 1 MiB/s, 3 s timeout)",
         "exit 1, job cancelled at the timeout, on its chain, nothing deleted; next -c converges",
         &format!(
             "{} patterns (16 before, {} during) read before and after",

@@ -60,7 +60,7 @@ fn sigkill_during_backup_converges() {
             &[(0x81, 0), (0x82, 1)],
         );
         s.fi_ok(&["verify", "--backup-dir", b]);
-        s.fi_ok(&["-c", &dom]);
+        s.fi_ok(&["-c", "--commit-all", &dom]);
         assert_eq!(
             names_in(&s.root.join("img")),
             ["d.qcow2"],
@@ -69,13 +69,14 @@ fn sigkill_during_backup_converges() {
         assert_guest(&dom, 0, &[(0x81, 0), (0x82, 1)]);
         fault_row(
             &format!("SIGKILL {}", &point[5..]),
-            &format!("guest running, live chain of {depth} valid, no point; next run records one that verifies; -c leaves only the base"),
+            &format!("guest running, live chain of {depth} valid, no point; next run records one that verifies; -c --commit-all leaves only the base"),
             "2 patterns from the restore point and the live disk",
         );
     }
 }
 
-/// Consolidation: killed mid-blockcommit, after the pivot, mid-deletion.
+/// Consolidation with --commit-all (active commit and pivot): killed
+/// mid-blockcommit, after the pivot, mid-deletion.
 #[test]
 fn sigkill_during_consolidation_converges() {
     for point in [
@@ -90,11 +91,11 @@ fn sigkill_during_consolidation_converges() {
         guest_write(&dom, 0, 0x92, 1);
         s.fi_ok(&[&dom]);
         guest_write(&dom, 0, 0x93, 2);
-        killed_run(&s, point, &["-c", &dom]);
+        killed_run(&s, point, &["-c", "--commit-all", &dom]);
         assert_eq!(virsh(&["domstate", &dom]).trim(), "running", "{point}");
         let depth = live_chain_is_valid(&dom);
         assert_guest(&dom, 0, &[(0x91, 0), (0x92, 1), (0x93, 2)]);
-        s.fi_ok(&["-c", &dom]);
+        s.fi_ok(&["-c", "--commit-all", &dom]);
         assert_eq!(
             virsh(&["blockjob", &dom, "vda", "--info"]).trim(),
             "",
@@ -108,7 +109,7 @@ fn sigkill_during_consolidation_converges() {
         assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
         assert_guest(&dom, 0, &[(0x91, 0), (0x92, 1), (0x93, 2)]);
         fault_row(
-            &format!("SIGKILL {}", &point[5..]),
+            &format!("SIGKILL {} (--commit-all)", &point[5..]),
             &format!("guest running on a valid chain of {depth}; next -c reconciles from the journal: on its base, only the base left"),
             "3 patterns read from the live disk, before and after",
         );
@@ -191,7 +192,7 @@ fn sigkill_during_memory_dump_converges() {
         &[(0x61, 0), (0x62, 1)],
     );
     s.fi_ok(&["verify", "--backup-dir", b]);
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(
         names_in(&s.root.join("img")),
         ["d.qcow2"],
@@ -200,7 +201,7 @@ fn sigkill_during_memory_dump_converges() {
     assert_guest(&dom, 0, &[(0x61, 0), (0x62, 1)]);
     fault_row(
         "SIGKILL mid -s dump",
-        &format!("libvirt finished the snapshot, guest running on a valid chain of {depth}; next run adopts the overlay, removes the unrecorded state; -c leaves only the base"),
+        &format!("libvirt finished the snapshot, guest running on a valid chain of {depth}; next run adopts the overlay, removes the unrecorded state; -c --commit-all leaves only the base"),
         "2 patterns from the restore point and the live disk",
     );
 }

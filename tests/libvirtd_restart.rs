@@ -16,7 +16,7 @@ fn libvirtd_restart_mid_consolidation() {
     let img = s.root.join("img");
     s.fi_ok(&[&dom]);
     write_delta_16(&dom, 0xb0);
-    let child = s.spawn(&["-c", "--bandwidth", "2", &dom]);
+    let child = s.spawn(&["-c", "--commit-all", "--bandwidth", "2", &dom]);
     wait_for_block_job(&dom, "vda");
     ok("pkill", &["-x", "libvirtd"]);
     let out = child.wait_with_output().unwrap();
@@ -29,11 +29,11 @@ fn libvirtd_restart_mid_consolidation() {
     });
     assert!(up, "libvirtd did not come back");
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
     assert_guest(&dom, 0, &[(0xb0, 0), (0xb8, 8), (0xbf, 15)]);
     fault_row(
-        "libvirtd killed mid-blockcommit, restarted",
+        "libvirtd killed mid-blockcommit (--commit-all), restarted",
         "run fails; QEMU runs on; next run reconciles (journal) and consolidates",
         "16 patterns read from the live disk",
     );

@@ -28,7 +28,15 @@ fn reads(image: &Path, pattern: u8, off: u64, len: u64) -> bool {
     let read = format!("read -P {pattern:#x} {off}M {len}M");
     let out = cmd(
         "qemu-io",
-        &["-r", "-U", "-f", "qcow2", "-c", &read, image.to_str().unwrap()],
+        &[
+            "-r",
+            "-U",
+            "-f",
+            "qcow2",
+            "-c",
+            &read,
+            image.to_str().unwrap(),
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     out.status.success()
@@ -210,7 +218,10 @@ fn a_base_changed_behind_our_back_is_copied_whole() {
         log.contains("[WAR]") && log.contains("has changed since") && log.contains("vda"),
         "{log}"
     );
-    assert!(!log.contains("disk vdb:"), "vdb's base was not touched: {log}");
+    assert!(
+        !log.contains("disk vdb:"),
+        "vdb's base was not touched: {log}"
+    );
     assert!(added > 256 * MIB, "vda's base was copied whole: {added}");
     let recs = records(&backup, &dom);
     let top = record_top(&backup, &dom, &recs[2], "vda");
@@ -280,7 +291,10 @@ fn a_shut_off_domain_is_consolidated_offline() {
     let log = s.fi_ok(&["-b", b, &dom]);
     assert!(!log.contains("[WAR]"), "{log}");
     let added = allocated(&backup) - before;
-    assert!(added < 30 * MIB, "offline backup after offline commit: {added}");
+    assert!(
+        added < 30 * MIB,
+        "offline backup after offline commit: {added}"
+    );
     virsh(&["start", &dom]);
     assert_guest(&dom, 0, &[(0x43, 0), (0x31, 256), (0x33, 256 + 30)]);
     assert_guest(&dom, 1, &[(0x53, 40)]);
@@ -298,4 +312,131 @@ fn a_shut_off_domain_is_consolidated_offline() {
         "offline consolidation: 4-file chains -> base + top, 4 overlays deleted, next offline backup added {:.1} MiB; the started guest and the restored last point read nights 1-3",
         added as f64 / MIB as f64
     ));
+}
+
+fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
+    let out = s
+        .command(args)
+        .env("FI_BACKUP_TEST_FAULT", point)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{point} did not kill: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGKILL at each new step of a nightly -C (and of an offline -c): before
+/// the ledger notes what a restore point holds, while the commit below the
+/// top runs, after it, before the equivalence is recorded, mid-deletion,
+/// and between and after the qemu-img steps offline. After each: the guest
+/// is on a valid chain that reads all data, every restore point verifies;
+/// the next -C converges (incremental, or the base copied whole when the
+/// killed run could not record what it holds), and the run after that adds
+/// only what the guest wrote. Every point, flattened, reads its own data.
+#[test]
+fn sigkill_around_the_nightly_steps_converges() {
+    for point in [
+        "kill-before-note",
+        "kill-mid-blockcommit",
+        "kill-after-pivot",
+        "kill-before-equivalence",
+        "kill-mid-deletion",
+        "kill-mid-offline",
+        "kill-after-offline-step",
+    ] {
+        let offline = point.contains("offline");
+        let mut s = Scenario::new(&format!("nk-{}", &point[5..]));
+        let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+        let backup = s.dir("backup");
+        let b = backup.to_str().unwrap();
+        guest_write(&dom, 0, 0x91, 40);
+        s.fi_ok(&["-b", b, &dom]);
+        write_delta_16(&dom, 0xa0);
+        s.fi_ok(&["-b", b, &dom]);
+        guest_write(&dom, 0, 0x93, 41);
+        let all: Vec<(u8, u64)> = [(0x91, 40), (0x93, 41)]
+            .into_iter()
+            .chain(delta_16(0xa0))
+            .collect();
+        if offline {
+            virsh(&["destroy", &dom]);
+            killed_run(&s, point, &["-c", &dom]);
+            assert_eq!(virsh(&["domstate", &dom]).trim(), "shut off", "{point}");
+            let top = PathBuf::from(&live_sources(&dom)[0].1);
+            assert_image(&top, "qcow2", &all);
+            s.fi_ok(&["-b", b, &dom]);
+            virsh(&["start", &dom]);
+        } else {
+            let mut args = vec!["-C", "-b", b, &dom];
+            if point == "kill-mid-blockcommit" {
+                args.splice(0..0, ["--bandwidth", "1"]);
+            }
+            killed_run(&s, point, &args);
+            assert_eq!(virsh(&["domstate", &dom]).trim(), "running", "{point}");
+        }
+        let depth = chain_names(Path::new(&live_sources(&dom)[0].1)).len();
+        assert_guest(&dom, 0, &all);
+        s.fi_ok(&["verify", "--backup-dir", b]);
+        // Converge.
+        let before = allocated(&backup);
+        s.fi_ok(&["-C", "-b", b, &dom]);
+        let first = allocated(&backup) - before;
+        assert!(
+            live_depths(&dom).iter().all(|&d| d <= 2),
+            "{point}: live chain after -C"
+        );
+        assert_eq!(
+            virsh(&["blockjob", &dom, "vda", "--info"]).trim(),
+            "",
+            "{point}: a job is left"
+        );
+        guest_write(&dom, 0, 0x94, 42);
+        let before = allocated(&backup);
+        let log = s.fi_ok(&["-b", b, &dom]);
+        let next = allocated(&backup) - before;
+        assert!(!log.contains("[WAR]"), "{point}: {log}");
+        assert!(next < 4 * MIB, "{point}: the run after -C added {next}");
+        s.fi_ok(&["verify", "--backup-dir", b]);
+        let recs = records(&backup, &dom);
+        let mut expected: Vec<Vec<(u8, u64)>> = vec![
+            vec![(0x91, 40), (0, 41)],
+            [(0x91, 40), (0, 41)]
+                .into_iter()
+                .chain(delta_16(0xa0))
+                .collect(),
+        ];
+        while expected.len() < recs.len() - 1 {
+            expected.push(all.clone());
+        }
+        expected.push(all.iter().copied().chain([(0x94, 42)]).collect());
+        for (k, (rec, want)) in recs.iter().zip(&expected).enumerate() {
+            let target = s.root.join(format!("r{k}"));
+            let point_ts = rec["restore_point"].as_str().unwrap();
+            s.fi_ok(&restore_args(
+                b,
+                &dom,
+                target.to_str().unwrap(),
+                &["--at", point_ts, "--flatten"],
+            ));
+            assert_image(&target.join("vda.qcow2"), "qcow2", want);
+            std::fs::remove_dir_all(&target).unwrap();
+        }
+        assert_guest(&dom, 0, &all);
+        fault_row(
+            &format!("SIGKILL {}{}", &point[5..], if offline { " (offline -c)" } else { " (-C)" }),
+            &format!(
+                "guest {} on a valid chain of {depth}, every point verifies; next -C added {:.1} MiB{}, the -b after it {:.1} MiB (asserted < 4)",
+                if offline { "shut off, then started" } else { "running" },
+                first as f64 / MIB as f64,
+                if first > 16 * MIB { " (> 16 MiB: the base copied whole)" } else { "" },
+                next as f64 / MIB as f64
+            ),
+            &format!("{} points restored flat read their own patterns; live disk reads 18", recs.len()),
+        );
+    }
 }

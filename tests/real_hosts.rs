@@ -105,14 +105,17 @@ fn a_top_that_lost_its_backing_in_a_crash_is_repaired_from_the_journal() {
         !image_has(Path::new(&top), "qcow2", 0x21, 20),
         "the dropped reference should hide the base's data"
     );
-    let out = s.fi(&["-c", &dom]);
+    // The repairing run is an offline backup: it changes no chain itself.
+    let backup = s.dir("backup");
+    let bk = backup.to_str().unwrap();
+    let out = s.fi(&["-b", bk, &dom]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("Repaired vda of '{dom}'")), "{err}");
     assert_eq!(names_in(&img), before, "a file was deleted");
     assert_eq!(chain_names(Path::new(&top)).len(), 3);
     assert_image(Path::new(&top), "qcow2", &vda);
     // The journal is settled: the next run says nothing about it.
-    let again = s.fi(&["-c", &dom]);
+    let again = s.fi(&["-b", bk, &dom]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("Repaired"));
     virsh(&["start", &dom]);
     assert_guest(&dom, 0, &vda);

@@ -149,10 +149,10 @@ fn guest_runs_after_a_failure_after_the_dump() {
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
     assert!(records(&backup, &dom).is_empty());
     // The state file no restore point records is removed by the same run;
-    // its overlay is in the ledger, so -c deletes it.
+    // its overlay is in the ledger, so -c --commit-all deletes it.
     assert!(log.contains("Removed memory state"), "{log}");
     assert!(names_in(&state).is_empty(), "{:?}", names_in(&state));
-    s.fi_ok(&["-c", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&s.root.join("img")), ["a.qcow2"]);
     guest_write(&dom, 0, 0x55, 0);
     assert_guest(&dom, 0, &[(0x55, 0)]);
