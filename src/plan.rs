@@ -719,3 +719,257 @@ impl fmt::Display for Step {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{DiskRecord, Mode};
+
+    const P1: &str = "20260101-000001";
+
+    fn id(ino: u64, mtime_ns: i128) -> SourceId {
+        SourceId {
+            dev: 1,
+            ino,
+            size: 1,
+            mtime_ns,
+        }
+    }
+
+    fn file_record(name: &str, backing: Option<&str>, source: &str, ino: u64) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            format: "qcow2".into(),
+            size: 1,
+            blake3: "00".into(),
+            backing: backing.map(str::to_string),
+            backing_format: backing.map(|_| "qcow2".to_string()),
+            source: source.into(),
+            source_id: id(ino, 1),
+            written_by: P1.into(),
+        }
+    }
+
+    /// Restore point P1 holds vda as the copies ov1 <- base.
+    fn index() -> Index {
+        let record = Record {
+            fi_backup_record: RECORD_VERSION,
+            domain: "d".into(),
+            uuid: "u".into(),
+            restore_point: P1.into(),
+            taken_at: "2026-01-01T00:00:01+00:00".into(),
+            mode: Mode::Live,
+            quiesced: false,
+            domain_xml: format!("{P1}.xml"),
+            state_file: None,
+            disks: vec![DiskRecord {
+                target: "vda".into(),
+                source: "/v/ov1".into(),
+                format: "qcow2".into(),
+                chain: vec!["ov1".into(), "base".into()],
+                overlay: Some("/v/ov2".into()),
+            }],
+            left_out: Vec::new(),
+            files: vec![
+                file_record("ov1", Some("base"), "/v/ov1", 11),
+                file_record("base", None, "/v/base", 10),
+            ],
+            firmware: Vec::new(),
+        };
+        Index {
+            records: vec![record],
+            names: [("ov1".to_string(), 1), ("base".to_string(), 1)]
+                .into_iter()
+                .collect(),
+            rejected: Vec::new(),
+        }
+    }
+
+    fn chain_file(path: &str, id: SourceId) -> ChainFile {
+        ChainFile {
+            path: path.into(),
+            format: "qcow2".into(),
+            cluster_size: Some(65536),
+            id,
+        }
+    }
+
+    /// A running domain on ov2 <- base, where the base was committed into
+    /// after P1 (identity ino 10, mtime 5 now).
+    fn facts(bases: Vec<Base>, index: Index) -> Facts {
+        let chain = vec![
+            chain_file("/v/ov2", id(12, 1)),
+            chain_file("/v/base", id(10, 5)),
+        ];
+        Facts {
+            domain: DomainFacts {
+                name: "d".into(),
+                uuid: "u".into(),
+                disks: Vec::new(),
+                nvram: None,
+                tpm_emulator: false,
+            },
+            active: true,
+            disks: vec![DiskChain {
+                disk: DiskFacts {
+                    target: "vda".into(),
+                    device: "disk".into(),
+                    kind: "file".into(),
+                    source: Some("/v/ov2".into()),
+                    format: Some("qcow2".into()),
+                    readonly: false,
+                    shareable: false,
+                    backing: None,
+                    mirror_ready: None,
+                    snapshot: None,
+                },
+                chain,
+            }],
+            skipped: Vec::new(),
+            domain_xml: "<domain/>".into(),
+            backup: Some((DomainDir::new(Path::new("/b"), "d").unwrap(), index)),
+            firmware: Vec::new(),
+            bases,
+        }
+    }
+
+    fn base(dir: &str, id: SourceId, point: &str) -> Base {
+        Base {
+            target: "vda".into(),
+            path: "/v/base".into(),
+            id,
+            dir: dir.into(),
+            point: point.into(),
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            ts: "20260102-000000".into(),
+            taken_at: "2026-01-02T00:00:00+00:00".into(),
+            quiesce: false,
+            quiesce_fallback: false,
+            dump_state_dir: None,
+            live: false,
+        }
+    }
+
+    fn copies(plan: &Plan) -> Vec<(String, Option<String>)> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Copy(jobs) => Some(jobs),
+                _ => None,
+            })
+            .flatten()
+            .map(|j| {
+                (
+                    j.source.display().to_string(),
+                    j.backing.clone().map(|b| b.0),
+                )
+            })
+            .collect()
+    }
+
+    fn draft(plan: &Plan) -> &Record {
+        plan.steps
+            .iter()
+            .find_map(|s| match s {
+                Step::WriteRecord { draft, .. } => Some(draft.as_ref()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_base_recorded_equal_to_a_point_is_stood_for_by_its_copies() {
+        let f = facts(vec![base("/b/d", id(10, 5), P1)], index());
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // Only the live top is copied, onto P1's top copy.
+        assert_eq!(
+            copies(&plan),
+            [("/v/ov2".to_string(), Some("ov1".to_string()))]
+        );
+        let d = draft(&plan);
+        assert_eq!(d.disks[0].chain, ["ov2", "ov1", "base"]);
+        let names: Vec<&str> = d.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["ov1", "base", "ov2"]);
+        // The ledger note for the new overlay names the live base with the
+        // identity that was checked.
+        let note = plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::NotePoint { overlays, .. } => Some(overlays),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            note[0].overlay,
+            PathBuf::from("/v/ov2.bimg-20260102-000000")
+        );
+        let below: Vec<_> = note[0]
+            .below
+            .iter()
+            .map(|b| (b.path.clone(), b.id))
+            .collect();
+        assert_eq!(
+            below,
+            [
+                (PathBuf::from("/v/ov2"), id(12, 1)),
+                (PathBuf::from("/v/base"), id(10, 5))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recorded_equivalence_that_fails_a_check_means_a_whole_copy_and_a_warning() {
+        let mut no_copy = index();
+        no_copy.names.remove("ov1");
+        let mut no_point = index();
+        no_point.records.clear();
+        #[rustfmt::skip]
+        let table: Vec<(Vec<Base>, Index, Option<&str>, &str)> = vec![
+            (vec![base("/b/d", id(10, 4), P1)], index(), Some("has changed since"), "identity moved"),
+            (vec![base("/b/d", id(99, 5), P1)], index(), Some("has changed since"), "file replaced"),
+            (vec![base("/b/other", id(10, 5), P1)], index(), Some("not this one"), "another backup directory"),
+            (vec![base("/b/d", id(10, 5), P1)], no_point, Some("no longer in the backup directory"), "point gone"),
+            (vec![base("/b/d", id(10, 5), P1)], no_copy, Some("'ov1' is missing"), "a copy gone"),
+            (Vec::new(), index(), None, "nothing recorded"),
+        ];
+        for (bases, index, warning, case) in table {
+            let plan = plan_backup(&facts(bases, index), &options()).unwrap();
+            match warning {
+                Some(w) => {
+                    assert_eq!(plan.warnings.len(), 1, "{case}");
+                    assert!(plan.warnings[0].contains(w), "{case}: {}", plan.warnings[0]);
+                    assert!(plan.warnings[0].contains("copied whole"), "{case}");
+                }
+                None => assert!(plan.warnings.is_empty(), "{case}"),
+            }
+            let copied: Vec<String> = copies(&plan).into_iter().map(|c| c.0).collect();
+            assert_eq!(
+                copied,
+                ["/v/base", "/v/ov2"],
+                "{case}: the base is copied whole"
+            );
+            assert_eq!(draft(&plan).disks[0].chain.len(), 2, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_deep_live_chain_is_warned_about() {
+        let mut f = facts(Vec::new(), index());
+        f.backup = None;
+        let mut chain: Vec<ChainFile> = (0..DEEP_CHAIN as u64)
+            .map(|n| chain_file(&format!("/v/o{n}"), id(100 + n, 1)))
+            .collect();
+        f.disks[0].chain = chain.clone();
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert!(plan.warnings[0].contains("31 files") && plan.warnings[0].contains("-C"));
+        chain.pop();
+        f.disks[0].chain = chain;
+        assert!(plan_backup(&f, &options()).unwrap().warnings.is_empty());
+    }
+}
