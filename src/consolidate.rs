@@ -21,7 +21,7 @@ use crate::ledger::{Base, Held, Ledger};
 use crate::libvirt::Dom;
 use crate::naming;
 use crate::plan::DiskChain;
-use crate::siblings::{quoted, Siblings};
+use crate::siblings::Siblings;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -143,6 +143,25 @@ pub fn plan(
     let mut out = DomainPlan::default();
     for d in disks.iter().filter(|d| d.chain.len() > 1) {
         let t = &d.disk.target;
+        // Other domains using a file, and other disks of this one (two
+        // disks cloned from one base image).
+        let shared_with = |f: &ChainFile| {
+            let mut users: Vec<String> = siblings
+                .others(uuid, f.id.dev, f.id.ino)
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect();
+            for other in disks.iter().filter(|o| o.disk.target != *t) {
+                if other
+                    .chain
+                    .iter()
+                    .any(|o| o.id.dev == f.id.dev && o.id.ino == f.id.ino)
+                {
+                    users.push(format!("disk {} of this domain", other.disk.target));
+                }
+            }
+            users
+        };
         if job == Job::CommitBelow && d.chain.len() == 2 {
             out.idle.push((
                 t.clone(),
@@ -154,22 +173,21 @@ pub fn plan(
             ));
             continue;
         }
-        let shared_with = |f: &ChainFile| siblings.others(uuid, f.id.dev, f.id.ino);
         if job != Job::Pull {
             let shared: Vec<String> = d.chain[1..]
                 .iter()
                 .filter_map(|f| {
                     let others = shared_with(f);
                     (!others.is_empty())
-                        .then(|| format!("'{}' (used by {})", f.path.display(), quoted(&others)))
+                        .then(|| format!("'{}' (used by {})", f.path.display(), others.join(", ")))
                 })
                 .collect();
             if !shared.is_empty() {
                 out.refused.push(Refusal {
                     target: t.clone(),
                     why: format!(
-                        "not consolidated: its chain shares {} with other domains, and a \
-                         blockcommit would write into the image they read; no job was started. \
+                        "not consolidated: its chain shares {}, and a blockcommit would \
+                         write into the image they read; no job was started. \
                          Use -m blockpull, which writes only into this disk's own top",
                         shared.join(", ")
                     ),
@@ -191,7 +209,7 @@ pub fn plan(
             let why = if users.is_empty() {
                 not_ours(f, ledger)
             } else {
-                Some(format!("it is shared with {}", quoted(&users)))
+                Some(format!("it is shared with {}", users.join(", ")))
             };
             match why {
                 None => delete.push(f.path.clone()),
@@ -507,6 +525,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
             let below = &p.chain[1];
             crate::qemu_img::commit(&below.path, &below.format, &base.path).and_then(|()| {
                 crate::fault::kill_point("kill-mid-offline");
+                crate::fault::hold("hold-mid-offline");
                 stopped()?;
                 crate::qemu_img::rebase_unsafe(
                     &top.path,
@@ -1267,6 +1286,23 @@ mod tests {
                 PathBuf::from("/v/base.qcow2"),
                 "it is shared with 'sib'".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn two_disks_of_one_domain_on_one_base_are_never_committed_into_it() {
+        let a = disk(vec![file(T2, 12), file(T1, 10), file("/v/base.qcow2", 9)]);
+        let mut b = disk(vec![file("/v/b.bimg-2", 22), file("/v/base.qcow2", 9)]);
+        b.disk.target = "vdb".into();
+        let l = ledger(&[(T2, 12), (T1, 10)]);
+        let p = plan("u", &[a, b], &l, &siblings(&[]), Method::BlockCommit, false);
+        assert!(p.disks.is_empty(), "{p:?}");
+        assert!(
+            p.refused[0]
+                .why
+                .contains("(used by disk vdb of this domain)"),
+            "{:?}",
+            p.refused
         );
     }
 

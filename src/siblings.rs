@@ -88,12 +88,3 @@ impl Siblings {
             .unwrap_or_default()
     }
 }
-
-/// "'a'" or "'a', 'b'".
-pub fn quoted(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("'{n}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

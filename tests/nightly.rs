@@ -440,3 +440,46 @@ fn sigkill_around_the_nightly_steps_converges() {
         );
     }
 }
+
+/// The domain is started between the offline qemu-img commit and the
+/// rebase of its top: the run stops with an error naming the start, deletes
+/// nothing, and the started guest runs on the unchanged-reading chain; the
+/// next -c consolidates it live.
+#[test]
+fn a_domain_started_during_its_offline_consolidation_is_left_alone() {
+    let mut s = Scenario::new("nightly-offstart");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x71, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x72, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x73, 2);
+    virsh(&["destroy", &dom]);
+    let img = s.root.join("img");
+    let before = names_in(&img);
+    let (child, hold) = s.spawn_held("hold-mid-offline", &["-c", &dom]);
+    virsh(&["start", &dom]);
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the domain was started meanwhile") && log.contains("nothing was deleted"),
+        "{log}"
+    );
+    assert_eq!(names_in(&img), before, "a file was deleted");
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    let expected = [(0x71, 0), (0x72, 1), (0x73, 2)];
+    assert_guest(&dom, 0, &expected);
+    s.fi_ok(&["-c", &dom]);
+    assert_eq!(names_in(&img).len(), 2);
+    assert_guest(&dom, 0, &expected);
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    fault_row(
+        "domain started during its offline consolidation (after qemu-img commit)",
+        "exit 1 'started meanwhile', nothing deleted, guest runs; next -c consolidates live",
+        "3 patterns read by the started guest, before and after",
+    );
+}
