@@ -20,8 +20,8 @@ use std::path::PathBuf;
         disks; the files below the new overlays are then read-only and are copied into the \
         backup directory, where their backing references are rewritten so that the directory \
         stands on its own. Shut-off domains have their disks and chains copied.\n\n\
-        Command lines of fi-backup.sh 2.x work unchanged. The words list, restore and verify \
-        are reserved for subcommands; give a domain with one of those names after `--`.",
+        Command lines of fi-backup.sh 2.x work unchanged. The words list, restore, verify and \
+        prune are reserved for subcommands; give a domain with one of those names after `--`.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     after_help = "Domains: one argument with names separated by spaces (\"dom1 dom2\"), several \
@@ -154,9 +154,61 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub copy_jobs: u16,
 
+    #[command(flatten)]
+    pub keep: Keep,
+
     /// Domains: "dom1 dom2", several arguments, or all
     #[arg(value_name = "DOMAINS")]
     pub domains: Vec<String>,
+}
+
+/// Retention: which restore points to keep (Proxmox Backup Server's rules).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Keep {
+    /// Keep the N newest restore points
+    #[arg(long = "keep-last", value_name = "N")]
+    pub last: Option<usize>,
+    /// Keep the newest point of each of the N most recent hours that have one
+    #[arg(long = "keep-hourly", value_name = "N")]
+    pub hourly: Option<usize>,
+    /// Keep the newest point of each of the N most recent days that have one
+    #[arg(long = "keep-daily", value_name = "N")]
+    pub daily: Option<usize>,
+    /// Keep the newest point of each of the N most recent ISO weeks that have one
+    #[arg(long = "keep-weekly", value_name = "N")]
+    pub weekly: Option<usize>,
+    /// Keep the newest point of each of the N most recent months that have one
+    #[arg(long = "keep-monthly", value_name = "N")]
+    pub monthly: Option<usize>,
+    /// Keep the newest point of each of the N most recent years that have one
+    #[arg(long = "keep-yearly", value_name = "N")]
+    pub yearly: Option<usize>,
+}
+
+impl Keep {
+    /// The retention policy these options give.
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            last: self.last,
+            hourly: self.hourly,
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+            yearly: self.yearly,
+        }
+    }
+}
+
+/// Arguments of `fi-backup prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    #[command(flatten)]
+    pub keep: Keep,
+    /// Print what would be kept, removed, merged and freed; change nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
 }
 
 /// Where libvirt is.
@@ -190,6 +242,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check every restore point against its record
     Verify(VerifyArgs),
+    /// Remove restore points by a retention policy, merging what kept points still need
+    Prune(PruneArgs),
 }
 
 /// The backup directory a subcommand reads.

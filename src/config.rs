@@ -67,6 +67,8 @@ pub struct Config {
     pub method: Method,
     /// --commit-all: blockcommit the top too, back onto the base.
     pub commit_all: bool,
+    /// --keep-*: prune each domain's directory after its backup.
+    pub keep: Option<crate::retention::Policy>,
     /// -q: quiesce through the guest agent.
     pub quiesce: bool,
     /// --quiesce-fallback: go on unquiesced where the agent is missing.
@@ -141,6 +143,13 @@ impl Config {
             Some(MethodArg::Blockpull) => Method::BlockPull,
             Some(MethodArg::Blockcommit) | None => Method::BlockCommit,
         };
+        let keep = args.keep.policy();
+        let keep = keep.is_set().then_some(keep);
+        if keep.is_some() && (args.backup_dir.is_none() || action == Action::ConsolidateOnly) {
+            return usage(
+                "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
+            );
+        }
         if args.commit_all && action == Action::Backup {
             return usage("--commit-all needs consolidation (-c | -C)");
         }
@@ -151,6 +160,7 @@ impl Config {
             action,
             method,
             commit_all: args.commit_all,
+            keep,
             quiesce: args.quiesce,
             quiesce_fallback: args.quiesce_fallback,
             live: args.live,

@@ -46,6 +46,41 @@ pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock
     Ok(DomainLock { _file: file, path })
 }
 
+/// Takes the lock of a domain's backup directory (`<dir>/.lock`, inside
+/// it, so that runs on two hosts sharing the directory over NFS exclude each
+/// other too), creating the directory (0700) if needed; fails at once when
+/// another run holds it.
+pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
+    crate::fsutil::ensure_private_dir(root)?;
+    let path = root.join(".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::domain(
+                domain,
+                format!(
+                    "another fi-backup run (a backup or a prune, maybe on another host) is \
+                     using its backup directory '{}'; nothing was done",
+                    root.display()
+                ),
+            ));
+        }
+        return Err(Error::io("cannot lock", &path, e));
+    }
+    Ok(DomainLock { _file: file, path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

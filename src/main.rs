@@ -4,7 +4,7 @@ use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
 use fi_backup::error::Error;
-use fi_backup::{list, logging, restore, signals, sweep, verify};
+use fi_backup::{list, logging, prune, restore, signals, sweep, verify};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Some(Command::List(args)) => list::run(&args),
         Some(Command::Restore(args)) => restore::run(&args),
         Some(Command::Verify(args)) => verify::run(&args),
+        Some(Command::Prune(args)) => prune::run(&args),
         None => run_sweep(cli.run),
     };
     log::trace!("peak memory of this process: {}", peak_memory());

@@ -340,9 +340,38 @@ fn plan_copies(
     for d in &facts.disks {
         let mut parent: Option<(String, String)> = None;
         let mut chain_names = Vec::new();
+        let mut skip = 0;
         for (depth, file) in d.chain.iter().enumerate().rev() {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
             let is_live_top = facts.active && depth == 0;
             let is_base = depth == d.chain.len() - 1;
+            // A copy prune merged stands for a run of live files at once.
+            let merged = (!placed.contains_key(&file.path))
+                .then(|| {
+                    let usable = if facts.active { depth } else { depth + 1 };
+                    merged_copy(
+                        existing,
+                        &d.chain[depth + 1 - usable..=depth],
+                        parent.as_ref().map(|p| p.0.as_str()),
+                    )
+                })
+                .flatten();
+            if let Some(f) = merged {
+                reused.push((file.path.clone(), f.name.clone(), f.written_by.clone()));
+                if !files.iter().any(|x: &FileRecord| x.name == f.name) {
+                    files.push(f.clone());
+                }
+                for covered in &d.chain[depth + 1 - f.holds.len()..=depth] {
+                    placed.insert(covered.path.clone(), (f.name.clone(), f.format.clone()));
+                }
+                chain_names.push(f.name.clone());
+                parent = Some((f.name.clone(), f.format.clone()));
+                skip = f.holds.len() - 1;
+                continue;
+            }
             let equivalent = if is_base && !is_live_top && !placed.contains_key(&file.path) {
                 match reusable(existing, &file.path, &file.id, None) {
                     Some(_) => Equivalent::None,
@@ -419,6 +448,7 @@ fn plan_copies(
                     source: file.path.to_string_lossy().into_owned(),
                     source_id: file.id,
                     written_by: opts.ts.clone(),
+                    holds: Vec::new(),
                 });
                 new
             };
@@ -494,6 +524,7 @@ fn plan_copies(
                     source: path.to_string_lossy().into_owned(),
                     source_id: *id,
                     written_by: opts.ts.clone(),
+                    holds: Vec::new(),
                 });
                 new
             };
@@ -569,6 +600,32 @@ fn plan_copies(
     Ok(steps)
 }
 
+/// The newest copy that prune merged from copies of exactly the live files
+/// ending at the last of `chain` (top first: `chain` is the live chain
+/// from some file down to the one being placed), base side first, with the
+/// same identities, backing onto `backing`, and still present at its size.
+/// When several match, the one holding the most files.
+fn merged_copy<'a>(
+    existing: &'a Index,
+    chain: &[ChainFile],
+    backing: Option<&str>,
+) -> Option<&'a FileRecord> {
+    // Oldest first: of equally long matches, max_by_key keeps the last.
+    existing
+        .files()
+        .filter(|f| {
+            !f.holds.is_empty()
+                && f.holds.len() <= chain.len()
+                && f.backing.as_deref() == backing
+                && existing.names.get(&f.name) == Some(&f.size)
+                && f.holds.iter().enumerate().all(|(k, h)| {
+                    let live = &chain[chain.len() - 1 - k];
+                    Path::new(&h.path) == live.path && h.id == live.id
+                })
+        })
+        .max_by_key(|f| f.holds.len())
+}
+
 /// Whether a restore point's copy chain stands for base image `file`: the
 /// ledger records an equivalence for its path, in this backup directory,
 /// with exactly its identity now, and the point's record and every copy of
@@ -639,7 +696,8 @@ fn reusable<'a>(
 ) -> Option<&'a FileRecord> {
     let source = source.to_string_lossy();
     existing.files().rev().find(|f| {
-        f.source == source
+        f.holds.is_empty()
+            && f.source == source
             && f.source_id == *id
             && f.backing.as_deref() == backing
             && existing.names.get(&f.name) == Some(&f.size)
@@ -747,6 +805,7 @@ mod tests {
             source: source.into(),
             source_id: id(ino, 1),
             written_by: P1.into(),
+            holds: Vec::new(),
         }
     }
 

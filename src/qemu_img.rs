@@ -153,6 +153,25 @@ pub fn pull_into(image: &Path) -> Result<()> {
     run(&args).map(|_| ())
 }
 
+/// Rebases qcow2 `image` onto `backing` (a name relative to the image's
+/// directory) of format `backing_format`, copying into `image` whatever
+/// differs between its old backing chain and the new one (`qemu-img rebase`
+/// without `-u`): the image then reads exactly as before.
+pub fn rebase_safe(image: &Path, backing: &str, backing_format: &str) -> Result<()> {
+    let mut args = os(&[
+        "rebase",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        backing_format,
+        "-b",
+        backing,
+    ]);
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
 /// One image without its backing chain (`-U`; the backing file is not opened).
 pub fn info(image: &Path) -> Result<ImageInfo> {
     let mut args = os(&["info", "-U", "--output=json"]);

@@ -142,6 +142,13 @@ pub struct FileRecord {
     pub source_id: SourceId,
     /// The restore point of the run that wrote it.
     pub written_by: String,
+    /// Set by prune on a copy it merged other copies into: the live files,
+    /// base first, whose chain (over this copy's backing) reads as this copy
+    /// does, with the identities their own copies were made from. A backup
+    /// reuses such a copy only for exactly that run of live files; empty for
+    /// a plain copy of `source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<crate::ledger::Held>,
 }
 
 /// Where one domain's backups live.
@@ -262,7 +269,7 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
 
 /// Consistency checks on a parsed record: version, name, and that every file
 /// a chain names is described, with backing links matching the chain.
-fn check_record(r: &Record, path: &Path) -> std::result::Result<(), String> {
+pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), String> {
     if r.fi_backup_record != RECORD_VERSION {
         return Err(format!("unknown record version {}", r.fi_backup_record));
     }
@@ -340,6 +347,7 @@ mod tests {
                 mtime_ns: 3,
             },
             written_by: "20260101-000000".into(),
+            holds: Vec::new(),
         }
     }
 

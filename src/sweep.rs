@@ -162,7 +162,26 @@ fn process_domain(
         crate::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
     if config.action != Action::ConsolidateOnly {
+        // The backup directory's own lock (it may be shared with other
+        // hosts): no prune runs on it meanwhile. An unfinished prune is
+        // finished first.
+        let dir = match &config.backup_dir {
+            Some(b) => Some(DomainDir::new(b, name)?),
+            None => None,
+        };
+        let _dir_lock = match &dir {
+            Some(d) if !config.dry_run => {
+                let l = lock::lock_backup_dir(&d.root, name)?;
+                crate::prune::finish_unfinished(d, name)
+                    .map_err(|e| Error::domain(name, e.to_string()))?;
+                Some(l)
+            }
+            _ => None,
+        };
         backup_domain(&dom, config, slots)?;
+        if let (Some(d), Some(policy)) = (&dir, &config.keep) {
+            crate::prune::prune_domain(d, name, policy, config.dry_run)?;
+        }
     }
     if config.action != Action::Backup {
         consolidate_domain(&dom, config, siblings)?;

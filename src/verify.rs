@@ -24,6 +24,15 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
     let mut files = 0;
     for d in &domains {
         let dir = DomainDir::new(&args.scope.backup.backup_dir, d)?;
+        if crate::prune::journal_path(&dir).exists() {
+            log::error!(
+                "A prune of '{d}' is unfinished ('{}'): its files are being merged, so they are \
+                 not checked now; the next prune or backup of '{d}' finishes it",
+                crate::prune::journal_path(&dir).display()
+            );
+            clean = false;
+            continue;
+        }
         let index = Index::load(&dir)?;
         for (path, why) in &index.rejected {
             log::error!("Record '{}' cannot be trusted: {why}", path.display());
@@ -122,7 +131,7 @@ fn check_file(images: &Path, f: &FileRecord) -> std::result::Result<(), String> 
     Ok(())
 }
 
-fn blake3_of(path: &Path) -> std::io::Result<String> {
+pub fn blake3_of(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 4 << 20];

@@ -1,0 +1,924 @@
+//! `fi-backup prune`: retention for one domain's backup directory.
+//!
+//! The plan is pure (`plan`): which points a policy keeps (`retention`),
+//! which copies kept points no longer need on their own and how they are
+//! merged away, and which files in images/ no kept point references. The
+//! executor carries it out under a journal (`prune.json` in the domain's
+//! directory), so that a prune killed at any instant is finished by the
+//! next prune or backup, and `verify` meanwhile reports an unfinished prune
+//! instead of damaged files.
+//!
+//! What a restore point reads never changes while the point exists. Merging
+//! keeps that true:
+//! - Fold: copies that only dropped points exposed, lying between a kept
+//!   top and a base copy that nothing else builds on, are committed into
+//!   that base copy in place (`qemu-img commit -b`). Every kept point reads
+//!   the base copy only through those copies, which hold the same data
+//!   there, so what any point reads is the same before, during and after.
+//!   The kept top above is then replaced by a copy of itself that backs onto
+//!   the base copy directly (header-first rebase into a new file, renamed
+//!   over the old one: files above it keep naming it), and the records are
+//!   rewritten with its new checksum.
+//! - Carry: copies only dropped points exposed, lying between two kept
+//!   tops (or above a base copy others build on), are merged into a new copy
+//!   of the upper kept top (`qemu-img rebase` onto the lower file, which
+//!   copies exactly their data into it), renamed over it.
+//!
+//! Afterwards no kept point's chain is longer than the number of kept
+//! points plus one.
+
+use crate::error::{Error, Result};
+use crate::ledger::Held;
+use crate::record::{DomainDir, FileRecord, Index, Record};
+use crate::retention::{self, Policy, Rule};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Copies committed into the base copy below them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    /// The base copy written into (in place).
+    pub into: String,
+    /// The copies folded into it, top first (the top is what `qemu-img
+    /// commit` is given).
+    pub run: Vec<String>,
+}
+
+/// A kept top replaced by a copy of itself with another backing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebase {
+    /// The kept top (its name stays).
+    pub old: String,
+    /// The new copy's name until it is renamed over `old`.
+    pub temp: String,
+    /// Its new backing (final name) and format.
+    pub onto: String,
+    /// The backing's format.
+    pub onto_format: String,
+    /// The copies between the old top and `onto` whose data the new copy
+    /// takes in (carry), top first; empty when they were folded below.
+    pub carry: Vec<String>,
+}
+
+/// What a prune does to one domain's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunePlan {
+    /// Kept points and the rule that keeps each, oldest first.
+    pub kept: Vec<(String, String)>,
+    /// Points removed, oldest first.
+    pub dropped: Vec<String>,
+    /// Folds into base copies.
+    pub folds: Vec<Fold>,
+    /// New copies of kept tops.
+    pub rebases: Vec<Rebase>,
+    /// Names in images/ that nothing kept references once the plan is done.
+    pub delete: Vec<String>,
+    /// Their apparent size.
+    pub freed: u64,
+    /// The descriptions (from the kept records) of every file the folds and
+    /// new copies involve, so that a prune finished by a later run does not
+    /// depend on records it has already rewritten.
+    pub described: Vec<FileRecord>,
+}
+
+impl PrunePlan {
+    /// True when the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.dropped.is_empty()
+            && self.folds.is_empty()
+            && self.rebases.is_empty()
+            && self.delete.is_empty()
+    }
+
+    /// Names the plan removes from every kept chain.
+    pub fn merged_away(&self) -> HashSet<&str> {
+        self.folds
+            .iter()
+            .flat_map(|f| f.run.iter())
+            .chain(self.rebases.iter().flat_map(|r| r.carry.iter()))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// How a file reads, as the live files it was copied from: its own `holds`,
+/// or its source.
+fn holds_of(f: &FileRecord) -> Vec<Held> {
+    if f.holds.is_empty() {
+        vec![Held {
+            path: f.source.clone(),
+            id: f.source_id,
+        }]
+    } else {
+        f.holds.clone()
+    }
+}
+
+/// Plans the prune of a domain's directory under `policy`; `ts` names new
+/// copies. Fails, deleting nothing, when any record cannot be trusted (it
+/// may be the only one that references a file) or a point's name is not a
+/// time.
+pub fn plan(index: &Index, policy: &Policy, ts: &str) -> std::result::Result<PrunePlan, String> {
+    if let Some((path, why)) = index.rejected.first() {
+        return Err(format!(
+            "record '{}' cannot be trusted ({why}); it may be the only one that references \
+             some files, so nothing is deleted until it is repaired or removed by hand",
+            path.display()
+        ));
+    }
+    let mut times = Vec::new();
+    for r in &index.records {
+        times.push(retention::point_time(&r.restore_point).ok_or_else(|| {
+            format!(
+                "restore point '{}' is not named by its time",
+                r.restore_point
+            )
+        })?);
+    }
+    let marks = retention::select(&times, policy);
+    let mut out = PrunePlan::default();
+    let mut kept: Vec<&Record> = Vec::new();
+    for (r, m) in index.records.iter().zip(&marks) {
+        match m {
+            Some(rule) => {
+                out.kept.push((r.restore_point.clone(), rule_name(*rule)));
+                kept.push(r);
+            }
+            None => out.dropped.push(r.restore_point.clone()),
+        }
+    }
+    // Files as the kept records describe them (the newest description).
+    let mut info: HashMap<&str, &FileRecord> = HashMap::new();
+    for r in &kept {
+        for f in &r.files {
+            info.insert(f.name.as_str(), f);
+        }
+    }
+    let mut exposed: HashSet<&str> = HashSet::new();
+    let mut children: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for r in &kept {
+        for d in &r.disks {
+            exposed.insert(d.chain[0].as_str());
+            for w in d.chain.windows(2) {
+                children
+                    .entry(w[1].as_str())
+                    .or_default()
+                    .insert(w[0].as_str());
+            }
+        }
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    for r in &kept {
+        for d in &r.disks {
+            let top = d.chain[0].as_str();
+            if !seen.insert(top) {
+                continue;
+            }
+            let below = &d.chain[1..];
+            let stop = below.iter().position(|n| {
+                exposed.contains(n.as_str())
+                    || children.get(n.as_str()).map_or(0, BTreeSet::len) > 1
+            });
+            let (run, onto, fold) = match stop {
+                Some(j) => (&below[..j], &below[j], false),
+                None => match below.split_last() {
+                    // The bottom copy only this chain builds on: fold into it.
+                    Some((bottom, run)) => (run, bottom, true),
+                    None => continue,
+                },
+            };
+            if run.is_empty() {
+                continue;
+            }
+            let onto_format = info
+                .get(onto.as_str())
+                .map(|f| f.format.clone())
+                .ok_or_else(|| format!("file '{onto}' is not described by any kept record"))?;
+            if fold {
+                out.folds.push(Fold {
+                    into: onto.clone(),
+                    run: run.to_vec(),
+                });
+            }
+            out.rebases.push(Rebase {
+                old: top.to_string(),
+                temp: format!(".fi-prune.{top}.{ts}"),
+                onto: onto.clone(),
+                onto_format,
+                carry: if fold { Vec::new() } else { run.to_vec() },
+            });
+        }
+    }
+    let mut involved: BTreeSet<&str> = BTreeSet::new();
+    for f in &out.folds {
+        involved.insert(f.into.as_str());
+        involved.extend(f.run.iter().map(String::as_str));
+    }
+    for r in &out.rebases {
+        involved.insert(r.old.as_str());
+        involved.extend(r.carry.iter().map(String::as_str));
+    }
+    for n in involved {
+        let f = info
+            .get(n)
+            .ok_or_else(|| format!("file '{n}' is not described by any kept record"))?;
+        out.described.push((*f).clone());
+    }
+    // What the kept records reference once the plan is done.
+    let gone = out.merged_away();
+    let mut referenced: HashSet<String> = HashSet::new();
+    for r in &kept {
+        for d in &r.disks {
+            for n in &d.chain {
+                if !gone.contains(n.as_str()) {
+                    referenced.insert(n.clone());
+                }
+            }
+        }
+        for fw in &r.firmware {
+            referenced.extend(fw.files.iter().map(|f| f.name.clone()));
+        }
+    }
+    let mut delete: Vec<String> = index
+        .names
+        .keys()
+        .filter(|n| !referenced.contains(*n))
+        .cloned()
+        .collect();
+    delete.sort();
+    out.freed = delete
+        .iter()
+        .map(|n| index.names[n])
+        .filter(|s| *s != u64::MAX)
+        .sum();
+    out.delete = delete;
+    Ok(out)
+}
+
+fn rule_name(r: Rule) -> String {
+    r.to_string()
+}
+
+/// A kept record as the plan leaves it: chains without the merged copies,
+/// and `files` describing exactly what it references, with
+/// `updated` (the new copies, and the folded base copies with their new size
+/// and checksum) replacing the old descriptions. Pure.
+pub fn rewrite(record: &Record, plan: &PrunePlan, updated: &HashMap<String, FileRecord>) -> Record {
+    let gone = plan.merged_away();
+    let mut out = record.clone();
+    for d in &mut out.disks {
+        d.chain.retain(|n| !gone.contains(n.as_str()));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for d in &out.disks {
+        for n in &d.chain {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    for fw in &out.firmware {
+        for f in &fw.files {
+            if !names.contains(&f.name) {
+                names.push(f.name.clone());
+            }
+        }
+    }
+    let old: HashMap<&str, &FileRecord> =
+        record.files.iter().map(|f| (f.name.as_str(), f)).collect();
+    out.files = names
+        .iter()
+        .filter_map(|n| {
+            updated
+                .get(n)
+                .cloned()
+                .or_else(|| old.get(n.as_str()).map(|f| (*f).clone()))
+        })
+        .collect();
+    // Each copy's backing is the next name of its chain.
+    for d in &out.disks {
+        for w in d.chain.windows(2) {
+            if let Some(f) = out.files.iter_mut().find(|f| f.name == w[0]) {
+                if f.backing.as_deref() != Some(w[1].as_str()) {
+                    f.backing = Some(w[1].clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs `fi-backup prune`; Ok(false) when some domain failed.
+pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
+    let policy = args.keep.policy();
+    if !policy.is_set() {
+        return Err(Error::Usage(
+            "prune needs a policy: at least one of --keep-last, --keep-hourly, --keep-daily, \
+             --keep-weekly, --keep-monthly, --keep-yearly"
+                .into(),
+        ));
+    }
+    let backup = &args.scope.backup.backup_dir;
+    if !backup.is_dir() {
+        return Err(Error::Usage(format!(
+            "backup directory '{}' doesn't exist",
+            backup.display()
+        )));
+    }
+    let domains = match &args.scope.domain {
+        Some(d) => {
+            if !backup.join(d).is_dir() {
+                return Err(Error::Usage(format!(
+                    "backup directory '{}' has no domain '{d}'",
+                    backup.display()
+                )));
+            }
+            vec![d.clone()]
+        }
+        None => crate::list::domains_in(backup)?,
+    };
+    let mut failed = Vec::new();
+    for d in &domains {
+        let dir = DomainDir::new(backup, d)?;
+        let result = if args.dry_run {
+            prune_domain(&dir, d, &policy, true)
+        } else {
+            crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
+                finish_unfinished(&dir, d)?;
+                prune_domain(&dir, d, &policy, false)
+            })
+        };
+        if let Err(e) = result {
+            log::error!("{e}");
+            failed.push(d.clone());
+        }
+    }
+    if !failed.is_empty() {
+        log::error!(
+            "prune failed for {} of {} domain(s): {}",
+            failed.len(),
+            domains.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(failed.is_empty())
+}
+
+/// Prunes one domain's directory (its directory lock is held, unless
+/// `dry_run`, which only says what would be done).
+pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: bool) -> Result<()> {
+    let index = Index::load(dir)?;
+    let ts = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+    let plan =
+        plan(&index, policy, &ts).map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
+    let tag = if dry_run { "[dry run] " } else { "" };
+    for (p, rule) in &plan.kept {
+        log::debug!("{tag}prune of '{domain}': keep {p} ({rule})");
+    }
+    for p in &plan.dropped {
+        log::debug!("{tag}prune of '{domain}': remove {p}");
+    }
+    for f in &plan.folds {
+        log::debug!(
+            "{tag}prune of '{domain}': merge {} into '{}'",
+            f.run
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            f.into
+        );
+    }
+    for r in &plan.rebases {
+        log::debug!(
+            "{tag}prune of '{domain}': '{}' replaced by a copy of it backing onto '{}'{}",
+            r.old,
+            r.onto,
+            if r.carry.is_empty() {
+                String::new()
+            } else {
+                format!(", taking in {}", r.carry.join(", "))
+            }
+        );
+    }
+    for n in &plan.delete {
+        log::debug!("{tag}prune of '{domain}': delete '{n}'");
+    }
+    let summary =
+        format!(
+        "keep {} point(s) ({}), remove {}{}, merge {} file(s), delete {} file(s), freeing about {}",
+        plan.kept.len(),
+        plan.kept.iter().map(|(p, r)| format!("{p} {r}")).collect::<Vec<_>>().join(", "),
+        plan.dropped.len(),
+        if plan.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", plan.dropped.join(", "))
+        },
+        plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
+            + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>(),
+        plan.delete.len(),
+        crate::sweep::human_bytes(plan.freed)
+    );
+    if dry_run {
+        log::info!("[dry run] prune of '{domain}' ({policy}) would {summary}");
+        return Ok(());
+    }
+    if plan.is_empty() {
+        log::info!("Prune of '{domain}' ({policy}): nothing to remove");
+        return Ok(());
+    }
+    execute(dir, domain, plan).map_err(|e| Error::domain(domain, format!("prune: {e}")))?;
+    log::info!("Prune of '{domain}' ({policy}) done: {summary}");
+    Ok(())
+}
+
+/// The description of a kept top's new copy.
+fn new_top(old: &FileRecord, r: &Rebase, carried: &[&FileRecord]) -> FileRecord {
+    let mut f = old.clone();
+    f.backing = Some(r.onto.clone());
+    f.backing_format = Some(r.onto_format.clone());
+    if !carried.is_empty() {
+        let mut holds: Vec<Held> = carried.iter().rev().flat_map(|c| holds_of(c)).collect();
+        holds.extend(holds_of(old));
+        f.holds = holds;
+    }
+    f
+}
+
+/// The description of a base copy after a fold.
+fn folded(into: &FileRecord, run: &[&FileRecord]) -> FileRecord {
+    let mut f = into.clone();
+    let mut holds = holds_of(into);
+    holds.extend(run.iter().rev().flat_map(|c| holds_of(c)));
+    f.holds = holds;
+    f
+}
+
+/// The descriptions of the files a plan makes or changes, by name: each
+/// folded base copy and each new top copy, with the live files it holds.
+/// Sizes and checksums are those of the old files until the executor
+/// measures the new ones. Pure.
+pub fn descriptions(plan: &PrunePlan) -> Result<HashMap<String, FileRecord>> {
+    let describe = |n: &str| -> Result<&FileRecord> {
+        plan.described
+            .iter()
+            .find(|f| f.name == n)
+            .ok_or_else(|| Error::Invalid(format!("'{n}' is not described by the prune plan")))
+    };
+    let mut out = HashMap::new();
+    for f in &plan.folds {
+        let run: Vec<&FileRecord> = f.run.iter().map(|n| describe(n)).collect::<Result<_>>()?;
+        out.insert(f.into.clone(), folded(describe(&f.into)?, &run));
+    }
+    for r in &plan.rebases {
+        let carried: Vec<&FileRecord> =
+            r.carry.iter().map(|n| describe(n)).collect::<Result<_>>()?;
+        out.insert(r.old.clone(), new_top(describe(&r.old)?, r, &carried));
+    }
+    Ok(out)
+}
+
+/// The journal of a prune in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The plan being carried out.
+    pub plan: PrunePlan,
+    /// The kept records are rewritten: only deletions are left.
+    pub rewritten: bool,
+}
+
+/// The journal's path in a domain's directory.
+pub fn journal_path(dir: &DomainDir) -> PathBuf {
+    dir.root.join("prune.json")
+}
+
+fn save_journal(dir: &DomainDir, j: &Journal) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(j)
+        .map_err(|e| Error::Invalid(format!("cannot encode the prune journal: {e}")))?;
+    text.push('\n');
+    let mut tmp = crate::fsutil::TempFile::create(&dir.root, "prune")?;
+    std::io::Write::write_all(&mut tmp.file, text.as_bytes())
+        .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+    tmp.replace(&journal_path(dir))
+}
+
+/// Reads a domain's prune journal; None when there is none.
+pub fn load_journal(dir: &DomainDir) -> Result<Option<Journal>> {
+    let path = journal_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            Error::Invalid(format!(
+                "the prune journal '{}' cannot be read ({e}); nothing is changed until it is removed by hand",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", &path, e)),
+    }
+}
+
+/// Finishes a prune that a killed run left (its journal), if any. Called
+/// under the directory lock by prune and by every backup into the
+/// directory.
+pub fn finish_unfinished(dir: &DomainDir, domain: &str) -> Result<()> {
+    if let Some(j) = load_journal(dir)? {
+        log::warn!(
+            "Finishing the prune of '{domain}' that an interrupted run left ({})",
+            journal_path(dir).display()
+        );
+        carry_out(dir, domain, j)?;
+    }
+    Ok(())
+}
+
+/// Carries out `plan` on `dir`, journaled.
+pub fn execute(dir: &DomainDir, domain: &str, plan: PrunePlan) -> Result<()> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let j = Journal {
+        plan,
+        rewritten: false,
+    };
+    save_journal(dir, &j)?;
+    carry_out(dir, domain, j)
+}
+
+fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
+    let images = dir.images();
+    let at = |n: &str| images.join(n);
+    if !j.rewritten {
+        let index = Index::load(dir)?;
+        // 1. The dropped points stop existing: record first, then its XML
+        //    and memory state.
+        for p in &j.plan.dropped {
+            let record = index.records.iter().find(|r| &r.restore_point == p);
+            remove_if_there(&dir.record_path(p))?;
+            remove_if_there(&dir.xml_path(p))?;
+            if let Some(state) = record.and_then(|r| r.state_file.as_deref()) {
+                remove_state_file(Path::new(state), domain, p)?;
+            }
+            crate::fault::kill_point("kill-after-drop");
+        }
+        let kept: Vec<&Record> = index
+            .records
+            .iter()
+            .filter(|r| j.plan.kept.iter().any(|(p, _)| p == &r.restore_point))
+            .collect();
+        let mut updated = descriptions(&j.plan)?;
+        // 2. Folds, in place: every kept point reads the base copy only
+        //    through the run, which holds the same data there.
+        for f in &j.plan.folds {
+            let top = &updated_format(&j.plan, &f.run[0])?;
+            crate::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
+            crate::fault::kill_point("kill-mid-merge");
+            let (size, hash) = measure(&at(&f.into))?;
+            let new = updated.get_mut(&f.into).expect("described above");
+            new.size = size;
+            new.blake3 = hash;
+        }
+        // 3. New copies of the kept tops (unreferenced until the records
+        //    are rewritten; a partial one from a killed run is made again).
+        for r in &j.plan.rebases {
+            let format = updated_format(&j.plan, &r.old)?;
+            remove_if_there(&at(&r.temp))?;
+            let cluster_size = crate::qemu_img::info(&at(&r.old))?.cluster_size;
+            let job = crate::copy::CopyJob {
+                source: at(&r.old),
+                format,
+                cluster_size,
+                dest_dir: images.clone(),
+                name: r.temp.clone(),
+                backing: r
+                    .carry
+                    .is_empty()
+                    .then(|| (r.onto.clone(), r.onto_format.clone())),
+                expected_id: None,
+            };
+            let copied = crate::copy::copy(&job)?;
+            let (mut size, mut hash) = (copied.size, copied.blake3);
+            if !r.carry.is_empty() {
+                // The data of the carried copies goes into the new copy:
+                // a safe rebase copies what differs between the old chain
+                // below it and `onto`.
+                crate::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
+                (size, hash) = measure(&at(&r.temp))?;
+            }
+            crate::fault::kill_point("kill-after-new-copy");
+            // Atomic: whoever opens the name reads the old copy or the new
+            // one, and both read the same data.
+            std::fs::rename(at(&r.temp), at(&r.old))
+                .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
+            crate::fsutil::sync_dir(&images)?;
+            let new = updated.get_mut(&r.old).expect("described above");
+            new.size = size;
+            new.blake3 = hash;
+        }
+        // 4. The kept records, one by one, each replaced atomically.
+        for r in &kept {
+            let new = rewrite(r, &j.plan, &updated);
+            if &&new != r {
+                let mut text = serde_json::to_string_pretty(&new)
+                    .map_err(|e| Error::Invalid(format!("cannot encode the record: {e}")))?;
+                text.push('\n');
+                let mut tmp = crate::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
+                std::io::Write::write_all(&mut tmp.file, text.as_bytes())
+                    .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+                tmp.replace(&dir.record_path(&r.restore_point))?;
+                crate::fault::kill_point("kill-between-records");
+            }
+        }
+        j.rewritten = true;
+        save_journal(dir, &j)?;
+    }
+    // 5. Deletions: only names that no record on disk references now.
+    let index = Index::load(dir)?;
+    if !index.rejected.is_empty() {
+        return Err(Error::Invalid(format!(
+            "a record of '{domain}' cannot be trusted after the prune's rewrite; nothing was deleted"
+        )));
+    }
+    let referenced: HashSet<&str> = index
+        .records
+        .iter()
+        .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
+        .collect();
+    for n in index.names.keys() {
+        if referenced.contains(n.as_str()) {
+            continue;
+        }
+        remove_if_there(&at(n))?;
+        crate::fault::kill_point("kill-mid-prune-deletion");
+    }
+    crate::fsutil::sync_dir(&images)?;
+    remove_if_there(&journal_path(dir))
+}
+
+/// The recorded format of a file the plan involves.
+fn updated_format(plan: &PrunePlan, name: &str) -> Result<String> {
+    plan.described
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.format.clone())
+        .ok_or_else(|| Error::Invalid(format!("'{name}' is not described by the prune plan")))
+}
+
+/// Size and BLAKE3 of a file.
+fn measure(path: &Path) -> Result<(u64, String)> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io("cannot stat", path, e))?
+        .len();
+    let hash = crate::verify::blake3_of(path).map_err(|e| Error::io("cannot read", path, e))?;
+    Ok((size, hash))
+}
+
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot delete", path, e)),
+    }
+}
+
+/// A dropped point's memory state file, only when it has the name
+/// fi-backup gives it and is a regular file.
+fn remove_state_file(path: &Path, domain: &str, point: &str) -> Result<()> {
+    let expected = format!("{domain}.statefile-{point}");
+    let ours = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy() == expected)
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+    if ours {
+        remove_if_there(path)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::SourceId;
+    use crate::record::{DiskRecord, Mode, RECORD_VERSION};
+
+    fn file(name: &str, backing: Option<&str>, ino: u64) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            format: "qcow2".into(),
+            size: 10,
+            blake3: format!("h-{name}"),
+            backing: backing.map(str::to_string),
+            backing_format: backing.map(|_| "qcow2".to_string()),
+            source: format!("/v/{name}"),
+            source_id: SourceId {
+                dev: 1,
+                ino,
+                size: 10,
+                mtime_ns: 1,
+            },
+            written_by: "20260101-000000".into(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// A record at `ts` whose vda chain is `chain` (top first).
+    fn record(ts: &str, chain: &[&str]) -> Record {
+        let files = chain
+            .iter()
+            .enumerate()
+            .map(|(i, n)| file(n, chain.get(i + 1).copied(), i as u64))
+            .collect();
+        Record {
+            fi_backup_record: RECORD_VERSION,
+            domain: "d".into(),
+            uuid: "u".into(),
+            restore_point: ts.into(),
+            taken_at: String::new(),
+            mode: Mode::Live,
+            quiesced: false,
+            domain_xml: format!("{ts}.xml"),
+            state_file: None,
+            disks: vec![DiskRecord {
+                target: "vda".into(),
+                source: String::new(),
+                format: "qcow2".into(),
+                chain: chain.iter().map(|s| s.to_string()).collect(),
+                overlay: None,
+            }],
+            left_out: Vec::new(),
+            files,
+            firmware: Vec::new(),
+        }
+    }
+
+    /// Five nightly points of a forever-incremental chain over base B.
+    fn nightly(extra: &[&str]) -> Index {
+        let records = vec![
+            record("20251101-020000", &["B"]),
+            record("20261102-020000", &["c1", "B"]),
+            record("20261103-020000", &["c2", "c1", "B"]),
+            record("20261104-020000", &["c3", "c2", "c1", "B"]),
+            record("20261105-020000", &["c4", "c3", "c2", "c1", "B"]),
+        ];
+        let mut names: HashMap<String, u64> = ["B", "c1", "c2", "c3", "c4"]
+            .iter()
+            .map(|n| (n.to_string(), 10))
+            .collect();
+        for e in extra {
+            names.insert(e.to_string(), 3);
+        }
+        Index {
+            records,
+            names,
+            rejected: Vec::new(),
+        }
+    }
+
+    fn last(n: usize) -> Policy {
+        Policy {
+            last: Some(n),
+            ..Policy::default()
+        }
+    }
+
+    const TS: &str = "20261106-030000";
+
+    #[test]
+    fn dropped_copies_are_folded_into_the_base_or_carried_into_a_kept_top() {
+        type Row = (
+            Policy,
+            Vec<&'static str>,
+            Vec<(&'static str, Vec<&'static str>)>,
+            Vec<(&'static str, &'static str, Vec<&'static str>)>,
+            Vec<&'static str>,
+        );
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            // policy, dropped, folds (into, run), rebases (old, onto, carried), deleted
+            (last(3), vec!["20251101-020000", "20261102-020000"],
+             vec![("B", vec!["c1"])], vec![("c2", "B", vec![])], vec!["c1"]),
+            (last(1), vec!["20251101-020000", "20261102-020000", "20261103-020000", "20261104-020000"],
+             vec![("B", vec!["c3", "c2", "c1"])], vec![("c4", "B", vec![])], vec!["c1", "c2", "c3"]),
+            // The first point (B alone, the only one of 2025) kept too: B is exposed, so the
+            // dropped copies are carried into the newest top instead.
+            (Policy { last: Some(1), yearly: Some(1), ..Policy::default() },
+             vec!["20261102-020000", "20261103-020000", "20261104-020000"],
+             vec![], vec![("c4", "B", vec!["c3", "c2", "c1"])], vec!["c1", "c2", "c3"]),
+            (last(5), vec![], vec![], vec![], vec![]),
+        ];
+        for (policy, dropped, folds, rebases, deleted) in table {
+            let p = plan(&nightly(&[]), &policy, TS).unwrap();
+            assert_eq!(p.dropped, dropped, "{policy}");
+            let f: Vec<(String, Vec<String>)> = p
+                .folds
+                .iter()
+                .map(|f| (f.into.clone(), f.run.clone()))
+                .collect();
+            let want: Vec<(String, Vec<String>)> = folds
+                .iter()
+                .map(|(i, r)| (i.to_string(), r.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            assert_eq!(f, want, "{policy}");
+            let r: Vec<(String, String, Vec<String>)> = p
+                .rebases
+                .iter()
+                .map(|r| (r.old.clone(), r.onto.clone(), r.carry.clone()))
+                .collect();
+            let want: Vec<(String, String, Vec<String>)> = rebases
+                .iter()
+                .map(|(o, onto, c)| {
+                    (
+                        o.to_string(),
+                        onto.to_string(),
+                        c.iter().map(|s| s.to_string()).collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(r, want, "{policy}");
+            assert_eq!(p.delete, deleted, "{policy}");
+            assert_eq!(p.freed, 10 * deleted.len() as u64, "{policy}");
+        }
+    }
+
+    #[test]
+    fn kept_chains_are_at_most_the_kept_points_plus_one() {
+        for n in 1..=5 {
+            let index = nightly(&[]);
+            let p = plan(&index, &last(n), TS).unwrap();
+            let kept: Vec<Record> = index
+                .records
+                .iter()
+                .filter(|r| p.kept.iter().any(|(k, _)| k == &r.restore_point))
+                .map(|r| rewrite(r, &p, &descriptions(&p).unwrap()))
+                .collect();
+            for r in &kept {
+                assert!(
+                    r.disks[0].chain.len() <= n + 1,
+                    "keep {n}: {:?}",
+                    r.disks[0].chain
+                );
+                // Every chain still ends on the base and is self-consistent.
+                assert_eq!(r.disks[0].chain.last().unwrap(), "B");
+                crate::record::check_record(
+                    r,
+                    &PathBuf::from(format!("/b/d/points/{}.json", r.restore_point)),
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn orphans_and_temporary_files_go_a_damaged_record_stops_everything() {
+        let p = plan(&nightly(&[".fi-tmp.c5.1.0", "c5"]), &last(5), TS).unwrap();
+        assert_eq!(p.delete, [".fi-tmp.c5.1.0", "c5"]);
+        assert!(p.dropped.is_empty() && p.folds.is_empty());
+        let mut damaged = nightly(&[]);
+        damaged.rejected.push((
+            "/b/d/points/20261103-020000.json".into(),
+            "truncated".into(),
+        ));
+        let e = plan(&damaged, &last(1), TS).unwrap_err();
+        assert!(
+            e.contains("cannot be trusted") && e.contains("nothing is deleted"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn merged_copies_say_which_live_files_they_hold() {
+        let index = nightly(&[]);
+        let p = plan(&index, &last(1), TS).unwrap();
+        let b = p.described.iter().find(|f| f.name == "B").unwrap();
+        let run: Vec<&FileRecord> = ["c3", "c2", "c1"]
+            .iter()
+            .map(|n| p.described.iter().find(|f| &f.name == n).unwrap())
+            .collect();
+        let held: Vec<String> = folded(b, &run)
+            .holds
+            .iter()
+            .map(|h| h.path.clone())
+            .collect();
+        assert_eq!(held, ["/v/B", "/v/c1", "/v/c2", "/v/c3"]);
+        // A carried top holds the carried copies below its own source.
+        let keep_b = Policy {
+            last: Some(1),
+            yearly: Some(1),
+            ..Policy::default()
+        };
+        let p = plan(&index, &keep_b, TS).unwrap();
+        let r = &p.rebases[0];
+        let old = p.described.iter().find(|f| f.name == "c4").unwrap();
+        let carried: Vec<&FileRecord> = r
+            .carry
+            .iter()
+            .map(|n| p.described.iter().find(|f| &f.name == n).unwrap())
+            .collect();
+        let top = new_top(old, r, &carried);
+        let held: Vec<String> = top.holds.iter().map(|h| h.path.clone()).collect();
+        assert_eq!(held, ["/v/c1", "/v/c2", "/v/c3", "/v/c4"]);
+        assert_eq!(top.backing.as_deref(), Some("B"));
+    }
+}

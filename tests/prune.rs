@@ -1,0 +1,444 @@
+//! Retention on the real stack: `--keep-*` on nightly runs and `fi-backup
+//! prune`. Every kept point, restored flat, reads exactly its own night's
+//! data; `verify` passes; dropped nights' data is freed, merged where kept
+//! points still build on it.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MIB: u64 = 1 << 20;
+
+fn allocated(dir: &Path) -> u64 {
+    tree(dir)
+        .iter()
+        .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// True when `image` reads `pattern` over `len` MiB from `off` MiB.
+fn reads(image: &Path, pattern: u8, off: u64, len: u64) -> bool {
+    let read = format!("read -P {pattern:#x} {off}M {len}M");
+    let out = cmd(
+        "qemu-io",
+        &[
+            "-r",
+            "-U",
+            "-f",
+            "qcow2",
+            "-c",
+            &read,
+            image.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    out.status.success()
+        && text.contains(&format!("read {}/{}", len * MIB, len * MIB))
+        && !text.contains("verification failed")
+}
+
+/// fi-backup with the scenario's directories, its clock starting at `when`
+/// (faketime; the clock runs on from there).
+fn fi_at(s: &Scenario, when: &str, args: &[&str]) -> Output {
+    let out = Command::new("faketime")
+        .arg("-f")
+        .arg(format!("@{when}"))
+        .arg(env!("CARGO_BIN_EXE_fi-backup"))
+        .args(args)
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env_remove("RUST_LOG")
+        .env_remove("FI_BACKUP_TEST_FAULT")
+        .output()
+        .expect("cannot run faketime (installed by scripts/stack)");
+    eprintln!(
+        "$ faketime @{when} fi-backup {}\n  -> {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "fi-backup {args:?} at {when} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A running domain whose vda (64 MiB) holds 16 MiB of 0x11 at 40 MiB.
+fn domain(s: &mut Scenario) -> String {
+    let img = s.dir("img");
+    let d = img.join("d.qcow2");
+    create_image(&d, "qcow2", "64M");
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 40M 16M",
+            d.to_str().unwrap(),
+        ],
+    );
+    s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")])
+}
+
+/// Night `n`: the guest rewrites MiB 0..16 with 0x20+n and writes a 1 MiB
+/// marker 0x60+n at MiB 20+n.
+fn night(dom: &str, n: u64) {
+    let hmp = format!(
+        "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {:#x} 0 16M\"",
+        0x20 + n
+    );
+    virsh(&["qemu-monitor-command", dom, "--hmp", &hmp]);
+    guest_write(dom, 0, 0x60 + n as u8, 20 + n);
+}
+
+/// Restores `point` flat and checks it reads night `k` of `nights`.
+fn restores_night(s: &Scenario, backup: &str, dom: &str, point: &str, k: u64, nights: u64) {
+    let target = s.root.join(format!("r-{point}"));
+    s.fi_ok(&restore_args(
+        backup,
+        dom,
+        target.to_str().unwrap(),
+        &["--at", point, "--flatten"],
+    ));
+    let vda = target.join("vda.qcow2");
+    assert!(
+        reads(&vda, 0x20 + k as u8, 0, 16),
+        "{point}: night {k}'s region"
+    );
+    assert!(reads(&vda, 0x11, 40, 16), "{point}: the base data");
+    for j in 1..=nights {
+        let want = if j <= k { 0x60 + j as u8 } else { 0 };
+        assert!(
+            reads(&vda, want, 20 + j, 1),
+            "{point}: marker of night {j} should read {want:#x}"
+        );
+    }
+    std::fs::remove_dir_all(&target).unwrap();
+}
+
+fn points(backup: &Path, dom: &str) -> Vec<String> {
+    records(backup, dom)
+        .iter()
+        .map(|r| r["restore_point"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn eight_nights_keeping_three() {
+    let mut s = Scenario::new("prune8");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let mut all = Vec::new();
+    let mut rows = Vec::new();
+    for n in 1..=8 {
+        night(&dom, n);
+        let log = s.fi_ok(&["-C", "-b", b, "--keep-last", "3", &dom]);
+        assert!(!log.contains("[WAR]"), "night {n}: {log}");
+        all.push(points(&backup, &dom).last().unwrap().clone());
+        let depth = records(&backup, &dom)
+            .iter()
+            .map(|r| r["disks"][0]["chain"].as_array().unwrap().len())
+            .max()
+            .unwrap();
+        assert!(depth <= 4, "night {n}: a kept chain of {depth}");
+        rows.push(format!(
+            "night {n}: {} point(s), longest kept chain {depth}, directory {:.1} MiB",
+            points(&backup, &dom).len(),
+            allocated(&backup) as f64 / MIB as f64
+        ));
+    }
+    let kept = points(&backup, &dom);
+    assert_eq!(kept, all[5..], "the three newest points are kept");
+    let listed = s.fi_ok(&["list", "--backup-dir", b, "--domain", &dom]);
+    for p in &all[..5] {
+        assert!(!listed.contains(p.as_str()), "{p} still listed: {listed}");
+    }
+    for (i, p) in kept.iter().enumerate() {
+        restores_night(&s, b, &dom, p, 6 + i as u64, 8);
+    }
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    // The base copy (16 MiB of data plus night 1's 17) and about three
+    // nights, not eight.
+    let size = allocated(&backup);
+    assert!(size < 33 * MIB + 4 * 17 * MIB, "{size}");
+    report("prune: eight nightly `-C -b --keep-last 3` runs (16 MiB rewritten + 1 MiB marker a night):");
+    for r in rows {
+        report(&format!("  {r}"));
+    }
+    report(&format!(
+        "  asserted: 3 points left (the newest), each restored flat reads its own night and no later marker, verify passes, kept chains <= 4 files, directory {:.1} MiB < {} MiB",
+        size as f64 / MIB as f64,
+        33 + 4 * 17
+    ));
+}
+
+/// Plain nightly -b (the live chain grows; prune merges copies that stand
+/// for several live files, and the next backups reuse them instead of
+/// copying those files again), --keep-daily across days and across a new
+/// generation of the base (a --commit-all in between), two runs on one day.
+#[test]
+fn plain_nightly_backups_with_keep_daily_across_generations() {
+    let mut s = Scenario::new("prune-daily");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let days = [
+        "2026-11-01 02:00:00",
+        "2026-11-02 02:00:00",
+        "2026-11-03 02:00:00",
+        "2026-11-03 14:00:00",
+        "2026-11-04 02:00:00",
+        "2026-11-05 02:00:00",
+        "2026-11-06 02:00:00",
+    ];
+    let mut growth = Vec::new();
+    for (i, day) in days.iter().enumerate() {
+        let n = i as u64 + 1;
+        night(&dom, n);
+        if n == 6 {
+            // A new generation of the base: everything committed into it.
+            s.fi_ok(&["-c", "--commit-all", &dom]);
+        }
+        let before = allocated(&backup);
+        fi_at(&s, day, &["-b", b, "--keep-daily", "3", &dom]);
+        growth.push(allocated(&backup) as i64 - before as i64);
+    }
+    let kept = points(&backup, &dom);
+    assert_eq!(
+        kept,
+        ["20261104-020000", "20261105-020000", "20261106-020000"],
+        "the newest point of each of the last three days"
+    );
+    for (p, k) in kept.iter().zip([5u64, 6, 7]) {
+        restores_night(&s, b, &dom, p, k, 7);
+    }
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    // Run 5 (day 4) copies only the newest overlay: the copy that prune
+    // merged on day 3 stands for two older live overlays at once. Run 6
+    // copies the new generation of the base whole; run 7 is small again.
+    for i in [4, 6] {
+        assert!(
+            growth[i] < 20 * MIB as i64,
+            "run {}: {} bytes added",
+            i + 1,
+            growth[i]
+        );
+    }
+    report(&format!(
+        "prune: plain nightly -b --keep-daily 3 over 6 days (2 runs on day 3, a --commit-all before day 5's run): points left {kept:?}, each restored flat reads its own night; bytes added per run {:?} (asserted < 20 MiB for runs 5 and 7)",
+        growth.iter().map(|g| format!("{:.1} MiB", *g as f64 / MIB as f64)).collect::<Vec<_>>()
+    ));
+}
+
+/// Copies a killed run published are removed; a damaged record stops any
+/// deletion; --dry-run changes nothing.
+#[test]
+fn orphans_damaged_records_and_dry_runs() {
+    let mut s = Scenario::new("prune-misc");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    for n in 1..=3 {
+        night(&dom, n);
+        s.fi_ok(&["-C", "-b", b, &dom]);
+    }
+    night(&dom, 4);
+    let out = s
+        .command(&["-b", b, &dom])
+        .env("FI_BACKUP_TEST_FAULT", "kill-after-copy")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let images = backup.join(&dom).join("images");
+    let orphans: Vec<String> = {
+        let referenced: Vec<String> = records(&backup, &dom)
+            .iter()
+            .flat_map(|r| {
+                r["files"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["name"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names_in(&images)
+            .into_iter()
+            .filter(|n| !referenced.contains(n))
+            .collect()
+    };
+    assert!(!orphans.is_empty(), "the killed run left no copy");
+    // --dry-run: says what it would do, changes nothing.
+    let before = snapshot_tree(&backup);
+    let log = s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1", "--dry-run"]);
+    assert!(
+        log.contains("[dry run] prune of") && log.contains("remove 2"),
+        "{log}"
+    );
+    assert_eq!(
+        snapshot_tree(&backup),
+        before,
+        "--dry-run changed something"
+    );
+    // No policy: an error, nothing touched.
+    let out = s.fi(&["prune", "--backup-dir", b]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(snapshot_tree(&backup), before);
+    // A damaged record: nothing deleted.
+    let recs = backup.join(&dom).join("points");
+    let victim = recs.join(format!("{}.json", points(&backup, &dom)[0]));
+    let text = std::fs::read_to_string(&victim).unwrap();
+    std::fs::write(&victim, &text[..text.len() / 2]).unwrap();
+    let damaged = snapshot_tree(&backup);
+    let out = s.fi(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be trusted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_tree(&backup), damaged, "a file was deleted");
+    std::fs::write(&victim, text).unwrap();
+    // Now it prunes, orphans included.
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "3"]);
+    for o in &orphans {
+        assert!(!images.join(o).exists(), "orphan '{o}' left");
+    }
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    let kept = points(&backup, &dom);
+    for (p, k) in kept.iter().zip(1..) {
+        restores_night(&s, b, &dom, p, k, 3);
+    }
+    report(&format!(
+        "prune: {} orphaned copies of a killed run removed; a half record blocks every deletion (tree unchanged, exit 1); --dry-run and a missing policy change nothing; kept points restore",
+        orphans.len()
+    ));
+}
+
+/// SIGKILL at each step of a prune with merging: the kept points still
+/// restore; verify says the prune is unfinished; the next prune (or backup)
+/// finishes it, and verify passes.
+#[test]
+fn sigkill_during_a_prune_converges() {
+    for (point, finisher) in [
+        ("kill-after-drop", "prune"),
+        ("kill-mid-merge", "prune"),
+        ("kill-after-new-copy", "backup"),
+        ("kill-between-records", "prune"),
+        ("kill-mid-prune-deletion", "backup"),
+    ] {
+        let mut s = Scenario::new(&format!("pk-{}", &point[5..]));
+        let dom = domain(&mut s);
+        let backup = s.dir("backup");
+        let b = backup.to_str().unwrap();
+        for n in 1..=5 {
+            night(&dom, n);
+            s.fi_ok(&["-C", "-b", b, &dom]);
+        }
+        let out = s
+            .command(&["prune", "--backup-dir", b, "--keep-last", "2"])
+            .env("FI_BACKUP_TEST_FAULT", point)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}");
+        let v = s.fi(&["verify", "--backup-dir", b]);
+        let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
+        assert!(
+            vlog.contains("is unfinished") && !vlog.contains("checksum"),
+            "{point}: {vlog}"
+        );
+        // Every point the prune keeps still reads its night meanwhile.
+        let left = points(&backup, &dom);
+        for (p, k) in left[left.len() - 2..].iter().zip([4u64, 5]) {
+            restores_night(&s, b, &dom, p, k, 5);
+        }
+        night(&dom, 6);
+        if finisher == "prune" {
+            s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "2"]);
+            s.fi_ok(&["-b", b, &dom]);
+        } else {
+            let log = s.fi_ok(&["-b", b, &dom]);
+            assert!(log.contains("Finishing the prune"), "{point}: {log}");
+        }
+        s.fi_ok(&["verify", "--backup-dir", b]);
+        let left = points(&backup, &dom);
+        assert_eq!(left.len(), 3, "{point}: {left:?}");
+        for (p, k) in left.iter().zip([4u64, 5, 6]) {
+            restores_night(&s, b, &dom, p, k, 6);
+        }
+        let journal = backup.join(&dom).join("prune.json");
+        assert!(!journal.exists(), "{point}: journal left");
+        fault_row(
+            &format!("SIGKILL {} (prune)", &point[5..]),
+            &format!("verify says the prune is unfinished (no checksum error); the next {finisher} finishes it; verify passes"),
+            "the 2 kept points restored flat read their nights, then all 3 after one more backup",
+        );
+    }
+}
+
+/// A prune while a backup of the same domain holds its directory: refused
+/// at once, nothing changed; the backup completes.
+#[test]
+fn a_prune_during_a_backup_is_refused() {
+    let mut s = Scenario::new("prune-lock");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    for n in 1..=2 {
+        night(&dom, n);
+        s.fi_ok(&["-b", b, &dom]);
+    }
+    let (child, hold) = s.spawn_held("hold-after-snapshot", &["-b", b, &dom]);
+    let before = snapshot_tree(&backup.join(&dom).join("points"));
+    let out = s.fi(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("is using its backup directory"), "{log}");
+    assert_eq!(snapshot_tree(&backup.join(&dom).join("points")), before);
+    std::fs::remove_file(&hold).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(points(&backup, &dom).len(), 3);
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    assert_eq!(points(&backup, &dom).len(), 1);
+    restores_night(&s, b, &dom, &points(&backup, &dom)[0], 2, 2);
+    report("prune: a prune during a backup of the same domain is refused (exit 1, points unchanged); the backup completes; a later prune works");
+}
+
+/// Prune between a consolidation and the next backup: the base stays
+/// recorded equal to the newest point, so the next backup is incremental.
+#[test]
+fn prune_between_a_consolidation_and_the_next_backup() {
+    let mut s = Scenario::new("prune-equiv");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    for n in 1..=4 {
+        night(&dom, n);
+        s.fi_ok(&["-C", "-b", b, &dom]);
+    }
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    night(&dom, 5);
+    let before = allocated(&backup);
+    let log = s.fi_ok(&["-b", b, &dom]);
+    let added = allocated(&backup) - before;
+    assert!(!log.contains("[WAR]"), "{log}");
+    assert!(added < 20 * MIB, "{added}");
+    let kept = points(&backup, &dom);
+    restores_night(&s, b, &dom, &kept[0], 4, 5);
+    restores_night(&s, b, &dom, &kept[1], 5, 5);
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    report(&format!(
+        "prune --keep-last 1 between -C and the next -b: that backup added {:.1} MiB (asserted < 20, no [WAR]); both points restore",
+        added as f64 / MIB as f64
+    ));
+}
