@@ -373,14 +373,22 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
     let plan =
         plan(&index, policy, &ts).map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
     let tag = if dry_run { "[dry run] " } else { "" };
+    // A dry run says all of it; a real run says the details with -v.
+    let say = |line: String| {
+        if dry_run {
+            log::info!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
+    };
     for (p, rule) in &plan.kept {
-        log::debug!("{tag}prune of '{domain}': keep {p} ({rule})");
+        say(format!("{tag}prune of '{domain}': keep {p} ({rule})"));
     }
     for p in &plan.dropped {
-        log::debug!("{tag}prune of '{domain}': remove {p}");
+        say(format!("{tag}prune of '{domain}': remove {p}"));
     }
     for f in &plan.folds {
-        log::debug!(
+        say(format!(
             "{tag}prune of '{domain}': merge {} into '{}'",
             f.run
                 .iter()
@@ -388,10 +396,10 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
                 .collect::<Vec<_>>()
                 .join(", "),
             f.into
-        );
+        ));
     }
     for r in &plan.rebases {
-        log::debug!(
+        say(format!(
             "{tag}prune of '{domain}': '{}' replaced by a copy of it backing onto '{}'{}",
             r.old,
             r.onto,
@@ -400,10 +408,10 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
             } else {
                 format!(", taking in {}", r.carry.join(", "))
             }
-        );
+        ));
     }
     for n in &plan.delete {
-        log::debug!("{tag}prune of '{domain}': delete '{n}'");
+        say(format!("{tag}prune of '{domain}': delete '{n}'"));
     }
     let summary =
         format!(

@@ -234,7 +234,7 @@ fn plain_nightly_backups_with_keep_daily_across_generations() {
         );
     }
     report(&format!(
-        "prune: plain nightly -b --keep-daily 3 over 6 days (2 runs on day 3, a --commit-all before day 5's run): points left {kept:?}, each restored flat reads its own night; bytes added per run {:?} (asserted < 20 MiB for runs 5 and 7)",
+        "prune: plain nightly -b --keep-daily 3 over 6 days (2 runs on day 3, a --commit-all before day 5's run): points left {kept:?}, each restored flat reads its own night; net bytes added per run, backup then prune {:?} (asserted < 20 MiB for runs 5 and 7)",
         growth.iter().map(|g| format!("{:.1} MiB", *g as f64 / MIB as f64)).collect::<Vec<_>>()
     ));
 }
