@@ -169,16 +169,7 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let _dir_lock = match &dir {
-            Some(d) if !config.dry_run => {
-                let l = lock::lock_backup_dir(&d.root, name)?;
-                crate::prune::finish_unfinished(d, name)
-                    .map_err(|e| Error::domain(name, e.to_string()))?;
-                Some(l)
-            }
-            _ => None,
-        };
-        backup_domain(&dom, config, slots)?;
+        let _dir_lock = backup_domain(&dom, config, slots, dir.as_ref())?;
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
             crate::prune::prune_domain(d, name, policy, config.dry_run)?;
         }
@@ -189,9 +180,30 @@ fn process_domain(
     Ok(())
 }
 
-/// Backs up one domain (its lock is held).
-fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>) -> Result<()> {
+/// Takes the lock of the domain's backup directory (its own, inside it: no
+/// prune runs on it meanwhile, from any host), then finishes a prune an
+/// interrupted run left.
+fn lock_dir(dir: &DomainDir, name: &str) -> Result<lock::DomainLock> {
+    let l = lock::lock_backup_dir(&dir.root, name)?;
+    crate::prune::finish_unfinished(dir, name).map_err(|e| Error::domain(name, e.to_string()))?;
+    Ok(l)
+}
+
+/// Backs up one domain (its lock is held). With `dir` (-b), the directory's
+/// lock is taken before its index is read when the directory exists, else
+/// (a first backup) only once the plan stands, so that a refused backup
+/// creates nothing; the lock is returned, held for a prune.
+fn backup_domain(
+    dom: &Dom,
+    config: &Config,
+    slots: &std::sync::Arc<exec::Slots>,
+    dir: Option<&DomainDir>,
+) -> Result<Option<lock::DomainLock>> {
     let name = &dom.name;
+    let mut dir_lock = match dir {
+        Some(d) if !config.dry_run && d.root.is_dir() => Some(lock_dir(d, name)?),
+        _ => None,
+    };
     // Facts are read under the lock: the domain may have changed meanwhile.
     let active = dom.is_active()?;
     let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
@@ -213,7 +225,10 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
         for step in &plan.steps {
             log::info!("[dry run] {name}: would {step}");
         }
-        return Ok(());
+        return Ok(None);
+    }
+    if let (Some(d), None) = (dir, &dir_lock) {
+        dir_lock = Some(lock_dir(d, name)?);
     }
     let ctx = exec::Context {
         slots: slots.clone(),
@@ -223,7 +238,7 @@ fn backup_domain(dom: &Dom, config: &Config, slots: &std::sync::Arc<exec::Slots>
         Ok(outcome) => {
             crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
             report(name, &outcome, config);
-            Ok(())
+            Ok(dir_lock)
         }
         Err(e) => {
             // What the failed run created is adopted or removed now, not

@@ -63,7 +63,7 @@ fn bad_command_lines_are_refused_and_change_nothing() {
         ),
         (
             vec!["-m", "blockmerge", "-c", &dom],
-            "blockmerge".to_string(),
+            "invalid value 'blockmerge' for '--method".to_string(),
         ),
         (vec!["-b", b], "<domain name> is missing".to_string()),
         (
@@ -76,14 +76,33 @@ fn bad_command_lines_are_refused_and_change_nothing() {
         ),
         (
             vec!["--no-such-option", &dom],
-            "--no-such-option".to_string(),
+            "unexpected argument '--no-such-option' found".to_string(),
         ),
-        (vec!["restore"], "--backup-dir".to_string()),
+        (
+            vec!["restore"],
+            "the following required arguments were not provided".to_string(),
+        ),
+        (
+            vec!["prune", "--backup-dir", b],
+            "prune needs a policy".to_string(),
+        ),
+        (
+            vec!["-b", b, "-c", "--keep-last", "2", &dom],
+            "--keep-* prunes the backup directory after each backup".to_string(),
+        ),
+        (
+            vec!["-b", b, "--commit-all", &dom],
+            "--commit-all needs consolidation".to_string(),
+        ),
     ];
     for (args, message) in &cases {
         let out = s.fi(args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: a usage error exits 2"
+        );
         assert!(
             err.contains(message),
             "{args:?}: expected {message:?} in:\n{err}"

@@ -39,10 +39,11 @@ fn sigterm_during_consolidation() {
     assert_eq!(names_in(&img).len(), 2);
     s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
-    assert_guest(&dom, 0, &[(0x10, 20), (0x20, 0), (0x2f, 15)]);
+    let all: Vec<(u8, u64)> = [(0x10, 20)].into_iter().chain(delta_16(0x20)).collect();
+    assert_guest(&dom, 0, &all);
     fault_row(
         "SIGTERM mid-blockcommit (--commit-all)",
-        "exit 143, job cancelled, disk on its chain, nothing deleted; next run consolidates",
+        "exit 143, job cancelled, disk on its chain, both files kept; next run consolidates",
         "17 patterns read from the live disk",
     );
 }
@@ -74,7 +75,11 @@ fn backup_directory_full() {
     );
     assert_eq!(records(&backup, &dom).len(), 1);
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
-    assert_guest(&dom, 0, &[(0x31, 0), (0x32, 1), (0x32, 24)]);
+    let all: Vec<(u8, u64)> = [(0x31, 0)]
+        .into_iter()
+        .chain((1..=24).map(|m| (0x32, m)))
+        .collect();
+    assert_guest(&dom, 0, &all);
     let live = live_sources(&dom)[0].1.clone();
     assert_eq!(
         chain_names(std::path::Path::new(&live)).len(),
@@ -142,9 +147,10 @@ fn records_tolerant(backup: &std::path::Path, domain: &str) -> Vec<serde_json::V
         .collect()
 }
 
-/// A fault after the copies, before the record: no restore point, the copies
-/// of that run removed, the guest on its new overlay; the next plain run
-/// succeeds and its point reads the data.
+/// A fault after the copies, before the record: no restore point; the
+/// copies that run published stay, unreferenced (the next run does not
+/// reuse them); the next plain run succeeds and its point reads the data;
+/// a prune then removes the unreferenced copies.
 #[test]
 fn fault_after_copy_then_next_run_succeeds() {
     let mut s = Scenario::new("aftercopy");
@@ -159,6 +165,9 @@ fn fault_after_copy_then_next_run_succeeds() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(records(&backup, &dom).is_empty());
+    let images = backup.join(&dom).join("images");
+    let left = names_in(&images);
+    assert!(!left.is_empty(), "the failed run's copies are gone");
     guest_write(&dom, 0, 0x52, 1);
     s.fi_ok(&["-b", b, &dom]);
     let recs = records(&backup, &dom);
@@ -169,9 +178,25 @@ fn fault_after_copy_then_next_run_succeeds() {
         &[(0x51, 0), (0x52, 1)],
     );
     s.fi_ok(&["verify", "--backup-dir", b]);
+    let named: Vec<String> = recs[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let orphans: Vec<&String> = left.iter().filter(|n| !named.contains(n)).collect();
+    assert!(
+        !orphans.is_empty(),
+        "the next run reused the failed run's copies"
+    );
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    for o in &orphans {
+        assert!(!images.join(o).exists(), "'{o}' was not pruned");
+    }
+    s.fi_ok(&["verify", "--backup-dir", b]);
     fault_row(
         "failure after the copies, before the record",
-        "exit 1, no restore point; next run records a point that verifies",
+        "exit 1, no restore point, its copies left unreferenced; next run records a point that verifies; prune removes the unreferenced copies",
         "2 patterns read from the restore point",
     );
 }
@@ -210,15 +235,15 @@ fn sigkill_mid_blockcommit_is_undone_by_the_next_run() {
     assert_image(
         &record_top(&backup, &dom, &recs[0], "vda"),
         "qcow2",
-        &[(0x60, 0), (0x6f, 15)],
+        &delta_16(0x60),
     );
     s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);
-    assert_guest(&dom, 0, &[(0x60, 0), (0x68, 8), (0x6f, 15)]);
+    assert_guest(&dom, 0, &delta_16(0x60));
     fault_row(
         "SIGKILL mid-blockcommit --commit-all (before pivot)",
         "job left in QEMU; next run cancels it (journal), backs up; -c then consolidates",
-        "16 patterns from the restore point and the live disk",
+        "16 patterns read from the restore point, the same 16 from the live disk",
     );
 }
 
@@ -282,7 +307,7 @@ fn domain_destroyed_or_shut_down_mid_consolidation() {
         assert!(log.contains("nothing was deleted"), "{how}: {log}");
         assert_eq!(virsh(&["domstate", &dom]).trim(), "shut off");
         assert_eq!(names_in(&img).len(), 2);
-        assert_image(&top, "qcow2", &[(0xa0, 0), (0xaf, 15)]);
+        assert_image(&top, "qcow2", &delta_16(0xa0));
         fault_row(
             &format!("domain {how} mid-blockcommit (--commit-all)"),
             "exit 1 'nothing was deleted', both files kept",
@@ -309,11 +334,12 @@ fn sigint_during_consolidation() {
     assert!(log.contains("interrupted by SIGINT"), "{log}");
     assert_eq!(live_sources(&dom)[0].1, top);
     assert_eq!(virsh(&["blockjob", &dom, "vda", "--info"]).trim(), "");
-    assert_guest(&dom, 0, &[(0xc0, 0), (0xcf, 15)]);
+    assert_eq!(names_in(&s.root.join("img")).len(), 2, "a file was deleted");
+    assert_guest(&dom, 0, &delta_16(0xc0));
     fault_row(
         "SIGINT mid-blockcommit (--commit-all)",
-        "exit 130, job cancelled, disk on its chain, nothing deleted",
-        "2 patterns read from the live disk",
+        "exit 130, job cancelled, disk on its chain, both files kept",
+        "16 patterns read from the live disk",
     );
 }
 
@@ -348,7 +374,7 @@ fn backup_sweep_overlapping_a_consolidation() {
     fault_row(
         "backup sweep overlapping a consolidation",
         "the consolidating domain is skipped (lock named), the other backed up; consolidation completes",
-        "2 patterns read from the live disk",
+        "16 patterns read from the live disk",
     );
 }
 

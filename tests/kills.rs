@@ -23,9 +23,24 @@ fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
     );
 }
 
+/// Asserts that the domain's live disk is on a chain qemu-img reads to the
+/// end, every file of it present, ending on the domain's own base image;
+/// returns its length.
 fn live_chain_is_valid(dom: &str) -> usize {
     let live = live_sources(dom)[0].1.clone();
-    chain_names(std::path::Path::new(&live)).len()
+    let chain = chain_names(std::path::Path::new(&live));
+    assert_eq!(chain[0], live, "the live source is not the chain's top");
+    for f in &chain {
+        assert!(
+            std::path::Path::new(f).is_file(),
+            "'{f}' of the live chain is missing"
+        );
+    }
+    assert!(
+        chain.last().unwrap().ends_with("/d.qcow2"),
+        "the chain does not end on the base: {chain:?}"
+    );
+    chain.len()
 }
 
 /// Backup path: killed after the snapshot, mid-copy, after the copies.
