@@ -80,7 +80,7 @@ pub fn read_chain(top: &Path) -> Result<Vec<ChainFile>> {
         .map(|(path, info)| {
             let meta = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?;
             if !meta.is_file() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Chain(format!(
                     "'{}' in the chain of '{}' is not a regular file",
                     path.display(),
                     top.display()
@@ -102,7 +102,7 @@ pub fn check_chain<'a>(
     top: &Path,
     infos: &'a [ImageInfo],
 ) -> Result<Vec<(PathBuf, &'a ImageInfo)>> {
-    let bad = |m: String| Error::Invalid(format!("chain of '{}': {m}", top.display()));
+    let bad = |m: String| Error::Chain(format!("chain of '{}': {m}", top.display()));
     if infos.is_empty() {
         return Err(bad("qemu-img reported no image".into()));
     }

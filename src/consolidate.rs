@@ -572,7 +572,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     let xml = dom.inactive_xml()?;
     let facts = domain::parse_domain_xml(&xml)?;
     let Some(disk) = facts.disks.iter().find(|d| d.target == target) else {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Job(format!(
             "the persistent definition no longer has disk {target}"
         )));
     };
@@ -591,7 +591,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     dom.redefine(&new)?;
     if dom.is_active()? {
         dom.redefine(&xml)?;
-        return Err(Error::Invalid(
+        return Err(Error::Job(
             "the domain was started while its definition was changed; the old definition was put back".into(),
         ));
     }
@@ -601,8 +601,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
 /// The chain of a shut-off domain's disk as read now, from its top.
 fn offline_chain_now(dom: &Dom, p: &DiskPlan) -> String {
     let source = dom
-        .inactive_xml()
-        .and_then(|x| domain::parse_domain_xml(&x))
+        .persistent_facts()
         .ok()
         .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
         .and_then(|d| d.source)
@@ -794,7 +793,7 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
         "Consolidation of {t} of '{}' ({name}) done in {} ms, {} merged; now on '{}'",
         dom.name,
         started.elapsed().as_millis(),
-        crate::sweep::human_bytes(size),
+        crate::units::human_bytes(size),
         p.result.display()
     );
     Ok(())
@@ -850,8 +849,7 @@ fn failure(dom: &Dom, p: &DiskPlan, cause: String) -> Error {
 /// qemu-img finds below it.
 fn chain_now(dom: &Dom, p: &DiskPlan) -> String {
     let source = dom
-        .live_xml()
-        .and_then(|x| domain::parse_domain_xml(&x))
+        .live_facts()
         .ok()
         .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
         .and_then(|d| d.source);
@@ -899,7 +897,7 @@ fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) ->
             // apart.
             None if job != Job::CommitAll => return Ok(()),
             None => {
-                return Err(Error::Invalid(
+                return Err(Error::Job(
                     "the blockcommit job ended before it became ready (QEMU reported a failure)"
                         .into(),
                 ))
@@ -907,7 +905,7 @@ fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) ->
         }
         crate::signals::check()?;
         if started.elapsed() >= timeout {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Job(format!(
                 "the job did not finish within {} s",
                 timeout.as_secs()
             )));
@@ -919,7 +917,7 @@ fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) ->
 
 /// True when the live XML shows the disk's job as ready to pivot.
 fn libvirt_ready(dom: &Dom, t: &str) -> Result<bool> {
-    let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let facts = dom.live_facts()?;
     Ok(facts
         .disks
         .iter()
@@ -944,16 +942,16 @@ fn cancel(dom: &Dom, t: &str) -> String {
 /// a commit-below.
 fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
     if !still_running(dom, &p.target)? {
-        return Err(Error::Invalid("the domain is no longer running".into()));
+        return Err(Error::Job("the domain is no longer running".into()));
     }
-    let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let facts = dom.live_facts()?;
     let disk = facts
         .disks
         .iter()
         .find(|d| d.target == p.target)
-        .ok_or_else(|| Error::Invalid(format!("the live XML no longer has disk {}", p.target)))?;
+        .ok_or_else(|| Error::Job(format!("the live XML no longer has disk {}", p.target)))?;
     if disk.source.as_ref() != Some(&p.result) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Job(format!(
             "the disk is on '{}', expected '{}'",
             disk.source
                 .as_ref()
@@ -964,7 +962,7 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
     }
     let expected = expected_backing(p);
     if disk.backing.as_deref() != expected {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Job(format!(
             "libvirt shows '{}' on {}, expected {}",
             p.result.display(),
             show_backing(disk.backing.as_deref()),
@@ -975,7 +973,7 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .backing_filename
         .map(|b| resolve_backing(&p.result, &b));
     if found.as_deref() != expected {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Job(format!(
             "qemu-img finds '{}' on {}, expected {}",
             p.result.display(),
             show_backing(found.as_deref()),
@@ -983,7 +981,7 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
         )));
     }
     if !still_running(dom, &p.target)? {
-        return Err(Error::Invalid("the domain is no longer running".into()));
+        return Err(Error::Job("the domain is no longer running".into()));
     }
     Ok(())
 }

@@ -13,10 +13,10 @@
 
 use crate::chain::SourceId;
 use crate::error::{Error, Result};
+use crate::ffi::{self, Advice};
 use crate::fsutil::TempFile;
 use crate::qemu_img;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -61,13 +61,13 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     let id = source_id(&src, &job.source)?;
     if let Some(expected) = job.expected_id {
         if expected != id {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Copy(format!(
                 "'{}' changed after its chain was read; not copied",
                 job.source.display()
             )));
         }
     }
-    advise(&src, libc::POSIX_FADV_SEQUENTIAL);
+    ffi::advise(&src, 0, 0, Advice::Sequential);
     let tmp = TempFile::create(&job.dest_dir, &job.name)?;
     let mut hasher = blake3::Hasher::new();
     match &job.backing {
@@ -111,7 +111,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     }
     let after = source_id(&src, &job.source)?;
     if after != id {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Copy(format!(
             "'{}' changed while it was being copied; the partial copy was removed",
             job.source.display()
         )));
@@ -122,8 +122,8 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
         .try_clone()
         .map_err(|e| Error::io("cannot reopen", &tmp.path, e))?;
     tmp.publish(&job.dest_dir.join(&job.name))?;
-    advise(&file, libc::POSIX_FADV_DONTNEED);
-    advise(&src, libc::POSIX_FADV_DONTNEED);
+    ffi::advise(&file, 0, 0, Advice::DontNeed);
+    ffi::advise(&src, 0, 0, Advice::DontNeed);
     Ok(Copied {
         size,
         blake3: hasher.finalize().to_hex().to_string(),
@@ -252,7 +252,7 @@ fn read_pieces(
                 .read_at(&mut buf[..want], pos)
                 .map_err(|e| Error::io("cannot read", src_path, e))?;
             if n == 0 {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Copy(format!(
                     "'{}' ended early at byte {pos} (truncated while copying?)",
                     src_path.display()
                 )));
@@ -292,7 +292,7 @@ fn write_pieces(
         if !piece.zero {
             dst.write_all_at(&piece.buf[..piece.len], piece.pos)
                 .map_err(|e| Error::io("cannot write the copy of", src_path, e))?;
-            writeback(dst, piece.pos, piece.len, libc::SYNC_FILE_RANGE_WRITE);
+            ffi::writeback(dst, piece.pos, piece.len as u64, false);
             crate::fault::kill_point("kill-mid-copy");
             in_flight.push_back((piece.pos, piece.len));
             if in_flight.len() > WINDOW {
@@ -310,37 +310,8 @@ fn write_pieces(
 
 /// Waits until [pos, pos+len) is on disk, then drops it from the page cache.
 fn settle(f: &File, pos: u64, len: usize) {
-    writeback(
-        f,
-        pos,
-        len,
-        libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-    );
-    // SAFETY: advice on a valid descriptor; errors are harmless and ignored.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            pos as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        );
-    }
-}
-
-/// sync_file_range; an optimisation only (the final fsync is what counts), so
-/// errors are ignored.
-fn writeback(f: &File, pos: u64, len: usize, flags: libc::c_uint) {
-    // SAFETY: sync_file_range on a valid descriptor with an in-range span.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            pos as libc::off64_t,
-            len as libc::off64_t,
-            flags,
-        );
-    }
+    ffi::writeback(f, pos, len as u64, true);
+    ffi::advise(f, pos, len as u64, Advice::DontNeed);
 }
 
 /// True when every byte is zero. OR-folding 64-byte blocks vectorizes;
@@ -378,7 +349,7 @@ fn hash_range(
             .read_at(&mut buf[..want], pos)
             .map_err(|e| Error::io("cannot read", path, e))?;
         if n == 0 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Copy(format!(
                 "'{}' is shorter than expected",
                 path.display()
             )));
@@ -399,7 +370,7 @@ fn hash_zeros(h: &mut blake3::Hasher, mut len: u64) {
 
 /// The next offset >= `pos` holding data, or None past the last data.
 fn next_data(f: &File, pos: u64) -> std::io::Result<Option<u64>> {
-    match seek(f, pos, libc::SEEK_DATA) {
+    match ffi::seek_data(f, pos) {
         Ok(p) => Ok(Some(p)),
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
         // File systems without SEEK_DATA: everything is data.
@@ -410,30 +381,10 @@ fn next_data(f: &File, pos: u64) -> std::io::Result<Option<u64>> {
 
 /// The next hole at or after `pos` (end of file counts as a hole).
 fn next_hole(f: &File, pos: u64) -> std::io::Result<u64> {
-    match seek(f, pos, libc::SEEK_HOLE) {
+    match ffi::seek_hole(f, pos) {
         Ok(p) => Ok(p),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(u64::MAX),
         Err(e) => Err(e),
-    }
-}
-
-fn seek(f: &File, pos: u64, whence: libc::c_int) -> std::io::Result<u64> {
-    let off =
-        libc::off_t::try_from(pos).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: lseek on a valid open descriptor; it only moves the file offset,
-    // which this module never uses (all I/O is positional).
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
-}
-
-fn advise(f: &File, advice: libc::c_int) {
-    // SAFETY: posix_fadvise on a valid descriptor; advice only, errors ignored.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice);
     }
 }
 

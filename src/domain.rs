@@ -94,13 +94,17 @@ impl DomainFacts {
     }
 }
 
+/// Where libvirt keeps an emulated TPM's state: per UUID, not configurable
+/// in libvirt 9.0.
+pub const SWTPM_STATE_DIR: &str = "/var/lib/libvirt/swtpm";
+
 /// Parses a domain XML document (as `virDomainGetXMLDesc` returns it).
 pub fn parse_domain_xml(xml: &str) -> Result<DomainFacts> {
     let doc = roxmltree::Document::parse(xml)
-        .map_err(|e| Error::Invalid(format!("cannot parse the domain XML: {e}")))?;
+        .map_err(|e| Error::Xml(format!("cannot parse the domain XML: {e}")))?;
     let root = doc.root_element();
     if !root.has_tag_name("domain") {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Xml(format!(
             "domain XML has root <{}>, expected <domain>",
             root.tag_name().name()
         )));
@@ -111,7 +115,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<DomainFacts> {
             .and_then(|n| n.text())
             .map(|t| t.trim().to_string())
     };
-    let name = text_of("name").ok_or_else(|| Error::Invalid("domain XML has no <name>".into()))?;
+    let name = text_of("name").ok_or_else(|| Error::Xml("domain XML has no <name>".into()))?;
     let uuid = text_of("uuid").unwrap_or_default();
     let mut disks = Vec::new();
     if let Some(devices) = root.children().find(|n| n.has_tag_name("devices")) {

@@ -36,8 +36,28 @@ pub enum Error {
     },
     /// Another fi-backup run holds the domain's lock.
     Locked { domain: String, lock: PathBuf },
-    /// Facts we read do not make sense (a loop in a chain, unparsable JSON, ...).
+    /// Facts we read do not make sense (a path or name we cannot use, a
+    /// state we did not expect).
     Invalid(String),
+    /// A backing chain fails its checks (a loop, no recorded format, a
+    /// network backing, ...).
+    Chain(String),
+    /// A domain XML cannot be read.
+    Xml(String),
+    /// qemu-img is missing or said something we cannot read.
+    QemuImg(String),
+    /// A source changed while it was copied, or a copy is not what was
+    /// asked for: the copy is not published.
+    Copy(String),
+    /// A block job or an offline consolidation step did not end as planned.
+    Job(String),
+    /// Our own state or record could not be encoded.
+    Encode(String),
+    /// A plan and what it found disagree (a bug, or files changed under
+    /// it): nothing further is done.
+    Internal(String),
+    /// A test fault point asked for this failure (FI_BACKUP_TEST_FAULT).
+    Injected(String),
     /// SIGINT or SIGTERM asked the run to stop.
     Interrupted(i32),
     /// A domain cannot be handled as asked (no eligible disk, offline without -b, ...).
@@ -129,7 +149,15 @@ impl fmt::Display for Error {
                 "another fi-backup run holds the lock of domain '{domain}' ({}); skipping it",
                 lock.display()
             ),
-            Error::Invalid(m) => write!(f, "{m}"),
+            Error::Invalid(m)
+            | Error::Chain(m)
+            | Error::Xml(m)
+            | Error::QemuImg(m)
+            | Error::Copy(m)
+            | Error::Job(m)
+            | Error::Encode(m)
+            | Error::Injected(m) => write!(f, "{m}"),
+            Error::Internal(m) => write!(f, "internal: {m}"),
             Error::Interrupted(sig) => write!(
                 f,
                 "interrupted by {}; stopped at a safe point",
@@ -148,3 +176,64 @@ impl std::error::Error for Error {}
 
 /// Result with our error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the process ends, and its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for succeeded: 0.
+    Success,
+    /// Something failed (a domain, a check, a prune); the rest was done: 1.
+    Failed,
+    /// The command line was refused; nothing was touched: 2.
+    Usage,
+    /// Stopped by this signal at a safe point: 128 + the signal.
+    Signal(i32),
+}
+
+impl Exit {
+    /// The ending of a run that returned `result`, after `signal` (if a
+    /// stop was asked for, that decides).
+    pub fn of(result: &Result<bool>, signal: Option<i32>) -> Exit {
+        match (signal, result) {
+            (Some(sig), _) => Exit::Signal(sig),
+            (None, Ok(true)) => Exit::Success,
+            (None, Ok(false)) => Exit::Failed,
+            (None, Err(e)) if e.is_usage() => Exit::Usage,
+            (None, Err(_)) => Exit::Failed,
+        }
+    }
+
+    /// The exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Signal(sig) => (128 + sig).clamp(0, 255) as u8,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        let usage: Result<bool> = Err(Error::Usage("x".into()));
+        let failed: Result<bool> = Err(Error::Invalid("x".into()));
+        #[rustfmt::skip]
+        let table: Vec<(Result<bool>, Option<i32>, Exit, u8)> = vec![
+            (Ok(true), None, Exit::Success, 0),
+            (Ok(false), None, Exit::Failed, 1),
+            (failed, None, Exit::Failed, 1),
+            (usage, None, Exit::Usage, 2),
+            (Ok(true), Some(15), Exit::Signal(15), 143),
+            (Ok(false), Some(2), Exit::Signal(2), 130),
+        ];
+        for (result, signal, exit, code) in table {
+            assert_eq!(Exit::of(&result, signal), exit);
+            assert_eq!(exit.code(), code);
+        }
+    }
+}

@@ -187,10 +187,12 @@ fn run_step(
         }
         Step::CreateDirs(dir) => dir.create()?,
         Step::Reuse(files) => {
-            for (src, name, ts) in files {
+            for r in files {
                 log::debug!(
-                    "'{}' is unchanged since restore point {ts}: reusing '{name}'",
-                    src.display()
+                    "'{}' is unchanged since restore point {}: reusing '{}'",
+                    r.source.display(),
+                    r.point,
+                    r.name
                 );
             }
             outcome.reused = files.len();
@@ -211,7 +213,7 @@ fn run_step(
                 record.quiesced = false;
             }
             let mut text = serde_json::to_string_pretty(&record)
-                .map_err(|e| Error::Invalid(format!("cannot encode the record: {e}")))?;
+                .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
             text.push('\n');
             fsutil::write_once(path, text.as_bytes())?;
             outcome.restore_point = Some(record.restore_point.clone());
@@ -398,7 +400,7 @@ fn complete_record(draft: &Record, copied: &HashMap<String, Copied>) -> Result<R
     for f in &mut record.files {
         if f.written_by == record.restore_point {
             let c = copied.get(&f.name).ok_or_else(|| {
-                Error::Invalid(format!("internal: '{}' was planned but not copied", f.name))
+                Error::Internal(format!("'{}' was planned but not copied", f.name))
             })?;
             f.size = c.size;
             f.blake3 = c.blake3.clone();

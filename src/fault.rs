@@ -4,24 +4,48 @@
 //! real fault would; `kill-<point>` points SIGKILL the process on the spot,
 //! as a power cut or the OOM killer would, with no cleanup at all. Tests use
 //! them to prove that every failure leaves the guest running on a valid
-//! chain and that the next run converges. Unset, a check costs one lookup.
+//! chain and that the next run converges.
+//!
+//! Fault points exist only in builds with debug assertions (what `cargo
+//! test` and `cargo build` make) or with the `fault-injection` feature: in a
+//! release build every function here is an empty inline function, and the
+//! variable is never read. Where they exist, the variable is read once.
 
 use crate::error::{Error, Result};
 
 /// The variable that names the fault point.
 pub const VAR: &str = "FI_BACKUP_TEST_FAULT";
 
+/// Whether fault points are compiled in.
+pub const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
+
+/// The fault point asked for, read once.
+fn wanted() -> Option<&'static str> {
+    if !ENABLED {
+        return None;
+    }
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WANTED.get_or_init(|| std::env::var(VAR).ok()).as_deref()
+}
+
+fn is(point: &str) -> bool {
+    wanted() == Some(point)
+}
+
 /// Fails when the fault point `point` is the one asked for.
 pub fn check(point: &str) -> Result<()> {
-    match std::env::var(VAR) {
-        Ok(p) if p == point => Err(Error::Invalid(format!("injected fault at {point} ({VAR})"))),
-        _ => Ok(()),
+    if is(point) {
+        Err(Error::Injected(format!(
+            "injected fault at {point} ({VAR})"
+        )))
+    } else {
+        Ok(())
     }
 }
 
 /// SIGKILLs this process when the fault point `point` is the one asked for.
 pub fn kill_point(point: &str) {
-    if std::env::var(VAR).is_ok_and(|p| p == point) {
+    if is(point) {
         kill_now(point);
     }
 }
@@ -30,7 +54,7 @@ pub fn kill_point(point: &str) {
 /// now, from another thread: for a kill in the middle of a call that blocks
 /// (the memory dump inside libvirt's snapshot call).
 pub fn kill_later(point: &str, after: std::time::Duration) {
-    if std::env::var(VAR).is_ok_and(|p| p == point) {
+    if is(point) {
         let point = point.to_string();
         std::thread::spawn(move || {
             std::thread::sleep(after);
@@ -45,9 +69,7 @@ pub fn kill_later(point: &str, after: std::time::Duration) {
 /// run (rename it, shut it down) without racing the run.
 pub fn hold(point: &str) {
     static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !std::env::var(VAR).is_ok_and(|p| p == point)
-        || HELD.swap(true, std::sync::atomic::Ordering::SeqCst)
-    {
+    if !is(point) || HELD.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let Some(file) = std::env::var_os("FI_BACKUP_TEST_HOLD") else {
@@ -68,10 +90,7 @@ pub fn hold(point: &str) {
 
 fn kill_now(point: &str) -> ! {
     log::error!("injected SIGKILL at {point} ({VAR})");
-    // SAFETY: signalling our own process.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
+    crate::ffi::kill_self();
     loop {
         std::thread::park();
     }

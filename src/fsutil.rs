@@ -158,28 +158,7 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
 /// The uid and group ids (primary and supplementary) of `user`, or None
 /// when there is no such user.
 pub fn user_ids(user: &str) -> Option<(u32, Vec<u32>)> {
-    let name = std::ffi::CString::new(user).ok()?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; it is
-    // read at once, before any other call that may reuse that storage.
-    let (uid, gid) = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        if pw.is_null() {
-            return None;
-        }
-        ((*pw).pw_uid, (*pw).pw_gid)
-    };
-    let mut groups = vec![0 as libc::gid_t; 256];
-    let mut n = groups.len() as libc::c_int;
-    // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most
-    // that many and sets `n` to the count.
-    let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-    if r < 0 {
-        groups.truncate(0);
-        groups.push(gid);
-    } else {
-        groups.truncate(n.max(0) as usize);
-    }
-    Some((uid, groups))
+    crate::ffi::user_ids(user)
 }
 
 /// Whether a process of `uid` with groups `gids` may enter directory `dir`

@@ -20,7 +20,6 @@
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Overlay};
 use crate::libvirt::Dom;
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,31 +27,11 @@ use std::time::{Duration, Instant};
 /// How often a running domain job is polled.
 const POLL: Duration = Duration::from_millis(100);
 
-/// One overlay a snapshot is about to create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedOverlay {
-    /// The disk.
-    pub target: String,
-    /// The overlay's path.
-    pub path: String,
-}
-
-/// What a snapshot is about to create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    /// The run's timestamp.
-    pub ts: String,
-    /// The overlays.
-    pub overlays: Vec<PlannedOverlay>,
-    /// The memory state file (-s).
-    pub state_file: Option<String>,
-    /// The record the run will write (with -b).
-    pub record: Option<String>,
-}
+pub use crate::ledger::{Intent, PlannedOverlay};
 
 /// What settling an intent does; decided by `decide`, carried out by `settle`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Settle {
     /// Put this overlay into the ledger.
     Adopt(PlannedOverlay),
     /// This planned overlay exists outside every chain: report, leave alone.
@@ -74,7 +53,7 @@ pub struct Seen<'a> {
 }
 
 /// Decides how to settle `intent`. Pure.
-pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Action> {
+pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Settle> {
     let mut actions = Vec::new();
     let mut completed = false;
     for o in &intent.overlays {
@@ -86,9 +65,9 @@ pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Action> {
             continue;
         }
         actions.push(if seen.in_chain.contains(path) {
-            Action::Adopt(o.clone())
+            Settle::Adopt(o.clone())
         } else {
-            Action::Stray(o.clone())
+            Settle::Stray(o.clone())
         });
     }
     if let Some(state) = &intent.state_file {
@@ -98,12 +77,12 @@ pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Action> {
                 .as_deref()
                 .map(|r| (seen.exists)(Path::new(r)));
             actions.push(match (completed, recorded) {
-                (false, _) => Action::RemoveState(state.clone(), "its snapshot did not complete"),
+                (false, _) => Settle::RemoveState(state.clone(), "its snapshot did not complete"),
                 (true, Some(false)) => {
-                    Action::RemoveState(state.clone(), "no restore point records it")
+                    Settle::RemoveState(state.clone(), "no restore point records it")
                 }
-                (true, Some(true)) => Action::KeepState(state.clone(), "its restore point exists"),
-                (true, None) => Action::KeepState(
+                (true, Some(true)) => Settle::KeepState(state.clone(), "its restore point exists"),
+                (true, None) => Settle::KeepState(
                     state.clone(),
                     "its snapshot completed (the run had no -b, so no restore point)",
                 ),
@@ -159,7 +138,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
         }
         std::thread::sleep(POLL);
     }
-    let facts = crate::domain::parse_domain_xml(&dom.live_xml()?)?;
+    let facts = dom.live_facts()?;
     let mut in_chain = HashSet::new();
     for disk in &facts.disks {
         if let (Some(source), true) = (&disk.source, disk.kind == "file") {
@@ -180,7 +159,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
     );
     for a in actions {
         match a {
-            Action::Adopt(o) => {
+            Settle::Adopt(o) => {
                 let id = crate::chain::SourceId::read(Path::new(&o.path))?;
                 log::warn!(
                     "Overlay '{}' ({} of '{}') was made by the unfinished run {}; it is now in fi-backup's ledger",
@@ -198,13 +177,13 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
                     point: None,
                 });
             }
-            Action::Stray(o) => log::warn!(
+            Settle::Stray(o) => log::warn!(
                 "'{}' has the name of an overlay the unfinished run {} of '{}' planned, but no disk uses it; left in place",
                 o.path,
                 intent.ts,
                 dom.name
             ),
-            Action::RemoveState(path, why) => {
+            Settle::RemoveState(path, why) => {
                 std::fs::remove_file(&path)
                     .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
                 log::warn!(
@@ -213,7 +192,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
                     dom.name
                 );
             }
-            Action::KeepState(path, why) => log::info!(
+            Settle::KeepState(path, why) => log::info!(
                 "Memory state '{path}' of run {} of '{}' is kept: {why}",
                 intent.ts,
                 dom.name
@@ -246,7 +225,7 @@ mod tests {
         }
     }
 
-    fn run(intent: &Intent, present: &[&str], chain: &[&str], owned: &[&str]) -> Vec<Action> {
+    fn run(intent: &Intent, present: &[&str], chain: &[&str], owned: &[&str]) -> Vec<Settle> {
         let present: HashSet<PathBuf> = present.iter().map(PathBuf::from).collect();
         let exists = |p: &Path| present.contains(p);
         decide(
@@ -271,16 +250,16 @@ mod tests {
         assert_eq!(
             acts,
             [
-                Action::Adopt(i.overlays[0].clone()),
-                Action::Adopt(i.overlays[1].clone()),
-                Action::RemoveState(S.into(), "no restore point records it"),
+                Settle::Adopt(i.overlays[0].clone()),
+                Settle::Adopt(i.overlays[1].clone()),
+                Settle::RemoveState(S.into(), "no restore point records it"),
             ]
         );
         // Already in the ledger: nothing to adopt; the record exists: keep.
         let acts = run(&i, &[A, B, S, R], &[A, B], &[A, B]);
         assert_eq!(
             acts,
-            [Action::KeepState(S.into(), "its restore point exists")]
+            [Settle::KeepState(S.into(), "its restore point exists")]
         );
     }
 
@@ -290,16 +269,16 @@ mod tests {
         let acts = run(&i, &[S], &["/i/a"], &[]);
         assert_eq!(
             acts,
-            [Action::RemoveState(
+            [Settle::RemoveState(
                 S.into(),
                 "its snapshot did not complete"
             )]
         );
         // A file under a planned name that no chain uses is not adopted.
         let acts = run(&i, &[A], &["/i/a"], &[]);
-        assert_eq!(acts, [Action::Stray(i.overlays[0].clone())]);
+        assert_eq!(acts, [Settle::Stray(i.overlays[0].clone())]);
         // Without -b a completed snapshot's state is the run's product.
         let acts = run(&i, &[A, S], &[A], &[]);
-        assert!(matches!(acts[1], Action::KeepState(..)));
+        assert!(matches!(acts[1], Settle::KeepState(..)));
     }
 }

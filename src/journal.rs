@@ -14,7 +14,6 @@
 
 use crate::blockjob;
 use crate::chain::SourceId;
-use crate::domain;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::ledger::Ledger;
@@ -104,7 +103,7 @@ impl Journal {
         let dir = state_dir.join("jobs");
         fsutil::ensure_private_dir(&dir)?;
         let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Invalid(format!("cannot encode the journal: {e}")))?;
+            .map_err(|e| Error::Encode(format!("cannot encode the journal: {e}")))?;
         let mut tmp = fsutil::TempFile::create(&dir, &self.uuid)?;
         std::io::Write::write_all(&mut tmp.file, text.as_bytes())
             .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
@@ -244,7 +243,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     let t = &e.target;
     let active = dom.is_active()?;
     let job = active && blockjob::job_info(dom.raw(), t)?.is_some();
-    let facts = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let facts = dom.live_facts()?;
     let Some(disk) = facts.disks.iter().find(|d| &d.target == t) else {
         return Ok(());
     };

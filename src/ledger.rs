@@ -73,6 +73,28 @@ pub struct Base {
     pub point: String,
 }
 
+/// One overlay a snapshot is about to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedOverlay {
+    /// The disk.
+    pub target: String,
+    /// The overlay's path.
+    pub path: String,
+}
+
+/// What a snapshot is about to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The run's timestamp.
+    pub ts: String,
+    /// The overlays.
+    pub overlays: Vec<PlannedOverlay>,
+    /// The memory state file (-s).
+    pub state_file: Option<String>,
+    /// The record the run will write (with -b).
+    pub record: Option<String>,
+}
+
 /// A domain's ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -85,7 +107,7 @@ pub struct Ledger {
     /// A snapshot in progress (see `intent`); None when no run is between
     /// writing it and settling it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intent: Option<crate::intent::Intent>,
+    pub intent: Option<Intent>,
     /// Base images known to equal a restore point (see `Base`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bases: Vec<Base>,
@@ -164,7 +186,7 @@ impl Ledger {
         fsutil::ensure_private_dir(&dir)?;
         let path = Ledger::path(state_dir, &self.uuid);
         let mut text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Invalid(format!("cannot encode the overlay ledger: {e}")))?;
+            .map_err(|e| Error::Encode(format!("cannot encode the overlay ledger: {e}")))?;
         text.push('\n');
         let mut tmp = fsutil::TempFile::create(&dir, &self.uuid)?;
         std::io::Write::write_all(&mut tmp.file, text.as_bytes())

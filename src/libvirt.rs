@@ -167,6 +167,16 @@ impl Dom {
             .map_err(|e| Error::libvirt(format!("cannot start domain '{}'", self.name), e))
     }
 
+    /// The domain as its live XML describes it (what QEMU uses now).
+    pub fn live_facts(&self) -> Result<crate::domain::DomainFacts> {
+        crate::domain::parse_domain_xml(&self.live_xml()?)
+    }
+
+    /// The domain as its persistent definition describes it.
+    pub fn persistent_facts(&self) -> Result<crate::domain::DomainFacts> {
+        crate::domain::parse_domain_xml(&self.inactive_xml()?)
+    }
+
     /// The live XML (what QEMU uses now).
     pub fn live_xml(&self) -> Result<String> {
         self.xml(0)

@@ -29,7 +29,7 @@ struct Disk<'a> {
 pub fn run(args: &ListArgs) -> Result<bool> {
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => domains_in(&args.scope.backup.backup_dir)?,
+        None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
     };
     let mut indexes = Vec::new();
     let mut clean = true;
@@ -48,7 +48,7 @@ pub fn run(args: &ListArgs) -> Result<bool> {
         .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&points)
-            .map_err(|e| Error::Invalid(format!("cannot encode JSON: {e}")))?;
+            .map_err(|e| Error::Encode(format!("cannot encode JSON: {e}")))?;
         println!("{text}");
     } else {
         for p in &points {
@@ -83,28 +83,13 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                     crate::record::Mode::Live => "live",
                     crate::record::Mode::Offline => "offline",
                 },
-                crate::sweep::human_bytes(p.bytes),
+                crate::units::human_bytes(p.bytes),
                 disks.join(", "),
                 if p.state_file.is_some() { "yes" } else { "no" }
             );
         }
     }
     Ok(clean)
-}
-
-/// The domains that have restore points in a backup directory, sorted.
-pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(backup_dir)
-        .map_err(|e| Error::io("cannot list backup directory", backup_dir, e))?;
-    let mut domains = Vec::new();
-    for e in entries {
-        let e = e.map_err(|e| Error::io("cannot list", backup_dir, e))?;
-        if e.path().join("points").is_dir() {
-            domains.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    domains.sort();
-    Ok(domains)
 }
 
 fn point(r: &Record) -> Point<'_> {

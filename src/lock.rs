@@ -6,7 +6,6 @@
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -31,17 +30,15 @@ pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::io("cannot open lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    match crate::ffi::try_lock_exclusive(&file) {
+        Ok(true) => {}
+        Ok(false) => {
             return Err(Error::Locked {
                 domain: name.to_string(),
                 lock: path,
-            });
+            })
         }
-        return Err(Error::io("cannot lock", &path, e));
+        Err(e) => return Err(Error::io("cannot lock", &path, e)),
     }
     Ok(DomainLock { _file: file, path })
 }
@@ -62,11 +59,9 @@ pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::io("cannot open lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    match crate::ffi::try_lock_exclusive(&file) {
+        Ok(true) => {}
+        Ok(false) => {
             return Err(Error::domain(
                 domain,
                 format!(
@@ -74,9 +69,9 @@ pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
                      using its backup directory '{}'; nothing was done",
                     root.display()
                 ),
-            ));
+            ))
         }
-        return Err(Error::io("cannot lock", &path, e));
+        Err(e) => return Err(Error::io("cannot lock", &path, e)),
     }
     Ok(DomainLock { _file: file, path })
 }

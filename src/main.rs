@@ -1,9 +1,11 @@
 //! The fi-backup binary: parse, validate, run, report, exit.
 
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
-use fi_backup::error::Error;
+use fi_backup::error::{Error, Exit};
 use fi_backup::{list, logging, prune, restore, signals, sweep, verify};
 use std::process::ExitCode;
 
@@ -11,10 +13,7 @@ fn main() -> ExitCode {
     // Copy buffers are megabytes; without a fixed threshold glibc raises it
     // after the first free and keeps later buffers in per-thread arenas,
     // which a sweep of many domains turns into tens of MiB never returned.
-    // SAFETY: mallopt before any thread exists; it only tunes the allocator.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
+    fi_backup::ffi::pin_mmap_threshold();
     let cli = Cli::parse();
     let verbosity = if cli.run.debug {
         Verbosity::Debug
@@ -33,21 +32,15 @@ fn main() -> ExitCode {
         None => run_sweep(cli.run),
     };
     log::trace!("peak memory of this process: {}", peak_memory());
-    if let Some(sig) = signals::requested() {
-        if let Err(e) = &result {
-            log::error!("{e}");
-        }
+    let signal = signals::requested();
+    let exit = Exit::of(&result, signal);
+    if let Err(e) = &result {
+        log::error!("{e}");
+    }
+    if let Some(sig) = signal {
         log::error!("{}", Error::Interrupted(sig));
-        return ExitCode::from(128 + sig as u8);
     }
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::from(if e.is_usage() { 2 } else { 1 })
-        }
-    }
+    ExitCode::from(exit.code())
 }
 
 /// The backup run; Ok(false) when some domain failed.

@@ -120,7 +120,7 @@ pub enum Step {
     /// Copy these files (independent of each other: run in parallel).
     Copy(Vec<CopyJob>),
     /// Note files reused from earlier runs (nothing to do but say so).
-    Reuse(Vec<(PathBuf, String, String)>),
+    Reuse(Vec<Reused>),
     /// Write the domain XML.
     WriteXml {
         /// Where.
@@ -167,6 +167,17 @@ pub struct BelowFile {
     pub id: SourceId,
     /// Its copy (or what stands for it) in images/.
     pub name: String,
+}
+
+/// A live file whose copy (or a copy standing for it) an earlier run made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reused {
+    /// The live file.
+    pub source: PathBuf,
+    /// Its copy in images/.
+    pub name: String,
+    /// The restore point that wrote that copy (or that the base equals).
+    pub point: String,
 }
 
 /// A restore point's copy chain that stands for a base image.
@@ -360,7 +371,11 @@ fn plan_copies(
                 })
                 .flatten();
             if let Some(f) = merged {
-                reused.push((file.path.clone(), f.name.clone(), f.written_by.clone()));
+                reused.push(Reused {
+                    source: file.path.clone(),
+                    name: f.name.clone(),
+                    point: f.written_by.clone(),
+                });
                 if !files.iter().any(|x: &FileRecord| x.name == f.name) {
                     files.push(f.clone());
                 }
@@ -393,7 +408,11 @@ fn plan_copies(
                 files: held,
             } = equivalent
             {
-                reused.push((file.path.clone(), names[0].clone(), point));
+                reused.push(Reused {
+                    source: file.path.clone(),
+                    name: names[0].clone(),
+                    point,
+                });
                 for f in held {
                     if !files.iter().any(|x: &FileRecord| x.name == f.name) {
                         files.push(f.clone());
@@ -422,7 +441,11 @@ fn plan_copies(
                 })
                 .flatten()
             {
-                reused.push((file.path.clone(), fr.name.clone(), fr.written_by.clone()));
+                reused.push(Reused {
+                    source: file.path.clone(),
+                    name: fr.name.clone(),
+                    point: fr.written_by.clone(),
+                });
                 files.push(fr.clone());
                 fr.name.clone()
             } else {
@@ -495,7 +518,11 @@ fn plan_copies(
         let mut fw_files = Vec::new();
         for (rel, path, id) in &fw.files {
             let name = if let Some(fr) = reusable(existing, path, id, None) {
-                reused.push((path.clone(), fr.name.clone(), fr.written_by.clone()));
+                reused.push(Reused {
+                    source: path.clone(),
+                    name: fr.name.clone(),
+                    point: fr.written_by.clone(),
+                });
                 files.push(fr.clone());
                 fr.name.clone()
             } else {
@@ -760,8 +787,14 @@ impl fmt::Display for Step {
             }
             Step::Reuse(files) => {
                 write!(f, "reuse {} unchanged file(s):", files.len())?;
-                for (src, name, ts) in files {
-                    write!(f, " '{}' = '{name}' (from {ts})", src.display())?;
+                for r in files {
+                    write!(
+                        f,
+                        " '{}' = '{}' (from {})",
+                        r.source.display(),
+                        r.name,
+                        r.point
+                    )?;
                 }
                 Ok(())
             }

@@ -336,7 +336,7 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
             }
             vec![d.clone()]
         }
-        None => crate::list::domains_in(backup)?,
+        None => crate::record::domains_in(backup)?,
     };
     let mut failed = Vec::new();
     for d in &domains {
@@ -427,7 +427,7 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
         plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
             + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>(),
         plan.delete.len(),
-        crate::sweep::human_bytes(plan.freed)
+        crate::units::human_bytes(plan.freed)
     );
     if dry_run {
         log::info!("[dry run] prune of '{domain}' ({policy}) would {summary}");
@@ -473,7 +473,7 @@ pub fn descriptions(plan: &PrunePlan) -> Result<HashMap<String, FileRecord>> {
         plan.described
             .iter()
             .find(|f| f.name == n)
-            .ok_or_else(|| Error::Invalid(format!("'{n}' is not described by the prune plan")))
+            .ok_or_else(|| Error::Internal(format!("'{n}' is not described by the prune plan")))
     };
     let mut out = HashMap::new();
     for f in &plan.folds {
@@ -504,7 +504,7 @@ pub fn journal_path(dir: &DomainDir) -> PathBuf {
 
 fn save_journal(dir: &DomainDir, j: &Journal) -> Result<()> {
     let mut text = serde_json::to_string_pretty(j)
-        .map_err(|e| Error::Invalid(format!("cannot encode the prune journal: {e}")))?;
+        .map_err(|e| Error::Encode(format!("cannot encode the prune journal: {e}")))?;
     text.push('\n');
     let mut tmp = crate::fsutil::TempFile::create(&dir.root, "prune")?;
     std::io::Write::write_all(&mut tmp.file, text.as_bytes())
@@ -629,7 +629,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
             let new = rewrite(r, &j.plan, &updated);
             if &&new != r {
                 let mut text = serde_json::to_string_pretty(&new)
-                    .map_err(|e| Error::Invalid(format!("cannot encode the record: {e}")))?;
+                    .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
                 text.push('\n');
                 let mut tmp = crate::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
                 std::io::Write::write_all(&mut tmp.file, text.as_bytes())
@@ -670,7 +670,7 @@ fn updated_format(plan: &PrunePlan, name: &str) -> Result<String> {
         .iter()
         .find(|f| f.name == name)
         .map(|f| f.format.clone())
-        .ok_or_else(|| Error::Invalid(format!("'{name}' is not described by the prune plan")))
+        .ok_or_else(|| Error::Internal(format!("'{name}' is not described by the prune plan")))
 }
 
 /// Size and BLAKE3 of a file.

@@ -38,7 +38,7 @@ pub struct ImageInfo {
 /// Finds the qemu-img binary.
 pub fn program() -> Result<PathBuf> {
     which::which("qemu-img").map_err(|_| {
-        Error::Invalid("qemu-img not found in PATH (install the qemu-utils package)".into())
+        Error::QemuImg("qemu-img not found in PATH (install the qemu-utils package)".into())
     })
 }
 
@@ -64,7 +64,7 @@ pub fn run(args: &[OsString]) -> Result<String> {
         });
     }
     String::from_utf8(output.stdout)
-        .map_err(|_| Error::Invalid(format!("`{shown}` printed output that is not UTF-8")))
+        .map_err(|_| Error::QemuImg(format!("`{shown}` printed output that is not UTF-8")))
 }
 
 /// A command line for messages: arguments with spaces or quotes are quoted.
@@ -93,7 +93,7 @@ pub fn backing_chain(image: &Path) -> Result<Vec<ImageInfo>> {
     args.push(image.into());
     let out = run(&args)?;
     parse_chain_json(&out).map_err(|e| {
-        Error::Invalid(format!(
+        Error::QemuImg(format!(
             "cannot read qemu-img's description of '{}': {e}",
             image.display()
         ))
@@ -178,7 +178,7 @@ pub fn info(image: &Path) -> Result<ImageInfo> {
     args.push(image.into());
     let out = run(&args)?;
     serde_json::from_str(&out).map_err(|e| {
-        Error::Invalid(format!(
+        Error::QemuImg(format!(
             "cannot read qemu-img's description of '{}': {e}",
             image.display()
         ))

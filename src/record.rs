@@ -239,6 +239,51 @@ impl Index {
     }
 }
 
+/// The domains that have restore points in a backup directory, sorted.
+pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(backup_dir)
+        .map_err(|e| Error::io("cannot list backup directory", backup_dir, e))?;
+    let mut domains = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io("cannot list", backup_dir, e))?;
+        if e.path().join("points").is_dir() {
+            domains.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    domains.sort();
+    Ok(domains)
+}
+
+/// The restore point `at`, or the latest; a missing one is an error that
+/// lists the nearest ones.
+pub fn pick<'a>(index: &'a Index, domain: &str, at: Option<&str>) -> Result<&'a Record> {
+    let Some(at) = at else {
+        return index.records.last().ok_or_else(|| {
+            Error::Usage(format!(
+                "there is no restore point of '{domain}' in this backup directory"
+            ))
+        });
+    };
+    if let Some(r) = index.records.iter().find(|r| r.restore_point == at) {
+        return Ok(r);
+    }
+    let pos = index
+        .records
+        .partition_point(|r| r.restore_point.as_str() < at);
+    let near: Vec<&str> = index.records[pos.saturating_sub(2)..(pos + 2).min(index.records.len())]
+        .iter()
+        .map(|r| r.restore_point.as_str())
+        .collect();
+    Err(Error::Usage(if near.is_empty() {
+        format!("restore point '{at}' of '{domain}' does not exist: there are none")
+    } else {
+        format!(
+            "restore point '{at}' of '{domain}' does not exist; the nearest are {}",
+            near.join(", ")
+        )
+    }))
+}
+
 /// Names in `dir` with their sizes (symlinks and other non-files count as size
 /// u64::MAX, so they never match a recorded size).
 fn list_names(dir: &Path) -> Result<HashMap<String, u64>> {

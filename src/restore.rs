@@ -63,7 +63,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             path.display()
         );
     }
-    let record = pick(&index, &args.domain, args.at.as_deref())?;
+    let record = crate::record::pick(&index, &args.domain, args.at.as_deref())?;
     let target = std::path::absolute(&args.target)
         .map_err(|e| Error::io("cannot resolve target directory", &args.target, e))?;
     if let Some(name) = &args.define {
@@ -150,7 +150,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
              TPM state there; to carry this state over, copy it there while the domain is shut off \
              (it was '{}')",
             tpm_dir(&target, name).display(),
-            crate::sweep::SWTPM_STATE_DIR,
+            crate::domain::SWTPM_STATE_DIR,
             tpm.source
         );
     }
@@ -309,36 +309,6 @@ fn tpm_dir(target: &Path, name: &str) -> PathBuf {
     target.join(format!("{name}.swtpm"))
 }
 
-/// The restore point `at`, or the latest; a missing one is an error that
-/// lists the nearest ones.
-pub fn pick<'a>(index: &'a Index, domain: &str, at: Option<&str>) -> Result<&'a Record> {
-    let Some(at) = at else {
-        return index.records.last().ok_or_else(|| {
-            Error::Usage(format!(
-                "there is no restore point of '{domain}' in this backup directory"
-            ))
-        });
-    };
-    if let Some(r) = index.records.iter().find(|r| r.restore_point == at) {
-        return Ok(r);
-    }
-    let pos = index
-        .records
-        .partition_point(|r| r.restore_point.as_str() < at);
-    let near: Vec<&str> = index.records[pos.saturating_sub(2)..(pos + 2).min(index.records.len())]
-        .iter()
-        .map(|r| r.restore_point.as_str())
-        .collect();
-    Err(Error::Usage(if near.is_empty() {
-        format!("restore point '{at}' of '{domain}' does not exist: there are none")
-    } else {
-        format!(
-            "restore point '{at}' of '{domain}' does not exist; the nearest are {}",
-            near.join(", ")
-        )
-    }))
-}
-
 /// Plans the restore of `record` into `target`. Pure but for reading the
 /// cluster sizes of the chain files (qemu-img info).
 pub fn plan(
@@ -361,7 +331,7 @@ pub fn plan(
             .iter()
             .find(|f| f.name == d.chain[0])
             .ok_or_else(|| {
-                Error::Invalid(format!("the record does not describe '{}'", d.chain[0]))
+                Error::Internal(format!("the record does not describe '{}'", d.chain[0]))
             })?;
         if flatten || top.format != "qcow2" {
             outputs.push(dest.clone());

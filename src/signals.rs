@@ -17,12 +17,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Installs the handlers for SIGINT and SIGTERM.
 pub fn install() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
+    crate::ffi::on_stop_signals(on_signal);
 }
 
 /// The signal that asked us to stop, if any.

@@ -6,7 +6,7 @@
 use crate::chain;
 use crate::config::{Action, Config, Selection};
 use crate::consolidate;
-use crate::domain::{self, DomainFacts};
+use crate::domain::DomainFacts;
 use crate::error::{Error, Result};
 use crate::exec::{self, Outcome};
 use crate::ledger::Ledger;
@@ -145,7 +145,7 @@ fn process_domain(
         }
         Err(e) => return Err(e),
     };
-    let first = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let first = dom.live_facts()?;
     if let Some(uuid) = listed_uuid.filter(|u| *u != first.uuid) {
         return Err(Error::domain(
             name,
@@ -206,7 +206,7 @@ fn backup_domain(
     };
     // Facts are read under the lock: the domain may have changed meanwhile.
     let active = dom.is_active()?;
-    let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let domain = dom.live_facts()?;
     let facts = gather(dom, domain, active, config)?;
     if !active && config.dump_state_dir.is_some() {
         log::warn!("'{name}' is shut off: there is no memory state to save (-s)");
@@ -227,7 +227,11 @@ fn backup_domain(
         }
         return Ok(None);
     }
+    // A first backup makes the domain's directory (with its lock) here; if
+    // the backup then fails before writing into it, it goes again.
+    let mut made = None;
     if let (Some(d), None) = (dir, &dir_lock) {
+        made = Some(d.root.clone());
         dir_lock = Some(lock_dir(d, name)?);
     }
     let ctx = exec::Context {
@@ -241,6 +245,10 @@ fn backup_domain(
             Ok(dir_lock)
         }
         Err(e) => {
+            if let Some(root) = made {
+                let _ = std::fs::remove_file(root.join(".lock"));
+                let _ = std::fs::remove_dir(&root);
+            }
             // What the failed run created is adopted or removed now, not
             // left for the next run.
             if let Err(s) =
@@ -258,7 +266,7 @@ fn backup_domain(
 fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
-    let domain = domain::parse_domain_xml(&dom.live_xml()?)?;
+    let domain = dom.live_facts()?;
     let (disks, _) = disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
     let plan = consolidate::plan(
@@ -332,7 +340,7 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
                 "{} of '{name}': the next backup (-b) copies '{}' whole ({}): {why}",
                 p.target,
                 file.display(),
-                human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
+                crate::units::human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
             ),
         }
     }
@@ -419,10 +427,6 @@ fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Resu
     })
 }
 
-/// Where libvirt keeps an emulated TPM's state: per UUID, not configurable
-/// in libvirt 9.0.
-pub const SWTPM_STATE_DIR: &str = "/var/lib/libvirt/swtpm";
-
 /// The domain's firmware state on the host, with identities. An NVRAM file
 /// or TPM state that does not exist yet (libvirt makes them at the first
 /// start) is no state to keep.
@@ -444,7 +448,7 @@ fn firmware_sources(domain: &DomainFacts) -> Result<Vec<FirmwareSource>> {
         }
     }
     if domain.tpm_emulator && !domain.uuid.is_empty() {
-        let root = std::path::Path::new(SWTPM_STATE_DIR).join(&domain.uuid);
+        let root = std::path::Path::new(crate::domain::SWTPM_STATE_DIR).join(&domain.uuid);
         let mut files = Vec::new();
         let mut dirs = vec![root.clone()];
         while let Some(d) = dirs.pop() {
@@ -564,7 +568,7 @@ fn report(name: &str, o: &Outcome, config: &Config) {
         parts.push(format!(
             "{} file(s) copied ({}), {} unchanged file(s) reused",
             o.copied,
-            human_bytes(o.bytes),
+            crate::units::human_bytes(o.bytes),
             o.reused
         ));
     }
@@ -574,21 +578,5 @@ fn report(name: &str, o: &Outcome, config: &Config) {
             parts.join(", ")
         ),
         None => log::info!("Backup of '{name}' done: {}", parts.join(", ")),
-    }
-}
-
-/// 1536 -> "1.5 KiB".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 pub fn run(args: &VerifyArgs) -> Result<bool> {
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => crate::list::domains_in(&args.scope.backup.backup_dir)?,
+        None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
     };
     let mut clean = true;
     let mut points = 0;
@@ -39,7 +39,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
             clean = false;
         }
         let records: Vec<&Record> = match &args.at {
-            Some(at) => vec![crate::restore::pick(&index, d, Some(at))?],
+            Some(at) => vec![crate::record::pick(&index, d, Some(at))?],
             None => index.records.iter().collect(),
         };
         let report = verify_domain(&dir, &records);

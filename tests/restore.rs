@@ -1,7 +1,7 @@
-//! Restore, list and verify on the real stack: three backups with distinct
-//! data between them and a blockcommit consolidation between the second and
-//! third; every restore point, restored as a chain and flattened from a
-//! moved backup directory, reads exactly its own data.
+//! Restore, list and verify on the real stack, each behaviour its own test
+//! over the same shape: three backups with distinct data between them and a
+//! consolidation between the second and third, the backup directory then
+//! moved.
 
 mod common;
 
@@ -11,9 +11,19 @@ use std::path::Path;
 /// The patterns each restore point must read: (disk file, pattern, MiB).
 type Expect = Vec<(&'static str, u8, u64)>;
 
-#[test]
-fn every_restore_point_restores_and_verifies() {
-    let mut s = Scenario::new("restore");
+/// Three restore points of a two-disk domain, the backup directory then
+/// moved: the scenario, the domain, the moved directory, the points (oldest
+/// first) and what each must read.
+struct Three {
+    s: Scenario,
+    dom: String,
+    moved: std::path::PathBuf,
+    points: Vec<String>,
+    expect: [Expect; 3],
+}
+
+fn three_points(name: &str) -> Three {
+    let mut s = Scenario::new(name);
     let dom = s.start(
         "vm",
         "img",
@@ -24,7 +34,6 @@ fn every_restore_point_restores_and_verifies() {
     );
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
-
     guest_write(&dom, 0, 0x01, 0);
     guest_write(&dom, 1, 0x11, 0);
     s.fi_ok(&["-b", b, &dom]); // point 1
@@ -35,10 +44,8 @@ fn every_restore_point_restores_and_verifies() {
     guest_write(&dom, 0, 0x03, 0);
     guest_write(&dom, 0, 0x13, 2);
     s.fi_ok(&["-b", b, &dom]); // point 3
-
     let moved = s.root.join("moved backups");
     std::fs::rename(&backup, &moved).unwrap();
-    let m = moved.to_str().unwrap();
     let points: Vec<String> = records(&moved, &dom)
         .iter()
         .map(|r| r["restore_point"].as_str().unwrap().to_string())
@@ -59,9 +66,22 @@ fn every_restore_point_restores_and_verifies() {
             ("vdb", 0x12, 1),
         ],
     ];
+    Three {
+        s,
+        dom,
+        moved,
+        points,
+        expect,
+    }
+}
 
-    // list: three points, oldest first, as text and JSON.
-    let out = s.fi(&["list", "--backup-dir", m, "--domain", &dom, "--json"]);
+/// list: three points, oldest first, as JSON.
+#[test]
+fn list_shows_every_point_oldest_first() {
+    let t = three_points("r-list");
+    let m = t.moved.to_str().unwrap();
+    let out =
+        t.s.fi(&["list", "--backup-dir", m, "--domain", &t.dom, "--json"]);
     assert!(out.status.success());
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed: Vec<&str> = listed
@@ -73,17 +93,25 @@ fn every_restore_point_restores_and_verifies() {
             p["restore_point"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(listed, points);
+    assert_eq!(listed, t.points);
+}
 
-    for (point, want) in points.iter().zip(&expect) {
+/// Every point, restored as a chain and flattened from the moved
+/// directory, reads exactly its own data; the chain stays inside the
+/// target; the XML names the restored images.
+#[test]
+fn every_point_restores_as_a_chain_and_flat() {
+    let t = three_points("r-each");
+    let (s, dom, m) = (&t.s, &t.dom, t.moved.to_str().unwrap());
+    for (point, want) in t.points.iter().zip(&t.expect) {
         for flat in [false, true] {
             let target = s.dir(&format!("restored-{point}-{flat}"));
-            let t = target.to_str().unwrap();
+            let td = target.to_str().unwrap();
             let flatten: &[&str] = if flat { &["--flatten"] } else { &[] };
             s.fi_ok(&restore_args(
                 m,
-                &dom,
-                t,
+                dom,
+                td,
                 &[&["--at", point.as_str()][..], flatten].concat(),
             ));
             for (disk, pattern, mib) in want {
@@ -95,82 +123,92 @@ fn every_restore_point_restores_and_verifies() {
                 assert_eq!(chain.len(), 1, "{chain:?}");
             } else {
                 assert!(
-                    chain.iter().all(|f| f.starts_with(t) || !f.contains('/')),
+                    chain.iter().all(|f| f.starts_with(td) || !f.contains('/')),
                     "{chain:?}"
                 );
             }
             let xml = std::fs::read_to_string(target.join(format!("{dom}.xml"))).unwrap();
             assert!(
-                xml.contains(&format!("{t}/vda.qcow2")) && xml.contains(&format!("{t}/vdb.qcow2"))
+                xml.contains(&format!("{td}/vda.qcow2"))
+                    && xml.contains(&format!("{td}/vdb.qcow2"))
             );
         }
     }
+}
 
-    // A second restore into the same target overwrites nothing.
-    let target = s.root.join(format!("restored-{}-false", points[0]));
+/// A second restore into the same target overwrites nothing; a point that
+/// does not exist is an error listing the nearest ones, and writes nothing.
+#[test]
+fn restores_refuse_to_overwrite_or_guess() {
+    let t = three_points("r-refuse");
+    let (s, dom, m) = (&t.s, &t.dom, t.moved.to_str().unwrap());
+    let target = s.dir("restored");
+    s.fi_ok(&restore_args(m, dom, target.to_str().unwrap(), &[]));
     let before = snapshot_tree(&target);
-    let out = s.fi(&restore_args(m, &dom, target.to_str().unwrap(), &[]));
+    let out = s.fi(&restore_args(m, dom, target.to_str().unwrap(), &[]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was written"));
     assert_eq!(snapshot_tree(&target), before);
-
-    // A point that does not exist: the nearest ones are listed.
-    let t = s.dir("nowhere");
+    let nowhere = s.dir("nowhere");
     let out = s.fi(&restore_args(
         m,
-        &dom,
-        t.to_str().unwrap(),
+        dom,
+        nowhere.to_str().unwrap(),
         &["--at", "20000101-000000"],
     ));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("does not exist; the nearest are") && err.contains(&points[0]),
+        err.contains("does not exist; the nearest are") && err.contains(&t.points[0]),
         "{err}"
     );
-    assert_eq!(names_in(&t).len(), 0);
+    assert_eq!(names_in(&nowhere).len(), 0);
+}
 
-    // The latest point, defined under a new name and started, runs and reads
-    // the latest data.
-    let copy = s.dom_name("copy");
-    s.adopt(&copy);
-    let target = s.dir("defined");
-    s.fi_ok(&restore_args(
-        m,
-        &dom,
+/// The latest point, defined under a new name and started, runs with its
+/// own UUID and reads the latest data.
+#[test]
+fn the_latest_point_defined_under_a_new_name_runs() {
+    let mut t = three_points("r-define");
+    let m = t.moved.to_str().unwrap().to_string();
+    let copy = t.s.dom_name("copy");
+    t.s.adopt(&copy);
+    let target = t.s.dir("defined");
+    t.s.fi_ok(&restore_args(
+        &m,
+        &t.dom,
         target.to_str().unwrap(),
         &["--define", &copy, "--start"],
     ));
     assert_eq!(virsh(&["domstate", &copy]).trim(), "running");
     assert_ne!(
         virsh(&["domuuid", &copy]).trim(),
-        virsh(&["domuuid", &dom]).trim()
+        virsh(&["domuuid", &t.dom]).trim()
     );
     assert_guest(&copy, 0, &[(0x03, 0), (0x13, 2)]);
     assert_guest(&copy, 1, &[(0x11, 0), (0x12, 1)]);
+}
 
-    // verify passes on the moved directory...
+/// verify passes on the moved directory, then names each damaged, missing
+/// or truncated file and the points it breaks.
+#[test]
+fn verify_names_each_damaged_missing_or_truncated_file() {
+    let t = three_points("r-verify");
+    let (s, dom, m) = (&t.s, &t.dom, t.moved.to_str().unwrap());
     let log = s.fi_ok(&["verify", "--backup-dir", m]);
     assert!(
         log.contains("Verified 3 restore point(s)") && log.contains("all good"),
         "{log}"
     );
-
-    // ...and names each damaged, missing or truncated file.
-    let recs = records(&moved, &dom);
-    let images = moved.join(&dom).join("images");
-    let first_base = recs[0]["disks"][0]["chain"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let second_top_b = recs[1]["disks"][1]["chain"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let third_top_a = recs[2]["disks"][0]["chain"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let recs = records(&t.moved, dom);
+    let images = t.moved.join(dom).join("images");
+    let name = |r: usize, d: usize| {
+        recs[r]["disks"][d]["chain"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (first_base, second_top_b, third_top_a) = (name(0, 0), name(1, 1), name(2, 0));
     flip_byte(&images.join(&first_base));
     std::fs::remove_file(images.join(&second_top_b)).unwrap();
     truncate(&images.join(&third_top_a));
@@ -188,10 +226,9 @@ fn every_restore_point_restores_and_verifies() {
             .unwrap_or_else(|| panic!("{name} not named:\n{err}"));
         assert!(line.contains(word), "{line}");
     }
-    assert!(
-        err.contains(&points[0]) && err.contains(&points[1]) && err.contains(&points[2]),
-        "{err}"
-    );
+    for p in &t.points {
+        assert!(err.contains(p.as_str()), "{p} not named: {err}");
+    }
 }
 
 fn flip_byte(path: &Path) {

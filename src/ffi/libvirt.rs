@@ -1,7 +1,8 @@
 //! Block jobs: the libvirt calls the `virt` crate does not wrap
 //! (virDomainBlockCommit, virDomainBlockPull, virDomainGetBlockJobInfo,
-//! virDomainBlockJobAbort). This is the only module with raw libvirt
-//! pointers; everything it offers is safe.
+//! virDomainBlockJobAbort). Raw libvirt pointers appear only here;
+//! everything it offers is safe. The rest of the crate calls it
+//! `crate::blockjob`.
 
 use crate::error::{Error, Result};
 use std::ffi::CString;
