@@ -58,6 +58,17 @@ impl std::fmt::Display for SourceId {
     }
 }
 
+/// A backing file name as written in `image`, as a path (a relative name is
+/// relative to the image's directory).
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let b = Path::new(name);
+    if b.is_absolute() {
+        b.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new("/")).join(b)
+    }
+}
+
 /// One file of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainFile {

@@ -971,7 +971,7 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
     }
     let found = crate::qemu_img::info(&p.result)?
         .backing_filename
-        .map(|b| resolve_backing(&p.result, &b));
+        .map(|b| crate::chain::resolve_backing(&p.result, &b));
     if found.as_deref() != expected {
         return Err(Error::Job(format!(
             "qemu-img finds '{}' on {}, expected {}",
@@ -995,17 +995,6 @@ fn show_backing(b: Option<&Path>) -> String {
     match b {
         Some(b) => format!("the backing file '{}'", b.display()),
         None => "no backing file".into(),
-    }
-}
-
-/// A backing file name as written in `image`, as a path (a relative name is
-/// relative to the image's directory).
-pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
-    let b = Path::new(name);
-    if b.is_absolute() {
-        b.to_path_buf()
-    } else {
-        image.parent().unwrap_or(Path::new("/")).join(b)
     }
 }
 

@@ -177,6 +177,23 @@ pub fn can_traverse(dir: &Path, uid: u32, gids: &[u32]) -> Result<bool> {
         })
 }
 
+/// BLAKE3 of a whole file as it is (holes read as zeros), hex: what
+/// `b3sum` prints.
+pub fn blake3_of(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -211,7 +211,7 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
     let backing = f
         .backing
         .as_deref()
-        .map(|b| crate::consolidate::resolve_backing(Path::new(&e.result), b));
+        .map(|b| crate::chain::resolve_backing(Path::new(&e.result), b));
     match e.method.as_str() {
         "blockpull" if backing.is_some() => return Decision::Interrupted,
         "blockcommit-below" => {

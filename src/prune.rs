@@ -678,7 +678,7 @@ fn measure(path: &Path) -> Result<(u64, String)> {
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io("cannot stat", path, e))?
         .len();
-    let hash = crate::verify::blake3_of(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let hash = crate::fsutil::blake3_of(path).map_err(|e| Error::io("cannot read", path, e))?;
     Ok((size, hash))
 }
 

@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::qemu_img;
 use crate::record::{DomainDir, FileRecord, Index, Record};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::Path;
 
 /// Runs `fi-backup verify`; Ok(false) when anything is damaged or missing.
@@ -118,7 +117,7 @@ fn check_file(images: &Path, f: &FileRecord) -> std::result::Result<(), String> 
             f.size
         ));
     }
-    let hash = blake3_of(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    let hash = crate::fsutil::blake3_of(&path).map_err(|e| format!("cannot be read: {e}"))?;
     if hash != f.blake3 {
         return Err(format!(
             "its BLAKE3 is {hash}, the record says {} (damaged)",
@@ -129,20 +128,6 @@ fn check_file(images: &Path, f: &FileRecord) -> std::result::Result<(), String> 
         qemu_img::check(&path).map_err(|e| format!("qemu-img check fails: {e}"))?;
     }
     Ok(())
-}
-
-pub fn blake3_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// The chain qemu-img resolves from the top must be exactly the recorded
