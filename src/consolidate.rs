@@ -361,14 +361,6 @@ pub fn execute(
         match result {
             Ok(()) if alive => {
                 delete_ours(dom, p, ledger);
-                for (path, why) in &p.leave {
-                    log::warn!(
-                        "'{}' was left in place: {why} ({} of '{}' no longer has it in its chain)",
-                        path.display(),
-                        p.target,
-                        dom.name
-                    );
-                }
             }
             Ok(()) => {
                 log::error!(
@@ -403,6 +395,11 @@ pub fn execute(
         journal.entries.retain(|e| unsettled.contains(&e.target));
         journal.save(state_dir)?;
     }
+    outcome(dom, &failed)
+}
+
+/// Ok, or the error naming the disks that failed or were refused.
+fn outcome(dom: &Dom, failed: &[String]) -> Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
@@ -462,27 +459,12 @@ pub fn execute_offline(
     } else {
         for p in &done {
             delete_ours(dom, p, ledger);
-            for (path, why) in &p.leave {
-                log::warn!(
-                    "'{}' was left in place: {why} ({} of '{}' no longer has it in its chain)",
-                    path.display(),
-                    p.target,
-                    dom.name
-                );
-            }
         }
     }
     ledger.save(state_dir)?;
     journal.entries.clear();
     journal.save(state_dir)?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::domain(
-            &dom.name,
-            format!("consolidation failed for {}", failed.join(", ")),
-        ))
-    }
+    outcome(dom, &failed)
 }
 
 /// One disk of a shut-off domain: the qemu-img steps, the persistent XML,
@@ -712,7 +694,21 @@ fn record_bases(
     ledger.save(state_dir)
 }
 
+/// Deletes the disk's planned files (dropping them from the ledger), then
+/// says which files of its old chain were left, and why.
 fn delete_ours(dom: &Dom, p: &DiskPlan, ledger: &mut Ledger) {
+    delete_planned(dom, p, ledger);
+    for (path, why) in &p.leave {
+        log::warn!(
+            "'{}' was left in place: {why} ({} of '{}' no longer has it in its chain)",
+            path.display(),
+            p.target,
+            dom.name
+        );
+    }
+}
+
+fn delete_planned(dom: &Dom, p: &DiskPlan, ledger: &mut Ledger) {
     for path in &p.delete {
         match std::fs::remove_file(path) {
             Ok(()) => log::debug!(

@@ -19,6 +19,7 @@ pub mod copy;
 pub mod domain;
 pub mod error;
 pub mod exec;
+pub mod facts;
 pub mod fault;
 #[allow(unsafe_code)]
 pub mod ffi;

@@ -21,26 +21,10 @@ pub struct DomainLock {
 pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock> {
     let key = if uuid.is_empty() { name } else { uuid };
     let path = lock_dir.join(format!("fi-backup.{key}.lock"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| Error::io("cannot open lock file", &path, e))?;
-    match crate::ffi::try_lock_exclusive(&file) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Error::Locked {
-                domain: name.to_string(),
-                lock: path,
-            })
-        }
-        Err(e) => return Err(Error::io("cannot lock", &path, e)),
-    }
-    Ok(DomainLock { _file: file, path })
+    try_lock(path)?.ok_or_else(|| Error::Locked {
+        domain: name.to_string(),
+        lock: lock_dir.join(format!("fi-backup.{key}.lock")),
+    })
 }
 
 /// Takes the lock of a domain's backup directory (`<dir>/.lock`, inside
@@ -49,7 +33,21 @@ pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock
 /// another run holds it.
 pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
     crate::fsutil::ensure_private_dir(root)?;
-    let path = root.join(".lock");
+    try_lock(root.join(".lock"))?.ok_or_else(|| {
+        Error::domain(
+            domain,
+            format!(
+                "another fi-backup run (a backup or a prune, maybe on another host) is using \
+                 its backup directory '{}'; nothing was done",
+                root.display()
+            ),
+        )
+    })
+}
+
+/// Opens (creating, 0600, not following symlinks) and locks `path`; None
+/// when another holder has it.
+fn try_lock(path: PathBuf) -> Result<Option<DomainLock>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -60,20 +58,10 @@ pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
         .open(&path)
         .map_err(|e| Error::io("cannot open lock file", &path, e))?;
     match crate::ffi::try_lock_exclusive(&file) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Error::domain(
-                domain,
-                format!(
-                    "another fi-backup run (a backup or a prune, maybe on another host) is \
-                     using its backup directory '{}'; nothing was done",
-                    root.display()
-                ),
-            ))
-        }
-        Err(e) => return Err(Error::io("cannot lock", &path, e)),
+        Ok(true) => Ok(Some(DomainLock { _file: file, path })),
+        Ok(false) => Ok(None),
+        Err(e) => Err(Error::io("cannot lock", &path, e)),
     }
-    Ok(DomainLock { _file: file, path })
 }
 
 #[cfg(test)]

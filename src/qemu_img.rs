@@ -118,9 +118,14 @@ pub fn parse_chain_json(text: &str) -> std::result::Result<Vec<ImageInfo>, serde
 /// Rewrites `image`'s backing reference to `backing` (a name relative to the
 /// image's directory) of format `backing_format`, without touching data.
 pub fn rebase_unsafe(image: &Path, backing: &str, backing_format: &str) -> Result<()> {
+    rebase(image, backing, backing_format, "-u")
+}
+
+/// `qemu-img rebase <mode> -f qcow2 -F <format> -b <backing> <image>`.
+fn rebase(image: &Path, backing: &str, backing_format: &str, mode: &str) -> Result<()> {
     let mut args = os(&[
         "rebase",
-        "-u",
+        mode,
         "-f",
         "qcow2",
         "-F",
@@ -158,18 +163,7 @@ pub fn pull_into(image: &Path) -> Result<()> {
 /// differs between its old backing chain and the new one (`qemu-img rebase`
 /// without `-u`): the image then reads exactly as before.
 pub fn rebase_safe(image: &Path, backing: &str, backing_format: &str) -> Result<()> {
-    let mut args = os(&[
-        "rebase",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        backing_format,
-        "-b",
-        backing,
-    ]);
-    args.push(image.into());
-    run(&args).map(|_| ())
+    rebase(image, backing, backing_format, "-q")
 }
 
 /// One image without its backing chain (`-U`; the backing file is not opened).

@@ -8,21 +8,6 @@ mod common;
 
 use common::*;
 
-fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
-    let out = s
-        .command(args)
-        .env("FI_BACKUP_TEST_FAULT", point)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{point} did not kill: {:?}",
-        out.status
-    );
-}
-
 /// Asserts that the domain's live disk is on a chain qemu-img reads to the
 /// end, every file of it present, ending on the domain's own base image;
 /// returns its length.

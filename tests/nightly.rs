@@ -8,41 +8,9 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
-
-/// Allocated bytes of every file below `dir` (what the backup disk pays).
-fn allocated(dir: &Path) -> u64 {
-    tree(dir)
-        .iter()
-        .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.blocks() * 512)
-        .sum()
-}
-
-/// True when `image` reads `pattern` over `len` MiB from `off` MiB.
-fn reads(image: &Path, pattern: u8, off: u64, len: u64) -> bool {
-    let read = format!("read -P {pattern:#x} {off}M {len}M");
-    let out = cmd(
-        "qemu-io",
-        &[
-            "-r",
-            "-U",
-            "-f",
-            "qcow2",
-            "-c",
-            &read,
-            image.to_str().unwrap(),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    out.status.success()
-        && text.contains(&format!("read {}/{}", len * MIB, len * MIB))
-        && !text.contains("verification failed")
-}
 
 /// Writes `len` MiB of `pattern` at `off` MiB into an image file (domain not running).
 fn fill(image: &Path, format: &str, pattern: u8, off: u64, len: u64) {
@@ -312,22 +280,6 @@ fn a_shut_off_domain_is_consolidated_offline() {
         "offline consolidation: 4-file chains -> base + top, 4 overlays deleted, next offline backup added {:.1} MiB; the started guest and the restored last point read nights 1-3",
         added as f64 / MIB as f64
     ));
-}
-
-fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
-    let out = s
-        .command(args)
-        .env("FI_BACKUP_TEST_FAULT", point)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{point} did not kill: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// SIGKILL at each new step of a nightly -C (and of an offline -c): before

@@ -6,41 +6,10 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 const MIB: u64 = 1 << 20;
-
-fn allocated(dir: &Path) -> u64 {
-    tree(dir)
-        .iter()
-        .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.blocks() * 512)
-        .sum()
-}
-
-/// True when `image` reads `pattern` over `len` MiB from `off` MiB.
-fn reads(image: &Path, pattern: u8, off: u64, len: u64) -> bool {
-    let read = format!("read -P {pattern:#x} {off}M {len}M");
-    let out = cmd(
-        "qemu-io",
-        &[
-            "-r",
-            "-U",
-            "-f",
-            "qcow2",
-            "-c",
-            &read,
-            image.to_str().unwrap(),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    out.status.success()
-        && text.contains(&format!("read {}/{}", len * MIB, len * MIB))
-        && !text.contains("verification failed")
-}
 
 /// fi-backup with the scenario's directories, its clock starting at `when`
 /// (faketime; the clock runs on from there).

@@ -818,3 +818,55 @@ impl Drop for GermanLibvirtd {
         let _ = self.child.wait();
     }
 }
+
+/// Allocated bytes of every file below `dir` (what a backup disk pays).
+pub fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    tree(dir)
+        .iter()
+        .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// True when qcow2 `image` (with its chain) reads `pattern` over `len` MiB
+/// from `off` MiB.
+pub fn reads(image: &Path, pattern: u8, off: u64, len: u64) -> bool {
+    let read = format!("read -P {pattern:#x} {off}M {len}M");
+    let out = cmd(
+        "qemu-io",
+        &[
+            "-r",
+            "-U",
+            "-f",
+            "qcow2",
+            "-c",
+            &read,
+            image.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bytes = len << 20;
+    out.status.success()
+        && text.contains(&format!("read {bytes}/{bytes}"))
+        && !text.contains("verification failed")
+}
+
+/// Runs fi-backup with fault point `point` (a `kill-*` point) and requires
+/// that it was SIGKILLed there.
+pub fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
+    let out = s
+        .command(args)
+        .env("FI_BACKUP_TEST_FAULT", point)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{point} did not kill: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,229 @@
+//! Facts: everything a decision needs, read from the host in one place.
+//! A domain's disks and their chains (qemu-img), the disks left out and
+//! why, the backup directory's index, firmware state, what the ledger
+//! records of its bases, and the run's timestamp (the first second whose
+//! names are all free). The planners (`plan`, `consolidate::plan`) take
+//! these plain structs and decide; nothing here decides.
+
+use crate::chain;
+use crate::config::Config;
+use crate::domain::DomainFacts;
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::libvirt::Dom;
+use crate::naming;
+use crate::plan::{self, DiskChain, Facts, FirmwareSource, LeftOut, Options};
+use crate::record::{DomainDir, FirmwareKind, Index};
+use std::time::Duration;
+
+/// The eligible disks with their chains, and the disks left out (each with
+/// a [WAR] when `warn`, except, `for_backup`, those that fail the backup:
+/// its error names them).
+pub fn disk_chains(
+    domain: &DomainFacts,
+    warn: bool,
+    for_backup: bool,
+) -> Result<(Vec<DiskChain>, Vec<LeftOut>)> {
+    let mut disks = Vec::new();
+    let mut skipped = Vec::new();
+    for disk in &domain.disks {
+        if let Some(reason) = disk.skip_reason() {
+            let refused = disk.needs_opt_out();
+            if warn && !(refused && for_backup) {
+                log::warn!(
+                    "Disk {} of '{}' is left out: {reason}",
+                    disk.target,
+                    domain.name
+                );
+            }
+            skipped.push(LeftOut {
+                target: disk.target.clone(),
+                device: disk.device.clone(),
+                reason,
+                refused,
+            });
+            continue;
+        }
+        let source = disk.source.as_ref().expect("eligible disks have a source");
+        let chain = chain::read_chain(source)
+            .map_err(|e| Error::domain(&domain.name, format!("disk {}: {e}", disk.target)))?;
+        log::trace!(
+            "Chain of {} of '{}': {}",
+            disk.target,
+            domain.name,
+            chain
+                .iter()
+                .map(|f| format!("'{}'", f.path.display()))
+                .collect::<Vec<_>>()
+                .join(" <- ")
+        );
+        disks.push(DiskChain {
+            disk: disk.clone(),
+            chain,
+        });
+    }
+    Ok((disks, skipped))
+}
+
+/// Reads chains and the backup directory into facts.
+pub fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Result<Facts> {
+    let (disks, skipped) = disk_chains(&domain, true, true)?;
+    let backup = match &config.backup_dir {
+        Some(dir) => {
+            let ddir = DomainDir::new(dir, &domain.name)?;
+            let index = Index::load(&ddir)?;
+            for (path, why) in &index.rejected {
+                log::warn!(
+                    "Record '{}' is not trusted and was ignored: {why}",
+                    path.display()
+                );
+            }
+            Some((ddir, index))
+        }
+        None => None,
+    };
+    let firmware = firmware_sources(&domain)?;
+    let bases = Ledger::load(&config.state_dir, &domain.name, &domain.uuid).bases;
+    Ok(Facts {
+        firmware,
+        bases,
+        domain_xml: dom.inactive_xml()?,
+        domain,
+        active,
+        disks,
+        skipped,
+        backup,
+    })
+}
+
+/// The domain's firmware state on the host, with identities. An NVRAM file
+/// or TPM state that does not exist yet (libvirt makes them at the first
+/// start) is no state to keep.
+pub fn firmware_sources(domain: &DomainFacts) -> Result<Vec<FirmwareSource>> {
+    let mut out = Vec::new();
+    if let Some(nvram) = &domain.nvram {
+        match std::fs::metadata(nvram) {
+            Ok(m) => out.push(FirmwareSource {
+                kind: FirmwareKind::Nvram,
+                root: nvram.clone(),
+                files: vec![(String::new(), nvram.clone(), chain::SourceId::of(&m))],
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => log::debug!(
+                "NVRAM '{}' of '{}' does not exist yet",
+                nvram.display(),
+                domain.name
+            ),
+            Err(e) => return Err(Error::io("cannot read NVRAM", nvram, e)),
+        }
+    }
+    if domain.tpm_emulator && !domain.uuid.is_empty() {
+        let root = std::path::Path::new(crate::domain::SWTPM_STATE_DIR).join(&domain.uuid);
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("cannot list TPM state", &d, e)),
+            };
+            for e in entries {
+                let e = e.map_err(|err| Error::io("cannot list TPM state", &d, err))?;
+                let path = e.path();
+                let meta = std::fs::symlink_metadata(&path)
+                    .map_err(|err| Error::io("cannot stat", &path, err))?;
+                // swtpm's lock file and other dot files are not state.
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if meta.is_dir() {
+                    dirs.push(path);
+                } else if meta.is_file() {
+                    let rel = path
+                        .strip_prefix(&root)
+                        .expect("below root")
+                        .to_string_lossy()
+                        .into_owned();
+                    files.push((rel, path, chain::SourceId::of(&meta)));
+                }
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        if files.is_empty() {
+            log::debug!("'{}' has no TPM state yet", domain.name);
+        } else {
+            out.push(FirmwareSource {
+                kind: FirmwareKind::Tpm,
+                root,
+                files,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Picks the run's timestamp: now, or the next second when a restore point,
+/// an overlay or a state file of this second already exists (two runs in one
+/// second, or a file someone put under such a name). A name in use is never
+/// reused; after three seconds in a row are taken the domain fails, naming
+/// the files in the way. (libvirt itself also refuses to create an overlay
+/// over an existing file, which closes the gap between check and snapshot.)
+pub fn options(facts: &Facts, config: &Config) -> Result<Options> {
+    let mut in_the_way = Vec::new();
+    for _ in 0..3 {
+        let now = chrono::Local::now();
+        let ts = naming::timestamp(now);
+        let taken = timestamp_taken(facts, config, &ts);
+        if taken.is_empty() {
+            return Ok(Options {
+                ts,
+                taken_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                quiesce: config.quiesce,
+                quiesce_fallback: config.quiesce_fallback,
+                dump_state_dir: config.dump_state_dir.clone().filter(|_| facts.active),
+                live: config.live,
+            });
+        }
+        log::debug!(
+            "Timestamp {ts} of '{}' is taken: {}",
+            facts.domain.name,
+            taken.join(", ")
+        );
+        in_the_way.extend(taken);
+        let wait = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos().min(999_999_999));
+        std::thread::sleep(Duration::from_nanos(wait));
+    }
+    Err(Error::domain(
+        &facts.domain.name,
+        format!(
+            "three timestamps in a row are taken, so no new name is free; in the way: {}. \
+             Nothing was changed; move those files if they are not needed",
+            in_the_way.join(", ")
+        ),
+    ))
+}
+
+/// What already uses timestamp `ts` for this domain (empty when it is free).
+pub fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> Vec<String> {
+    let mut taken = Vec::new();
+    if let Some((dir, index)) = &facts.backup {
+        let record = dir.record_path(ts);
+        if record.exists() || index.records.iter().any(|r| r.restore_point == ts) {
+            taken.push(format!("restore point '{}'", record.display()));
+        }
+    }
+    if facts.active {
+        for d in &facts.disks {
+            let overlay = naming::overlay_path(&d.chain[0].path, ts);
+            if std::fs::symlink_metadata(&overlay).is_ok() {
+                taken.push(format!("'{}'", overlay.display()));
+            }
+        }
+        if let Some(dir) = config.dump_state_dir.as_deref() {
+            let state = plan::state_file(dir, &facts.domain.name, ts);
+            if std::fs::symlink_metadata(&state).is_ok() {
+                taken.push(format!("'{}'", state.display()));
+            }
+        }
+    }
+    taken
+}
