@@ -14,12 +14,12 @@ pub fn timestamp(now: chrono::DateTime<chrono::Local>) -> String {
 
 /// True when `s` has the shape of a run timestamp.
 pub fn is_timestamp(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 15
-        && b[8] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 8 || c.is_ascii_digit())
+    s.len() == 15 && point_time(s).is_some()
+}
+
+/// The local time a timestamp names (chrono's parser: a real date and time).
+pub fn point_time(s: &str) -> Option<chrono::NaiveDateTime> {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d-%H%M%S").ok()
 }
 
 /// The overlay a snapshot at `ts` puts on top of `image`: the image's name
@@ -126,5 +126,9 @@ mod tests {
         assert_eq!(timestamp(t), "20130531-114338");
         assert!(is_timestamp("20130531-114338"));
         assert!(!is_timestamp("20130531_114338"));
+        // A real date and time, not just digits in the right places.
+        assert!(!is_timestamp("20131331-114338"));
+        assert!(!is_timestamp("20130531-256000"));
+        assert!(!is_timestamp("2013531-1143380"));
     }
 }

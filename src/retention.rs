@@ -154,7 +154,7 @@ pub fn select(times: &[NaiveDateTime], policy: &Policy) -> Vec<Option<Rule>> {
 
 /// A restore point's local time from its name (`YYYYMMDD-HHMMSS`).
 pub fn point_time(point: &str) -> Option<NaiveDateTime> {
-    NaiveDateTime::parse_from_str(point, "%Y%m%d-%H%M%S").ok()
+    crate::naming::point_time(point)
 }
 
 #[cfg(test)]

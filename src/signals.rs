@@ -7,24 +7,27 @@
 //! the process. The exit status is then 128 + the signal number.
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-static STOP: AtomicI32 = AtomicI32::new(0);
+static STOP: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    STOP.store(sig, Ordering::SeqCst);
-}
-
-/// Installs the handlers for SIGINT and SIGTERM.
+/// Installs the handlers for SIGINT and SIGTERM (signal-hook: the handler
+/// only stores the signal's number into an atomic).
 pub fn install() {
-    crate::ffi::on_stop_signals(on_signal);
+    let flag = STOP.get_or_init(|| Arc::new(AtomicUsize::new(0)));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register_usize(sig, flag.clone(), sig as usize) {
+            log::warn!("cannot handle signal {sig}: {e}; it will stop the run at once");
+        }
+    }
 }
 
 /// The signal that asked us to stop, if any.
 pub fn requested() -> Option<i32> {
-    match STOP.load(Ordering::SeqCst) {
+    match STOP.get().map_or(0, |f| f.load(Ordering::SeqCst)) {
         0 => None,
-        s => Some(s),
+        s => Some(s as i32),
     }
 }
 

@@ -1,8 +1,10 @@
-//! Every foreign call fi-backup makes, behind safe functions: the libvirt
-//! calls the `virt` crate does not wrap (`libvirt`, re-exported as
-//! `crate::blockjob`) and the libc calls the standard library lacks. This is
-//! the only module where `unsafe` is allowed (the crate denies it
-//! elsewhere); each block says why it is sound.
+//! Every system call fi-backup makes beyond std, behind safe functions: the
+//! libvirt calls the `virt` crate does not wrap (`libvirt`, re-exported as
+//! `crate::blockjob`), the ones rustix offers safely (flock, SEEK_DATA and
+//! SEEK_HOLE, fadvise, kill), and the few libc calls nothing wraps
+//! (sync_file_range, getpwnam/getgrouplist, mallopt). This is the only module
+//! where `unsafe` is allowed (the crate denies it elsewhere); each block says
+//! why it is sound.
 
 pub mod libvirt;
 
@@ -13,39 +15,21 @@ use std::os::fd::AsRawFd;
 /// `flock(LOCK_EX | LOCK_NB)`: Ok(true) when taken, Ok(false) when another
 /// holder has it.
 pub fn try_lock_exclusive(f: &File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor `f` owns for the duration of the call.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Where `lseek(SEEK_DATA)` from `pos` lands.
 pub fn seek_data(f: &File, pos: u64) -> io::Result<u64> {
-    seek(f, pos, libc::SEEK_DATA)
+    Ok(rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos))?)
 }
 
 /// Where `lseek(SEEK_HOLE)` from `pos` lands.
 pub fn seek_hole(f: &File, pos: u64) -> io::Result<u64> {
-    seek(f, pos, libc::SEEK_HOLE)
-}
-
-fn seek(f: &File, pos: u64, whence: libc::c_int) -> io::Result<u64> {
-    let off = libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: lseek on a valid open descriptor; it only moves the file offset,
-    // which callers never use (all their I/O is positional).
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
+    Ok(rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(pos))?)
 }
 
 /// The page cache advice `posix_fadvise` takes.
@@ -61,18 +45,10 @@ pub enum Advice {
 /// errors are ignored.
 pub fn advise(f: &File, pos: u64, len: u64, advice: Advice) {
     let advice = match advice {
-        Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
-        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+        Advice::Sequential => rustix::fs::Advice::Sequential,
+        Advice::DontNeed => rustix::fs::Advice::DontNeed,
     };
-    // SAFETY: advice on a valid descriptor; no memory is passed.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            pos as libc::off_t,
-            len as libc::off_t,
-            advice,
-        );
-    }
+    let _ = rustix::fs::fadvise(f, pos, std::num::NonZeroU64::new(len), advice);
 }
 
 /// `sync_file_range` over [pos, pos+len): start writeback (`wait` false),
@@ -124,24 +100,9 @@ pub fn user_ids(user: &str) -> Option<(u32, Vec<u32>)> {
     Some((uid, groups))
 }
 
-/// Installs `handler` for SIGINT and SIGTERM. The handler must only do
-/// async-signal-safe work (store into an atomic).
-pub fn on_stop_signals(handler: extern "C" fn(libc::c_int)) {
-    let handler = handler as libc::sighandler_t;
-    // SAFETY: installing a handler; the caller's handler only stores into an
-    // atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 /// SIGKILLs this process (test fault points): no cleanup at all.
 pub fn kill_self() {
-    // SAFETY: signalling our own process.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
 }
 
 /// Pins glibc's mmap threshold at 1 MiB, so that freed copy buffers go back
