@@ -39,7 +39,8 @@ fn fi_at(s: &Scenario, when: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A running domain whose vda (64 MiB) holds 16 MiB of 0x11 at 40 MiB.
+/// A running domain whose vda (qcow2, 64 MiB) holds 16 MiB of 0x11 at 40
+/// MiB and whose vdb (raw, 32 MiB) holds 8 MiB of 0x22.
 fn domain(s: &mut Scenario) -> String {
     let img = s.dir("img");
     let d = img.join("d.qcow2");
@@ -54,11 +55,24 @@ fn domain(s: &mut Scenario) -> String {
             d.to_str().unwrap(),
         ],
     );
-    s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")])
+    let r = img.join("r.raw");
+    create_image(&r, "raw", "32M");
+    ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x22 0 8M", r.to_str().unwrap()],
+    );
+    s.start(
+        "vm",
+        "img",
+        &[
+            DiskSpec::qcow2("d.qcow2", "vda"),
+            DiskSpec::raw("r.raw", "vdb"),
+        ],
+    )
 }
 
-/// Night `n`: the guest rewrites MiB 0..16 with 0x20+n and writes a 1 MiB
-/// marker 0x60+n at MiB 20+n.
+/// Night `n`: the guest rewrites vda's MiB 0..16 with 0x20+n and writes a
+/// 1 MiB marker 0x60+n at MiB 20+n on vda and 0x70+n at MiB 8+n on vdb.
 fn night(dom: &str, n: u64) {
     let hmp = format!(
         "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P {:#x} 0 16M\"",
@@ -66,6 +80,7 @@ fn night(dom: &str, n: u64) {
     );
     virsh(&["qemu-monitor-command", dom, "--hmp", &hmp]);
     guest_write(dom, 0, 0x60 + n as u8, 20 + n);
+    guest_write(dom, 1, 0x70 + n as u8, 8 + n);
 }
 
 /// Restores `point` flat and checks it reads night `k` of `nights`.
@@ -83,11 +98,18 @@ fn restores_night(s: &Scenario, backup: &str, dom: &str, point: &str, k: u64, ni
         "{point}: night {k}'s region"
     );
     assert!(reads(&vda, 0x11, 40, 16), "{point}: the base data");
+    let vdb = target.join("vdb.qcow2");
+    assert!(reads(&vdb, 0x22, 0, 8), "{point}: vdb's base data");
     for j in 1..=nights {
         let want = if j <= k { 0x60 + j as u8 } else { 0 };
         assert!(
             reads(&vda, want, 20 + j, 1),
             "{point}: marker of night {j} should read {want:#x}"
+        );
+        let want = if j <= k { 0x70 + j as u8 } else { 0 };
+        assert!(
+            reads(&vdb, want, 8 + j, 1),
+            "{point}: vdb's marker of night {j} should read {want:#x}"
         );
     }
     std::fs::remove_dir_all(&target).unwrap();
@@ -115,7 +137,8 @@ fn eight_nights_keeping_three() {
         all.push(points(&backup, &dom).last().unwrap().clone());
         let depth = records(&backup, &dom)
             .iter()
-            .map(|r| r["disks"][0]["chain"].as_array().unwrap().len())
+            .flat_map(|r| r["disks"].as_array().unwrap().clone())
+            .map(|d| d["chain"].as_array().unwrap().len())
             .max()
             .unwrap();
         assert!(depth <= 4, "night {n}: a kept chain of {depth}");
@@ -135,18 +158,18 @@ fn eight_nights_keeping_three() {
         restores_night(&s, b, &dom, p, 6 + i as u64, 8);
     }
     s.fi_ok(&["verify", "--backup-dir", b]);
-    // The base copy (16 MiB of data plus night 1's 17) and about three
-    // nights, not eight.
+    // The base copies (vda: 16 MiB of data plus night 1's 17; vdb: 8 + 1)
+    // and about three nights, not eight.
     let size = allocated(&backup);
-    assert!(size < 33 * MIB + 4 * 17 * MIB, "{size}");
-    report("prune: eight nightly `-C -b --keep-last 3` runs (16 MiB rewritten + 1 MiB marker a night):");
+    assert!(size < 42 * MIB + 4 * 18 * MIB, "{size}");
+    report("prune: eight nightly `-C -b --keep-last 3` runs (qcow2 vda: 16 MiB rewritten + 1 MiB marker a night; raw vdb: 1 MiB marker):");
     for r in rows {
         report(&format!("  {r}"));
     }
     report(&format!(
-        "  asserted: 3 points left (the newest), each restored flat reads its own night and no later marker, verify passes, kept chains <= 4 files, directory {:.1} MiB < {} MiB",
+        "  asserted: 3 points left (the newest), each restored flat reads its own night and no later marker on both disks, verify passes, kept chains <= 4 files, directory {:.1} MiB < {} MiB",
         size as f64 / MIB as f64,
-        33 + 4 * 17
+        42 + 4 * 18
     ));
 }
 
