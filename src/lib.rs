@@ -1,45 +1,85 @@
 //! fi-backup: online forward-incremental backups of libvirt/KVM domains.
 //!
-//! Data flows facts -> plan -> execution: `libvirt`, `domain` and `chain`
-//! gather facts; `plan` turns them into steps; `exec` runs the steps with
-//! `copy`, `fsutil` and `qemu_img`. `sweep` drives a run over many domains.
-//! NUTSNBOLTS.md maps the modules in more words.
+//! The tree shows the pipelines (NUTSNBOLTS.md maps every module):
+//! - `host`: what the machine tells us: libvirt, domain XML, backing chains,
+//!   qemu-img, the other domains' files, and `facts`, which gathers them for
+//!   the planners; `host::ffi` holds every call beyond std.
+//! - `backup`: `plan` (pure: facts -> steps), `exec` (runs them), `copy`.
+//! - `merge`: consolidation (pure plan, live and offline executors) and its
+//!   journal.
+//! - `state`: fi-backup's own state on the host: the overlay ledger, the
+//!   snapshot intent, the locks.
+//! - `store`: the backup directory: records, names, files, retention and
+//!   prune.
+//! - `cmd`: the command line and the commands: the sweep (backup and
+//!   consolidation runs), list, restore, verify; logging and signals.
 //!
-//! `unsafe` is denied everywhere but in `ffi`, which wraps every foreign
-//! call behind safe functions.
+//! Every module is also reachable at the crate's root (`crate::plan`,
+//! `crate::record`, ...). `unsafe` is denied everywhere but in `host::ffi`.
 
 #![deny(unsafe_code)]
 
-pub use ffi::libvirt as blockjob;
-pub mod chain;
-pub mod cli;
-pub mod config;
-pub mod consolidate;
-pub mod copy;
-pub mod domain;
+/// What the machine tells us, and the calls that ask it.
+pub mod host {
+    pub mod chain;
+    pub mod domain;
+    pub mod facts;
+    #[allow(unsafe_code)]
+    pub mod ffi;
+    pub mod libvirt;
+    pub mod qemu_img;
+    pub mod siblings;
+}
+
+/// A backup: the pure plan, its executor, the copier.
+pub mod backup {
+    pub mod copy;
+    pub mod exec;
+    pub mod plan;
+}
+
+/// Consolidation and its journal.
+pub mod merge {
+    pub mod consolidate;
+    pub mod journal;
+}
+
+/// fi-backup's own state on the host.
+pub mod state {
+    pub mod intent;
+    pub mod ledger;
+    pub mod lock;
+}
+
+/// The backup directory.
+pub mod store {
+    pub mod fsutil;
+    pub mod naming;
+    pub mod prune;
+    pub mod record;
+    pub mod retention;
+}
+
+/// The command line and the commands.
+pub mod cmd {
+    pub mod cli;
+    pub mod config;
+    pub mod list;
+    pub mod logging;
+    pub mod restore;
+    pub mod signals;
+    pub mod sweep;
+    pub mod verify;
+}
+
 pub mod error;
-pub mod exec;
-pub mod facts;
 pub mod fault;
-#[allow(unsafe_code)]
-pub mod ffi;
-pub mod fsutil;
-pub mod intent;
-pub mod journal;
-pub mod ledger;
-pub mod libvirt;
-pub mod list;
-pub mod lock;
-pub mod logging;
-pub mod naming;
-pub mod plan;
-pub mod prune;
-pub mod qemu_img;
-pub mod record;
-pub mod restore;
-pub mod retention;
-pub mod siblings;
-pub mod signals;
-pub mod sweep;
 pub mod units;
-pub mod verify;
+
+pub use backup::{copy, exec, plan};
+pub use cmd::{cli, config, list, logging, restore, signals, sweep, verify};
+pub use host::ffi::libvirt as blockjob;
+pub use host::{chain, domain, facts, ffi, libvirt, qemu_img, siblings};
+pub use merge::{consolidate, journal};
+pub use state::{intent, ledger, lock};
+pub use store::{fsutil, naming, prune, record, retention};
