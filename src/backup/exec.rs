@@ -5,10 +5,9 @@
 use crate::copy::{self, Copied, CopyJob};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::intent::{Intent, PlannedOverlay};
 use crate::ledger::{Held, Ledger, Overlay, PointRef};
 use crate::libvirt::{Dom, SnapshotDisk};
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, RecordDraft, Step};
 use crate::record::Record;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +72,10 @@ impl Slots {
     }
 }
 
+/// Files copied at once by default (`--copy-jobs`; restore copies the same
+/// way): enough to keep a disk busy, few enough to bound memory.
+pub const DEFAULT_COPY_JOBS: usize = 2;
+
 /// Where and how the steps run.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -80,10 +83,19 @@ pub struct Context {
     pub slots: std::sync::Arc<Slots>,
     /// fi-backup's state directory (the overlay ledger).
     pub state_dir: std::path::PathBuf,
+    /// --dry-run: say each step, do none.
+    pub dry_run: bool,
 }
 
-/// Runs `plan` against domain `dom`.
+/// Runs `plan` against domain `dom` (with `ctx.dry_run`, only says what
+/// each step would do).
 pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
+    if ctx.dry_run {
+        for step in &plan.steps {
+            log::info!("[dry run] {}: would {step}", plan.domain);
+        }
+        return Ok(Outcome::default());
+    }
     let mut outcome = Outcome::default();
     let mut copied: HashMap<String, Copied> = HashMap::new();
     let mut snapshot_note = String::new();
@@ -135,13 +147,9 @@ fn run_step(
             disks,
             how,
             quiesce_fallback,
+            intent,
         } => {
-            crate::intent::record(
-                &ctx.state_dir,
-                &plan.domain,
-                &plan.uuid,
-                intent_of(plan, disks, how),
-            )?;
+            crate::intent::record(&ctx.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
             let started = Instant::now();
             let was_paused = dom.is_paused()?;
             let mut how = how.clone();
@@ -224,29 +232,6 @@ fn run_step(
         }
     }
     Ok(())
-}
-
-/// What the snapshot step is about to create.
-fn intent_of(plan: &Plan, disks: &[SnapshotDisk], how: &crate::libvirt::SnapshotHow) -> Intent {
-    let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    Intent {
-        ts: plan.ts.clone(),
-        overlays: disks
-            .iter()
-            .filter_map(|d| match d {
-                SnapshotDisk::External { target, overlay } => Some(PlannedOverlay {
-                    target: target.clone(),
-                    path: text(overlay),
-                }),
-                SnapshotDisk::Skip { .. } => None,
-            })
-            .collect(),
-        state_file: how.memory.as_deref().map(text),
-        record: plan.steps.iter().find_map(|s| match s {
-            Step::WriteRecord { path, .. } => Some(text(path)),
-            _ => None,
-        }),
-    }
 }
 
 /// A guest that was running before the snapshot must be running after it,
@@ -394,18 +379,15 @@ pub fn copy_all(list: &[CopyJob], slots: &Slots) -> Result<Vec<Copied>> {
     Ok(done)
 }
 
-/// Fills the copied files' sizes and checksums into the draft record.
-fn complete_record(draft: &Record, copied: &HashMap<String, Copied>) -> Result<Record> {
-    let mut record = draft.clone();
-    for f in &mut record.files {
-        if f.written_by == record.restore_point {
-            let c = copied.get(&f.name).ok_or_else(|| {
-                Error::Internal(format!("'{}' was planned but not copied", f.name))
-            })?;
-            f.size = c.size;
-            f.blake3 = c.blake3.clone();
-            f.source_id = c.source_id;
-        }
-    }
-    Ok(record)
+/// The record to write: the plan's draft, each new copy described with
+/// what its copy measured.
+fn complete_record(draft: &RecordDraft, copied: &HashMap<String, Copied>) -> Result<Record> {
+    Ok(Record {
+        files: draft
+            .files
+            .iter()
+            .map(|f| f.complete(copied))
+            .collect::<Result<_>>()?,
+        ..draft.head.clone()
+    })
 }

@@ -10,7 +10,7 @@ use crate::chain::{ChainFile, SourceId};
 use crate::copy::CopyJob;
 use crate::domain::{DiskFacts, DomainFacts};
 use crate::error::{Error, Result};
-use crate::ledger::Base;
+use crate::ledger::{Base, Intent, PlannedOverlay};
 use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
 use crate::record::{
@@ -114,6 +114,9 @@ pub enum Step {
         how: SnapshotHow,
         /// Without a working agent, retry unquiesced (with a [WAR]).
         quiesce_fallback: bool,
+        /// What the snapshot will create, recorded before the call (see
+        /// `intent`).
+        intent: Intent,
     },
     /// Create the domain's backup directories.
     CreateDirs(DomainDir),
@@ -128,13 +131,12 @@ pub enum Step {
         /// The XML.
         xml: String,
     },
-    /// Write the record; sizes and checksums of copied files are filled in
-    /// from the copies.
+    /// Write the record: the plan's, with what the copies measured.
     WriteRecord {
         /// Where.
         path: PathBuf,
-        /// The record, complete but for the copied files' size and checksum.
-        draft: Box<Record>,
+        /// Everything the plan decided.
+        draft: Box<RecordDraft>,
     },
     /// Note in the overlay ledger, for each new overlay, that this restore
     /// point holds the files below it (what a later consolidation needs to
@@ -145,6 +147,83 @@ pub enum Step {
         /// Per new overlay, the live files below it.
         overlays: Vec<NoteOverlay>,
     },
+}
+
+/// The record a backup writes, as planned: everything but what only the
+/// copies can tell (each new copy's size, checksum, and the identity its
+/// source had while it was read), which the executor adds.
+#[derive(Debug, Clone)]
+pub struct RecordDraft {
+    /// The record, without its `files`.
+    pub head: Record,
+    /// Its files.
+    pub files: Vec<PlannedFile>,
+}
+
+/// A file of a planned record.
+#[derive(Debug, Clone)]
+pub enum PlannedFile {
+    /// A copy an earlier run made, as its record describes it.
+    Reused(FileRecord),
+    /// A copy this run makes.
+    Copied(NewCopy),
+}
+
+/// A copy this run makes, as planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCopy {
+    /// Its name in images/.
+    pub name: String,
+    /// Its format.
+    pub format: String,
+    /// The copy it backs onto, and that copy's format.
+    pub backing: Option<(String, String)>,
+    /// The live file it is copied from.
+    pub source: PathBuf,
+    /// The run that makes it.
+    pub written_by: String,
+}
+
+impl PlannedFile {
+    /// Its name in images/.
+    pub fn name(&self) -> &str {
+        match self {
+            PlannedFile::Reused(f) => &f.name,
+            PlannedFile::Copied(c) => &c.name,
+        }
+    }
+
+    /// Its format.
+    pub fn format(&self) -> &str {
+        match self {
+            PlannedFile::Reused(f) => &f.format,
+            PlannedFile::Copied(c) => &c.format,
+        }
+    }
+
+    /// Its record entry, given what the copies measured (by name).
+    pub fn complete(&self, copied: &HashMap<String, crate::copy::Copied>) -> Result<FileRecord> {
+        match self {
+            PlannedFile::Reused(f) => Ok(f.clone()),
+            PlannedFile::Copied(c) => {
+                let m = copied.get(&c.name).ok_or_else(|| {
+                    Error::Internal(format!("'{}' was planned but not copied", c.name))
+                })?;
+                Ok(FileRecord {
+                    name: c.name.clone(),
+                    format: c.format.clone(),
+                    size: m.size,
+                    blake3: m.blake3.clone(),
+                    backing: c.backing.as_ref().map(|b| b.0.clone()),
+                    backing_format: c.backing.as_ref().map(|b| b.1.clone()),
+                    source: c.source.to_string_lossy().into_owned(),
+                    source_id: m.source_id,
+                    written_by: c.written_by.clone(),
+                    holds: Vec::new(),
+                })
+            }
+        }
+    }
 }
 
 /// A new overlay and the live files below it, top first.
@@ -299,17 +378,38 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
                 target: left.target.clone(),
             });
         }
+        let how = SnapshotHow {
+            quiesce: opts.quiesce,
+            memory: opts
+                .dump_state_dir
+                .as_deref()
+                .map(|d| state_file(d, name, &opts.ts)),
+            live: opts.live,
+        };
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        let intent = Intent {
+            ts: opts.ts.clone(),
+            overlays: disks
+                .iter()
+                .filter_map(|d| match d {
+                    SnapshotDisk::External { target, overlay } => Some(PlannedOverlay {
+                        target: target.clone(),
+                        path: text(overlay),
+                    }),
+                    SnapshotDisk::Skip { .. } => None,
+                })
+                .collect(),
+            state_file: how.memory.as_deref().map(text),
+            record: facts
+                .backup
+                .as_ref()
+                .map(|(dir, _)| text(&dir.record_path(&opts.ts))),
+        };
         steps.push(Step::Snapshot {
             disks,
-            how: SnapshotHow {
-                quiesce: opts.quiesce,
-                memory: opts
-                    .dump_state_dir
-                    .as_deref()
-                    .map(|d| state_file(d, name, &opts.ts)),
-                live: opts.live,
-            },
+            how,
             quiesce_fallback: opts.quiesce_fallback,
+            intent,
         });
     }
     if let Some((dir, existing)) = &facts.backup {
@@ -345,7 +445,7 @@ fn plan_copies(
     let mut placed: HashMap<PathBuf, (String, String)> = HashMap::new();
     let mut jobs = Vec::new();
     let mut reused = Vec::new();
-    let mut files: Vec<FileRecord> = Vec::new();
+    let mut files: Vec<PlannedFile> = Vec::new();
     let mut disks = Vec::new();
     let mut notes = Vec::new();
     for d in &facts.disks {
@@ -376,8 +476,8 @@ fn plan_copies(
                     name: f.name.clone(),
                     point: f.written_by.clone(),
                 });
-                if !files.iter().any(|x: &FileRecord| x.name == f.name) {
-                    files.push(f.clone());
+                if !files.iter().any(|x| x.name() == f.name) {
+                    files.push(PlannedFile::Reused(f.clone()));
                 }
                 for covered in &d.chain[depth + 1 - f.holds.len()..=depth] {
                     placed.insert(covered.path.clone(), (f.name.clone(), f.format.clone()));
@@ -414,14 +514,14 @@ fn plan_copies(
                     point,
                 });
                 for f in held {
-                    if !files.iter().any(|x: &FileRecord| x.name == f.name) {
-                        files.push(f.clone());
+                    if !files.iter().any(|x| x.name() == f.name) {
+                        files.push(PlannedFile::Reused(f.clone()));
                     }
                 }
                 let format = files
                     .iter()
-                    .find(|f| f.name == names[0])
-                    .map(|f| f.format.clone())
+                    .find(|f| f.name() == names[0])
+                    .map(|f| f.format().to_string())
                     .expect("the copy chain's files were just added");
                 chain_names.extend(names.iter().rev().cloned());
                 placed.insert(file.path.clone(), (names[0].clone(), format.clone()));
@@ -446,7 +546,7 @@ fn plan_copies(
                     name: fr.name.clone(),
                     point: fr.written_by.clone(),
                 });
-                files.push(fr.clone());
+                files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
             } else {
                 let source_name = file_name(&file.path);
@@ -461,18 +561,13 @@ fn plan_copies(
                     backing: parent.clone(),
                     expected_id: (!is_live_top).then_some(file.id),
                 });
-                files.push(FileRecord {
+                files.push(PlannedFile::Copied(NewCopy {
                     name: new.clone(),
                     format: file.format.clone(),
-                    size: 0,
-                    blake3: String::new(),
-                    backing: parent.as_ref().map(|p| p.0.clone()),
-                    backing_format: parent.as_ref().map(|p| p.1.clone()),
-                    source: file.path.to_string_lossy().into_owned(),
-                    source_id: file.id,
+                    backing: parent.clone(),
+                    source: file.path.clone(),
                     written_by: opts.ts.clone(),
-                    holds: Vec::new(),
-                });
+                }));
                 new
             };
             placed.insert(
@@ -523,7 +618,7 @@ fn plan_copies(
                     name: fr.name.clone(),
                     point: fr.written_by.clone(),
                 });
-                files.push(fr.clone());
+                files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
             } else {
                 let source_name = match fw.kind {
@@ -541,18 +636,13 @@ fn plan_copies(
                     backing: None,
                     expected_id: (!facts.active).then_some(*id),
                 });
-                files.push(FileRecord {
+                files.push(PlannedFile::Copied(NewCopy {
                     name: new.clone(),
                     format: "raw".into(),
-                    size: 0,
-                    blake3: String::new(),
                     backing: None,
-                    backing_format: None,
-                    source: path.to_string_lossy().into_owned(),
-                    source_id: *id,
+                    source: path.clone(),
                     written_by: opts.ts.clone(),
-                    holds: Vec::new(),
-                });
+                }));
                 new
             };
             fw_files.push(FirmwareFile {
@@ -567,7 +657,7 @@ fn plan_copies(
         });
     }
     let xml_path = dir.xml_path(&opts.ts);
-    let draft = Record {
+    let head = Record {
         fi_backup_record: RECORD_VERSION,
         domain: facts.domain.name.clone(),
         uuid: facts.domain.uuid.clone(),
@@ -599,9 +689,10 @@ fn plan_copies(
                 reason: l.reason.clone(),
             })
             .collect(),
-        files,
+        files: Vec::new(),
         firmware,
     };
+    let draft = RecordDraft { head, files };
     let mut steps = vec![Step::CreateDirs(dir.clone())];
     if !reused.is_empty() {
         steps.push(Step::Reuse(reused));
@@ -963,7 +1054,7 @@ mod tests {
             .collect()
     }
 
-    fn draft(plan: &Plan) -> &Record {
+    fn draft(plan: &Plan) -> &RecordDraft {
         plan.steps
             .iter()
             .find_map(|s| match s {
@@ -984,8 +1075,8 @@ mod tests {
             [("/v/ov2".to_string(), Some("ov1".to_string()))]
         );
         let d = draft(&plan);
-        assert_eq!(d.disks[0].chain, ["ov2", "ov1", "base"]);
-        let names: Vec<&str> = d.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(d.head.disks[0].chain, ["ov2", "ov1", "base"]);
+        let names: Vec<&str> = d.files.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["ov1", "base", "ov2"]);
         // The ledger note for the new overlay names the live base with the
         // identity that was checked.
@@ -1046,7 +1137,7 @@ mod tests {
                 ["/v/base", "/v/ov2"],
                 "{case}: the base is copied whole"
             );
-            assert_eq!(draft(&plan).disks[0].chain.len(), 2, "{case}");
+            assert_eq!(draft(&plan).head.disks[0].chain.len(), 2, "{case}");
         }
     }
 

@@ -462,7 +462,10 @@ fn execute(plan: &RestorePlan) -> Result<()> {
     }
     jobs.extend(plan.firmware.iter().cloned());
     if !jobs.is_empty() {
-        crate::exec::copy_all(&jobs, &crate::exec::Slots::new(4))?;
+        crate::exec::copy_all(
+            &jobs,
+            &crate::exec::Slots::new(crate::exec::DEFAULT_COPY_JOBS),
+        )?;
     }
     fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
 }

@@ -1,7 +1,10 @@
 //! A run over the selected domains: resolve the selection (every named domain
 //! must exist before anything is touched), then for each domain take its
-//! lock, gather facts, plan and execute. A domain that fails does not stop
-//! the sweep; the run ends with a one-line summary.
+//! lock, reconcile what an interrupted run left (journal, intent), and, as
+//! asked: back up (facts from `facts`, a plan from `plan`, `exec` runs it,
+//! under the backup directory's own lock), prune (`--keep-*`), consolidate
+//! (`consolidate`: live, or offline for a shut-off domain). A domain that
+//! fails does not stop the sweep; the run ends with a one-line summary.
 
 use crate::config::{Action, Config, Selection};
 use crate::consolidate;
@@ -217,10 +220,13 @@ fn backup_domain(
         if active { "running" } else { "shut off" },
         opts.ts
     );
+    let ctx = exec::Context {
+        slots: slots.clone(),
+        state_dir: config.state_dir.clone(),
+        dry_run: config.dry_run,
+    };
     if config.dry_run {
-        for step in &plan.steps {
-            log::info!("[dry run] {name}: would {step}");
-        }
+        exec::execute(&plan, dom, &ctx)?;
         return Ok(None);
     }
     // A first backup makes the domain's directory (with its lock) here; if
@@ -230,10 +236,6 @@ fn backup_domain(
         made = Some(d.root.clone());
         dir_lock = Some(lock_dir(d, name)?);
     }
-    let ctx = exec::Context {
-        slots: slots.clone(),
-        state_dir: config.state_dir.clone(),
-    };
     match exec::execute(&plan, dom, &ctx) {
         Ok(outcome) => {
             crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
@@ -291,19 +293,7 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
         return Ok(());
     }
     if config.dry_run {
-        for p in &plan.disks {
-            log::info!(
-                "[dry run] {name}: would consolidate {} ({}{how}) onto '{}', delete {} file(s), leave {}",
-                p.target,
-                p.job.name(),
-                p.result.display(),
-                p.delete.len(),
-                p.leave.len()
-            );
-        }
-        for r in &plan.refused {
-            log::info!("[dry run] {name}: would refuse {}: {}", r.target, r.why);
-        }
+        consolidate::dry_run(name, &plan, how);
         return Ok(());
     }
     if active {

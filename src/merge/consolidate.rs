@@ -1,15 +1,20 @@
-//! Live consolidation of a running domain's chains: blockcommit (active
-//! commit into the base, then pivot) or blockpull (everything into the top).
+//! Consolidation of a domain's chains: by default a blockcommit of the files
+//! below the newest overlay into the base (the base then equals that
+//! overlay's restore point, which is recorded so the next backup stays
+//! incremental); with `--commit-all` an active commit of everything into the
+//! base, then pivot; or a blockpull (everything into the top).
 //!
-//! The plan is pure: from each disk's chain (read before any job starts) and
-//! the overlay ledger it says which image the disk must be on afterwards,
-//! which files of the old chain are ours to delete, and which are left, with
-//! the reason. The executor runs the disks' jobs at once, each: start the
-//! job, wait (tight poll of the job info, then libvirt's own readiness in the
-//! live XML), pivot, confirm from the live domain XML that the disk is on the
-//! expected image; and only then deletes. A job that
-//! fails, or does not converge within the timeout, is cancelled; the disk
-//! stays on its chain and nothing of it is deleted. Other disks go on.
+//! The plan is pure: from each disk's chain (read before any job starts),
+//! the overlay ledger and the other domains' files it says which job runs,
+//! which image the disk must be on afterwards, which files of the old chain
+//! are ours to delete, which are left (with the reason), and what the next
+//! backup will copy. The live executor runs the disks' jobs (commits at
+//! once, pulls one after another), each: start the job, wait, pivot (active
+//! commit), confirm from the live XML and the image that the disk is on the
+//! expected chain; then records what each base holds and only then deletes.
+//! A job that fails, or does not converge within the timeout, is cancelled;
+//! the disk stays on its chain and nothing of it is deleted. A shut-off
+//! domain is consolidated offline with qemu-img (`execute_offline`).
 
 use crate::blockjob;
 use crate::chain::ChainFile;
@@ -26,30 +31,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// What a disk's job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Job {
-    /// blockcommit of the files below the top into the base: the disk stays
-    /// on its top, which then backs onto the base (the default). The base
-    /// then holds exactly what the files below the top held.
-    CommitBelow,
-    /// blockcommit of everything, the top included, into the base; the disk
-    /// ends on the base (`--commit-all`, fi-backup.sh's shape).
-    CommitAll,
-    /// blockpull: the top absorbs the chain and stands alone.
-    Pull,
-}
-
-impl Job {
-    /// The name used in messages and the journal.
-    pub fn name(self) -> &'static str {
-        match self {
-            Job::CommitBelow => "blockcommit-below",
-            Job::CommitAll => "blockcommit",
-            Job::Pull => "blockpull",
-        }
-    }
-}
+pub use crate::journal::Job;
 
 /// What consolidation does to one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,13 +279,31 @@ fn not_ours(f: &ChainFile, ledger: &Ledger) -> Option<String> {
     None
 }
 
+/// --dry-run: says what `execute` (or `execute_offline`, `how` says which)
+/// would do with `plan`, and does nothing.
+pub fn dry_run(domain: &str, plan: &DomainPlan, how: &str) {
+    for p in &plan.disks {
+        log::info!(
+            "[dry run] {domain}: would consolidate {} ({}{how}) onto '{}', delete {} file(s), leave {}",
+            p.target,
+            p.job.name(),
+            p.result.display(),
+            p.delete.len(),
+            p.leave.len()
+        );
+    }
+    for r in &plan.refused {
+        log::info!("[dry run] {domain}: would refuse {}: {}", r.target, r.why);
+    }
+}
+
 /// The journal entry of a disk's plan (`offline`: run with qemu-img on a
 /// shut-off domain).
 pub fn journal_entry(p: &DiskPlan, offline: bool) -> Entry {
     let text = |p: &Path| p.to_string_lossy().into_owned();
     Entry {
         target: p.target.clone(),
-        method: p.job.name().into(),
+        method: p.job,
         offline,
         result: text(&p.result),
         delete: p.delete.iter().map(|d| text(d)).collect(),
@@ -1306,7 +1306,7 @@ mod tests {
         let l = ledger(&[(T1, 10)]);
         let p = plan_of(&d, &l, &siblings(&[]), Method::BlockPull, false);
         let e = journal_entry(&p.disks[0], false);
-        assert_eq!(e.method, "blockpull");
+        assert_eq!(e.method, Job::Pull);
         assert_eq!(e.chain[1].path, "/v/a.qcow2");
         assert_eq!(e.chain[1].format, "qcow2");
     }

@@ -21,15 +21,42 @@ use crate::libvirt::Dom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What a disk's job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Job {
+    /// blockcommit of the files below the top into the base: the disk stays
+    /// on its top, which then backs onto the base (the default). The base
+    /// then holds exactly what the files below the top held.
+    #[serde(rename = "blockcommit-below")]
+    CommitBelow,
+    /// blockcommit of everything, the top included, into the base; the disk
+    /// ends on the base (`--commit-all`, fi-backup.sh's shape).
+    #[serde(rename = "blockcommit")]
+    CommitAll,
+    /// blockpull: the top absorbs the chain and stands alone.
+    #[serde(rename = "blockpull")]
+    Pull,
+}
+
+impl Job {
+    /// The name used in messages and the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::CommitBelow => "blockcommit-below",
+            Job::CommitAll => "blockcommit",
+            Job::Pull => "blockpull",
+        }
+    }
+}
+
 /// One disk's consolidation in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Target device.
     pub target: String,
-    /// blockcommit (everything into the base, `--commit-all`),
-    /// blockcommit-below (the files below the top into the base) or
-    /// blockpull.
-    pub method: String,
+    /// The job (in the file: blockcommit-below, blockcommit for
+    /// `--commit-all`, or blockpull).
+    pub method: Job,
     /// Run offline with qemu-img on a shut-off domain: no QEMU wrote the
     /// result, so how the domain last stopped does not matter.
     #[serde(default)]
@@ -141,7 +168,7 @@ pub fn reconcile(dom: &Dom, uuid: &str, state_dir: &Path) -> Result<()> {
 /// One that still matches stays: the base was not written since it was
 /// recorded (the job never started, or the run recorded it after the job).
 fn forget_committed_base(domain: &str, e: &Entry, ledger: &mut Ledger) {
-    if e.method == "blockpull" {
+    if e.method == Job::Pull {
         return;
     }
     let Some(base) = e.chain.last() else { return };
@@ -155,7 +182,7 @@ fn forget_committed_base(domain: &str, e: &Entry, ledger: &mut Ledger) {
         log::warn!(
             "{} of '{domain}': its interrupted {} wrote into '{}'; the next backup copies it whole",
             e.target,
-            e.method,
+            e.method.name(),
             base.display()
         );
         ledger.forget_base(base);
@@ -212,9 +239,9 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
         .backing
         .as_deref()
         .map(|b| crate::chain::resolve_backing(Path::new(&e.result), b));
-    match e.method.as_str() {
-        "blockpull" if backing.is_some() => return Decision::Interrupted,
-        "blockcommit-below" => {
+    match e.method {
+        Job::Pull if backing.is_some() => return Decision::Interrupted,
+        Job::CommitBelow => {
             // Done only once the top backs onto the base itself.
             let base = e.chain.last().map(|l| PathBuf::from(&l.path));
             if base.is_none() || backing != base {
@@ -223,7 +250,7 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
         }
         _ => {}
     }
-    if e.method == "blockpull" && !e.offline && !f.active && !f.stopped_cleanly {
+    if e.method == Job::Pull && !e.offline && !f.active && !f.stopped_cleanly {
         if let Some(below) = e.chain.get(1) {
             return Decision::RestoreBacking {
                 top: e.result.clone(),
@@ -264,13 +291,13 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
             blockjob::cancel(dom.raw(), t)?;
             log::warn!(
                 "Cancelled the {} of {t} of '{}' left running by an interrupted run; the disk stays on its chain",
-                e.method,
+                e.method.name(),
                 dom.name
             );
         }
         Decision::Interrupted => log::warn!(
             "The {} of {t} of '{}' was interrupted before it finished; the disk stays on its chain",
-            e.method,
+            e.method.name(),
             dom.name
         ),
         Decision::RestoreBacking {
@@ -297,7 +324,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
         }
         Decision::KeepFiles => log::warn!(
             "The {} of {t} of '{}' finished, but QEMU did not stop cleanly afterwards; the files it made unused were left in place: {}",
-            e.method,
+            e.method.name(),
             dom.name,
             e.delete.join(", ")
         ),
@@ -337,10 +364,10 @@ fn finish_deletion(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn entry(method: &str, result: &str) -> Entry {
+    fn entry(method: Job, result: &str) -> Entry {
         Entry {
             target: "vdb".into(),
-            method: method.into(),
+            method,
             offline: false,
             result: result.into(),
             delete: vec!["/v/b.bimg-1".into()],
@@ -373,9 +400,9 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let pull = entry("blockpull", "/v/b.bimg-2");
-        let commit = entry("blockcommit", "/v/b.raw");
-        let below = entry("blockcommit-below", "/v/b.bimg-2");
+        let pull = entry(Job::Pull, "/v/b.bimg-2");
+        let commit = entry(Job::CommitAll, "/v/b.raw");
+        let below = entry(Job::CommitBelow, "/v/b.bimg-2");
         let below_off = Entry {
             offline: true,
             ..below.clone()
@@ -420,7 +447,7 @@ mod tests {
 
     #[test]
     fn an_old_journal_without_a_chain_never_restores_a_backing() {
-        let mut e = entry("blockpull", "/v/b.bimg-2");
+        let mut e = entry(Job::Pull, "/v/b.bimg-2");
         e.chain.clear();
         let f = found(false, false, "/v/b.bimg-2", None, false);
         assert_eq!(decide(&e, &f), Decision::KeepFiles);
