@@ -46,6 +46,7 @@ pub mod merge {
 
 /// fi-backup's own state on the host.
 pub mod state {
+    pub mod adopt;
     pub mod intent;
     pub mod ledger;
     pub mod lock;
@@ -81,5 +82,5 @@ pub use cmd::{cli, config, list, logging, restore, signals, sweep, verify};
 pub use host::ffi::libvirt as blockjob;
 pub use host::{chain, domain, facts, ffi, libvirt, qemu_img, siblings};
 pub use merge::{consolidate, journal};
-pub use state::{intent, ledger, lock};
+pub use state::{adopt, intent, ledger, lock};
 pub use store::{fsutil, naming, prune, record, retention};

@@ -6,7 +6,7 @@ use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
 use fi_backup::error::{Error, Exit};
-use fi_backup::{list, logging, prune, restore, signals, sweep, verify};
+use fi_backup::{adopt, list, logging, prune, restore, signals, sweep, verify};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -22,13 +22,14 @@ fn main() -> ExitCode {
     } else {
         Verbosity::Normal
     };
-    logging::init(verbosity);
+    logging::init(verbosity, cli.run.log_timestamps);
     signals::install();
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
         Some(Command::Restore(args)) => restore::run(&args),
         Some(Command::Verify(args)) => verify::run(&args),
         Some(Command::Prune(args)) => prune::run(&args),
+        Some(Command::Adopt(args)) => adopt::run(&args),
         None => run_sweep(cli.run),
     };
     log::trace!("peak memory of this process: {}", peak_memory());

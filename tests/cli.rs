@@ -255,3 +255,54 @@ fn script_long_options_and_dashed_forms_parse() {
     let cli = Cli::try_parse_from(["fi-backup", "-b", "/x", "--", "list"]).unwrap();
     assert_eq!(cli.run.domains, ["list"]);
 }
+
+/// GNU getopt's abbreviations, which fi-backup.sh accepted: any unambiguous
+/// prefix of a long option; an ambiguous one is refused.
+#[test]
+fn long_options_may_be_abbreviated_like_getopt() {
+    use clap::Parser;
+    use fi_backup::cli::Cli;
+    let cli = Cli::try_parse_from([
+        "fi-backup",
+        "--back",
+        "/x",
+        "--meth",
+        "blockpull",
+        "--consolidate_o",
+        "--verb",
+        "d",
+    ])
+    .unwrap();
+    assert_eq!(cli.run.backup_dir, Some("/x".into()));
+    assert_eq!(cli.run.method, Some(fi_backup::cli::MethodArg::Blockpull));
+    assert!(cli.run.consolidate_only && cli.run.verbose);
+    assert_eq!(cli.run.domains, ["d"]);
+    // --keep- could be any of six options.
+    let e = Cli::try_parse_from(["fi-backup", "-b", "/x", "--keep-", "3", "d"]).unwrap_err();
+    assert!(e.to_string().contains("--keep-"), "{e}");
+}
+
+/// --log-timestamps: an RFC 3339 time after the tag of every line.
+#[test]
+fn log_lines_can_carry_timestamps() {
+    let mut s = Scenario::new("logts");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let out = s.fi(&["--log-timestamps", "-c", "-q", &dom]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("[ERR] "))
+        .expect("an [ERR] line");
+    let stamp = line[6..].split(' ').next().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "no RFC 3339 time after the tag: {line}"
+    );
+    let plain = s.fi(&["-c", "-q", &dom]);
+    let plain = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        plain.starts_with("[ERR] consolidation (-c | -C) and quiesce"),
+        "the default format changed: {plain}"
+    );
+}

@@ -75,11 +75,13 @@ fn three_points(name: &str) -> Three {
     }
 }
 
-/// list: three points, oldest first, as JSON.
+/// list: three points, oldest first, with the domain's UUID, as JSON and
+/// as text.
 #[test]
 fn list_shows_every_point_oldest_first() {
     let t = three_points("r-list");
     let m = t.moved.to_str().unwrap();
+    let uuid = virsh(&["domuuid", &t.dom]).trim().to_string();
     let out =
         t.s.fi(&["list", "--backup-dir", m, "--domain", &t.dom, "--json"]);
     assert!(out.status.success());
@@ -90,10 +92,20 @@ fn list_shows_every_point_oldest_first() {
         .iter()
         .map(|p| {
             assert!(p["state_file"].is_null() && p["disks"][0]["target"] == "vda");
+            assert_eq!(p["uuid"], uuid.as_str(), "the domain's UUID");
             p["restore_point"].as_str().unwrap()
         })
         .collect();
     assert_eq!(listed, t.points);
+    let text = t.s.fi(&["list", "--backup-dir", m, "--domain", &t.dom]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(&format!("uuid: {uuid}")))
+            .count(),
+        3,
+        "{text}"
+    );
 }
 
 /// Every point, restored as a chain and flattened from the moved

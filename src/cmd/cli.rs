@@ -23,6 +23,9 @@ use std::path::PathBuf;
         Command lines of fi-backup.sh 2.x work unchanged. The words list, restore, verify and \
         prune are reserved for subcommands; give a domain with one of those names after `--`.",
     args_conflicts_with_subcommands = true,
+    // fi-backup.sh parsed with GNU getopt, which takes any unambiguous
+    // prefix of a long option (--back, --meth).
+    infer_long_args = true,
     subcommand_negates_reqs = true,
     after_help = "Domains: one argument with names separated by spaces (\"dom1 dom2\"), several \
         arguments, or `all` (every defined domain: running ones are snapshotted, shut-off ones \
@@ -102,6 +105,10 @@ pub struct RunArgs {
     /// Verbose output ([VER] lines)
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+
+    /// Put an RFC 3339 time after the tag of each log line
+    #[arg(long = "log-timestamps")]
+    pub log_timestamps: bool,
 
     /// Show what would be done, change nothing
     #[arg(long = "dry-run")]
@@ -244,6 +251,38 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Remove restore points by a retention policy, merging what kept points still need
     Prune(PruneArgs),
+    /// Take fi-backup.sh's overlays (<image>.bimg-<timestamp>) in a domain's chain into
+    /// fi-backup's ledger, so that consolidation deletes them
+    Adopt(AdoptArgs),
+}
+
+/// Arguments of `fi-backup adopt`.
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Say what would be adopted, change nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// fi-backup's state directory (its ledger of overlays)
+    #[arg(
+        long = "state-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_STATE_DIR",
+        default_value = "/var/lib/fi-backup"
+    )]
+    pub state_dir: PathBuf,
+    /// Directory of the per-domain lock files
+    #[arg(
+        long = "lock-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_LOCK_DIR",
+        default_value = "/run/lock"
+    )]
+    pub lock_dir: PathBuf,
+    #[command(flatten)]
+    pub libvirt: Connection,
+    /// The domains whose overlays are adopted
+    #[arg(value_name = "DOMAIN", required = true)]
+    pub domains: Vec<String>,
 }
 
 /// The backup directory a subcommand reads.

@@ -9,6 +9,7 @@ use serde::Serialize;
 #[derive(Serialize)]
 struct Point<'a> {
     domain: &'a str,
+    uuid: &'a str,
     restore_point: &'a str,
     taken_at: &'a str,
     mode: crate::record::Mode,
@@ -76,7 +77,7 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                 format!("\tfirmware: {}", firmware.join(", "))
             };
             println!(
-                "{}\t{}\t{}\t{}\t{}\tmemory state: {}{firmware}{left}",
+                "{}\t{}\t{}\t{}\t{}\tmemory state: {}\tuuid: {}{firmware}{left}",
                 p.domain,
                 p.restore_point,
                 match p.mode {
@@ -85,7 +86,8 @@ pub fn run(args: &ListArgs) -> Result<bool> {
                 },
                 crate::units::human_bytes(p.bytes),
                 disks.join(", "),
-                if p.state_file.is_some() { "yes" } else { "no" }
+                if p.state_file.is_some() { "yes" } else { "no" },
+                p.uuid
             );
         }
     }
@@ -95,6 +97,7 @@ pub fn run(args: &ListArgs) -> Result<bool> {
 fn point(r: &Record) -> Point<'_> {
     Point {
         domain: &r.domain,
+        uuid: &r.uuid,
         restore_point: &r.restore_point,
         taken_at: &r.taken_at,
         mode: r.mode,
