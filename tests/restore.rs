@@ -76,12 +76,26 @@ fn three_points(name: &str) -> Three {
 }
 
 /// list: three points, oldest first, with the domain's UUID, as JSON and
-/// as text.
+/// as text; fi-backup.sh's flat copies in the same directory are ignored,
+/// said once.
 #[test]
 fn list_shows_every_point_oldest_first() {
     let t = three_points("r-list");
     let m = t.moved.to_str().unwrap();
     let uuid = virsh(&["domuuid", &t.dom]).trim().to_string();
+    // What fi-backup.sh left in a backup directory: flat copies.
+    std::fs::write(t.moved.join("web1.qcow2"), b"not ours").unwrap();
+    std::fs::write(t.moved.join("web1.bimg-20130531-030000"), b"not ours").unwrap();
+    let out = t.s.fi(&["list", "--backup-dir", m]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("that fi-backup did not write").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(err.contains("'web1.qcow2'"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
     let out =
         t.s.fi(&["list", "--backup-dir", m, "--domain", &t.dom, "--json"]);
     assert!(out.status.success());

@@ -240,15 +240,38 @@ impl Index {
 }
 
 /// The domains that have restore points in a backup directory, sorted.
+/// Anything else there (fi-backup.sh's flat copies, other files) is not
+/// ours: it is ignored, and said once.
 pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(backup_dir)
         .map_err(|e| Error::io("cannot list backup directory", backup_dir, e))?;
     let mut domains = Vec::new();
+    let mut foreign = Vec::new();
     for e in entries {
         let e = e.map_err(|e| Error::io("cannot list", backup_dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
         if e.path().join("points").is_dir() {
-            domains.push(e.file_name().to_string_lossy().into_owned());
+            domains.push(name);
+        } else if !name.starts_with('.') {
+            foreign.push(name);
         }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        log::warn!(
+            "'{}' also holds {} entr{} that fi-backup did not write (such as fi-backup.sh's \
+             flat copies): {}; they are ignored",
+            backup_dir.display(),
+            foreign.len(),
+            if foreign.len() == 1 { "y" } else { "ies" },
+            foreign
+                .iter()
+                .take(5)
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if foreign.len() > 5 { ", ..." } else { "" }
+        );
     }
     domains.sort();
     Ok(domains)
