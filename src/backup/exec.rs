@@ -196,12 +196,22 @@ fn run_step(
         Step::CreateDirs(dir) => dir.create()?,
         Step::Reuse(files) => {
             for r in files {
-                log::debug!(
-                    "'{}' is unchanged since restore point {}: reusing '{}'",
-                    r.source.display(),
-                    r.point,
-                    r.name
-                );
+                if r.equal {
+                    log::debug!(
+                        "'{}' holds the data of restore point {} (recorded when it was \
+                         consolidated): that point's copies up to '{}' stand for it",
+                        r.source.display(),
+                        r.point,
+                        r.name
+                    );
+                } else {
+                    log::debug!(
+                        "'{}' is unchanged since restore point {}: reusing '{}'",
+                        r.source.display(),
+                        r.point,
+                        r.name
+                    );
+                }
             }
             outcome.reused = files.len();
         }

@@ -257,6 +257,9 @@ pub struct Reused {
     pub name: String,
     /// The restore point that wrote that copy (or that the base equals).
     pub point: String,
+    /// The live file is a base recorded equal to `point`: the point's copy
+    /// chain stands for it (`name` is that chain's top).
+    pub equal: bool,
 }
 
 /// A restore point's copy chain that stands for a base image.
@@ -475,6 +478,7 @@ fn plan_copies(
                     source: file.path.clone(),
                     name: f.name.clone(),
                     point: f.written_by.clone(),
+                    equal: false,
                 });
                 if !files.iter().any(|x| x.name() == f.name) {
                     files.push(PlannedFile::Reused(f.clone()));
@@ -512,6 +516,7 @@ fn plan_copies(
                     source: file.path.clone(),
                     name: names[0].clone(),
                     point,
+                    equal: true,
                 });
                 for f in held {
                     if !files.iter().any(|x| x.name() == f.name) {
@@ -545,6 +550,7 @@ fn plan_copies(
                     source: file.path.clone(),
                     name: fr.name.clone(),
                     point: fr.written_by.clone(),
+                    equal: false,
                 });
                 files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
@@ -617,6 +623,7 @@ fn plan_copies(
                     source: path.clone(),
                     name: fr.name.clone(),
                     point: fr.written_by.clone(),
+                    equal: false,
                 });
                 files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
