@@ -117,23 +117,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub libvirt: Connection,
 
-    /// Directory of the per-domain lock files
-    #[arg(
-        long = "lock-dir",
-        value_name = "DIR",
-        env = "FI_BACKUP_LOCK_DIR",
-        default_value = "/run/lock"
-    )]
-    pub lock_dir: PathBuf,
-
-    /// Directory of fi-backup's own state (the ledger of the overlays it created)
-    #[arg(
-        long = "state-dir",
-        value_name = "DIR",
-        env = "FI_BACKUP_STATE_DIR",
-        default_value = "/var/lib/fi-backup"
-    )]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub places: Places,
 
     /// blockcommit everything, the top overlay included, into the base, and
     /// put the disk back on it (fi-backup.sh's shape). The next backup then
@@ -218,6 +203,28 @@ pub struct PruneArgs {
     pub dry_run: bool,
 }
 
+/// Where fi-backup keeps its locks and its own state on the host.
+#[derive(Debug, Clone, Args)]
+pub struct Places {
+    /// Directory of the per-domain lock files
+    #[arg(
+        long = "lock-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_LOCK_DIR",
+        default_value = "/run/lock"
+    )]
+    pub lock_dir: PathBuf,
+
+    /// Directory of fi-backup's own state (the ledger of the overlays it created)
+    #[arg(
+        long = "state-dir",
+        value_name = "DIR",
+        env = "FI_BACKUP_STATE_DIR",
+        default_value = "/var/lib/fi-backup"
+    )]
+    pub state_dir: PathBuf,
+}
+
 /// Where libvirt is.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
@@ -262,22 +269,8 @@ pub struct AdoptArgs {
     /// Say what would be adopted, change nothing
     #[arg(long = "dry-run")]
     pub dry_run: bool,
-    /// fi-backup's state directory (its ledger of overlays)
-    #[arg(
-        long = "state-dir",
-        value_name = "DIR",
-        env = "FI_BACKUP_STATE_DIR",
-        default_value = "/var/lib/fi-backup"
-    )]
-    pub state_dir: PathBuf,
-    /// Directory of the per-domain lock files
-    #[arg(
-        long = "lock-dir",
-        value_name = "DIR",
-        env = "FI_BACKUP_LOCK_DIR",
-        default_value = "/run/lock"
-    )]
-    pub lock_dir: PathBuf,
+    #[command(flatten)]
+    pub places: Places,
     #[command(flatten)]
     pub libvirt: Connection,
     /// The domains whose overlays are adopted

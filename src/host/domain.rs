@@ -87,6 +87,26 @@ pub struct DomainFacts {
     pub tpm_emulator: bool,
 }
 
+impl DiskFacts {
+    /// A writable file disk `target` on `source` (qcow2), as unit tests
+    /// describe one.
+    #[cfg(test)]
+    pub fn test_file_disk(target: &str, source: &std::path::Path) -> DiskFacts {
+        DiskFacts {
+            target: target.into(),
+            device: "disk".into(),
+            kind: "file".into(),
+            source: Some(source.to_path_buf()),
+            format: Some("qcow2".into()),
+            readonly: false,
+            shareable: false,
+            backing: None,
+            mirror_ready: None,
+            snapshot: None,
+        }
+    }
+}
+
 impl DomainFacts {
     /// Disks that the snapshot takes.
     pub fn eligible(&self) -> impl Iterator<Item = &DiskFacts> {

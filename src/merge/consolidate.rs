@@ -1066,18 +1066,7 @@ mod tests {
 
     fn disk(chain: Vec<ChainFile>) -> DiskChain {
         DiskChain {
-            disk: DiskFacts {
-                target: "vda".into(),
-                device: "disk".into(),
-                kind: "file".into(),
-                source: Some(chain[0].path.clone()),
-                format: Some("qcow2".into()),
-                readonly: false,
-                shareable: false,
-                backing: None,
-                mirror_ready: None,
-                snapshot: None,
-            },
+            disk: DiskFacts::test_file_disk("vda", &chain[0].path),
             chain,
         }
     }

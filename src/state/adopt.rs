@@ -109,9 +109,9 @@ fn adopt_domain(
 ) -> Result<()> {
     let dom = lv.lookup(name)?;
     let facts = dom.live_facts()?;
-    let _lock = crate::lock::lock_domain(&args.lock_dir, name, &facts.uuid)?;
+    let _lock = crate::lock::lock_domain(&args.places.lock_dir, name, &facts.uuid)?;
     let (disks, _) = crate::facts::disk_chains(&facts, false, false)?;
-    let mut ledger = Ledger::load(&args.state_dir, name, &facts.uuid);
+    let mut ledger = Ledger::load(&args.places.state_dir, name, &facts.uuid);
     let verdicts = plan(&facts.uuid, &disks, &ledger, siblings);
     let tag = if args.dry_run { "[dry run] " } else { "" };
     let mut adopted = 0;
@@ -147,7 +147,7 @@ fn adopt_domain(
             Verdict::Adopt(o) => Some(o),
             Verdict::Leave { .. } => None,
         }));
-    ledger.save(&args.state_dir).map_err(|e| {
+    ledger.save(&args.places.state_dir).map_err(|e| {
         Error::domain(
             name,
             format!("the ledger could not be written ({e}); nothing was adopted"),
@@ -181,18 +181,7 @@ mod tests {
 
     fn disk(chain: Vec<ChainFile>) -> DiskChain {
         DiskChain {
-            disk: DiskFacts {
-                target: "vda".into(),
-                device: "disk".into(),
-                kind: "file".into(),
-                source: Some(chain[0].path.clone()),
-                format: Some("qcow2".into()),
-                readonly: false,
-                shareable: false,
-                backing: None,
-                mirror_ready: None,
-                snapshot: None,
-            },
+            disk: DiskFacts::test_file_disk("vda", &chain[0].path),
             chain,
         }
     }
