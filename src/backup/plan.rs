@@ -30,6 +30,17 @@ pub struct DiskChain {
     pub chain: Vec<ChainFile>,
 }
 
+impl DiskChain {
+    /// Disk vda on `chain` (top first), as unit tests describe one.
+    #[cfg(test)]
+    pub fn test(chain: Vec<ChainFile>) -> DiskChain {
+        DiskChain {
+            disk: DiskFacts::test_file_disk("vda", &chain[0].path),
+            chain,
+        }
+    }
+}
+
 /// A disk the snapshot leaves out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
@@ -1000,10 +1011,7 @@ mod tests {
                 tpm_emulator: false,
             },
             active: true,
-            disks: vec![DiskChain {
-                disk: DiskFacts::test_file_disk("vda", std::path::Path::new("/v/ov2")),
-                chain,
-            }],
+            disks: vec![DiskChain::test(chain)],
             skipped: Vec::new(),
             domain_xml: "<domain/>".into(),
             backup: Some((DomainDir::new(Path::new("/b"), "d").unwrap(), index)),

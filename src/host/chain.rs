@@ -82,6 +82,25 @@ pub struct ChainFile {
     pub id: SourceId,
 }
 
+impl ChainFile {
+    /// A chain file as unit tests describe one: device 1, inode `ino`,
+    /// size and mtime 1.
+    #[cfg(test)]
+    pub fn test(path: &str, format: &str, ino: u64) -> ChainFile {
+        ChainFile {
+            path: path.into(),
+            format: format.into(),
+            cluster_size: (format == "qcow2").then_some(65536),
+            id: SourceId {
+                dev: 1,
+                ino,
+                size: 1,
+                mtime_ns: 1,
+            },
+        }
+    }
+}
+
 /// Reads and checks the chain below (and including) `top`, top first.
 pub fn read_chain(top: &Path) -> Result<Vec<ChainFile>> {
     let infos = qemu_img::backing_chain(top)?;

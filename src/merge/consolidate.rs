@@ -1046,29 +1046,15 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{ChainFile, SourceId};
-    use crate::domain::DiskFacts;
+    use crate::chain::ChainFile;
     use crate::ledger::Overlay;
 
     fn file(path: &str, ino: u64) -> ChainFile {
-        ChainFile {
-            path: path.into(),
-            format: "qcow2".into(),
-            cluster_size: Some(65536),
-            id: SourceId {
-                dev: 1,
-                ino,
-                size: 1,
-                mtime_ns: 1,
-            },
-        }
+        ChainFile::test(path, "qcow2", ino)
     }
 
     fn disk(chain: Vec<ChainFile>) -> DiskChain {
-        DiskChain {
-            disk: DiskFacts::test_file_disk("vda", &chain[0].path),
-            chain,
-        }
+        DiskChain::test(chain)
     }
 
     fn siblings(shared: &[(u64, &str)]) -> Siblings {

@@ -162,28 +162,13 @@ fn adopt_domain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::SourceId;
-    use crate::domain::DiskFacts;
 
     fn file(path: &str, format: &str, ino: u64) -> ChainFile {
-        ChainFile {
-            path: path.into(),
-            format: format.into(),
-            cluster_size: None,
-            id: SourceId {
-                dev: 1,
-                ino,
-                size: 1,
-                mtime_ns: 1,
-            },
-        }
+        ChainFile::test(path, format, ino)
     }
 
     fn disk(chain: Vec<ChainFile>) -> DiskChain {
-        DiskChain {
-            disk: DiskFacts::test_file_disk("vda", &chain[0].path),
-            chain,
-        }
+        DiskChain::test(chain)
     }
 
     #[test]
