@@ -36,9 +36,15 @@ pub enum Error {
     },
     /// Another fi-backup run holds the domain's lock.
     Locked { domain: String, lock: PathBuf },
-    /// Facts we read do not make sense (a path or name we cannot use, a
-    /// state we did not expect).
-    Invalid(String),
+    /// A name or path we cannot use as one (a domain name that is no
+    /// directory name, a NUL byte).
+    Name(String),
+    /// A backup file would be replaced: it never is.
+    Exists(PathBuf),
+    /// A directory we need is something else (symlinks are not followed).
+    NotADirectory(PathBuf),
+    /// fi-backup's own state or records cannot be read or trusted.
+    State(String),
     /// A backing chain fails its checks (a loop, no recorded format, a
     /// network backing, ...).
     Chain(String),
@@ -60,8 +66,15 @@ pub enum Error {
     Injected(String),
     /// SIGINT or SIGTERM asked the run to stop.
     Interrupted(i32),
-    /// A domain cannot be handled as asked (no eligible disk, offline without -b, ...).
-    Domain { domain: String, message: String },
+    /// Something about one domain failed: `message` says what fi-backup was
+    /// doing or found, `cause` (kept whole, so its libvirt code can still be
+    /// matched) what failed under it, and `left` what was left behind.
+    Domain {
+        domain: String,
+        message: String,
+        cause: Option<Box<Error>>,
+        left: Option<String>,
+    },
 }
 
 impl Error {
@@ -83,13 +96,15 @@ impl Error {
         }
     }
 
-    /// libvirt's error number, when this is a libvirt error.
+    /// libvirt's error number, when this is a libvirt error or a domain's
+    /// error caused by one.
     pub fn libvirt_code(&self) -> Option<virt::error::ErrorNumber> {
         match self {
             Error::Libvirt {
                 code: virt::enumutil::Enum::Known(c),
                 ..
             } => Some(*c),
+            Error::Domain { cause: Some(c), .. } => c.libvirt_code(),
             _ => None,
         }
     }
@@ -107,11 +122,59 @@ impl Error {
         )
     }
 
-    /// An error about one domain.
+    /// An error about one domain, found by fi-backup itself.
     pub fn domain(domain: &str, message: impl Into<String>) -> Error {
         Error::Domain {
             domain: domain.to_string(),
             message: message.into(),
+            cause: None,
+            left: None,
+        }
+    }
+
+    /// `cause`, which happened while fi-backup was doing `doing` (may be
+    /// empty) for `domain`. An error that already names this domain is
+    /// returned as it is.
+    pub fn in_domain(domain: &str, doing: impl Into<String>, cause: Error) -> Error {
+        match cause {
+            e @ Error::Domain { .. } if e.domain_name() == Some(domain) => e,
+            cause => Error::Domain {
+                domain: domain.to_string(),
+                message: doing.into(),
+                cause: Some(Box::new(cause)),
+                left: None,
+            },
+        }
+    }
+
+    /// The same error, saying what the failure left behind (a domain's
+    /// error; any other error becomes one only when `domain` is given).
+    pub fn left(self, domain: &str, what: impl Into<String>) -> Error {
+        let what = what.into();
+        match Error::in_domain(domain, "", self) {
+            Error::Domain {
+                domain,
+                message,
+                cause,
+                left,
+            } => Error::Domain {
+                domain,
+                message,
+                cause,
+                left: Some(match left {
+                    Some(l) => format!("{l}; {what}"),
+                    None => what,
+                }),
+            },
+            e => e,
+        }
+    }
+
+    /// The domain this error is about, when it is a domain's error.
+    pub fn domain_name(&self) -> Option<&str> {
+        match self {
+            Error::Domain { domain, .. } => Some(domain),
+            _ => None,
         }
     }
 
@@ -149,7 +212,18 @@ impl fmt::Display for Error {
                 "another fi-backup run holds the lock of domain '{domain}' ({}); skipping it",
                 lock.display()
             ),
-            Error::Invalid(m)
+            Error::Exists(p) => write!(
+                f,
+                "'{}' already exists; a backup file is never replaced",
+                p.display()
+            ),
+            Error::NotADirectory(p) => write!(
+                f,
+                "'{}' exists and is not a directory (symlinks are not followed here)",
+                p.display()
+            ),
+            Error::Name(m)
+            | Error::State(m)
             | Error::Chain(m)
             | Error::Xml(m)
             | Error::QemuImg(m)
@@ -167,12 +241,37 @@ impl fmt::Display for Error {
                     "SIGTERM"
                 }
             ),
-            Error::Domain { domain, message } => write!(f, "domain '{domain}': {message}"),
+            Error::Domain {
+                domain,
+                message,
+                cause,
+                left,
+            } => {
+                write!(f, "domain '{domain}': {message}")?;
+                if let Some(cause) = cause {
+                    if !message.is_empty() {
+                        write!(f, ": ")?;
+                    }
+                    write!(f, "{cause}")?;
+                }
+                if let Some(left) = left {
+                    write!(f, "; {left}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Domain { cause: Some(c), .. } => Some(c.as_ref()),
+            Error::Io { source, .. } | Error::CommandStart { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// Result with our error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -219,9 +318,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_domain_error_keeps_its_cause() {
+        use virt::error::ErrorNumber as N;
+        let agent = Error::Libvirt {
+            what: "cannot take the snapshot".into(),
+            message: "Gastagent ist nicht verfügbar".into(),
+            code: virt::enumutil::Enum::Known(N::AgentUnresponsive),
+        };
+        let e = Error::in_domain("vm1", "disk vda", agent).left("vm1", "nothing was deleted");
+        assert_eq!(
+            e.to_string(),
+            "domain 'vm1': disk vda: cannot take the snapshot: Gastagent ist nicht verfügbar; \
+             nothing was deleted"
+        );
+        assert!(e.is_agent_unavailable());
+        assert!(std::error::Error::source(&e).is_some());
+        // Wrapping again for the same domain keeps the one error.
+        let again = Error::in_domain("vm1", "backup", e);
+        assert!(again.to_string().starts_with("domain 'vm1': disk vda: "));
+        // An error of our own, with what it left behind and no cause.
+        let own = Error::domain("vm2", "offline without -b").left("vm2", "nothing was done");
+        assert_eq!(
+            own.to_string(),
+            "domain 'vm2': offline without -b; nothing was done"
+        );
+        assert_eq!(own.libvirt_code(), None);
+        assert!(!own.is_usage());
+    }
+
+    #[test]
     fn exit_statuses() {
         let usage: Result<bool> = Err(Error::Usage("x".into()));
-        let failed: Result<bool> = Err(Error::Invalid("x".into()));
+        let failed: Result<bool> = Err(Error::State("x".into()));
         #[rustfmt::skip]
         let table: Vec<(Result<bool>, Option<i32>, Exit, u8)> = vec![
             (Ok(true), None, Exit::Success, 0),

@@ -75,6 +75,7 @@ pub mod cmd {
 
 pub mod error;
 pub mod fault;
+pub mod pool;
 pub mod units;
 
 pub use backup::{copy, exec, plan};

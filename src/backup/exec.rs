@@ -8,10 +8,9 @@ use crate::fsutil;
 use crate::ledger::{Held, Ledger, Overlay, PointRef};
 use crate::libvirt::{Dom, SnapshotDisk};
 use crate::plan::{Plan, RecordDraft, Step};
+use crate::pool::Pool;
 use crate::record::Record;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// What a run did to one domain.
@@ -33,64 +32,21 @@ pub struct Outcome {
     pub snapshot_ms: u128,
 }
 
-/// Copy slots shared by every domain of a run: at most that many files are
-/// copied at once in the whole process, which bounds memory (each copy holds
-/// a few chunk buffers) and keeps the disks from thrashing.
-#[derive(Debug)]
-pub struct Slots {
-    free: Mutex<usize>,
-    freed: std::sync::Condvar,
-    /// How many slots there are.
-    pub capacity: usize,
-}
-
-impl Slots {
-    /// `n` slots (at least one).
-    pub fn new(n: usize) -> Slots {
-        Slots {
-            free: Mutex::new(n.max(1)),
-            freed: std::sync::Condvar::new(),
-            capacity: n.max(1),
-        }
-    }
-
-    /// Runs `f` holding a slot.
-    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let mut free = self.free.lock().expect("the slot lock is never poisoned");
-        while *free == 0 {
-            free = self
-                .freed
-                .wait(free)
-                .expect("the slot lock is never poisoned");
-        }
-        *free -= 1;
-        drop(free);
-        let r = f();
-        *self.free.lock().expect("the slot lock is never poisoned") += 1;
-        self.freed.notify_one();
-        r
-    }
-}
-
-/// Files copied at once by default (`--copy-jobs`; restore copies the same
-/// way): enough to keep a disk busy, few enough to bound memory.
-pub const DEFAULT_COPY_JOBS: usize = 2;
-
 /// Where and how the steps run.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct Options {
     /// The run's copy slots.
-    pub slots: std::sync::Arc<Slots>,
+    pub pool: std::sync::Arc<Pool>,
     /// fi-backup's state directory (the overlay ledger).
     pub state_dir: std::path::PathBuf,
     /// --dry-run: say each step, do none.
     pub dry_run: bool,
 }
 
-/// Runs `plan` against domain `dom` (with `ctx.dry_run`, only says what
+/// Runs `plan` against domain `dom` (with `opts.dry_run`, only says what
 /// each step would do).
-pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
-    if ctx.dry_run {
+pub fn execute(plan: &Plan, dom: &Dom, opts: &Options) -> Result<Outcome> {
+    if opts.dry_run {
         for step in &plan.steps {
             log::info!("[dry run] {}: would {step}", plan.domain);
         }
@@ -98,19 +54,22 @@ pub fn execute(plan: &Plan, dom: &Dom, ctx: &Context) -> Result<Outcome> {
     }
     let mut outcome = Outcome::default();
     let mut copied: HashMap<String, Copied> = HashMap::new();
-    let mut snapshot_note = String::new();
+    let mut left: Option<String> = None;
     for step in &plan.steps {
         log::trace!("step for '{}': {step}", plan.domain);
         let result = crate::signals::check()
-            .and_then(|()| run_step(plan, step, dom, ctx, &mut copied, &mut outcome));
+            .and_then(|()| run_step(plan, step, dom, opts, &mut copied, &mut outcome));
         if result.is_ok() {
             if let Step::Snapshot { disks, .. } = step {
-                snapshot_note = after_snapshot_note(disks, &plan.ts);
+                left = Some(after_snapshot_note(disks, &plan.ts));
             }
         }
         if let Err(e) = result.and_then(|()| crate::fault::check(&format!("after-{}", step.kind())))
         {
-            return Err(Error::domain(&plan.domain, format!("{e}{snapshot_note}")));
+            return Err(match left {
+                Some(left) => e.left(&plan.domain, left),
+                None => Error::in_domain(&plan.domain, "", e),
+            });
         }
     }
     Ok(outcome)
@@ -128,8 +87,8 @@ fn after_snapshot_note(disks: &[SnapshotDisk], ts: &str) -> String {
         })
         .collect();
     format!(
-        " (the snapshot was taken and the domain runs on its new overlays: {}; \
-         no restore point was recorded for {ts})",
+        "the snapshot was taken and the domain runs on its new overlays ({}); \
+         no restore point was recorded for {ts}",
         on.join(", ")
     )
 }
@@ -138,7 +97,7 @@ fn run_step(
     plan: &Plan,
     step: &Step,
     dom: &Dom,
-    ctx: &Context,
+    opts: &Options,
     copied: &mut HashMap<String, Copied>,
     outcome: &mut Outcome,
 ) -> Result<()> {
@@ -149,7 +108,7 @@ fn run_step(
             quiesce_fallback,
             intent,
         } => {
-            crate::intent::record(&ctx.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
+            crate::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
             let started = Instant::now();
             let was_paused = dom.is_paused()?;
             let mut how = how.clone();
@@ -189,7 +148,7 @@ fn run_step(
                     outcome.snapshot_ms
                 );
             }
-            record_overlays(plan, disks, &ctx.state_dir)?;
+            record_overlays(plan, disks, &opts.state_dir)?;
             crate::fault::kill_point("kill-after-snapshot");
             crate::fault::hold("hold-after-snapshot");
         }
@@ -216,7 +175,7 @@ fn run_step(
             outcome.reused = files.len();
         }
         Step::Copy(list) => {
-            let done = copy_all(list, &ctx.slots)?;
+            let done = copy_all(list, &opts.pool)?;
             crate::fault::kill_point("kill-after-copy");
             for (job, c) in list.iter().zip(done) {
                 outcome.copied += 1;
@@ -238,7 +197,7 @@ fn run_step(
         }
         Step::NotePoint { dir, overlays } => {
             crate::fault::kill_point("kill-before-note");
-            note_point(plan, dir, overlays, copied, &ctx.state_dir)?;
+            note_point(plan, dir, overlays, copied, &opts.state_dir)?;
         }
     }
     Ok(())
@@ -284,9 +243,10 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
         }
     }
     ledger.save(state_dir).map_err(|e| {
-        Error::Invalid(format!(
-            "{e}: the new overlays are not in fi-backup's ledger, so consolidation will not delete them"
-        ))
+        e.left(
+            &plan.domain,
+            "the new overlays are not in fi-backup's ledger, so consolidation will not delete them",
+        )
     })
 }
 
@@ -326,43 +286,31 @@ fn note_point(
     ledger.save(state_dir)
 }
 
-/// Copies every job, as many at once as `slots` allow. If any copy fails,
+/// Copies every job, as many at once as the pool's slots allow. If any copy fails,
 /// the copies this step published are removed again (no record names them)
 /// and the first error is returned.
-pub fn copy_all(list: &[CopyJob], slots: &Slots) -> Result<Vec<Copied>> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Copied>>>> =
-        Mutex::new((0..list.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..slots.capacity.clamp(1, list.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = list.get(i) else { break };
-                let started = Instant::now();
-                let r = slots.with(|| copy::copy(job));
-                if let Ok(c) = &r {
-                    let secs = started.elapsed().as_secs_f64().max(1e-6);
-                    log::debug!(
-                        "Copied '{}' to '{}' ({} bytes, {:.0} MB/s, blake3 {})",
-                        job.source.display(),
-                        job.dest_dir.join(&job.name).display(),
-                        c.size,
-                        c.size as f64 / secs / 1e6,
-                        &c.blake3[..16]
-                    );
-                }
-                results
-                    .lock()
-                    .expect("no copy thread panics while holding the lock")[i] = Some(r);
-            });
+pub fn copy_all(list: &[CopyJob], pool: &Pool) -> Result<Vec<Copied>> {
+    let results = crate::pool::map(list, pool.capacity, |job| {
+        let started = Instant::now();
+        let r = pool.with(|| copy::copy(job));
+        if let Ok(c) = &r {
+            let secs = started.elapsed().as_secs_f64().max(1e-6);
+            log::debug!(
+                "Copied '{}' to '{}' ({} bytes, {:.0} MB/s, blake3 {})",
+                job.source.display(),
+                job.dest_dir.join(&job.name).display(),
+                c.size,
+                c.size as f64 / secs / 1e6,
+                &c.blake3[..16]
+            );
         }
+        r
     });
-    let results = results.into_inner().expect("copy threads have finished");
     let mut done = Vec::with_capacity(list.len());
     let mut first_error = None;
     let mut published = Vec::new();
     for (job, r) in list.iter().zip(results) {
-        match r.expect("every job ran") {
+        match r {
             Ok(c) => {
                 published.push(job.dest_dir.join(&job.name));
                 done.push(c);

@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub jobs: u16,
 
     /// How many files are copied at once, over all domains of the run
-    #[arg(long = "copy-jobs", value_name = "N", default_value_t = crate::exec::DEFAULT_COPY_JOBS as u16,
+    #[arg(long = "copy-jobs", value_name = "N", default_value_t = crate::pool::DEFAULT_COPY_JOBS as u16,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub copy_jobs: u16,
 

@@ -464,7 +464,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
     if !jobs.is_empty() {
         crate::exec::copy_all(
             &jobs,
-            &crate::exec::Slots::new(crate::exec::DEFAULT_COPY_JOBS),
+            &crate::pool::Pool::new(crate::pool::DEFAULT_COPY_JOBS),
         )?;
     }
     fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
@@ -494,7 +494,7 @@ pub fn rewrite_domain_xml(
     nvram: Option<&Path>,
 ) -> Result<String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| {
-        Error::Invalid(format!(
+        Error::Xml(format!(
             "cannot parse the domain XML of the restore point: {e}"
         ))
     })?;

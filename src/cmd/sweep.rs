@@ -39,15 +39,15 @@ pub fn run(config: &Config) -> Result<Summary> {
         .iter()
         .map(|n| (n.clone(), lv.lookup(n).and_then(|d| d.uuid()).ok()))
         .collect();
-    let slots = std::sync::Arc::new(exec::Slots::new(config.copy_jobs));
+    let pool = std::sync::Arc::new(crate::pool::Pool::new(config.copy_jobs));
     // Linked clones: which files each defined domain uses, read once before
     // any consolidation of this run.
     let siblings = match config.action {
         Action::Backup => Siblings::default(),
         _ => Siblings::gather(&lv)?,
     };
-    let results = for_each_parallel(&listed, config.jobs, |(name, uuid)| {
-        process_domain(&lv, name, uuid.as_deref(), config, &slots, &siblings)
+    let results = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
+        process_domain(&lv, name, uuid.as_deref(), config, &pool, &siblings)
     });
     let mut summary = Summary::default();
     for (name, result) in names.iter().zip(results) {
@@ -90,43 +90,16 @@ fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
     }
 }
 
-/// Runs `f` on every item, `jobs` at a time; results in item order.
-fn for_each_parallel<T: Sync, R: Send>(
-    items: &[T],
-    jobs: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<R>>> =
-        std::sync::Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                results.lock().expect("no worker panics holding the lock")[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .expect("workers have finished")
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
-}
-
 /// One domain, under its lock: backup, consolidation, or both (-C).
 fn process_domain(
     lv: &Libvirt,
     name: &str,
     listed_uuid: Option<&str>,
     config: &Config,
-    slots: &std::sync::Arc<exec::Slots>,
+    pool: &std::sync::Arc<crate::pool::Pool>,
     siblings: &Siblings,
 ) -> Result<()> {
-    crate::signals::check().map_err(|e| Error::domain(name, format!("not started: {e}")))?;
+    crate::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
     crate::fault::hold("hold-before-domain");
     let dom = match lv.lookup(name) {
         Ok(dom) => dom,
@@ -168,7 +141,7 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let _dir_lock = backup_domain(&dom, config, slots, dir.as_ref())?;
+        let _dir_lock = backup_domain(&dom, config, pool, dir.as_ref())?;
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
             crate::prune::prune_domain(d, name, policy, config.dry_run)?;
         }
@@ -184,7 +157,7 @@ fn process_domain(
 /// interrupted run left.
 fn lock_dir(dir: &DomainDir, name: &str) -> Result<lock::DomainLock> {
     let l = lock::lock_backup_dir(&dir.root, name)?;
-    crate::prune::finish_unfinished(dir, name).map_err(|e| Error::domain(name, e.to_string()))?;
+    crate::prune::finish_unfinished(dir, name).map_err(|e| Error::in_domain(name, "", e))?;
     Ok(l)
 }
 
@@ -195,7 +168,7 @@ fn lock_dir(dir: &DomainDir, name: &str) -> Result<lock::DomainLock> {
 fn backup_domain(
     dom: &Dom,
     config: &Config,
-    slots: &std::sync::Arc<exec::Slots>,
+    pool: &std::sync::Arc<crate::pool::Pool>,
     dir: Option<&DomainDir>,
 ) -> Result<Option<lock::DomainLock>> {
     let name = &dom.name;
@@ -220,13 +193,13 @@ fn backup_domain(
         if active { "running" } else { "shut off" },
         opts.ts
     );
-    let ctx = exec::Context {
-        slots: slots.clone(),
+    let opts = exec::Options {
+        pool: pool.clone(),
         state_dir: config.state_dir.clone(),
         dry_run: config.dry_run,
     };
     if config.dry_run {
-        exec::execute(&plan, dom, &ctx)?;
+        exec::execute(&plan, dom, &opts)?;
         return Ok(None);
     }
     // A first backup makes the domain's directory (with its lock) here; if
@@ -236,7 +209,7 @@ fn backup_domain(
         made = Some(d.root.clone());
         dir_lock = Some(lock_dir(d, name)?);
     }
-    match exec::execute(&plan, dom, &ctx) {
+    match exec::execute(&plan, dom, &opts) {
         Ok(outcome) => {
             crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
             report(name, &outcome, config);
@@ -297,11 +270,11 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
         return Ok(());
     }
     if active {
-        let settings = consolidate::Settings {
+        let opts = consolidate::Options {
             bandwidth_mib: config.bandwidth_mib,
             timeout: config.timeout,
         };
-        consolidate::execute(dom, &plan, settings, &mut ledger, &config.state_dir)?;
+        consolidate::execute(dom, &plan, opts, &mut ledger, &config.state_dir)?;
     } else {
         consolidate::execute_offline(dom, &plan, &mut ledger, &config.state_dir)?;
     }

@@ -46,7 +46,7 @@ pub fn disk_chains(
         }
         let source = disk.source.as_ref().expect("eligible disks have a source");
         let chain = chain::read_chain(source)
-            .map_err(|e| Error::domain(&domain.name, format!("disk {}: {e}", disk.target)))?;
+            .map_err(|e| Error::in_domain(&domain.name, format!("disk {}", disk.target), e))?;
         log::trace!(
             "Chain of {} of '{}': {}",
             disk.target,

@@ -96,7 +96,7 @@ pub struct DomainPlan {
 
 /// How jobs run.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub struct Options {
     /// MiB/s, 0 for unlimited.
     pub bandwidth_mib: u64,
     /// A job that has not finished (commit: become ready) by then is cancelled.
@@ -324,7 +324,7 @@ pub fn journal_entry(p: &DiskPlan, offline: bool) -> Entry {
 pub fn execute(
     dom: &Dom,
     plan: &DomainPlan,
-    settings: Settings,
+    opts: Options,
     ledger: &mut Ledger,
     state_dir: &Path,
 ) -> Result<()> {
@@ -342,7 +342,7 @@ pub fn execute(
     if !plans.is_empty() {
         journal.save(state_dir)?;
     }
-    let results = run_jobs(dom, plans, settings);
+    let results = run_jobs(dom, plans, opts);
     crate::fault::check("after-pivot")?;
     // Re-read before deleting anything: a domain that is gone now (QEMU
     // crashed or was stopped) may not have written out what its jobs did.
@@ -608,18 +608,10 @@ fn offline_chain_now(dom: &Dom, p: &DiskPlan) -> String {
 /// `virsh blockpull` trials (5 of 6 through fi-backup), and a crashed pull
 /// leaves the top without its backing reference. After a failure that took
 /// QEMU down, the remaining disks are not started.
-fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>> {
+fn run_jobs(dom: &Dom, plans: &[DiskPlan], opts: Options) -> Vec<Result<()>> {
     if plans.iter().all(|p| p.job != Job::Pull) {
-        return std::thread::scope(|s| {
-            let handles: Vec<_> = plans
-                .iter()
-                .map(|p| s.spawn(move || consolidate_disk(dom, p, settings)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a consolidation thread does not panic"))
-                .collect()
-        });
+        // Every job at once: they wait on QEMU, not on a copy slot.
+        return crate::pool::map(plans, plans.len(), |p| consolidate_disk(dom, p, opts));
     }
     let mut results = Vec::new();
     for p in plans {
@@ -635,7 +627,7 @@ fn run_jobs(dom: &Dom, plans: &[DiskPlan], settings: Settings) -> Vec<Result<()>
             )));
             continue;
         }
-        results.push(consolidate_disk(dom, p, settings));
+        results.push(consolidate_disk(dom, p, opts));
     }
     results
 }
@@ -735,7 +727,7 @@ fn delete_planned(dom: &Dom, p: &DiskPlan, ledger: &mut Ledger) {
 /// One disk: job, wait, pivot, confirm. On error the disk is on a valid
 /// chain (or, when QEMU died, on what it left, which `execute` repairs), and
 /// the error says what was read back afterwards.
-fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Settings) -> Result<()> {
+fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
     let raw = dom.raw();
     let t = &p.target;
     if blockjob::job_info(raw, t)?.is_some() {

@@ -145,12 +145,12 @@ pub fn reconcile(dom: &Dom, uuid: &str, state_dir: &Path) -> Result<()> {
     let Some(mut journal) = Journal::load(state_dir, uuid) else {
         return Ok(());
     };
-    let in_domain = |e: Error| match e {
-        e @ Error::Domain { .. } => e,
-        e => Error::domain(
+    let in_domain = |e: Error| {
+        Error::in_domain(
             &dom.name,
-            format!("reconciling the interrupted consolidation recorded in its journal: {e}"),
-        ),
+            "reconciling the interrupted consolidation recorded in its journal",
+            e,
+        )
     };
     let mut ledger = Ledger::load(state_dir, &dom.name, uuid);
     for e in &journal.entries {

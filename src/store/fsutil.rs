@@ -53,10 +53,7 @@ impl TempFile {
             .map_err(|e| Error::io("cannot flush", &self.path, e))?;
         std::fs::hard_link(&self.path, final_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Invalid(format!(
-                    "'{}' already exists; a backup file is never replaced",
-                    final_path.display()
-                ))
+                Error::Exists(final_path.to_path_buf())
             } else {
                 Error::io("cannot publish", final_path, e)
             }
@@ -102,10 +99,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Invalid(format!(
-            "'{}' exists and is not a directory (symlinks are not followed here)",
-            dir.display()
-        ))),
+        Ok(_) => Err(Error::NotADirectory(dir.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/"))),

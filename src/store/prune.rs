@@ -437,7 +437,7 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
         log::info!("Prune of '{domain}' ({policy}): nothing to remove");
         return Ok(());
     }
-    execute(dir, domain, plan).map_err(|e| Error::domain(domain, format!("prune: {e}")))?;
+    execute(dir, domain, plan).map_err(|e| Error::in_domain(domain, "prune", e))?;
     log::info!("Prune of '{domain}' ({policy}) done: {summary}");
     Ok(())
 }
@@ -517,7 +517,7 @@ pub fn load_journal(dir: &DomainDir) -> Result<Option<Journal>> {
     let path = journal_path(dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            Error::Invalid(format!(
+            Error::State(format!(
                 "the prune journal '{}' cannot be read ({e}); nothing is changed until it is removed by hand",
                 path.display()
             ))
@@ -644,7 +644,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
     // 5. Deletions: only names that no record on disk references now.
     let index = Index::load(dir)?;
     if !index.rejected.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::State(format!(
             "a record of '{domain}' cannot be trusted after the prune's rewrite; nothing was deleted"
         )));
     }

@@ -162,7 +162,7 @@ impl DomainDir {
     /// The directory of `domain` under the backup directory `backup_dir`.
     pub fn new(backup_dir: &Path, domain: &str) -> Result<DomainDir> {
         if domain.is_empty() || domain == "." || domain == ".." || domain.contains('/') {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Name(format!(
                 "domain name '{domain}' cannot be used as a directory name"
             )));
         }

@@ -21,7 +21,7 @@ pub struct JobInfo {
 
 fn c_disk(disk: &str) -> Result<CString> {
     CString::new(disk)
-        .map_err(|_| Error::Invalid(format!("disk name '{disk}' contains a NUL byte")))
+        .map_err(|_| Error::Name(format!("disk name '{disk}' contains a NUL byte")))
 }
 
 fn last_error(what: String) -> Error {
@@ -64,7 +64,7 @@ pub fn start_commit_below(
     let d = c_disk(disk)?;
     let path = |p: &std::path::Path| {
         CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::Invalid(format!("path '{}' contains a NUL byte", p.display())))
+            .map_err(|_| Error::Name(format!("path '{}' contains a NUL byte", p.display())))
     };
     let (t, b) = (path(top)?, path(base)?);
     // SAFETY: `dom` is a live domain handle for the duration of the call; the
