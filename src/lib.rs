@@ -76,6 +76,7 @@ pub mod cmd {
 pub mod error;
 pub mod fault;
 pub mod pool;
+pub mod report;
 pub mod units;
 
 pub use backup::{copy, exec, plan};

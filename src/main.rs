@@ -6,6 +6,7 @@ use clap::Parser;
 use fi_backup::cli::{Cli, Command};
 use fi_backup::config::{Config, Verbosity};
 use fi_backup::error::{Error, Exit};
+use fi_backup::report::{self, RunReport};
 use fi_backup::{adopt, list, logging, prune, restore, signals, sweep, verify};
 use std::process::ExitCode;
 
@@ -44,24 +45,44 @@ fn main() -> ExitCode {
     ExitCode::from(exit.code())
 }
 
-/// The backup run; Ok(false) when some domain failed.
+/// The backup run; Ok(false) when some domain failed (or its metrics file
+/// could not be written).
 fn run_sweep(args: fi_backup::cli::RunArgs) -> Result<bool, Error> {
+    let started = chrono::Local::now();
     let config = Config::from_args(args)?;
-    let summary = sweep::run(&config)?;
-    let total = summary.succeeded.len() + summary.failed.len();
-    if summary.failed.is_empty() {
-        if total > 1 {
-            log::info!("All {total} domains succeeded");
+    let domains = sweep::run(&config)?;
+    let failed: Vec<String> = domains
+        .iter()
+        .filter(|d| !d.success)
+        .map(|d| d.domain.clone())
+        .collect();
+    let mut report = RunReport {
+        success: failed.is_empty(),
+        dry_run: config.dry_run,
+        failed,
+        warnings: logging::warnings(),
+        domains,
+        ..report::timed("run", started)
+    };
+    let mut ok = report.success;
+    if let Some(path) = &config.metrics {
+        if config.dry_run {
+            log::info!("[dry run] would write metrics to '{}'", path.display());
+        } else if let Err(e) = report::publish_metrics(path, &report, config.backup_dir.as_deref())
+        {
+            log::error!("{e}");
+            ok = false;
         }
-        Ok(true)
-    } else {
-        log::error!(
-            "{} of {total} domain(s) failed: {}",
-            summary.failed.len(),
-            summary.failed.join(", ")
-        );
-        Ok(false)
     }
+    report.warnings = logging::warnings();
+    if !report.domains.is_empty() {
+        let (level, line) = report::summary_line(&report);
+        log::log!(level, "{line}");
+    }
+    if config.json {
+        report::print_json(&report)?;
+    }
+    Ok(ok)
 }
 
 /// VmHWM from /proc/self/status: this process's peak resident memory

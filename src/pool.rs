@@ -49,17 +49,21 @@ impl Pool {
 }
 
 /// Runs `f` on every item, at most `width` at a time, each on a scoped
-/// thread; the results come back in item order.
+/// thread that has the caller's log scope (a domain's warnings stay its
+/// own); the results come back in item order.
 pub fn map<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let scope = crate::logging::current_scope();
     std::thread::scope(|s| {
         for _ in 0..width.clamp(1, items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                results.lock().expect("no worker panics holding the lock")[i] = Some(r);
+            s.spawn(|| {
+                crate::logging::in_scope(scope.clone(), || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    results.lock().expect("no worker panics holding the lock")[i] = Some(r);
+                })
             });
         }
     });

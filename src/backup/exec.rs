@@ -22,6 +22,10 @@ pub struct Outcome {
     pub bytes: u64,
     /// Files reused from earlier runs.
     pub reused: usize,
+    /// Their bytes (as their records say).
+    pub reused_bytes: u64,
+    /// The disks snapshotted (targets).
+    pub disks: Vec<String>,
     /// The restore point written, if any.
     pub restore_point: Option<String>,
     /// Overlays created by the snapshot.
@@ -130,10 +134,14 @@ fn run_step(
             outcome.snapshot_ms = started.elapsed().as_millis();
             keep_running(dom, was_paused);
             result?;
-            outcome.overlays = disks
+            outcome.disks = disks
                 .iter()
-                .filter(|d| matches!(d, SnapshotDisk::External { .. }))
-                .count();
+                .filter_map(|d| match d {
+                    SnapshotDisk::External { target, .. } => Some(target.clone()),
+                    SnapshotDisk::Skip { .. } => None,
+                })
+                .collect();
+            outcome.overlays = outcome.disks.len();
             log::debug!(
                 "Snapshot for block devices of '{}' successful ({} ms)",
                 dom.name,
@@ -194,6 +202,14 @@ fn run_step(
             text.push('\n');
             fsutil::write_once(path, text.as_bytes())?;
             outcome.restore_point = Some(record.restore_point.clone());
+            outcome.reused_bytes = draft
+                .files
+                .iter()
+                .filter_map(|f| match f {
+                    crate::plan::PlannedFile::Reused(r) => Some(r.size),
+                    crate::plan::PlannedFile::Copied(_) => None,
+                })
+                .sum();
         }
         Step::NotePoint { dir, overlays } => {
             crate::fault::kill_point("kill-before-note");

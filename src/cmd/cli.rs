@@ -114,6 +114,15 @@ pub struct RunArgs {
     #[arg(long = "dry-run")]
     pub dry_run: bool,
 
+    /// Print the run's report as one JSON document on stdout (logs stay on stderr)
+    #[arg(long = "json")]
+    pub json: bool,
+
+    /// After the run, write Prometheus metrics of each domain to FILE (for
+    /// node_exporter's textfile collector; replaced atomically, mode 0644)
+    #[arg(long = "metrics", value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+
     #[command(flatten)]
     pub libvirt: Connection,
 
@@ -201,6 +210,9 @@ pub struct PruneArgs {
     /// Print what would be kept, removed, merged and freed; change nothing
     #[arg(long = "dry-run")]
     pub dry_run: bool,
+    /// Print the report as one JSON document on stdout
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 /// Where fi-backup keeps its locks and its own state on the host.
@@ -339,6 +351,9 @@ pub struct VerifyArgs {
     /// Only this restore point (needs --domain)
     #[arg(long = "at", value_name = "RESTORE_POINT", requires = "domain")]
     pub at: Option<String>,
+    /// Print the report as one JSON document on stdout
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 /// Arguments of `fi-backup list`.

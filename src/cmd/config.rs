@@ -99,6 +99,10 @@ pub struct Config {
     pub timeout: std::time::Duration,
     /// Domains handled at once.
     pub jobs: usize,
+    /// --json: the report on stdout.
+    pub json: bool,
+    /// --metrics: the Prometheus text file to write after the run.
+    pub metrics: Option<PathBuf>,
 }
 
 impl Config {
@@ -150,6 +154,7 @@ impl Config {
                 "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
             );
         }
+        let metrics = args.metrics.as_deref().map(metrics_file).transpose()?;
         if args.commit_all && action == Action::Backup {
             return usage("--commit-all needs consolidation (-c | -C)");
         }
@@ -176,8 +181,31 @@ impl Config {
             bandwidth_mib: args.bandwidth,
             timeout: std::time::Duration::from_secs(args.timeout),
             jobs: usize::from(args.jobs),
+            json: args.json,
+            metrics,
         })
     }
+}
+
+/// The metrics file: its directory must exist (the file is replaced by a
+/// rename within it), and the name must not be a directory. Returned
+/// absolute.
+fn metrics_file(file: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(file).map_err(|e| Error::io("cannot resolve", file, e))?;
+    let dir = abs.parent().unwrap_or(Path::new("/"));
+    if abs.file_name().is_none() || abs.is_dir() {
+        return usage(&format!(
+            "metrics file '{}' is a directory; give a file name such as fi-backup.prom",
+            file.display()
+        ));
+    }
+    if !dir.is_dir() {
+        return usage(&format!(
+            "the directory of metrics file '{}' doesn't exist",
+            file.display()
+        ));
+    }
+    Ok(abs)
 }
 
 fn usage<T>(message: &str) -> Result<T> {

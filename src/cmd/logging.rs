@@ -3,10 +3,78 @@
 //! with -v), `[DEB]` trace (shown with -d). RUST_LOG, when set, overrides.
 //! With `--log-timestamps` each line has the local time (RFC 3339) after its
 //! tag, for logs kept in files.
+//!
+//! Every warning is counted (the run's summary line says how many), and a
+//! warning logged while a `Scope` is current (a domain's turn in a sweep,
+//! on its thread and on the worker threads `pool::map` starts for it) is
+//! kept for that domain's report too.
 
 use crate::config::Verbosity;
-use log::{Level, LevelFilter};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::cell::RefCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where a domain's warnings are collected.
+pub type Scope = Arc<Mutex<Vec<String>>>;
+
+static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Warnings logged so far by this process.
+pub fn warnings() -> usize {
+    WARNINGS.load(Ordering::Relaxed)
+}
+
+/// The scope current on this thread, to hand to a worker thread.
+pub fn current_scope() -> Option<Scope> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with `scope` current on this thread, then restores the one
+/// before.
+pub fn in_scope<R>(scope: Option<Scope>, f: impl FnOnce() -> R) -> R {
+    let before = CURRENT.with(|c| c.replace(scope));
+    let r = f();
+    CURRENT.with(|c| *c.borrow_mut() = before);
+    r
+}
+
+/// Notes a warning: counted, and kept in the current scope.
+fn note_warning(message: String) {
+    WARNINGS.fetch_add(1, Ordering::Relaxed);
+    if let Some(scope) = current_scope() {
+        scope
+            .lock()
+            .expect("no thread panics holding a scope")
+            .push(message);
+    }
+}
+
+/// env_logger's logger, with every warning noted first (whatever the
+/// filters show).
+struct Counting(env_logger::Logger);
+
+impl Log for Counting {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= Level::Warn || self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        if record.level() == Level::Warn && record.target().starts_with("fi_backup") {
+            note_warning(record.args().to_string());
+        }
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
 
 /// The script's tag for a log level.
 pub fn tag(level: Level) -> &'static str {
@@ -41,6 +109,31 @@ pub fn init(verbosity: Verbosity, timestamps: bool) {
             writeln!(buf, "{} {}", tag(record.level()), record.args())
         }
     });
+    let logger = builder.build();
+    let max = logger.filter().max(LevelFilter::Warn);
     // A second init (tests call run() repeatedly in one process) is harmless.
-    let _ = builder.try_init();
+    if log::set_boxed_logger(Box::new(Counting(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_land_in_the_current_scope_and_workers_inherit_it() {
+        let scope: Scope = Arc::default();
+        let before = warnings();
+        in_scope(Some(scope.clone()), || {
+            note_warning("one".into());
+            crate::pool::map(&[1, 2], 2, |n| note_warning(format!("worker {n}")));
+        });
+        note_warning("outside".into());
+        let mut got = scope.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, vec!["one", "worker 1", "worker 2"]);
+        assert!(warnings() >= before + 4);
+        assert!(current_scope().is_none());
+    }
 }

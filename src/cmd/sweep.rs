@@ -15,19 +15,12 @@ use crate::libvirt::{Dom, Libvirt};
 use crate::lock;
 use crate::plan;
 use crate::record::DomainDir;
+use crate::report::{BackupReport, DomainReport, MergeReport, MergedDisk, Named};
 use crate::siblings::Siblings;
 
-/// How a sweep went.
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Domains that succeeded.
-    pub succeeded: Vec<String>,
-    /// Domains that failed.
-    pub failed: Vec<String>,
-}
-
-/// Runs the configured action over the selected domains.
-pub fn run(config: &Config) -> Result<Summary> {
+/// Runs the configured action over the selected domains; one report per
+/// domain, in the selection's order.
+pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
     let lv = Libvirt::open(&config.connect)?;
     let names = resolve(&lv, &config.selection)?;
     if names.is_empty() {
@@ -46,20 +39,42 @@ pub fn run(config: &Config) -> Result<Summary> {
         Action::Backup => Siblings::default(),
         _ => Siblings::gather(&lv)?,
     };
-    let results = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
-        process_domain(&lv, name, uuid.as_deref(), config, &pool, &siblings)
-    });
-    let mut summary = Summary::default();
-    for (name, result) in names.iter().zip(results) {
-        match result {
-            Ok(()) => summary.succeeded.push(name.clone()),
-            Err(e) => {
-                log::error!("{e}");
-                summary.failed.push(name.clone());
-            }
+    let reports = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
+        let started = std::time::Instant::now();
+        let mut report = DomainReport {
+            domain: name.clone(),
+            uuid: uuid.clone(),
+            action: match config.action {
+                Action::Backup => "backup",
+                Action::ConsolidateOnly => "consolidate",
+                Action::SnapshotAndConsolidate => "snapshot-consolidate",
+            },
+            started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            ..Default::default()
+        };
+        // The domain's warnings are its report's, whichever thread logs them.
+        let scope = crate::logging::Scope::default();
+        let result = crate::logging::in_scope(Some(scope.clone()), || {
+            process_domain(
+                &lv,
+                name,
+                uuid.as_deref(),
+                config,
+                &pool,
+                &siblings,
+                &mut report,
+            )
+        });
+        if let Err(e) = &result {
+            log::error!("{e}");
+            report.error = Some(e.to_string());
         }
-    }
-    Ok(summary)
+        report.success = result.is_ok();
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        report.warnings = std::mem::take(&mut *scope.lock().expect("no worker panics holding it"));
+        report
+    });
+    Ok(reports)
 }
 
 /// The domain names a selection stands for. Every named domain must exist:
@@ -98,6 +113,7 @@ fn process_domain(
     config: &Config,
     pool: &std::sync::Arc<crate::pool::Pool>,
     siblings: &Siblings,
+    report: &mut DomainReport,
 ) -> Result<()> {
     crate::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
     crate::fault::hold("hold-before-domain");
@@ -118,6 +134,7 @@ fn process_domain(
         Err(e) => return Err(e),
     };
     let first = dom.live_facts()?;
+    report.uuid = Some(first.uuid.clone());
     if let Some(uuid) = listed_uuid.filter(|u| *u != first.uuid) {
         return Err(Error::domain(
             name,
@@ -141,13 +158,13 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let _dir_lock = backup_domain(&dom, config, pool, dir.as_ref())?;
+        let _dir_lock = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
-            crate::prune::prune_domain(d, name, policy, config.dry_run)?;
+            report.prune = Some(crate::prune::prune_domain(d, name, policy, config.dry_run)?);
         }
     }
     if config.action != Action::Backup {
-        consolidate_domain(&dom, config, siblings)?;
+        consolidate_domain(&dom, config, siblings, report)?;
     }
     Ok(())
 }
@@ -170,6 +187,7 @@ fn backup_domain(
     config: &Config,
     pool: &std::sync::Arc<crate::pool::Pool>,
     dir: Option<&DomainDir>,
+    report: &mut DomainReport,
 ) -> Result<Option<lock::DomainLock>> {
     let name = &dom.name;
     let mut dir_lock = match dir {
@@ -200,6 +218,7 @@ fn backup_domain(
     };
     if config.dry_run {
         exec::execute(&plan, dom, &opts)?;
+        report.backup = Some(BackupReport::default());
         return Ok(None);
     }
     // A first backup makes the domain's directory (with its lock) here; if
@@ -211,8 +230,18 @@ fn backup_domain(
     }
     match exec::execute(&plan, dom, &opts) {
         Ok(outcome) => {
+            report.backup = Some(BackupReport {
+                restore_point: outcome.restore_point.clone(),
+                disks: outcome.disks.clone(),
+                copied_files: outcome.copied,
+                copied_bytes: outcome.bytes,
+                reused_files: outcome.reused,
+                reused_bytes: outcome.reused_bytes,
+                quiesce_dropped: outcome.quiesce_dropped,
+                snapshot_ms: outcome.snapshot_ms,
+            });
             crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
-            report(name, &outcome, config);
+            say_done(name, &outcome, config);
             Ok(dir_lock)
         }
         Err(e) => {
@@ -234,7 +263,12 @@ fn backup_domain(
 
 /// Consolidates one domain (its lock is held): live when it runs, with
 /// qemu-img when it is shut off.
-fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result<()> {
+fn consolidate_domain(
+    dom: &Dom,
+    config: &Config,
+    siblings: &Siblings,
+    report: &mut DomainReport,
+) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
     let domain = dom.live_facts()?;
@@ -257,6 +291,23 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
     for (target, why) in &plan.idle {
         log::info!("Consolidation of '{name}': {target}: {why}");
     }
+    let named = |list: Vec<(&String, &String)>| -> Vec<Named> {
+        list.into_iter()
+            .map(|(t, w)| Named {
+                target: t.clone(),
+                why: w.clone(),
+            })
+            .collect()
+    };
+    report.consolidation = Some(MergeReport {
+        method: consolidate::job_for(config.method, config.commit_all)
+            .name()
+            .to_string(),
+        offline: !active,
+        idle: named(plan.idle.iter().map(|(t, w)| (t, w)).collect()),
+        refused: named(plan.refused.iter().map(|r| (&r.target, &r.why)).collect()),
+        ..Default::default()
+    });
     if plan.disks.is_empty() && plan.refused.is_empty() {
         if plan.idle.is_empty() {
             log::info!(
@@ -269,15 +320,21 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
         consolidate::dry_run(name, &plan, how);
         return Ok(());
     }
-    if active {
+    let result = if active {
         let opts = consolidate::Options {
             bandwidth_mib: config.bandwidth_mib,
             timeout: config.timeout,
         };
-        consolidate::execute(dom, &plan, opts, &mut ledger, &config.state_dir)?;
+        consolidate::execute(dom, &plan, opts, &mut ledger, &config.state_dir)
     } else {
-        consolidate::execute_offline(dom, &plan, &mut ledger, &config.state_dir)?;
+        consolidate::execute_offline(dom, &plan, &mut ledger, &config.state_dir)
+    };
+    // What it did, as the domain and the files are now (after a failure
+    // too).
+    if let Some(m) = report.consolidation.as_mut() {
+        merged(dom, active, &plan, m);
     }
+    result?;
     let on: Vec<String> = plan
         .disks
         .iter()
@@ -307,7 +364,7 @@ fn consolidate_domain(dom: &Dom, config: &Config, siblings: &Siblings) -> Result
     Ok(())
 }
 
-fn report(name: &str, o: &Outcome, config: &Config) {
+fn say_done(name: &str, o: &Outcome, config: &Config) {
     let mut parts = Vec::new();
     if o.overlays > 0 {
         parts.push(format!("{} disk(s) snapshotted", o.overlays));
@@ -326,5 +383,44 @@ fn report(name: &str, o: &Outcome, config: &Config) {
             parts.join(", ")
         ),
         None => log::info!("Backup of '{name}' done: {}", parts.join(", ")),
+    }
+}
+
+/// Fills `m` from the real state after a consolidation ran (or failed): the
+/// file each planned disk runs on now, and which of the files the plan was
+/// to delete are gone.
+fn merged(dom: &Dom, active: bool, plan: &consolidate::DomainPlan, m: &mut MergeReport) {
+    let now = if active {
+        dom.live_facts()
+    } else {
+        dom.persistent_facts()
+    };
+    match now {
+        Ok(facts) => {
+            for p in &plan.disks {
+                if let Some(src) = facts
+                    .disks
+                    .iter()
+                    .find(|d| d.target == p.target)
+                    .and_then(|d| d.source.clone())
+                {
+                    m.disks.push(MergedDisk {
+                        target: p.target.clone(),
+                        on: src,
+                    });
+                }
+            }
+        }
+        Err(e) => log::warn!("cannot re-read '{}' for its report: {e}", dom.name),
+    }
+    for p in &plan.disks {
+        for f in &p.delete {
+            if std::fs::symlink_metadata(f).is_ok() {
+                m.left.push(f.clone());
+            } else {
+                m.deleted.push(f.clone());
+            }
+        }
+        m.left.extend(p.leave.iter().map(|(f, _)| f.clone()));
     }
 }

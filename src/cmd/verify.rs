@@ -9,11 +9,14 @@ use crate::cli::VerifyArgs;
 use crate::error::Result;
 use crate::qemu_img;
 use crate::record::{DomainDir, FileRecord, Index, Record};
+use crate::report::{Problem, RunReport, VerifyReport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Runs `fi-backup verify`; Ok(false) when anything is damaged or missing.
 pub fn run(args: &VerifyArgs) -> Result<bool> {
+    let started = chrono::Local::now();
+    let mut verified = Vec::new();
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
         None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
@@ -23,18 +26,30 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
     let mut files = 0;
     for d in &domains {
         let dir = DomainDir::new(&args.scope.backup.backup_dir, d)?;
+        let mut found = VerifyReport {
+            domain: d.clone(),
+            ..Default::default()
+        };
+        let mut problem = |what: String, breaks: Vec<String>| {
+            found.problems.push(Problem { what, breaks });
+        };
         if crate::prune::journal_path(&dir).exists() {
-            log::error!(
+            let what = format!(
                 "A prune of '{d}' is unfinished ('{}'): its files are being merged, so they are \
                  not checked now; the next prune or backup of '{d}' finishes it",
                 crate::prune::journal_path(&dir).display()
             );
+            log::error!("{what}");
+            problem(what, Vec::new());
+            verified.push(found);
             clean = false;
             continue;
         }
         let index = Index::load(&dir)?;
         for (path, why) in &index.rejected {
-            log::error!("Record '{}' cannot be trusted: {why}", path.display());
+            let what = format!("Record '{}' cannot be trusted: {why}", path.display());
+            log::error!("{what}");
+            problem(what, Vec::new());
             clean = false;
         }
         let records: Vec<&Record> = match &args.at {
@@ -46,13 +61,30 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         files += report.checked;
         for (what, broken) in &report.problems {
             log::error!("{what}; breaks restore point(s) {}", broken.join(", "));
+            problem(what.clone(), broken.clone());
             clean = false;
         }
+        found.points = records.len();
+        found.files = report.checked;
+        verified.push(found);
     }
     if clean {
         log::info!("Verified {points} restore point(s), {files} file(s): all good");
     } else {
         log::error!("Verification found problems (see above)");
+    }
+    if args.json {
+        crate::report::print_json(&RunReport {
+            success: clean,
+            failed: verified
+                .iter()
+                .filter(|v| !v.problems.is_empty())
+                .map(|v| v.domain.clone())
+                .collect(),
+            warnings: crate::logging::warnings(),
+            verified,
+            ..crate::report::timed("verify", started)
+        })?;
     }
     Ok(clean)
 }

@@ -103,6 +103,15 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// The job `-m` and `--commit-all` ask for.
+pub fn job_for(method: Method, commit_all: bool) -> Job {
+    match method {
+        Method::BlockPull => Job::Pull,
+        Method::BlockCommit if commit_all => Job::CommitAll,
+        Method::BlockCommit => Job::CommitBelow,
+    }
+}
+
 /// Plans the consolidation of domain `uuid`'s disks, running or shut off.
 /// Disks whose chain is a single file have nothing to consolidate and are
 /// left out; with the default commit, so are disks on their base plus one
@@ -117,11 +126,7 @@ pub fn plan(
     method: Method,
     commit_all: bool,
 ) -> DomainPlan {
-    let job = match method {
-        Method::BlockPull => Job::Pull,
-        Method::BlockCommit if commit_all => Job::CommitAll,
-        Method::BlockCommit => Job::CommitBelow,
-    };
+    let job = job_for(method, commit_all);
     let mut out = DomainPlan::default();
     for d in disks.iter().filter(|d| d.chain.len() > 1) {
         let t = &d.disk.target;

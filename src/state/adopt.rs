@@ -148,7 +148,8 @@ fn adopt_domain(
             Verdict::Leave { .. } => None,
         }));
     ledger.save(&args.places.state_dir).map_err(|e| {
-        Error::in_domain(name, "the ledger could not be written", e).left(name, "nothing was adopted")
+        Error::in_domain(name, "the ledger could not be written", e)
+            .left(name, "nothing was adopted")
     })?;
     log::info!(
         "{name}: {adopted} overlay(s) of fi-backup.sh adopted; consolidation may now delete them"

@@ -30,6 +30,7 @@
 use crate::error::{Error, Result};
 use crate::ledger::Held;
 use crate::record::{DomainDir, FileRecord, Index, Record};
+use crate::report::{DomainReport, PruneReport, RunReport};
 use crate::retention::{self, Policy, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -311,6 +312,7 @@ pub fn rewrite(record: &Record, plan: &PrunePlan, updated: &HashMap<String, File
 
 /// Runs `fi-backup prune`; Ok(false) when some domain failed.
 pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
+    let started = chrono::Local::now();
     let policy = args.keep.policy();
     if !policy.is_set() {
         return Err(Error::Usage(
@@ -339,20 +341,41 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
         None => crate::record::domains_in(backup)?,
     };
     let mut failed = Vec::new();
+    let mut reports = Vec::new();
     for d in &domains {
-        let dir = DomainDir::new(backup, d)?;
-        let result = if args.dry_run {
-            prune_domain(&dir, d, &policy, true)
-        } else {
-            crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
-                finish_unfinished(&dir, d)?;
-                prune_domain(&dir, d, &policy, false)
-            })
+        let began = std::time::Instant::now();
+        let mut report = DomainReport {
+            domain: d.clone(),
+            action: "prune",
+            started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            ..Default::default()
         };
-        if let Err(e) = result {
-            log::error!("{e}");
-            failed.push(d.clone());
+        let scope = crate::logging::Scope::default();
+        let result = crate::logging::in_scope(Some(scope.clone()), || {
+            let dir = DomainDir::new(backup, d)?;
+            if args.dry_run {
+                prune_domain(&dir, d, &policy, true)
+            } else {
+                crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
+                    finish_unfinished(&dir, d)?;
+                    prune_domain(&dir, d, &policy, false)
+                })
+            }
+        });
+        match result {
+            Ok(p) => {
+                report.success = true;
+                report.prune = Some(p);
+            }
+            Err(e) => {
+                log::error!("{e}");
+                report.error = Some(e.to_string());
+                failed.push(d.clone());
+            }
         }
+        report.duration_seconds = began.elapsed().as_secs_f64();
+        report.warnings = std::mem::take(&mut *scope.lock().expect("no thread panics holding it"));
+        reports.push(report);
     }
     if !failed.is_empty() {
         log::error!(
@@ -362,12 +385,27 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
             failed.join(", ")
         );
     }
+    if args.json {
+        crate::report::print_json(&RunReport {
+            success: failed.is_empty(),
+            dry_run: args.dry_run,
+            failed: failed.clone(),
+            warnings: crate::logging::warnings(),
+            domains: reports,
+            ..crate::report::timed("prune", started)
+        })?;
+    }
     Ok(failed.is_empty())
 }
 
 /// Prunes one domain's directory (its directory lock is held, unless
 /// `dry_run`, which only says what would be done).
-pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: bool) -> Result<()> {
+pub fn prune_domain(
+    dir: &DomainDir,
+    domain: &str,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<PruneReport> {
     let index = Index::load(dir)?;
     let ts = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
     let plan =
@@ -429,17 +467,34 @@ pub fn prune_domain(dir: &DomainDir, domain: &str, policy: &Policy, dry_run: boo
         plan.delete.len(),
         crate::units::human_bytes(plan.freed)
     );
+    let report = PruneReport {
+        policy: policy.to_string(),
+        kept: plan
+            .kept
+            .iter()
+            .map(|(p, rule)| crate::report::Named {
+                target: p.clone(),
+                why: rule.to_string(),
+            })
+            .collect(),
+        removed: plan.dropped.clone(),
+        deleted_files: plan.delete.len(),
+        merged_files: plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
+            + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>(),
+        freed_bytes: plan.freed,
+        dry_run,
+    };
     if dry_run {
         log::info!("[dry run] prune of '{domain}' ({policy}) would {summary}");
-        return Ok(());
+        return Ok(report);
     }
     if plan.is_empty() {
         log::info!("Prune of '{domain}' ({policy}): nothing to remove");
-        return Ok(());
+        return Ok(report);
     }
     execute(dir, domain, plan).map_err(|e| Error::in_domain(domain, "prune", e))?;
     log::info!("Prune of '{domain}' ({policy}) done: {summary}");
-    Ok(())
+    Ok(report)
 }
 
 /// The description of a kept top's new copy.

@@ -20,8 +20,7 @@ pub struct JobInfo {
 }
 
 fn c_disk(disk: &str) -> Result<CString> {
-    CString::new(disk)
-        .map_err(|_| Error::Name(format!("disk name '{disk}' contains a NUL byte")))
+    CString::new(disk).map_err(|_| Error::Name(format!("disk name '{disk}' contains a NUL byte")))
 }
 
 fn last_error(what: String) -> Error {
