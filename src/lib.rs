@@ -76,6 +76,7 @@ pub mod cmd {
 pub mod error;
 pub mod fault;
 pub mod pool;
+pub mod progress;
 pub mod report;
 pub mod units;
 

@@ -24,6 +24,8 @@ fn main() -> ExitCode {
         Verbosity::Normal
     };
     logging::init(verbosity, cli.run.log_timestamps);
+    // Live progress only on a terminal: cron mail and log files stay clean.
+    fi_backup::progress::enable(true);
     signals::install();
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),

@@ -15,6 +15,7 @@ use crate::chain::SourceId;
 use crate::error::{Error, Result};
 use crate::ffi::{self, Advice};
 use crate::fsutil::TempFile;
+use crate::progress::Bar;
 use crate::qemu_img;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -69,15 +70,16 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     }
     ffi::advise(&src, 0, 0, Advice::Sequential);
     let tmp = TempFile::create(&job.dest_dir, &job.name)?;
+    let bar = crate::progress::Bar::bytes(format!("copy {}", job.name), id.size);
     let mut hasher = blake3::Hasher::new();
     match &job.backing {
         None => copy_range(
             &src,
             &tmp.file,
-            0,
-            id.size,
+            (0, id.size),
             &mut Some(&mut hasher),
             &job.source,
+            &bar,
         )?,
         Some((name, format)) => {
             let head = job.cluster_size.unwrap_or(65536).min(id.size);
@@ -87,10 +89,10 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
                     copy_range(
                         &src,
                         &tmp.file,
-                        head,
-                        id.size,
+                        (head, id.size),
                         &mut Some(&mut hasher),
                         &job.source,
+                        &bar,
                     )?;
                 }
                 Err(why) => {
@@ -101,7 +103,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
                     tmp.file
                         .set_len(0)
                         .map_err(|e| Error::io("cannot truncate", &tmp.path, e))?;
-                    copy_range(&src, &tmp.file, 0, id.size, &mut None, &job.source)?;
+                    copy_range(&src, &tmp.file, (0, id.size), &mut None, &job.source, &bar)?;
                     qemu_img::rebase_unsafe(&tmp.path, name, format)?;
                     let len = file_len(&tmp.file, &tmp.path)?;
                     hash_range(&tmp.file, 0, len, &mut hasher, &tmp.path)?;
@@ -155,7 +157,15 @@ fn header_first(
     format: &str,
     src_path: &Path,
 ) -> std::result::Result<(), String> {
-    copy_range(src, &tmp.file, 0, head, &mut None, src_path).map_err(|e| e.to_string())?;
+    copy_range(
+        src,
+        &tmp.file,
+        (0, head),
+        &mut None,
+        src_path,
+        &Bar::hidden(),
+    )
+    .map_err(|e| e.to_string())?;
     tmp.file.set_len(size).map_err(|e| e.to_string())?;
     qemu_img::rebase_unsafe(&tmp.path, backing, format).map_err(|e| e.to_string())?;
     if file_len(&tmp.file, &tmp.path).map_err(|e| e.to_string())? != size {
@@ -190,10 +200,10 @@ struct Piece {
 fn copy_range(
     src: &File,
     dst: &File,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
     hasher: &mut Option<&mut blake3::Hasher>,
     src_path: &Path,
+    bar: &Bar,
 ) -> Result<()> {
     const DEPTH: usize = 4;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(DEPTH);
@@ -203,7 +213,8 @@ fn copy_range(
     }
     let hasher = hasher.as_deref_mut();
     std::thread::scope(|s| {
-        let reader = s.spawn(move || read_pieces(src, start, end, hasher, src_path, &tx, &back_rx));
+        let reader =
+            s.spawn(move || read_pieces(src, (start, end), hasher, src_path, (&tx, &back_rx), bar));
         let written = write_pieces(dst, &rx, &back_tx, src_path);
         drop(rx);
         let read = reader.join().expect("the reader thread does not panic");
@@ -219,12 +230,14 @@ fn copy_range(
 /// The reader stage: extents, reads, hashing, zero detection.
 fn read_pieces(
     src: &File,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
     mut hasher: Option<&mut blake3::Hasher>,
     src_path: &Path,
-    tx: &std::sync::mpsc::SyncSender<Piece>,
-    buffers: &std::sync::mpsc::Receiver<Vec<u8>>,
+    (tx, buffers): (
+        &std::sync::mpsc::SyncSender<Piece>,
+        &std::sync::mpsc::Receiver<Vec<u8>>,
+    ),
+    bar: &Bar,
 ) -> Result<()> {
     let mut pos = start;
     while pos < end {
@@ -236,6 +249,7 @@ fn read_pieces(
             hash_zeros(h, data - pos);
         }
         pos = data;
+        bar.set(pos);
         if pos >= end {
             break;
         }
@@ -273,6 +287,7 @@ fn read_pieces(
                 return Ok(());
             }
             pos += n as u64;
+            bar.set(pos);
         }
     }
     Ok(())

@@ -68,7 +68,10 @@ impl Log for Counting {
         if record.level() == Level::Warn && record.target().starts_with("fi_backup") {
             note_warning(record.args().to_string());
         }
-        self.0.log(record);
+        // Above the progress bars, if any are drawn.
+        if self.0.enabled(record.metadata()) {
+            crate::progress::suspend(|| self.0.log(record));
+        }
     }
 
     fn flush(&self) {

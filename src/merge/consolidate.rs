@@ -27,7 +27,7 @@ use crate::libvirt::Dom;
 use crate::naming;
 use crate::plan::DiskChain;
 use crate::siblings::Siblings;
-use std::io::{IsTerminal, Write};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -767,9 +767,9 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
         return Err(failure(dom, p, e.to_string()));
     }
     crate::fault::kill_point("kill-mid-blockcommit");
-    let progress = Progress::new(&dom.name, t, name);
+    let progress = crate::progress::Bar::percent(format!("{} {t} {name}", dom.name));
     let waited = wait(dom, t, p.job, s.timeout, &progress);
-    progress.finish();
+    drop(progress);
     if let Err(e) = waited {
         return Err(failure(dom, p, e.to_string()));
     }
@@ -874,7 +874,13 @@ fn chain_now(dom: &Dom, p: &DiskPlan) -> String {
 }
 
 /// Waits until an active commit is ready, or another job has ended.
-fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) -> Result<()> {
+fn wait(
+    dom: &Dom,
+    t: &str,
+    job: Job,
+    timeout: Duration,
+    progress: &crate::progress::Bar,
+) -> Result<()> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -884,7 +890,7 @@ fn wait(dom: &Dom, t: &str, job: Job, timeout: Duration, progress: &Progress) ->
             Some(i) if job == Job::CommitAll && i.cur == i.end && libvirt_ready(dom, t)? => {
                 return Ok(())
             }
-            Some(i) => progress.show(i.cur, i.end),
+            Some(i) => progress.fraction(i.cur, i.end),
             // A pull's or a commit-below's job is gone when it finished,
             // and also when it failed or QEMU died: `confirm` tells them
             // apart.
@@ -1003,41 +1009,6 @@ fn show_paths(chain: &[PathBuf]) -> String {
         .map(|p| format!("'{}'", p.display()))
         .collect::<Vec<_>>()
         .join(" <- ")
-}
-
-/// Progress of one job on a terminal (stderr); nothing otherwise.
-struct Progress {
-    label: Option<String>,
-    last: std::cell::Cell<Option<Instant>>,
-}
-
-impl Progress {
-    fn new(domain: &str, target: &str, method: &str) -> Progress {
-        Progress {
-            label: std::io::stderr()
-                .is_terminal()
-                .then(|| format!("{domain} {target} {method}")),
-            last: std::cell::Cell::new(None),
-        }
-    }
-    fn show(&self, cur: u64, end: u64) {
-        let Some(label) = &self.label else { return };
-        if self
-            .last
-            .get()
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
-        {
-            return;
-        }
-        self.last.set(Some(Instant::now()));
-        let pct = cur.saturating_mul(100).checked_div(end).unwrap_or(0);
-        let _ = write!(std::io::stderr(), "\r\x1b[K{label}: {pct}% ({cur}/{end})");
-    }
-    fn finish(&self) {
-        if self.label.is_some() && self.last.get().is_some() {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
-    }
 }
 
 #[cfg(test)]

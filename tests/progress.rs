@@ -1,0 +1,114 @@
+//! Live progress: on a terminal (a pseudo-terminal from util-linux's
+//! `script`), two block jobs at once each draw a line, and every log line
+//! still reaches the screen whole; with stderr not a terminal, not one
+//! control character is written.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+/// Removes ANSI escape sequences (CSI: ESC [ ... final byte).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A domain with two disks whose files below the top hold 8 MiB each, so
+/// that a commit-below at 1 MiB/s runs for seconds.
+fn two_disks_to_commit(s: &mut Scenario, short: &str) -> String {
+    let dom = s.start(
+        short,
+        "img",
+        &[DiskSpec::qcow2("a.qcow2", "vda"), DiskSpec::qcow2("b.qcow2", "vdb")],
+    );
+    s.fi_ok(&["--bandwidth", "1", &dom]);
+    for disk in 0..2 {
+        for mib in 0..8 {
+            guest_write(&dom, disk, 0x40 + mib as u8, mib);
+        }
+    }
+    dom
+}
+
+#[test]
+fn bars_on_a_terminal_and_none_elsewhere() {
+    let mut s = Scenario::new("progress");
+    let dom = two_disks_to_commit(&mut s, "t");
+    let bin = env!("CARGO_BIN_EXE_fi-backup");
+    let line = format!("{bin} -C --bandwidth 1 {dom}; echo \"exit=$?\"");
+    let out = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .env_remove("FI_BACKUP_TEST_FAULT")
+        .output()
+        .expect("script (util-linux) is missing");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let screen = strip_ansi(&raw);
+    eprintln!("{screen}");
+    assert!(screen.contains("exit=0"), "{screen}");
+    // Each job drew its own line: domain, disk and job name, a percentage.
+    let pieces: Vec<&str> = screen.split(['\n', '\r']).collect();
+    for target in ["vda", "vdb"] {
+        let label = format!("{dom} {target} blockcommit-below");
+        assert!(
+            pieces.iter().any(|p| p.starts_with(&label) && p.contains('%')),
+            "no progress line for {target}"
+        );
+    }
+    // Both were drawn at once (two job lines between one redraw and the
+    // next), and log lines were not broken by them: every tag starts its
+    // piece, and the closing line is there whole.
+    let together = raw.split("\x1b[2K").collect::<Vec<_>>().windows(2).any(|w| {
+        let (a, b) = (strip_ansi(w[0]), strip_ansi(w[1]));
+        (a.contains(" vda ") && b.contains(" vdb ")) || (a.contains(" vdb ") && b.contains(" vda "))
+    });
+    assert!(together, "the two jobs never showed at the same time");
+    for p in &pieces {
+        for tag in ["[INF]", "[WAR]", "[ERR]"] {
+            if let Some(i) = p.find(tag) {
+                assert_eq!(i, 0, "a log line was broken: {p:?}");
+            }
+        }
+    }
+    assert!(
+        pieces.iter().any(|p| p.starts_with(&format!("[INF] Consolidation of '{dom}' done"))),
+        "{screen}"
+    );
+
+    // The same kind of run with stderr a pipe: no control character at all.
+    for disk in 0..2 {
+        for mib in 0..8 {
+            guest_write(&dom, disk, 0x60 + mib as u8, mib);
+        }
+    }
+    let out = s.fi(&["-C", "--bandwidth", "1", &dom]);
+    assert!(out.status.success());
+    let bad: Vec<u8> = out
+        .stderr
+        .iter()
+        .copied()
+        .filter(|b| *b == 0x1b || *b == b'\r')
+        .collect();
+    assert!(bad.is_empty(), "control characters in piped output: {bad:?}");
+    assert_guest(&dom, 0, &[(0x60, 0), (0x67, 7)]);
+    assert_guest(&dom, 1, &[(0x60, 0), (0x67, 7)]);
+}
