@@ -46,6 +46,9 @@ pub struct BackupReport {
     pub restore_point: Option<String>,
     /// The disks snapshotted (their targets).
     pub disks: Vec<String>,
+    /// The overlay each of them runs on from the snapshot on (in a dry
+    /// run, the one it would).
+    pub overlays: Vec<DiskOn>,
     /// Files copied by this run, and their bytes (apparent sizes).
     pub copied_files: usize,
     /// Bytes copied.
@@ -68,7 +71,7 @@ pub struct MergeReport {
     /// Done with qemu-img on a shut-off domain.
     pub offline: bool,
     /// Per consolidated disk, the file it runs on now.
-    pub disks: Vec<MergedDisk>,
+    pub disks: Vec<DiskOn>,
     /// Disks with nothing to consolidate, and why.
     pub idle: Vec<Named>,
     /// Disks refused, and why.
@@ -79,9 +82,9 @@ pub struct MergeReport {
     pub left: Vec<PathBuf>,
 }
 
-/// A disk and the file it runs on after a consolidation.
+/// A disk and the file it runs on.
 #[derive(Debug, Clone, Serialize)]
-pub struct MergedDisk {
+pub struct DiskOn {
     /// Its target.
     pub target: String,
     /// The file it runs on.
@@ -193,17 +196,22 @@ pub fn summary_line(report: &RunReport) -> (log::Level, String) {
         1 => "; 1 warning".to_string(),
         n => format!("; {n} warnings"),
     };
+    let dry = if report.dry_run {
+        " (dry run: nothing was changed)"
+    } else {
+        ""
+    };
     if report.failed.is_empty() {
         let what = match total {
             1 => format!("'{}' succeeded", report.domains[0].domain),
             n => format!("All {n} domains succeeded"),
         };
-        (log::Level::Info, format!("{what}{warnings}"))
+        (log::Level::Info, format!("{what}{warnings}{dry}"))
     } else {
         (
             log::Level::Error,
             format!(
-                "{} of {total} domain(s) failed: {}{warnings}",
+                "{} of {total} domain(s) failed: {}{warnings}{dry}",
                 report.failed.len(),
                 report.failed.join(", ")
             ),
@@ -507,5 +515,10 @@ mod tests {
         r.failed.clear();
         r.warnings = 1;
         assert_eq!(summary_line(&r).1, "All 2 domains succeeded; 1 warning");
+        r.dry_run = true;
+        assert_eq!(
+            summary_line(&r).1,
+            "All 2 domains succeeded; 1 warning (dry run: nothing was changed)"
+        );
     }
 }

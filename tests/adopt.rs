@@ -43,7 +43,8 @@ fn the_scripts_overlays_are_adopted_and_then_consolidated() {
 
     // Before: fi-backup leaves them all, as not its own.
     let log = s.fi_ok(&["-c", "--commit-all", "--dry-run", &dom]);
-    assert!(log.contains("delete 0 file(s), leave 3"), "{log}");
+    assert_eq!(log.matches("would delete '").count(), 0, "{log}");
+    assert_eq!(log.matches("would leave '").count(), 3, "{log}");
 
     let log = s.fi_ok(&["adopt", "--dry-run", &dom]);
     assert!(

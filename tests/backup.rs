@@ -361,12 +361,79 @@ fn dry_run_changes_nothing() {
     let backup = s.dir("backup");
     let log = s.fi_ok(&["--dry-run", "-b", backup.to_str().unwrap(), &dom]);
     assert!(
-        log.contains("would snapshot") && log.contains("would copy 1 file"),
+        log.contains("would snapshot")
+            && log.matches("would copy '").count() == 1
+            && log.contains(&format!(
+                "would create '{}' with images/",
+                backup.join(&dom).display()
+            )),
         "{log}"
     );
     assert_eq!(std::fs::read_dir(s.root.join("img")).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0);
     assert!(live_sources(&dom)[0].1.ends_with("d.qcow2"));
+}
+
+/// A dry run of -C -b says every step, one a line, in the order the run
+/// takes them: the overlay it would add, the existing directory (used, not
+/// created), each copy and reuse, the record, the consolidation of the chain
+/// the snapshot would leave and each file it would delete. Nothing changes;
+/// the real run then deletes exactly the file the dry run named.
+#[test]
+fn dry_run_of_c_says_each_step_in_order() {
+    let mut s = Scenario::new("dry-c");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0x51, 0);
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x52, 1);
+    let o1 = live_sources(&dom)[0].1.clone();
+    let before = (
+        snapshot_tree(&backup),
+        tree(&s.root.join("img")),
+        live_sources(&dom),
+    );
+    let state_before = snapshot_tree(&s.root.join("fi-state"));
+
+    let log = s.fi_ok(&["-C", "-b", b, "--dry-run", &dom]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("[dry run]")).collect();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with {what:?}:\n{log}"))
+    };
+    let order = [
+        at("would snapshot: vda -> '"),
+        at(&format!(
+            "would use '{}' (it exists",
+            backup.join(&dom).display()
+        )),
+        at("would reuse '"),
+        at(&format!("would copy '{o1}' to '")),
+        at("would write domain XML"),
+        at("would write record"),
+        at("would note in the ledger"),
+        at("would consolidate vda (blockcommit-below)"),
+        at(&format!("would delete '{o1}'")),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{log}");
+    assert!(!log.contains("would create '"), "{log}");
+    assert_eq!(log.matches("would delete '").count(), 1, "{log}");
+    let after = (
+        snapshot_tree(&backup),
+        tree(&s.root.join("img")),
+        live_sources(&dom),
+    );
+    assert_eq!(before, after, "the dry run changed something");
+    assert_eq!(state_before, snapshot_tree(&s.root.join("fi-state")));
+
+    s.fi_ok(&["-C", "-b", b, &dom]);
+    assert!(!std::path::Path::new(&o1).exists());
+    let img_now: Vec<String> = names_in(&s.root.join("img"));
+    assert_eq!(img_now.len(), 2, "{img_now:?}");
+    assert_guest(&dom, 0, &[(0x51, 0), (0x52, 1)]);
 }
 
 /// -q on a domain without a guest agent fails that domain with a message

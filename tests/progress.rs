@@ -35,7 +35,10 @@ fn two_disks_to_commit(s: &mut Scenario, short: &str) -> String {
     let dom = s.start(
         short,
         "img",
-        &[DiskSpec::qcow2("a.qcow2", "vda"), DiskSpec::qcow2("b.qcow2", "vdb")],
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::qcow2("b.qcow2", "vdb"),
+        ],
     );
     s.fi_ok(&["--bandwidth", "1", &dom]);
     for disk in 0..2 {
@@ -70,17 +73,24 @@ fn bars_on_a_terminal_and_none_elsewhere() {
     for target in ["vda", "vdb"] {
         let label = format!("{dom} {target} blockcommit-below");
         assert!(
-            pieces.iter().any(|p| p.starts_with(&label) && p.contains('%')),
+            pieces
+                .iter()
+                .any(|p| p.starts_with(&label) && p.contains('%')),
             "no progress line for {target}"
         );
     }
     // Both were drawn at once (two job lines between one redraw and the
     // next), and log lines were not broken by them: every tag starts its
     // piece, and the closing line is there whole.
-    let together = raw.split("\x1b[2K").collect::<Vec<_>>().windows(2).any(|w| {
-        let (a, b) = (strip_ansi(w[0]), strip_ansi(w[1]));
-        (a.contains(" vda ") && b.contains(" vdb ")) || (a.contains(" vdb ") && b.contains(" vda "))
-    });
+    let together = raw
+        .split("\x1b[2K")
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| {
+            let (a, b) = (strip_ansi(w[0]), strip_ansi(w[1]));
+            (a.contains(" vda ") && b.contains(" vdb "))
+                || (a.contains(" vdb ") && b.contains(" vda "))
+        });
     assert!(together, "the two jobs never showed at the same time");
     for p in &pieces {
         for tag in ["[INF]", "[WAR]", "[ERR]"] {
@@ -90,7 +100,9 @@ fn bars_on_a_terminal_and_none_elsewhere() {
         }
     }
     assert!(
-        pieces.iter().any(|p| p.starts_with(&format!("[INF] Consolidation of '{dom}' done"))),
+        pieces
+            .iter()
+            .any(|p| p.starts_with(&format!("[INF] Consolidation of '{dom}' done"))),
         "{screen}"
     );
 
@@ -108,7 +120,10 @@ fn bars_on_a_terminal_and_none_elsewhere() {
         .copied()
         .filter(|b| *b == 0x1b || *b == b'\r')
         .collect();
-    assert!(bad.is_empty(), "control characters in piped output: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "control characters in piped output: {bad:?}"
+    );
     assert_guest(&dom, 0, &[(0x60, 0), (0x67, 7)]);
     assert_guest(&dom, 1, &[(0x60, 0), (0x67, 7)]);
 }

@@ -51,8 +51,8 @@ pub struct Options {
 /// each step would do).
 pub fn execute(plan: &Plan, dom: &Dom, opts: &Options) -> Result<Outcome> {
     if opts.dry_run {
-        for step in &plan.steps {
-            log::info!("[dry run] {}: would {step}", plan.domain);
+        for line in plan.steps.iter().flat_map(Step::lines) {
+            log::info!("[dry run] {}: would {line}", plan.domain);
         }
         return Ok(Outcome::default());
     }
@@ -160,7 +160,7 @@ fn run_step(
             crate::fault::kill_point("kill-after-snapshot");
             crate::fault::hold("hold-after-snapshot");
         }
-        Step::CreateDirs(dir) => dir.create()?,
+        Step::PrepareDir { dir, .. } => dir.create()?,
         Step::Reuse(files) => {
             for r in files {
                 if r.equal {

@@ -129,8 +129,14 @@ pub enum Step {
         /// `intent`).
         intent: Intent,
     },
-    /// Create the domain's backup directories.
-    CreateDirs(DomainDir),
+    /// Make the domain's backup directories (`create`: they are not all
+    /// there) and remove temporary files a killed run left in them.
+    PrepareDir {
+        /// The directory.
+        dir: DomainDir,
+        /// Some of root, images/ and points/ is missing.
+        create: bool,
+    },
     /// Copy these files (independent of each other: run in parallel).
     Copy(Vec<CopyJob>),
     /// Note files reused from earlier runs (nothing to do but say so).
@@ -711,7 +717,10 @@ fn plan_copies(
         firmware,
     };
     let draft = RecordDraft { head, files };
-    let mut steps = vec![Step::CreateDirs(dir.clone())];
+    let mut steps = vec![Step::PrepareDir {
+        dir: dir.clone(),
+        create: !existing.present,
+    }];
     if !reused.is_empty() {
         steps.push(Step::Reuse(reused));
     }
@@ -847,11 +856,49 @@ fn file_name(p: &Path) -> String {
 }
 
 impl Step {
+    /// What a dry run says of this step: one line, or for copies and
+    /// reuses one line a file.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Step::Copy(jobs) => jobs
+                .iter()
+                .map(|j| {
+                    format!(
+                        "copy '{}' to '{}'{}",
+                        j.source.display(),
+                        j.dest_dir.join(&j.name).display(),
+                        j.backing
+                            .as_ref()
+                            .map(|(b, _)| format!(" (backing '{b}')"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect(),
+            Step::Reuse(files) => files
+                .iter()
+                .map(|r| {
+                    format!(
+                        "reuse '{}' for '{}' ({} {})",
+                        r.name,
+                        r.source.display(),
+                        if r.equal {
+                            "its base holds the data of"
+                        } else {
+                            "unchanged since"
+                        },
+                        r.point
+                    )
+                })
+                .collect(),
+            _ => vec![self.to_string()],
+        }
+    }
+
     /// A short name, for fault points and traces.
     pub fn kind(&self) -> &'static str {
         match self {
             Step::Snapshot { .. } => "snapshot",
-            Step::CreateDirs(_) => "create-dirs",
+            Step::PrepareDir { .. } => "create-dirs",
             Step::Copy(_) => "copy",
             Step::Reuse(_) => "reuse",
             Step::WriteXml { .. } => "write-xml",
@@ -883,7 +930,16 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
-            Step::CreateDirs(d) => write!(f, "create '{}'", d.root.display()),
+            Step::PrepareDir { dir, create: true } => write!(
+                f,
+                "create '{}' with images/ and points/",
+                dir.root.display()
+            ),
+            Step::PrepareDir { dir, create: false } => write!(
+                f,
+                "use '{}' (it exists; temporary files a killed run left are removed)",
+                dir.root.display()
+            ),
             Step::Copy(jobs) => {
                 write!(f, "copy {} file(s):", jobs.len())?;
                 for j in jobs {
@@ -983,6 +1039,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             rejected: Vec::new(),
+            present: true,
         }
     }
 
@@ -1158,5 +1215,23 @@ mod tests {
         chain.pop();
         f.disks[0].chain = chain;
         assert!(plan_backup(&f, &options()).unwrap().warnings.is_empty());
+    }
+
+    /// The directory is created only where it is missing; a dry run never
+    /// says it would create one that exists.
+    #[test]
+    fn the_backup_directory_is_created_only_when_missing() {
+        for (present, create, says) in [(true, false, "use '"), (false, true, "create '")] {
+            let mut ix = index();
+            ix.present = present;
+            let plan = plan_backup(&facts(Vec::new(), ix), &options()).unwrap();
+            let step = plan
+                .steps
+                .iter()
+                .find(|s| matches!(s, Step::PrepareDir { .. }))
+                .unwrap();
+            assert!(matches!(step, Step::PrepareDir { create: c, .. } if *c == create));
+            assert!(step.to_string().starts_with(says), "{step}");
+        }
     }
 }

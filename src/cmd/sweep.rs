@@ -15,7 +15,7 @@ use crate::libvirt::{Dom, Libvirt};
 use crate::lock;
 use crate::plan;
 use crate::record::DomainDir;
-use crate::report::{BackupReport, DomainReport, MergeReport, MergedDisk, Named};
+use crate::report::{BackupReport, DiskOn, DomainReport, MergeReport, Named};
 use crate::siblings::Siblings;
 
 /// Runs the configured action over the selected domains; one report per
@@ -216,9 +216,29 @@ fn backup_domain(
         state_dir: config.state_dir.clone(),
         dry_run: config.dry_run,
     };
+    let overlays: Vec<DiskOn> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            plan::Step::Snapshot { disks, .. } => Some(disks),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|d| match d {
+            crate::libvirt::SnapshotDisk::External { target, overlay } => Some(DiskOn {
+                target: target.clone(),
+                on: overlay.clone(),
+            }),
+            crate::libvirt::SnapshotDisk::Skip { .. } => None,
+        })
+        .collect();
     if config.dry_run {
         exec::execute(&plan, dom, &opts)?;
-        report.backup = Some(BackupReport::default());
+        report.backup = Some(BackupReport {
+            disks: overlays.iter().map(|o| o.target.clone()).collect(),
+            overlays,
+            ..Default::default()
+        });
         return Ok(None);
     }
     // A first backup makes the domain's directory (with its lock) here; if
@@ -233,6 +253,7 @@ fn backup_domain(
             report.backup = Some(BackupReport {
                 restore_point: outcome.restore_point.clone(),
                 disks: outcome.disks.clone(),
+                overlays,
                 copied_files: outcome.copied,
                 copied_bytes: outcome.bytes,
                 reused_files: outcome.reused,
@@ -275,10 +296,23 @@ fn consolidate_domain(
     let (disks, _) =
         crate::facts::disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
+    // A dry run of -C took no snapshot: consolidate the chains it would
+    // have left.
+    let (disks, plan_ledger) = match (&report.backup, config.dry_run) {
+        (Some(b), true) => {
+            let pending: Vec<(String, std::path::PathBuf)> = b
+                .overlays
+                .iter()
+                .map(|o| (o.target.clone(), o.on.clone()))
+                .collect();
+            consolidate::after_snapshot(&disks, &ledger, &pending, "dry run")
+        }
+        _ => (disks, ledger.clone()),
+    };
     let plan = consolidate::plan(
         &domain.uuid,
         &disks,
-        &ledger,
+        &plan_ledger,
         siblings,
         config.method,
         config.commit_all,
@@ -404,7 +438,7 @@ fn merged(dom: &Dom, active: bool, plan: &consolidate::DomainPlan, m: &mut Merge
                     .find(|d| d.target == p.target)
                     .and_then(|d| d.source.clone())
                 {
-                    m.disks.push(MergedDisk {
+                    m.disks.push(DiskOn {
                         target: p.target.clone(),
                         on: src,
                     });

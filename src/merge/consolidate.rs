@@ -284,18 +284,71 @@ fn not_ours(f: &ChainFile, ledger: &Ledger) -> Option<String> {
     None
 }
 
+/// The chains and the ledger as a backup run's snapshot would leave them:
+/// each overlay in `pending` (disk target, path) on top of its disk's
+/// chain, and in the ledger as fi-backup's (made at `created`). What a dry
+/// run of -C consolidates, since its snapshot is not taken. Pure.
+pub fn after_snapshot(
+    disks: &[DiskChain],
+    ledger: &Ledger,
+    pending: &[(String, PathBuf)],
+    created: &str,
+) -> (Vec<DiskChain>, Ledger) {
+    let mut ledger = ledger.clone();
+    let disks = disks
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if let Some((target, overlay)) = pending.iter().find(|(t, _)| *t == d.disk.target) {
+                // Not on disk yet: an identity no real file has.
+                let id = crate::chain::SourceId {
+                    dev: 0,
+                    ino: 0,
+                    size: 0,
+                    mtime_ns: 0,
+                };
+                d.chain.insert(
+                    0,
+                    ChainFile {
+                        path: overlay.clone(),
+                        format: "qcow2".into(),
+                        cluster_size: Some(65536),
+                        id,
+                    },
+                );
+                d.disk.source = Some(overlay.clone());
+                ledger.overlays.push(crate::ledger::Overlay {
+                    path: overlay.to_string_lossy().into_owned(),
+                    target: target.clone(),
+                    created: created.to_string(),
+                    dev: 0,
+                    ino: 0,
+                    point: None,
+                });
+            }
+            d
+        })
+        .collect();
+    (disks, ledger)
+}
+
 /// --dry-run: says what `execute` (or `execute_offline`, `how` says which)
-/// would do with `plan`, and does nothing.
+/// would do with `plan`, one line a step, and does nothing.
 pub fn dry_run(domain: &str, plan: &DomainPlan, how: &str) {
     for p in &plan.disks {
         log::info!(
-            "[dry run] {domain}: would consolidate {} ({}{how}) onto '{}', delete {} file(s), leave {}",
+            "[dry run] {domain}: would consolidate {} ({}{how}): {}, then run on '{}'",
             p.target,
             p.job.name(),
+            show_chain(&p.chain),
             p.result.display(),
-            p.delete.len(),
-            p.leave.len()
         );
+        for f in &p.delete {
+            log::info!("[dry run] {domain}: would delete '{}'", f.display());
+        }
+        for (f, why) in &p.leave {
+            log::info!("[dry run] {domain}: would leave '{}' ({why})", f.display());
+        }
     }
     for r in &plan.refused {
         log::info!("[dry run] {domain}: would refuse {}: {}", r.target, r.why);
@@ -1077,6 +1130,65 @@ mod tests {
                 })
                 .collect(),
         });
+    }
+
+    /// A dry run of -C plans on the chains its snapshot would leave: what
+    /// the real run would delete, and not what it would not.
+    #[test]
+    fn dry_run_of_c_plans_on_the_chain_after_the_snapshot() {
+        let none = siblings(&[]);
+        const NEW: &str = "/v/a.bimg-20260101-000003";
+        let pending = vec![("vda".to_string(), PathBuf::from(NEW))];
+        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        // (chain now, ledger, method, --commit-all, deleted, runs on, idle)
+        type Row<'a> = (
+            Vec<(&'a str, u64)>,
+            Vec<(&'a str, u64)>,
+            Method,
+            bool,
+            Vec<&'a str>,
+            &'a str,
+            bool,
+        );
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            // Base + one overlay: idle now; after the snapshot, that overlay
+            // is committed into the base and deleted.
+            (vec![(T1, 10), ("/v/a.qcow2", 9)], vec![(T1, 10)], Method::BlockCommit, false, vec![T1], NEW, false),
+            // --commit-all: the new overlay too (it would be in the ledger).
+            (vec![(T1, 10), ("/v/a.qcow2", 9)], vec![(T1, 10)], Method::BlockCommit, true, vec![NEW, T1], "/v/a.qcow2", false),
+            // A lone base: after the snapshot, base + one overlay, idle.
+            (vec![("/v/a.qcow2", 9)], vec![], Method::BlockCommit, false, vec![], "", true),
+            // A foreign file below stays.
+            (vec![(FOREIGN, 11), ("/v/a.qcow2", 9)], vec![], Method::BlockCommit, false, vec![], NEW, false),
+        ];
+        for (chain, owned, method, all, deleted, on, idle) in table {
+            let d = disk(chain.iter().map(|(p, i)| file(p, *i)).collect());
+            let l = ledger(&owned);
+            let (disks, l2) = after_snapshot(std::slice::from_ref(&d), &l, &pending, "x");
+            assert_eq!(disks[0].chain[0].path, PathBuf::from(NEW));
+            assert_eq!(disks[0].chain.len(), d.chain.len() + 1);
+            assert_eq!(l2.overlays.len(), l.overlays.len() + 1);
+            let p = plan_of(&disks[0], &l2, &none, method, all);
+            assert_eq!(p.idle.is_empty(), !idle, "{chain:?}");
+            if idle {
+                assert!(p.disks.is_empty());
+                continue;
+            }
+            assert_eq!(p.disks[0].delete, paths(&deleted), "{chain:?} all={all}");
+            assert_eq!(p.disks[0].result, PathBuf::from(on));
+            // The real ledger is not touched.
+            assert_eq!(l.overlays.len(), owned.len());
+        }
+        // A disk the snapshot leaves out keeps its chain.
+        let (disks, l2) = after_snapshot(
+            &[disk(vec![file(T1, 10), file("/v/a.qcow2", 9)])],
+            &ledger(&[]),
+            &[("vdb".to_string(), PathBuf::from(NEW))],
+            "x",
+        );
+        assert_eq!(disks[0].chain.len(), 2);
+        assert!(l2.overlays.is_empty());
     }
 
     #[test]

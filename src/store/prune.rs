@@ -836,6 +836,7 @@ mod tests {
             records,
             names,
             rejected: Vec::new(),
+            present: true,
         }
     }
 

@@ -207,6 +207,8 @@ pub struct Index {
     pub names: HashMap<String, u64>,
     /// Records that could not be trusted, with the reason.
     pub rejected: Vec<(PathBuf, String)>,
+    /// The directory and its images/ and points/ were there when read.
+    pub present: bool,
 }
 
 impl Index {
@@ -216,6 +218,9 @@ impl Index {
     pub fn load(dir: &DomainDir) -> Result<Index> {
         let mut index = Index {
             names: list_names(&dir.images())?,
+            present: [dir.root.clone(), dir.images(), dir.points()]
+                .iter()
+                .all(|d| d.is_dir()),
             ..Index::default()
         };
         let mut paths: Vec<PathBuf> = list_names(&dir.points())?
