@@ -4,6 +4,7 @@
 
 use crate::cli::{MethodArg, RunArgs};
 use crate::error::{Error, Result};
+pub use crate::logging::Verbosity;
 use std::path::{Path, PathBuf};
 
 /// What a run does to each domain.
@@ -45,17 +46,6 @@ pub enum Selection {
     All,
     /// `-r`: every running domain.
     AllRunning,
-}
-
-/// How much is logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    /// [ERR], [WAR], [INF].
-    Normal,
-    /// -v: also [VER].
-    Verbose,
-    /// -d: also [DEB].
-    Debug,
 }
 
 /// A validated run configuration.

@@ -9,12 +9,22 @@
 //! on its thread and on the worker threads `pool::map` starts for it) is
 //! kept for that domain's report too.
 
-use crate::config::Verbosity;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// How much is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// [ERR], [WAR], [INF].
+    Normal,
+    /// -v: also [VER].
+    Verbose,
+    /// -d: also [DEB].
+    Debug,
+}
 
 /// Where a domain's warnings are collected.
 pub type Scope = Arc<Mutex<Vec<String>>>;

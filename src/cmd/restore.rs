@@ -16,6 +16,7 @@ use crate::fsutil::{self, TempFile};
 use crate::libvirt::Libvirt;
 use crate::qemu_img;
 use crate::record::{DomainDir, FirmwareKind, Index, Record};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// How one disk comes back.
@@ -102,7 +103,15 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         }
     }
     let new_name = args.define.as_deref().filter(|_| !in_place);
-    let plan = plan(&dir, record, &target, &xml_text, args.flatten, new_name)?;
+    let clusters = cluster_sizes(&dir, record);
+    let plan = plan(
+        &dir,
+        record,
+        &target,
+        (&xml_text, &clusters),
+        args.flatten,
+        new_name,
+    )?;
     let taken: Vec<String> = plan
         .outputs
         .iter()
@@ -309,13 +318,30 @@ fn tpm_dir(target: &Path, name: &str) -> PathBuf {
     target.join(format!("{name}.swtpm"))
 }
 
-/// Plans the restore of `record` into `target`. Pure but for reading the
-/// cluster sizes of the chain files (qemu-img info).
+/// The cluster size of each qcow2 copy the record's chains use, by name
+/// (qemu-img info; one that cannot be read is left out, and its copy is
+/// then rebased after a whole copy instead of header first).
+fn cluster_sizes(dir: &DomainDir, record: &Record) -> HashMap<String, u64> {
+    record
+        .files
+        .iter()
+        .filter(|f| f.format == "qcow2")
+        .filter_map(|f| {
+            let size = qemu_img::info(&dir.images().join(&f.name))
+                .ok()?
+                .cluster_size?;
+            Some((f.name.clone(), size))
+        })
+        .collect()
+}
+
+/// Plans the restore of `record` into `target`, from the point's domain
+/// XML and the cluster sizes of its copies (`cluster_sizes`). Pure.
 pub fn plan(
     dir: &DomainDir,
     record: &Record,
     target: &Path,
-    xml: &str,
+    (xml, clusters): (&str, &HashMap<String, u64>),
     flatten: bool,
     new_name: Option<&str>,
 ) -> Result<RestorePlan> {
@@ -371,7 +397,7 @@ pub fn plan(
                 .find(|f| &f.name == n)
                 .expect("checked record");
             let source = dir.images().join(n);
-            let cluster_size = qemu_img::info(&source).ok().and_then(|i| i.cluster_size);
+            let cluster_size = clusters.get(n).copied();
             let backing = d.chain.get(i + 1).map(|b| {
                 let bf = record
                     .files
@@ -669,5 +695,178 @@ mod tests {
         assert_eq!(nvram_of(&out), (None, template.clone()));
         let out = rewrite_domain_xml(xml, &[], None, None).unwrap();
         assert_eq!(nvram_of(&out).0.as_deref(), Some("/orig/u_VARS.fd"));
+    }
+
+    use crate::record::FileRecord;
+
+    fn record(top_format: &str) -> Record {
+        let file = |name: &str, format: &str, backing: Option<&str>| FileRecord {
+            name: name.into(),
+            format: format.into(),
+            size: 1,
+            blake3: "00".into(),
+            backing: backing.map(str::to_string),
+            backing_format: backing.map(|_| "raw".to_string()),
+            source: format!("/v/{name}"),
+            source_id: crate::chain::SourceId {
+                dev: 1,
+                ino: 1,
+                size: 1,
+                mtime_ns: 1,
+            },
+            written_by: "20260101-000001".into(),
+            holds: Vec::new(),
+        };
+        Record {
+            fi_backup_record: 1,
+            domain: "web".into(),
+            uuid: "u".into(),
+            restore_point: "20260101-000001".into(),
+            taken_at: "2026-01-01T00:00:01+00:00".into(),
+            mode: crate::record::Mode::Live,
+            quiesced: false,
+            domain_xml: "20260101-000001.xml".into(),
+            state_file: None,
+            disks: vec![crate::record::DiskRecord {
+                target: "vda".into(),
+                source: "/v/a".into(),
+                format: "qcow2".into(),
+                chain: vec!["a.bimg-1".into(), "a.img".into()],
+                overlay: None,
+            }],
+            left_out: Vec::new(),
+            files: vec![
+                file("a.bimg-1", top_format, Some("a.img")),
+                file("a.img", "raw", None),
+            ],
+            firmware: vec![
+                crate::record::FirmwareRecord {
+                    kind: FirmwareKind::Nvram,
+                    source: "/var/lib/libvirt/qemu/nvram/web_VARS.fd".into(),
+                    files: vec![crate::record::FirmwareFile {
+                        name: "web_VARS.fd.20260101-000001".into(),
+                        rel: String::new(),
+                    }],
+                },
+                crate::record::FirmwareRecord {
+                    kind: FirmwareKind::Tpm,
+                    source: "/var/lib/libvirt/swtpm/u".into(),
+                    files: vec![crate::record::FirmwareFile {
+                        name: "tpm.20260101-000001".into(),
+                        rel: "tpm2/tpm2-00.permall".into(),
+                    }],
+                },
+            ],
+        }
+    }
+
+    /// What comes back where: a chain copied (names by depth, each rebased
+    /// onto the next one's new name, header first where the cluster size is
+    /// known), or flattened (asked for, or forced by a raw top); firmware
+    /// under the domain's name; every output listed before anything is
+    /// written.
+    #[test]
+    fn restore_plans() {
+        let dir = DomainDir::new(Path::new("/b"), "web").unwrap();
+        let t = Path::new("/t");
+        let xml = "<domain><name>web</name><uuid>u</uuid><os><type>hvm</type>\
+            <nvram>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os><devices>\
+            <disk type='file' device='disk'><source file='/v/a'/><target dev='vda'/></disk>\
+            </devices></domain>";
+        let clusters: HashMap<String, u64> = [("a.bimg-1".to_string(), 65536)].into();
+        // (top format, --flatten, new name, flattened, outputs)
+        #[rustfmt::skip]
+        type Row<'a> = (&'a str, bool, Option<&'a str>, bool, Vec<&'a str>);
+        let table: Vec<Row> = vec![
+            (
+                "qcow2",
+                false,
+                None,
+                false,
+                vec![
+                    "/t/vda.qcow2",
+                    "/t/vda.1.raw",
+                    "/t/web.swtpm",
+                    "/t/web.swtpm/tpm2",
+                    "/t/web_VARS.fd",
+                    "/t/web.swtpm/tpm2/tpm2-00.permall",
+                    "/t/web.xml",
+                ],
+            ),
+            (
+                "qcow2",
+                true,
+                Some("copy"),
+                true,
+                vec![
+                    "/t/vda.qcow2",
+                    "/t/copy.swtpm",
+                    "/t/copy.swtpm/tpm2",
+                    "/t/copy_VARS.fd",
+                    "/t/copy.swtpm/tpm2/tpm2-00.permall",
+                    "/t/copy.xml",
+                ],
+            ),
+            (
+                "raw",
+                false,
+                None,
+                true,
+                vec![
+                    "/t/vda.qcow2",
+                    "/t/web.swtpm",
+                    "/t/web.swtpm/tpm2",
+                    "/t/web_VARS.fd",
+                    "/t/web.swtpm/tpm2/tpm2-00.permall",
+                    "/t/web.xml",
+                ],
+            ),
+        ];
+        for (top, flatten, new_name, flattened, outputs) in table {
+            let r = record(top);
+            let p = plan(&dir, &r, t, (xml, &clusters), flatten, new_name).unwrap();
+            let mut got: Vec<String> = p.outputs.iter().map(|o| o.display().to_string()).collect();
+            let mut want: Vec<String> = outputs.iter().map(|o| o.to_string()).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "top {top}, flatten {flatten}, {new_name:?}");
+            match &p.disks[0].1 {
+                DiskRestore::Flatten { source, dest, .. } => {
+                    assert!(flattened);
+                    assert_eq!(source, &PathBuf::from("/b/web/images/a.bimg-1"));
+                    assert_eq!(dest, &PathBuf::from("/t/vda.qcow2"));
+                }
+                DiskRestore::Chain(jobs) => {
+                    assert!(!flattened);
+                    type Shape<'a> = (&'a str, Option<(String, String)>, Option<u64>);
+                    let shape: Vec<Shape> = jobs
+                        .iter()
+                        .map(|j| (j.name.as_str(), j.backing.clone(), j.cluster_size))
+                        .collect();
+                    assert_eq!(
+                        shape,
+                        vec![
+                            (
+                                "vda.qcow2",
+                                Some(("vda.1.raw".into(), "raw".into())),
+                                Some(65536)
+                            ),
+                            ("vda.1.raw", None, None),
+                        ]
+                    );
+                }
+            }
+            // The TPM's directories, parents first.
+            let name = new_name.unwrap_or("web");
+            assert_eq!(
+                p.dirs,
+                vec![
+                    t.join(format!("{name}.swtpm")),
+                    t.join(format!("{name}.swtpm/tpm2"))
+                ]
+            );
+            assert!(p.xml.contains("/t/vda.qcow2"));
+            assert!(p.xml.contains(&format!("/t/{name}_VARS.fd")));
+        }
     }
 }
