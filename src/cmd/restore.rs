@@ -775,8 +775,8 @@ mod tests {
             </devices></domain>";
         let clusters: HashMap<String, u64> = [("a.bimg-1".to_string(), 65536)].into();
         // (top format, --flatten, new name, flattened, outputs)
-        #[rustfmt::skip]
         type Row<'a> = (&'a str, bool, Option<&'a str>, bool, Vec<&'a str>);
+        #[rustfmt::skip]
         let table: Vec<Row> = vec![
             (
                 "qcow2",
