@@ -4,7 +4,9 @@
 //! asked: back up (facts from `facts`, a plan from `plan`, `exec` runs it,
 //! under the backup directory's own lock), prune (`--keep-*`), consolidate
 //! (`consolidate`: live, or offline for a shut-off domain). A domain that
-//! fails does not stop the sweep; the run ends with a one-line summary.
+//! fails does not stop the sweep. Each domain's turn fills its
+//! `DomainReport` (with the warnings of its log scope); `main` turns them
+//! into the summary line, `--json` and `--metrics`.
 
 use crate::config::{Action, Config, Selection};
 use crate::consolidate;
