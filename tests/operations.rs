@@ -51,8 +51,24 @@ fn promtool(path: &Path) {
 
 /// A run with `--json`: its exit code, the parsed report, and its log.
 fn json_run(s: &Scenario, args: &[&str]) -> (Option<i32>, Value, String) {
-    let out = s
-        .command(args)
+    json_output(s.command(args), args)
+}
+
+/// The same under umask 077, as a cron job with a strict umask runs.
+fn json_run_umask_077(s: &Scenario, args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut c = s.command(args);
+    // SAFETY: umask is async-signal-safe, as pre_exec requires.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    json_output(c, args)
+}
+
+fn json_output(mut c: Command, args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -109,44 +125,22 @@ fn json_report_and_metrics_after_a_good_and_a_failed_run() {
     // umask of the run.
     let bk = backup.to_str().unwrap();
     let pr = prom.to_str().unwrap();
-    let umask_run = |extra: &[&str]| {
-        let mut c = s.command(extra);
-        // SAFETY: umask is async-signal-safe, as pre_exec requires.
-        unsafe {
-            c.pre_exec(|| {
-                libc::umask(0o077);
-                Ok(())
-            });
-        }
-        let out = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!("$ fi-backup {}\n{log}", extra.join(" "));
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        (out.status.code(), report, log)
-    };
-
     // Night 1: both succeed; neither has a guest agent, so -q with
     // --quiesce-fallback gives each one warning.
-    let (code, r1, log) = umask_run(&[
-        "-b",
-        bk,
-        "-q",
-        "--quiesce-fallback",
-        "--json",
-        "--metrics",
-        pr,
-        &a,
-        &b,
-    ]);
+    let (code, r1, log) = json_run_umask_077(
+        &s,
+        &[
+            "-b",
+            bk,
+            "-q",
+            "--quiesce-fallback",
+            "--json",
+            "--metrics",
+            pr,
+            &a,
+            &b,
+        ],
+    );
     assert_eq!(code, Some(0), "{log}");
     let war_lines = log.lines().filter(|l| l.starts_with("[WAR]")).count();
     assert_eq!(war_lines, 2, "{log}");
@@ -221,7 +215,7 @@ fn json_report_and_metrics_after_a_good_and_a_failed_run() {
     guest_write(&a, 0, 0x12, 1);
     let uuid_b = virsh(&["domuuid", &b]).trim().to_string();
     let held = fi_backup::lock::lock_domain(&s.root.join("locks"), &b, &uuid_b).unwrap();
-    let (code, r2, log) = umask_run(&["-b", bk, "--json", "--metrics", pr, &a, &b]);
+    let (code, r2, log) = json_run_umask_077(&s, &["-b", bk, "--json", "--metrics", pr, &a, &b]);
     drop(held);
     assert_eq!(code, Some(1), "{log}");
     assert_eq!(r2["success"], false);
