@@ -19,6 +19,7 @@ fn bad_command_lines_are_refused_and_change_nothing() {
     std::fs::write(&file, "x").unwrap();
     let f = file.to_str().unwrap();
     let ghost = s.dom_name("ghost");
+    let metrics_in_missing = missing.join("fi-backup.prom").to_str().unwrap().to_string();
 
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
@@ -64,6 +65,14 @@ fn bad_command_lines_are_refused_and_change_nothing() {
         (
             vec!["-m", "blockmerge", "-c", &dom],
             "invalid value 'blockmerge' for '--method".to_string(),
+        ),
+        (
+            vec!["-b", b, "--metrics", &metrics_in_missing, &dom],
+            format!("the directory of metrics file '{metrics_in_missing}' doesn't exist"),
+        ),
+        (
+            vec!["-b", b, "--metrics", st, &dom],
+            format!("metrics file '{st}' is a directory"),
         ),
         (vec!["-b", b], "<domain name> is missing".to_string()),
         (
