@@ -374,11 +374,13 @@ fn dry_run_changes_nothing() {
     assert!(live_sources(&dom)[0].1.ends_with("d.qcow2"));
 }
 
-/// A dry run of -C -b says every step, one a line, in the order the run
-/// takes them: the overlay it would add, the existing directory (used, not
-/// created), each copy and reuse, the record, the consolidation of the chain
+/// A dry run of -C -b --keep-last 1 says every step, one a line, in the
+/// order the run takes them: the overlay it would add, the existing
+/// directory (used, not created), each copy and reuse, the record, the
+/// prune counting the point it would write, the consolidation of the chain
 /// the snapshot would leave and each file it would delete. Nothing changes;
-/// the real run then deletes exactly the file the dry run named.
+/// the real run then removes the point and deletes exactly the file the dry
+/// run named.
 #[test]
 fn dry_run_of_c_says_each_step_in_order() {
     let mut s = Scenario::new("dry-c");
@@ -396,7 +398,11 @@ fn dry_run_of_c_says_each_step_in_order() {
     );
     let state_before = snapshot_tree(&s.root.join("fi-state"));
 
-    let log = s.fi_ok(&["-C", "-b", b, "--dry-run", &dom]);
+    let first = records(&backup, &dom)[0]["restore_point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = s.fi_ok(&["-C", "-b", b, "--keep-last", "1", "--dry-run", &dom]);
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("[dry run]")).collect();
     let at = |what: &str| {
         lines
@@ -415,10 +421,17 @@ fn dry_run_of_c_says_each_step_in_order() {
         at("would write domain XML"),
         at("would write record"),
         at("would note in the ledger"),
+        // The prune counts the point this run would write: the one there
+        // now goes.
+        at(&format!("would keep 1 point(s) (")),
         at("would consolidate vda (blockcommit-below)"),
         at(&format!("would delete '{o1}'")),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{log}");
+    assert!(
+        lines[at("would keep 1 point(s) (")].contains(&format!("remove 1 ({first})")),
+        "{log}"
+    );
     assert!(!log.contains("would create '"), "{log}");
     assert_eq!(log.matches("would delete '").count(), 1, "{log}");
     let after = (
@@ -429,7 +442,10 @@ fn dry_run_of_c_says_each_step_in_order() {
     assert_eq!(before, after, "the dry run changed something");
     assert_eq!(state_before, snapshot_tree(&s.root.join("fi-state")));
 
-    s.fi_ok(&["-C", "-b", b, &dom]);
+    s.fi_ok(&["-C", "-b", b, "--keep-last", "1", &dom]);
+    let left = records(&backup, &dom);
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0]["restore_point"], first.as_str());
     assert!(!std::path::Path::new(&o1).exists());
     let img_now: Vec<String> = names_in(&s.root.join("img"));
     assert_eq!(img_now.len(), 2, "{img_now:?}");

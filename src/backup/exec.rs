@@ -24,8 +24,6 @@ pub struct Outcome {
     pub reused: usize,
     /// Their bytes (as their records say).
     pub reused_bytes: u64,
-    /// The disks snapshotted (targets).
-    pub disks: Vec<String>,
     /// The restore point written, if any.
     pub restore_point: Option<String>,
     /// Overlays created by the snapshot.
@@ -134,14 +132,10 @@ fn run_step(
             outcome.snapshot_ms = started.elapsed().as_millis();
             keep_running(dom, was_paused);
             result?;
-            outcome.disks = disks
+            outcome.overlays = disks
                 .iter()
-                .filter_map(|d| match d {
-                    SnapshotDisk::External { target, .. } => Some(target.clone()),
-                    SnapshotDisk::Skip { .. } => None,
-                })
-                .collect();
-            outcome.overlays = outcome.disks.len();
+                .filter(|d| matches!(d, SnapshotDisk::External { .. }))
+                .count();
             log::debug!(
                 "Snapshot for block devices of '{}' successful ({} ms)",
                 dom.name,

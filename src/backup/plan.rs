@@ -243,6 +243,42 @@ impl PlannedFile {
     }
 }
 
+impl RecordDraft {
+    /// The record as a dry run pictures it: new copies with size 0 and no
+    /// checksum (only the copy can tell them). What a dry run of a prune
+    /// after this backup plans with.
+    pub fn as_planned(&self) -> Record {
+        let measured: HashMap<String, crate::copy::Copied> = self
+            .files
+            .iter()
+            .filter_map(|f| match f {
+                PlannedFile::Copied(c) => Some((
+                    c.name.clone(),
+                    crate::copy::Copied {
+                        size: 0,
+                        blake3: String::new(),
+                        source_id: SourceId {
+                            dev: 0,
+                            ino: 0,
+                            size: 0,
+                            mtime_ns: 0,
+                        },
+                    },
+                )),
+                PlannedFile::Reused(_) => None,
+            })
+            .collect();
+        Record {
+            files: self
+                .files
+                .iter()
+                .map(|f| f.complete(&measured).expect("every new copy is measured"))
+                .collect(),
+            ..self.head.clone()
+        }
+    }
+}
+
 /// A new overlay and the live files below it, top first.
 #[derive(Debug, Clone)]
 pub struct NoteOverlay {
@@ -308,6 +344,26 @@ pub struct Plan {
     /// What the run must say with [WAR] (a base copied whole after all, a
     /// deep live chain).
     pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// The overlays its snapshot makes: (disk target, overlay path).
+    pub fn overlays(&self) -> Vec<(String, PathBuf)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Snapshot { disks, .. } => Some(disks),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|d| match d {
+                SnapshotDisk::External { target, overlay } => {
+                    Some((target.clone(), overlay.clone()))
+                }
+                SnapshotDisk::Skip { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Plans the backup of one domain.
@@ -1233,5 +1289,27 @@ mod tests {
             assert!(matches!(step, Step::PrepareDir { create: c, .. } if *c == create));
             assert!(step.to_string().starts_with(says), "{step}");
         }
+    }
+
+    /// What a dry run's prune plans with: every file of the record, the
+    /// reused ones as recorded, the new ones unmeasured.
+    #[test]
+    fn a_planned_record_has_every_file() {
+        let plan = plan_backup(&facts(Vec::new(), index()), &options()).unwrap();
+        let d = draft(&plan);
+        let r = d.as_planned();
+        assert_eq!(r.restore_point, d.head.restore_point);
+        assert_eq!(r.files.len(), d.files.len());
+        for (f, p) in r.files.iter().zip(&d.files) {
+            assert_eq!(f.name, p.name());
+            match p {
+                PlannedFile::Reused(old) => assert_eq!(f, old),
+                PlannedFile::Copied(c) => {
+                    assert_eq!((f.size, f.blake3.as_str()), (0, ""));
+                    assert_eq!(f.backing, c.backing.as_ref().map(|b| b.0.clone()));
+                }
+            }
+        }
+        assert!(d.files.iter().any(|f| matches!(f, PlannedFile::Copied(_))));
     }
 }

@@ -160,9 +160,15 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let _dir_lock = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        let (_dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
-            report.prune = Some(crate::prune::prune_domain(d, name, policy, config.dry_run)?);
+            report.prune = Some(crate::prune::prune_domain(
+                d,
+                name,
+                policy,
+                config.dry_run,
+                planned,
+            )?);
         }
     }
     if config.action != Action::Backup {
@@ -183,14 +189,15 @@ fn lock_dir(dir: &DomainDir, name: &str) -> Result<lock::DomainLock> {
 /// Backs up one domain (its lock is held). With `dir` (-b), the directory's
 /// lock is taken before its index is read when the directory exists, else
 /// (a first backup) only once the plan stands, so that a refused backup
-/// creates nothing; the lock is returned, held for a prune.
+/// creates nothing; the lock is returned, held for a prune. A dry run
+/// returns the record it would have written instead.
 fn backup_domain(
     dom: &Dom,
     config: &Config,
     pool: &std::sync::Arc<crate::pool::Pool>,
     dir: Option<&DomainDir>,
     report: &mut DomainReport,
-) -> Result<Option<lock::DomainLock>> {
+) -> Result<(Option<lock::DomainLock>, Option<crate::record::Record>)> {
     let name = &dom.name;
     let mut dir_lock = match dir {
         Some(d) if !config.dry_run && d.root.is_dir() => Some(lock_dir(d, name)?),
@@ -218,30 +225,26 @@ fn backup_domain(
         state_dir: config.state_dir.clone(),
         dry_run: config.dry_run,
     };
-    let overlays: Vec<DiskOn> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            plan::Step::Snapshot { disks, .. } => Some(disks),
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|d| match d {
-            crate::libvirt::SnapshotDisk::External { target, overlay } => Some(DiskOn {
-                target: target.clone(),
-                on: overlay.clone(),
-            }),
-            crate::libvirt::SnapshotDisk::Skip { .. } => None,
-        })
-        .collect();
+    // The report's disks and overlays are the plan's: the snapshot makes
+    // all of them or none.
+    let snapshotted = BackupReport {
+        disks: plan.overlays().into_iter().map(|(t, _)| t).collect(),
+        overlays: plan
+            .overlays()
+            .into_iter()
+            .map(|(target, on)| DiskOn { target, on })
+            .collect(),
+        ..Default::default()
+    };
     if config.dry_run {
         exec::execute(&plan, dom, &opts)?;
-        report.backup = Some(BackupReport {
-            disks: overlays.iter().map(|o| o.target.clone()).collect(),
-            overlays,
-            ..Default::default()
+        report.backup = Some(snapshotted);
+        // The record it would write, for a dry-run prune after it.
+        let planned = plan.steps.iter().find_map(|s| match s {
+            plan::Step::WriteRecord { draft, .. } => Some(draft.as_planned()),
+            _ => None,
         });
-        return Ok(None);
+        return Ok((None, planned));
     }
     // A first backup makes the domain's directory (with its lock) here; if
     // the backup then fails before writing into it, it goes again.
@@ -254,18 +257,17 @@ fn backup_domain(
         Ok(outcome) => {
             report.backup = Some(BackupReport {
                 restore_point: outcome.restore_point.clone(),
-                disks: outcome.disks.clone(),
-                overlays,
                 copied_files: outcome.copied,
                 copied_bytes: outcome.bytes,
                 reused_files: outcome.reused,
                 reused_bytes: outcome.reused_bytes,
                 quiesce_dropped: outcome.quiesce_dropped,
                 snapshot_ms: outcome.snapshot_ms,
+                ..snapshotted
             });
             crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
             say_done(name, &outcome, config);
-            Ok(dir_lock)
+            Ok((dir_lock, None))
         }
         Err(e) => {
             if let Some(root) = made {

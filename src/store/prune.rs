@@ -354,11 +354,11 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
         let result = crate::logging::in_scope(Some(scope.clone()), || {
             let dir = DomainDir::new(backup, d)?;
             if args.dry_run {
-                prune_domain(&dir, d, &policy, true)
+                prune_domain(&dir, d, &policy, true, None)
             } else {
                 crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
                     finish_unfinished(&dir, d)?;
-                    prune_domain(&dir, d, &policy, false)
+                    prune_domain(&dir, d, &policy, false, None)
                 })
             }
         });
@@ -400,13 +400,19 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
 
 /// Prunes one domain's directory (its directory lock is held, unless
 /// `dry_run`, which only says what would be done).
+/// A dry run after a dry-run backup passes that backup's record as planned
+/// (`pending`), which the prune then counts as the newest point.
 pub fn prune_domain(
     dir: &DomainDir,
     domain: &str,
     policy: &Policy,
     dry_run: bool,
+    pending: Option<Record>,
 ) -> Result<PruneReport> {
-    let index = Index::load(dir)?;
+    let mut index = Index::load(dir)?;
+    if let Some(r) = pending.filter(|_| dry_run) {
+        index.records.push(r);
+    }
     let ts = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
     let plan =
         plan(&index, policy, &ts).map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
