@@ -423,7 +423,7 @@ fn dry_run_of_c_says_each_step_in_order() {
         at("would note in the ledger"),
         // The prune counts the point this run would write: the one there
         // now goes.
-        at(&format!("would keep 1 point(s) (")),
+        at("would keep 1 point(s) ("),
         at("would consolidate vda (blockcommit-below)"),
         at(&format!("would delete '{o1}'")),
     ];
