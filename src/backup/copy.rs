@@ -70,7 +70,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     }
     ffi::advise(&src, 0, 0, Advice::Sequential);
     let tmp = TempFile::create(&job.dest_dir, &job.name)?;
-    let bar = crate::progress::Bar::bytes(format!("copy {}", job.name), id.size);
+    let bar = Bar::bytes(format!("copy {}", job.name), id.size);
     let mut hasher = blake3::Hasher::new();
     match &job.backing {
         None => copy_range(
