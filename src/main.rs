@@ -52,7 +52,22 @@ fn main() -> ExitCode {
 fn run_sweep(args: fi_backup::cli::RunArgs) -> Result<bool, Error> {
     let started = chrono::Local::now();
     let config = Config::from_args(args)?;
-    let domains = sweep::run(&config)?;
+    let domains = match sweep::run(&config) {
+        Ok(domains) => domains,
+        Err(e) => {
+            // The run could not start (a named domain does not exist,
+            // libvirt cannot be reached): the document says why.
+            if config.json {
+                report::print_json(&RunReport {
+                    error: Some(e.to_string()),
+                    dry_run: config.dry_run,
+                    warnings: logging::warnings(),
+                    ..report::timed("run", started)
+                })?;
+            }
+            return Err(e);
+        }
+    };
     let failed: Vec<String> = domains
         .iter()
         .filter(|d| !d.success)

@@ -138,6 +138,8 @@ pub struct RunReport {
     pub failed: Vec<String>,
     /// Warnings logged by the whole run.
     pub warnings: usize,
+    /// Why the run could not start at all (then `domains` is empty).
+    pub error: Option<String>,
     /// Per domain, in the order of the selection.
     pub domains: Vec<DomainReport>,
     /// `verify` only: what it checked, per domain.

@@ -372,3 +372,21 @@ fn json_report_of_a_consolidation() {
         format!("[INF] '{dom}' succeeded")
     );
 }
+
+/// A run that cannot start still gives one JSON document, saying why; the
+/// exit status is the usual one.
+#[test]
+fn json_report_of_a_run_that_cannot_start() {
+    let s = Scenario::new("ops-nostart");
+    let ghost = s.dom_name("ghost");
+    let (code, r, log) = json_run(&s, &["--json", &ghost]);
+    assert_eq!(code, Some(2), "{log}");
+    assert_eq!(r["success"], false);
+    assert_eq!(r["domains"], serde_json::json!([]));
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("'{ghost}' does not exist")),
+        "{error}"
+    );
+    assert!(log.contains(error), "the log says the same: {log}");
+}
