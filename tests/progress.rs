@@ -1,7 +1,7 @@
 //! Live progress: on a terminal (a pseudo-terminal from util-linux's
 //! `script`), two block jobs at once each draw a line, and every log line
-//! still reaches the screen whole; with stderr not a terminal, not one
-//! control character is written.
+//! still reaches the screen whole; copies and qemu-img jobs draw theirs;
+//! with stderr not a terminal, not one control character is written.
 
 mod common;
 
@@ -29,6 +29,68 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Runs fi-backup with `args` in a pseudo-terminal; returns what the
+/// terminal showed, escape sequences removed.
+fn on_terminal(s: &Scenario, args: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_fi-backup");
+    let line = format!("{bin} {args}; echo \"exit=$?\"");
+    let out = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .env_remove("FI_BACKUP_TEST_FAULT")
+        .output()
+        .expect("script (util-linux) is missing");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let screen = strip_ansi(&raw);
+    eprintln!("{screen}");
+    assert!(screen.contains("exit=0"), "{screen}");
+    screen
+}
+
+/// A copy and a qemu-img job (restore --flatten runs qemu-img convert)
+/// each draw a line on a terminal.
+#[test]
+fn copies_and_qemu_img_jobs_draw_on_a_terminal() {
+    let mut s = Scenario::new("progress-copy");
+    let dom = s.define("o", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
+    let image = s.root.join("img/d.qcow2");
+    ok(
+        "qemu-img",
+        &["resize", "-q", image.to_str().unwrap(), "512M"],
+    );
+    ok(
+        "qemu-io",
+        &["-c", "write -P 0x5a 0 384M", image.to_str().unwrap()],
+    );
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let screen = on_terminal(&s, &format!("-b {b} {dom}"));
+    let rows: Vec<&str> = screen.split(['\n', '\r']).collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("copy d.qcow2 [") && r.contains("MiB")),
+        "no copy line"
+    );
+    let target = s.root.join("restored");
+    let screen = on_terminal(
+        &s,
+        &format!(
+            "restore --backup-dir {b} --domain {dom} --target {} --flatten",
+            target.display()
+        ),
+    );
+    let rows: Vec<&str> = screen.split(['\n', '\r']).collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("qemu-img convert d.qcow2 [") && r.contains('%')),
+        "no qemu-img line"
+    );
+    assert!(reads(&target.join("vda.qcow2"), 0x5a, 0, 384));
+}
+
 /// A domain with two disks whose files below the top hold 8 MiB each, so
 /// that a commit-below at 1 MiB/s runs for seconds.
 fn two_disks_to_commit(s: &mut Scenario, short: &str) -> String {
@@ -53,21 +115,7 @@ fn two_disks_to_commit(s: &mut Scenario, short: &str) -> String {
 fn bars_on_a_terminal_and_none_elsewhere() {
     let mut s = Scenario::new("progress");
     let dom = two_disks_to_commit(&mut s, "t");
-    let bin = env!("CARGO_BIN_EXE_fi-backup");
-    let line = format!("{bin} -C --bandwidth 1 {dom}; echo \"exit=$?\"");
-    let out = Command::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
-        .env("TERM", "xterm")
-        .env_remove("RUST_LOG")
-        .env_remove("FI_BACKUP_TEST_FAULT")
-        .output()
-        .expect("script (util-linux) is missing");
-    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-    let screen = strip_ansi(&raw);
-    eprintln!("{screen}");
-    assert!(screen.contains("exit=0"), "{screen}");
+    let screen = on_terminal(&s, &format!("-C --bandwidth 1 {dom}"));
     // Each job drew its own line: domain, disk and job name, a percentage;
     // log lines were not broken by them: every tag starts its piece, and
     // the closing line is there whole.

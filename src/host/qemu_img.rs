@@ -67,6 +67,73 @@ pub fn run(args: &[OsString]) -> Result<String> {
         .map_err(|_| Error::QemuImg(format!("`{shown}` printed output that is not UTF-8")))
 }
 
+/// Runs a long qemu-img job (`args[0]` is its subcommand). On a terminal
+/// (`progress` on) with `-p`, its progress, which qemu-img prints as
+/// `(12.34/100%)` pieces ended by CR, drives a bar named `label`; otherwise
+/// with `-q`, as `run`.
+fn run_job(mut args: Vec<OsString>, label: String) -> Result<()> {
+    use std::io::Read;
+    let bar = crate::progress::Bar::percent(label);
+    if !bar.is_shown() {
+        args.insert(1, "-q".into());
+        return run(&args).map(|_| ());
+    }
+    args.insert(1, "-p".into());
+    let program = program()?;
+    let shown = show_command(&program, &args);
+    log::trace!("running {shown}");
+    let reader = duct::cmd(&program, &args)
+        .stderr_capture()
+        .unchecked()
+        .reader()
+        .map_err(|source| Error::CommandStart {
+            command: shown.clone(),
+            source,
+        })?;
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = (&reader)
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read the progress of", &program, e))?;
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\r' || *b == b'\n') {
+            let piece: Vec<u8> = pending.drain(..=end).collect();
+            if let Some(pct) = progress_of(&String::from_utf8_lossy(&piece)) {
+                bar.set(pct);
+            }
+        }
+    }
+    let output = reader
+        .try_wait()
+        .map_err(|source| Error::CommandStart {
+            command: shown.clone(),
+            source,
+        })?
+        .expect("qemu-img has exited once its output ended");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::CommandFailed {
+            command: shown,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+/// The whole percent of one piece of qemu-img's `-p` output, `(12.34/100%)`.
+fn progress_of(piece: &str) -> Option<u64> {
+    let inner = piece.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner
+        .parse::<f64>()
+        .ok()
+        .map(|p| p.clamp(0.0, 100.0) as u64)
+}
+
 /// A command line for messages: arguments with spaces or quotes are quoted.
 fn show_command(program: &Path, args: &[OsString]) -> String {
     let mut s = program.display().to_string();
@@ -143,10 +210,17 @@ fn rebase(image: &Path, backing: &str, backing_format: &str, mode: &str) -> Resu
 /// qemu-img holds QEMU's image locks meanwhile, so the domain cannot start
 /// on the chain.
 pub fn commit(image: &Path, format: &str, base: &Path) -> Result<()> {
-    let mut args = os(&["commit", "-q", "-f", format, "-b"]);
+    let mut args = os(&["commit", "-f", format, "-b"]);
     args.push(base.into());
     args.push(image.into());
-    run(&args).map(|_| ())
+    run_job(args, format!("qemu-img commit {}", name_of(image)))
+}
+
+/// The file name of `path`, for a progress label.
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// Copies into `image` (qcow2) every cluster its backing chain provides and
@@ -155,7 +229,7 @@ pub fn commit(image: &Path, format: &str, base: &Path) -> Result<()> {
 pub fn pull_into(image: &Path) -> Result<()> {
     let mut args = os(&["rebase", "-f", "qcow2", "-b", ""]);
     args.push(image.into());
-    run(&args).map(|_| ())
+    run_job(args, format!("qemu-img pull into {}", name_of(image)))
 }
 
 /// Rebases qcow2 `image` onto `backing` (a name relative to the image's
@@ -185,7 +259,7 @@ pub fn convert_to_qcow2(source: &Path, format: &str, dest: &Path) -> Result<()> 
     let mut args = os(&["convert", "-f", format, "-O", "qcow2"]);
     args.push(source.into());
     args.push(dest.into());
-    run(&args).map(|_| ())
+    run_job(args, format!("qemu-img convert {}", name_of(source)))
 }
 
 /// `qemu-img check` of one qcow2 image (metadata consistency).
@@ -198,6 +272,20 @@ pub fn check(image: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_pieces() {
+        for (piece, pct) in [
+            ("    (0.00/100%)", Some(0)),
+            ("    (12.99/100%)\r", Some(12)),
+            ("(100.00/100%)", Some(100)),
+            ("", None),
+            ("Image committed.", None),
+            ("(x/100%)", None),
+        ] {
+            assert_eq!(progress_of(piece), pct, "{piece:?}");
+        }
+    }
 
     #[test]
     fn parses_a_two_image_chain() {
