@@ -315,6 +315,18 @@ pub struct Reused {
     pub equal: bool,
 }
 
+impl Reused {
+    /// `source` unchanged since the run that wrote its copy `copy`.
+    fn of(source: PathBuf, copy: &FileRecord) -> Reused {
+        Reused {
+            source,
+            name: copy.name.clone(),
+            point: copy.written_by.clone(),
+            equal: false,
+        }
+    }
+}
+
 /// A restore point's copy chain that stands for a base image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Equivalent<'a> {
@@ -547,12 +559,7 @@ fn plan_copies(
                 })
                 .flatten();
             if let Some(f) = merged {
-                reused.push(Reused {
-                    source: file.path.clone(),
-                    name: f.name.clone(),
-                    point: f.written_by.clone(),
-                    equal: false,
-                });
+                reused.push(Reused::of(file.path.clone(), f));
                 if !files.iter().any(|x| x.name() == f.name) {
                     files.push(PlannedFile::Reused(f.clone()));
                 }
@@ -619,12 +626,7 @@ fn plan_copies(
                 })
                 .flatten()
             {
-                reused.push(Reused {
-                    source: file.path.clone(),
-                    name: fr.name.clone(),
-                    point: fr.written_by.clone(),
-                    equal: false,
-                });
+                reused.push(Reused::of(file.path.clone(), fr));
                 files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
             } else {
@@ -692,12 +694,7 @@ fn plan_copies(
         let mut fw_files = Vec::new();
         for (rel, path, id) in &fw.files {
             let name = if let Some(fr) = reusable(existing, path, id, None) {
-                reused.push(Reused {
-                    source: path.clone(),
-                    name: fr.name.clone(),
-                    point: fr.written_by.clone(),
-                    equal: false,
-                });
+                reused.push(Reused::of(path.clone(), fr));
                 files.push(PlannedFile::Reused(fr.clone()));
                 fr.name.clone()
             } else {
