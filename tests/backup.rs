@@ -464,12 +464,28 @@ fn quiesce_without_agent_fails_and_changes_nothing() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("guest agent"), "{log}");
     assert_eq!(std::fs::read_dir(s.root.join("img")).unwrap().count(), 1);
+    // Nothing but directories and the directory lock, which is never
+    // unlinked (another run may hold it open); it stays empty.
+    let lock = backup.join(&dom).join(".lock");
     assert!(
-        tree(&backup).iter().all(|(p, _)| p.is_dir()),
+        tree(&backup)
+            .iter()
+            .all(|(p, _)| p.is_dir() || (*p == lock && std::fs::metadata(p).unwrap().len() == 0)),
         "{:?}",
         tree(&backup)
     );
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lock).unwrap());
     assert!(live_sources(&dom)[0].1.ends_with("/d.qcow2"));
+    // The directory left behind is reused by the next run, its lock file too.
+    let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(records(&backup, &dom).len(), 1);
+    let now = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lock).unwrap());
+    assert_eq!(ino, now, "the lock file was replaced");
 }
 
 /// A domain whose only drive is a CD-ROM has nothing to back up: an error

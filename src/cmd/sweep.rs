@@ -246,11 +246,12 @@ fn backup_domain(
         });
         return Ok((None, planned));
     }
-    // A first backup makes the domain's directory (with its lock) here; if
-    // the backup then fails before writing into it, it goes again.
-    let mut made = None;
+    // A first backup makes the domain's directory (with its lock) only
+    // here, once the plan stands. If the backup then fails, the directory
+    // and its lock file stay: unlinking a lock file another run may have
+    // opened would let two runs each hold a lock of their own. An empty
+    // directory is harmless and the next run reuses it.
     if let (Some(d), None) = (dir, &dir_lock) {
-        made = Some(d.root.clone());
         dir_lock = Some(lock_dir(d, name)?);
     }
     match exec::execute(&plan, dom, &opts) {
@@ -270,10 +271,6 @@ fn backup_domain(
             Ok((dir_lock, None))
         }
         Err(e) => {
-            if let Some(root) = made {
-                let _ = std::fs::remove_file(root.join(".lock"));
-                let _ = std::fs::remove_dir(&root);
-            }
             // What the failed run created is adopted or removed now, not
             // left for the next run.
             if let Err(s) =

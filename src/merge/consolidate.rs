@@ -531,21 +531,21 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     let t = &p.target;
     let n = p.chain.len();
     let (top, base) = (&p.chain[0], &p.chain[n - 1]);
-    let fail = |what: String| {
-        Error::domain(
-            &dom.name,
-            format!(
-                "{t}: offline {}: {what}; {}; nothing was deleted",
-                p.job.name(),
-                offline_chain_now(dom, p)
-            ),
-        )
+    // The step's own error stays the cause; the chain is read after it.
+    let fail = |cause: Error| Error::Domain {
+        domain: dom.name.clone(),
+        message: format!("{t}: offline {}", p.job.name()),
+        cause: Some(Box::new(cause)),
+        left: Some(format!(
+            "{}; nothing was deleted",
+            offline_chain_now(dom, p)
+        )),
     };
     let stopped = || -> Result<()> {
         match dom.is_active() {
             Ok(false) => Ok(()),
-            Ok(true) => Err(fail("the domain was started meanwhile".into())),
-            Err(e) => Err(fail(e.to_string())),
+            Ok(true) => Err(fail(Error::Job("the domain was started meanwhile".into()))),
+            Err(e) => Err(fail(e)),
         }
     };
     stopped()?;
@@ -559,7 +559,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     // a valid chain on disk. (libvirt keeps the chain a running domain had
     // as <backingStore> in its persistent definition, and at start trusts
     // it over the images.)
-    define_disk(dom, &p.target, top).map_err(|e| fail(e.to_string()))?;
+    define_disk(dom, &p.target, top).map_err(fail)?;
     let step = match p.job {
         Job::CommitBelow => {
             let below = &p.chain[1];
@@ -577,7 +577,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         Job::CommitAll => crate::qemu_img::commit(&top.path, &top.format, &base.path),
         Job::Pull => crate::qemu_img::pull_into(&top.path),
     };
-    step.map_err(|e| fail(e.to_string()))?;
+    step.map_err(fail)?;
     crate::fault::kill_point("kill-after-offline-step");
     stopped()?;
     let result = p
@@ -585,9 +585,9 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .iter()
         .find(|f| f.path == p.result)
         .expect("the result is in the chain");
-    define_disk(dom, &p.target, result).map_err(|e| fail(e.to_string()))?;
+    define_disk(dom, &p.target, result).map_err(fail)?;
     let now: Vec<PathBuf> = crate::chain::read_chain(&p.result)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(fail)?
         .into_iter()
         .map(|f| f.path)
         .collect();
@@ -595,11 +595,11 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .chain(expected_backing(p).map(Path::to_path_buf))
         .collect();
     if now != expected {
-        return Err(fail(format!(
+        return Err(fail(Error::Job(format!(
             "the chain read back is ({}), expected ({})",
             show_paths(&now),
             show_paths(&expected)
-        )));
+        ))));
     }
     Ok(())
 }
@@ -817,22 +817,22 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
         Job::Pull => blockjob::start_pull(raw, t, s.bandwidth_mib),
     };
     if let Err(e) = start {
-        return Err(failure(dom, p, e.to_string()));
+        return Err(failure(dom, p, e));
     }
     crate::fault::kill_point("kill-mid-blockcommit");
     let progress = crate::progress::Bar::percent(format!("{} {t} {name}", dom.name));
     let waited = wait(dom, t, p.job, s.timeout, &progress);
     drop(progress);
     if let Err(e) = waited {
-        return Err(failure(dom, p, e.to_string()));
+        return Err(failure(dom, p, e));
     }
     if p.job == Job::CommitAll {
         if let Err(e) = blockjob::pivot(raw, t) {
-            return Err(failure(dom, p, e.to_string()));
+            return Err(failure(dom, p, e));
         }
     }
     if let Err(e) = confirm(dom, p) {
-        return Err(failure(dom, p, e.to_string()));
+        return Err(failure(dom, p, e));
     }
     crate::fault::kill_point("kill-after-pivot");
     log::debug!(
@@ -866,29 +866,41 @@ fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
 /// The error of a failed job, after re-reading the real state: whether QEMU
 /// still runs (if not, that is the news), the job cancelled if one is left,
 /// and the disk's chain as qemu-img reads it now.
-fn failure(dom: &Dom, p: &DiskPlan, cause: String) -> Error {
+fn failure(dom: &Dom, p: &DiskPlan, cause: Error) -> Error {
     let t = &p.target;
     let name = p.job.name();
-    let msg = match still_running(dom, t) {
-        Ok(false) => format!(
-            "QEMU exited during the {name} of {t} (the domain is shut off now; the job's error \
-             was: {cause}); {}; nothing was deleted",
-            chain_now(dom, p)
+    // The job's own error stays the cause (its libvirt code with it); what
+    // the failure left is read now, after it.
+    let (doing, left) = match still_running(dom, t) {
+        Ok(false) => (
+            format!(
+                "{t}: QEMU exited during the {name} of {t} (the domain is shut off now); the \
+                 job's error was"
+            ),
+            format!("{}; nothing was deleted", chain_now(dom, p)),
         ),
         Ok(true) => {
             let cancelled = cancel(dom, t);
-            format!(
-                "{name} failed: {cause}; {cancelled}; {}; nothing was deleted",
-                chain_now(dom, p)
+            (
+                format!("{t}: {name} failed"),
+                format!("{cancelled}; {}; nothing was deleted", chain_now(dom, p)),
             )
         }
-        Err(e) => format!(
-            "{name} failed: {cause}; the domain's state cannot be read ({e}); the disk was on \
-             ({}) before the job; nothing was deleted",
-            show_chain(&p.chain)
+        Err(e) => (
+            format!("{t}: {name} failed"),
+            format!(
+                "the domain's state cannot be read ({e}); the disk was on ({}) before the job; \
+                 nothing was deleted",
+                show_chain(&p.chain)
+            ),
         ),
     };
-    Error::domain(&dom.name, format!("{t}: {msg}"))
+    Error::Domain {
+        domain: dom.name.clone(),
+        message: doing,
+        cause: Some(Box::new(cause)),
+        left: Some(left),
+    }
 }
 
 /// The disk's chain as read now: where the domain's XML points and what
