@@ -22,6 +22,44 @@ pub fn point_time(s: &str) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d-%H%M%S").ok()
 }
 
+/// The longest name a file system takes (NAME_MAX).
+pub const MAX_NAME: usize = 255;
+
+/// Why `s` cannot be one component of a path, or None when it can: not
+/// empty, not `.` or `..`, no `/`, no NUL, at most [`MAX_NAME`] bytes.
+/// Every name read from a record, a journal or a ledger that becomes part
+/// of a path passes this first.
+pub fn not_plain(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("it is empty")
+    } else if s == "." || s == ".." {
+        Some("it names a directory")
+    } else if s.contains('/') {
+        Some("it holds a '/'")
+    } else if s.contains('\0') {
+        Some("it holds a NUL byte")
+    } else if s.len() > MAX_NAME {
+        Some("it is longer than 255 bytes")
+    } else {
+        None
+    }
+}
+
+/// The image formats a record may name: those qemu-img opens as files.
+/// (A format is passed to qemu-img as an argument, so only these words.)
+pub const IMAGE_FORMATS: &[&str] = &[
+    "qcow2",
+    "raw",
+    "qcow",
+    "qed",
+    "vmdk",
+    "vdi",
+    "vhdx",
+    "vpc",
+    "parallels",
+    "luks",
+];
+
 /// The overlay a snapshot at `ts` puts on top of `image`: the image's name
 /// without its last extension, then `.bimg-<ts>`, in the image's directory.
 /// This is the name libvirt gives when fi-backup.sh names the snapshot

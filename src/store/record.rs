@@ -284,7 +284,31 @@ pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
 
 /// The restore point `at`, or the latest; a missing one is an error that
 /// lists the nearest ones.
+/// A point whose record cannot be trusted is refused, named with the
+/// reason, whether asked for by `at` or newer than every trusted one (the
+/// latest would then silently be an older point).
 pub fn pick<'a>(index: &'a Index, domain: &str, at: Option<&str>) -> Result<&'a Record> {
+    let newest = index.records.last().map(|r| r.restore_point.as_str());
+    let untrusted = index.rejected.iter().find(|(p, _)| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        match at {
+            Some(at) => stem == at,
+            None => newest.map_or(true, |n| stem > n),
+        }
+    });
+    if let Some((path, why)) = untrusted {
+        return Err(Error::Usage(format!(
+            "restore point '{}' of '{domain}' cannot be used: its record '{}' cannot be \
+             trusted: {why}{}",
+            path.file_stem().unwrap_or_default().to_string_lossy(),
+            path.display(),
+            if at.is_none() {
+                " (it is the newest; name an older point with --at to use that)"
+            } else {
+                ""
+            }
+        )));
+    }
     let Some(at) = at else {
         return index.records.last().ok_or_else(|| {
             Error::Usage(format!(
@@ -340,8 +364,16 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
     Ok(record)
 }
 
-/// Consistency checks on a parsed record: version, name, and that every file
-/// a chain names is described, with backing links matching the chain.
+/// Checks on a parsed record. A record is input (a backup directory may be
+/// shared between hosts, copied offsite and back, or edited), so every field
+/// that becomes a path or a command argument is checked here, at load, and
+/// a record that fails is never trusted: version and name; the domain, its
+/// XML file, each disk's target, each file's name and backing plain names
+/// (no `/`, no `..`, no NUL, not empty, at most 255 bytes); formats that
+/// qemu-img opens as files; no disk or file described twice; every file a
+/// chain names described, with backing links matching the chain; firmware
+/// files described, at plain relative paths; a memory state file an
+/// absolute path without `..`.
 pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), String> {
     if r.fi_backup_record != RECORD_VERSION {
         return Err(format!("unknown record version {}", r.fi_backup_record));
@@ -353,7 +385,7 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
             r.restore_point
         ));
     }
-    let bad_name = |n: &str| n.is_empty() || n.contains('/') || n.starts_with('.');
+    check_names(r)?;
     for d in &r.disks {
         if d.chain.is_empty() {
             return Err(format!("disk {} has an empty chain", d.target));
@@ -365,9 +397,6 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
                     d.target
                 )
             })?;
-            if bad_name(name) {
-                return Err(format!("file name '{name}' is not a plain name"));
-            }
             if f.backing.as_ref() != d.chain.get(i + 1) {
                 return Err(format!(
                     "'{name}' does not back onto the next file of {}'s chain",
@@ -378,18 +407,13 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
     }
     for fw in &r.firmware {
         for f in &fw.files {
-            if bad_name(&f.name) || !r.files.iter().any(|x| x.name == f.name) {
+            if !r.files.iter().any(|x| x.name == f.name) {
                 return Err(format!(
                     "firmware file '{}' is not a plain name the record describes",
                     f.name
                 ));
             }
-            let rel = Path::new(&f.rel);
-            if rel.is_absolute()
-                || rel
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
+            if !plain_relative(&f.rel) {
                 return Err(format!(
                     "firmware path '{}' is not a plain relative path",
                     f.rel
@@ -397,7 +421,108 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
             }
         }
     }
+    if let Some(state) = &r.state_file {
+        let p = Path::new(state);
+        if !p.is_absolute()
+            || state.contains('\0')
+            || p.components().any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(format!(
+                "memory state file '{state}' is not an absolute path without '..'"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The record's names and formats, each checked for what it becomes: a
+/// path component (plain name), a file in images/ (also no leading dot:
+/// those are temporary files), a qemu-img argument (a known format).
+fn check_names(r: &Record) -> std::result::Result<(), String> {
+    let plain = |what: String, s: &str| match naming::not_plain(s) {
+        Some(why) => Err(format!("{what} '{}' is not a plain name: {why}", shown(s))),
+        None => Ok(()),
+    };
+    let image = |what: String, s: &str| {
+        plain(what.clone(), s)?;
+        if s.starts_with('.') {
+            return Err(format!(
+                "{what} '{}' is not a plain name: it starts with a dot",
+                shown(s)
+            ));
+        }
+        Ok(())
+    };
+    let format = |what: String, s: &str| {
+        if naming::IMAGE_FORMATS.contains(&s) {
+            Ok(())
+        } else {
+            Err(format!("{what} '{}' is not an image format", shown(s)))
+        }
+    };
+    plain("domain name".into(), &r.domain)?;
+    image("domain XML file".into(), &r.domain_xml)?;
+    let mut targets = std::collections::HashSet::new();
+    for d in &r.disks {
+        image("disk target".into(), &d.target)?;
+        format(format!("disk {}'s format", d.target), &d.format)?;
+        if !targets.insert(d.target.as_str()) {
+            return Err(format!("disk {} is described twice", d.target));
+        }
+        for name in &d.chain {
+            image(format!("disk {}'s file", d.target), name)?;
+        }
+    }
+    for l in &r.left_out {
+        image("left-out disk target".into(), &l.target)?;
+    }
+    let mut names = std::collections::HashSet::new();
+    for f in &r.files {
+        image("file name".into(), &f.name)?;
+        format(format!("file {}'s format", f.name), &f.format)?;
+        if !names.insert(f.name.as_str()) {
+            return Err(format!("file '{}' is described twice", f.name));
+        }
+        match (&f.backing, &f.backing_format) {
+            (Some(b), Some(bf)) => {
+                image(format!("file {}'s backing file", f.name), b)?;
+                format(format!("file {}'s backing format", f.name), bf)?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "file '{}' has a backing file without a format, or a format without one",
+                    f.name
+                ))
+            }
+        }
+    }
+    for fw in &r.firmware {
+        for f in &fw.files {
+            image("firmware file".into(), &f.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// A path relative to a directory that stays inside it (empty: the
+/// directory's own file).
+fn plain_relative(rel: &str) -> bool {
+    let rel = Path::new(rel);
+    !rel.is_absolute()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(n) if naming::not_plain(&n.to_string_lossy()).is_none()))
+}
+
+/// A name as an error message shows it: at most 64 characters, control
+/// characters escaped (a crafted name must not rewrite the terminal).
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
+    if s.chars().count() > 64 {
+        out.push_str("...");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -488,6 +613,191 @@ mod tests {
         let mut r = record();
         r.firmware[0].files[0].rel = "../../etc/x".into();
         assert!(check_record(&r, p).is_err());
+    }
+
+    /// Every field that becomes a path or a qemu-img argument, edited the
+    /// ways a user or a bit flip could: each one makes the record untrusted,
+    /// with a reason that names the field.
+    #[test]
+    fn crafted_fields_are_refused_naming_the_field() {
+        let p = Path::new("/b/d/points/20260101-000000.json");
+        type Edit = fn(&mut Record);
+        let table: Vec<(&str, Edit, &str)> = vec![
+            (
+                "target up",
+                |r| r.disks[0].target = "../../esc".into(),
+                "disk target '../../esc'",
+            ),
+            (
+                "target absolute",
+                |r| r.disks[0].target = "/tmp/x".into(),
+                "disk target '/tmp/x'",
+            ),
+            (
+                "target empty",
+                |r| r.disks[0].target = String::new(),
+                "disk target ''",
+            ),
+            (
+                "target dot",
+                |r| r.disks[0].target = "..".into(),
+                "disk target '..'",
+            ),
+            (
+                "target NUL",
+                |r| r.disks[0].target = "v\0da".into(),
+                "disk target 'v\\u{0}da'",
+            ),
+            (
+                "target huge",
+                |r| r.disks[0].target = "v".repeat(300),
+                "longer than 255",
+            ),
+            (
+                "domain up",
+                |r| r.domain = "../../escape".into(),
+                "domain name '../../escape'",
+            ),
+            (
+                "domain slash",
+                |r| r.domain = "a/b".into(),
+                "domain name 'a/b'",
+            ),
+            (
+                "xml up",
+                |r| r.domain_xml = "../x.xml".into(),
+                "domain XML file '../x.xml'",
+            ),
+            (
+                "xml hidden",
+                |r| r.domain_xml = ".fi-tmp.x".into(),
+                "starts with a dot",
+            ),
+            (
+                "disk format",
+                |r| r.disks[0].format = "--help".into(),
+                "disk vda's format '--help'",
+            ),
+            (
+                "file format",
+                |r| r.files[1].format = "vvfat".into(),
+                "file base's format 'vvfat'",
+            ),
+            (
+                "backing format",
+                |r| r.files[0].backing_format = Some("json".into()),
+                "file top's backing format 'json'",
+            ),
+            (
+                "backing without format",
+                |r| r.files[0].backing_format = None,
+                "without a format",
+            ),
+            (
+                "file name",
+                |r| r.files[2].name = "a/b".into(),
+                "file name 'a/b'",
+            ),
+            (
+                "duplicate disk",
+                |r| r.disks.push(r.disks[0].clone()),
+                "disk vda is described twice",
+            ),
+            (
+                "duplicate file",
+                |r| r.files.push(r.files[1].clone()),
+                "file 'base' is described twice",
+            ),
+            (
+                "left-out target",
+                |r| {
+                    r.left_out.push(LeftOutRecord {
+                        target: "../y".into(),
+                        reason: String::new(),
+                    })
+                },
+                "left-out disk target '../y'",
+            ),
+            (
+                "state file relative",
+                |r| r.state_file = Some("x.state".into()),
+                "memory state file 'x.state'",
+            ),
+            (
+                "state file up",
+                |r| r.state_file = Some("/s/../../etc/passwd".into()),
+                "without '..'",
+            ),
+            (
+                "firmware rel",
+                |r| r.firmware[0].files[0].rel = "a/../../b".into(),
+                "firmware path",
+            ),
+        ];
+        for (case, edit, says) in table {
+            let mut r = record();
+            edit(&mut r);
+            let why = check_record(&r, p).expect_err(case);
+            assert!(why.contains(says), "{case}: {why}");
+        }
+        // A file shared by two disks' chains (two disks cloned from one
+        // image) is a real shape and stays trusted.
+        let mut r = record();
+        let mut second = r.disks[0].clone();
+        second.target = "vdb".into();
+        second.chain = vec!["base".into()];
+        r.disks.push(second);
+        check_record(&r, p).unwrap();
+    }
+
+    /// JSON of the wrong types or shapes is not a record; no panic.
+    #[test]
+    fn wrong_json_types_are_not_records() {
+        let good = serde_json::to_value(record()).unwrap();
+        let edits: Vec<(&str, serde_json::Value)> = vec![
+            ("/disks/0/target", serde_json::json!(7)),
+            ("/disks", serde_json::json!({"vda": 1})),
+            ("/files/0/size", serde_json::json!(-1)),
+            ("/files/0/size", serde_json::json!(1e300)),
+            ("/files/0/source_id", serde_json::json!(null)),
+            ("/mode", serde_json::json!("sideways")),
+            ("/fi_backup_record", serde_json::json!("1")),
+        ];
+        for (at, v) in edits {
+            let mut j = good.clone();
+            *j.pointer_mut(at).unwrap() = v;
+            assert!(serde_json::from_value::<Record>(j).is_err(), "{at}");
+        }
+    }
+
+    #[test]
+    fn an_untrusted_point_is_refused_by_name_and_as_the_newest() {
+        let mut index = Index::default();
+        index.records.push(record());
+        let bad = PathBuf::from("/b/d/points/20260102-000000.json");
+        index
+            .rejected
+            .push((bad, "disk target '..' is not a plain name".into()));
+        let e = pick(&index, "d", Some("20260102-000000")).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("cannot be trusted"),
+            "{e}"
+        );
+        let e = pick(&index, "d", None).unwrap_err();
+        assert!(e.to_string().contains("it is the newest"), "{e}");
+        assert_eq!(
+            pick(&index, "d", Some("20260101-000000"))
+                .unwrap()
+                .restore_point,
+            "20260101-000000"
+        );
+        // An untrusted record older than the newest trusted one does not
+        // stand in the way of the latest.
+        index.rejected[0].0 = PathBuf::from("/b/d/points/20251231-000000.json");
+        assert_eq!(
+            pick(&index, "d", None).unwrap().restore_point,
+            "20260101-000000"
+        );
     }
 
     #[test]

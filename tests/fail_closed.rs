@@ -1,0 +1,119 @@
+//! Fail closed: what fi-backup reads from disk or from libvirt is input, not
+//! trusted state. A record edited to steer a restore elsewhere is refused
+//! with nothing written; a domain whose chain cannot be read counts as
+//! sharing every file; a backup directory that cannot take the copy is
+//! found before the snapshot.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// A copy of a record with one field replaced (a JSON pointer), written
+/// over the record.
+fn edit_record(backup: &Path, dom: &str, ts: &str, at: &str, value: serde_json::Value) {
+    let path = backup.join(dom).join("points").join(format!("{ts}.json"));
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    *r.pointer_mut(at).unwrap_or_else(|| panic!("no {at}")) = value;
+    std::fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
+}
+
+/// Records edited the ways the issue reproduced (a disk target, the domain
+/// name, an absolute target, a format) are refused by restore (exit 2,
+/// the field named, nothing written in or around the target) and by verify
+/// (exit 1, naming the record); the point's files stay as they were.
+#[test]
+fn a_crafted_record_steers_nothing() {
+    let mut s = Scenario::new("crafted");
+    let dom = s.start("c", "img", &[DiskSpec::qcow2("c.qcow2", "vda")]);
+    guest_write(&dom, 0, 0x5a, 0);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    s.fi_ok(&["-b", b, &dom]);
+    let ts = records(&backup, &dom)[0]["restore_point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let original =
+        std::fs::read(backup.join(&dom).join("points").join(format!("{ts}.json"))).unwrap();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "/disks/0/target",
+            "../../esc".into(),
+            "disk target '../../esc'",
+        ),
+        (
+            "/domain",
+            "../../escape".into(),
+            "domain name '../../escape'",
+        ),
+        (
+            "/disks/0/target",
+            "/tmp/fi-esc".into(),
+            "disk target '/tmp/fi-esc'",
+        ),
+        ("/disks/0/format", "--help".into(), "is not an image format"),
+        (
+            "/disks/0/target",
+            serde_json::json!(7),
+            "not a valid record",
+        ),
+    ];
+    let outside = s.dir("t");
+    let target = outside.join("a/b/out");
+    for (at, value, says) in cases {
+        std::fs::write(
+            backup.join(&dom).join("points").join(format!("{ts}.json")),
+            &original,
+        )
+        .unwrap();
+        edit_record(&backup, &dom, &ts, at, value);
+        let images = snapshot_tree(&backup);
+        for extra in [&["--flatten"][..], &[][..], &["--at", &ts][..]] {
+            let out = s.fi(&restore_args(b, &dom, target.to_str().unwrap(), extra));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{at} {extra:?}: {err}");
+            assert!(
+                err.contains(says) && err.contains("cannot be trusted"),
+                "{at}: {err}"
+            );
+            assert!(
+                tree(&outside).is_empty(),
+                "{at}: wrote {:?}",
+                tree(&outside)
+            );
+            assert!(!Path::new("/tmp/fi-esc.qcow2").exists());
+        }
+        let out = s.fi(&["verify", "--backup-dir", b]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "verify {at}: {err}");
+        assert!(
+            err.contains(&format!("{ts}.json' cannot be trusted")),
+            "{err}"
+        );
+        assert_eq!(
+            snapshot_tree(&backup),
+            images,
+            "{at}: the backup directory changed"
+        );
+    }
+    // The record put back restores.
+    std::fs::write(
+        backup.join(&dom).join("points").join(format!("{ts}.json")),
+        &original,
+    )
+    .unwrap();
+    s.fi_ok(&restore_args(
+        b,
+        &dom,
+        target.to_str().unwrap(),
+        &["--flatten"],
+    ));
+    assert!(image_has(&target.join("vda.qcow2"), "qcow2", 0x5a, 0));
+    report(
+        "FAIL-CLOSED | record edited 5 ways (target ../../esc, /abs, domain ../../escape, format \
+         --help, a number as target): restore exit 2 naming the field, nothing written under or \
+         beside the target; verify exit 1 naming the record; backup directory hashed unchanged",
+    );
+}
