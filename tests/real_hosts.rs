@@ -33,14 +33,6 @@ fn two_disk_chain(s: &mut Scenario) -> (String, Patterns, Patterns) {
     (dom, vda, vec![(0x31, 0), (0x32, 1)])
 }
 
-fn top_of(dom: &str, target: &str) -> String {
-    live_sources(dom)
-        .into_iter()
-        .find(|(t, _)| t == target)
-        .unwrap()
-        .1
-}
-
 /// QEMU killed while fi-backup pulls vda: the run names the crash, starts
 /// nothing on vdb, deletes nothing, and the domain starts again on its
 /// chains with all its data.

@@ -3,7 +3,9 @@
 //! reads another clone's data and cannot start). Gathered once per run, over
 //! every defined domain (running, shut off, transient), from each file disk's
 //! chain as qemu-img reads it. Files are keyed by device and inode, so a
-//! path through a symlink or another mount point still matches.
+//! path through a symlink or another mount point still matches. A domain
+//! whose XML or chain cannot be read may use any file: it counts as a user
+//! of every file (fail closed), named as "an unreadable domain".
 //!
 //! The map is a fact, taken before any consolidation of the run: a domain
 //! consolidated later in the run can only have left it (the map then
@@ -13,58 +15,71 @@
 use crate::chain::SourceId;
 use crate::domain;
 use crate::libvirt::Libvirt;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-/// Which domains use which files.
+/// Which domains use which files, and which domains could not be read.
 #[derive(Debug, Clone, Default)]
 pub struct Siblings {
     /// (st_dev, st_ino) -> UUID and name of each domain whose chains use it.
     users: HashMap<(u64, u64), BTreeSet<(String, String)>>,
+    /// Domains (UUID, name) whose XML or some chain could not be read, with
+    /// what could not be read: they may use any file.
+    unreadable: BTreeMap<(String, String), String>,
 }
 
 impl Siblings {
-    /// Reads every defined domain's disks and chains. A domain or chain that
-    /// cannot be read still counts its disks' own source files (reported at
-    /// debug level): what is unknown is never taken as unshared.
+    /// Reads every defined domain's disks and chains. A domain whose XML, or
+    /// one of whose chains, cannot be read (a disk on a share not mounted
+    /// now, a missing backing file, no permission) is remembered as
+    /// unreadable: it may use any file, so it counts as a user of every
+    /// file ([`Siblings::others`]). What is unknown is never taken as
+    /// unshared.
     pub fn gather(lv: &Libvirt) -> crate::error::Result<Siblings> {
         let mut s = Siblings::default();
         for dom in lv.all_domains()? {
+            let uuid = dom.uuid().unwrap_or_default();
             let xmls = match dom.is_active() {
                 Ok(true) => vec![dom.live_xml(), dom.inactive_xml()],
                 _ => vec![dom.inactive_xml()],
             };
             for xml in xmls {
-                let facts = match xml.and_then(|x| domain::parse_domain_xml(&x)) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        log::debug!("Cannot read the disks of domain '{}': {e}", dom.name);
-                        continue;
+                match xml.and_then(|x| domain::parse_domain_xml(&x)) {
+                    Ok(facts) => {
+                        for src in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
+                            if let Err(why) = s.add_chain(&facts.uuid, &facts.name, src) {
+                                s.unreadable(&facts.uuid, &facts.name, why);
+                            }
+                        }
                     }
-                };
-                for disk in &facts.disks {
-                    if let Some(src) = &disk.source {
-                        s.add_chain(&facts.uuid, &facts.name, src);
-                    }
+                    Err(e) => s.unreadable(&uuid, &dom.name, format!("its XML: {e}")),
                 }
             }
+        }
+        for ((_, name), why) in &s.unreadable {
+            log::warn!(
+                "Domain '{name}' cannot be read ({why}): it counts as using every file, so no \
+                 blockcommit writes into a file it might share and no file it might use is deleted"
+            );
         }
         Ok(s)
     }
 
-    fn add_chain(&mut self, uuid: &str, name: &str, top: &Path) {
-        let paths: Vec<std::path::PathBuf> = match crate::chain::read_chain(top) {
-            Ok(chain) => chain.into_iter().map(|f| f.path).collect(),
-            Err(e) => {
-                log::debug!("Chain of '{}' ({name}) unreadable: {e}", top.display());
-                vec![top.to_path_buf()]
-            }
-        };
-        for p in paths {
-            if let Ok(id) = SourceId::read(&p) {
-                self.add(uuid, name, id.dev, id.ino);
-            }
+    fn add_chain(&mut self, uuid: &str, name: &str, top: &Path) -> Result<(), String> {
+        let chain = crate::chain::read_chain(top)
+            .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
+        for f in chain {
+            let id = SourceId::read(&f.path).map_err(|e| format!("'{}': {e}", f.path.display()))?;
+            self.add(uuid, name, id.dev, id.ino);
         }
+        Ok(())
+    }
+
+    /// Records that domain `uuid` (`name`) could not be read, and why.
+    pub fn unreadable(&mut self, uuid: &str, name: &str, why: String) {
+        self.unreadable
+            .entry((uuid.to_string(), name.to_string()))
+            .or_insert(why);
     }
 
     /// Records that domain `uuid` (`name`) uses the file (dev, ino).
@@ -75,16 +90,46 @@ impl Siblings {
             .insert((uuid.to_string(), name.to_string()));
     }
 
-    /// Names of the domains other than `uuid` whose chains use (dev, ino).
+    /// The domains other than `uuid` that use (dev, ino) or may use it,
+    /// each as a message shows it: `'name'`, or `an unreadable domain
+    /// 'name' (why)`.
     pub fn others(&self, uuid: &str, dev: u64, ino: u64) -> Vec<String> {
-        self.users
+        let known = self
+            .users
             .get(&(dev, ino))
-            .map(|set| {
-                set.iter()
-                    .filter(|(u, _)| u != uuid)
-                    .map(|(_, n)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter(|(u, _)| u != uuid)
+            .map(|(_, n)| format!("'{n}'"));
+        let unknown = self
+            .unreadable
+            .iter()
+            .filter(|((u, _), _)| u != uuid)
+            .map(|((_, n), why)| format!("an unreadable domain '{n}' ({why})"));
+        known.chain(unknown).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_domain_may_use_every_file_but_not_its_own() {
+        let mut s = Siblings::default();
+        s.add("a", "clone-a", 1, 10);
+        s.add("b", "clone-b", 1, 10);
+        assert_eq!(s.others("a", 1, 10), vec!["'clone-b'"]);
+        assert!(s.others("a", 1, 11).is_empty());
+        s.unreadable("c", "clone-c", "the chain of '/x': missing".into());
+        assert_eq!(
+            s.others("a", 1, 11),
+            vec!["an unreadable domain 'clone-c' (the chain of '/x': missing)"]
+        );
+        assert_eq!(s.others("a", 1, 10).len(), 2);
+        assert!(
+            s.others("c", 1, 11).is_empty(),
+            "a domain is not its own sibling"
+        );
     }
 }

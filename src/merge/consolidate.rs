@@ -133,11 +133,7 @@ pub fn plan(
         // Other domains using a file, and other disks of this one (two
         // disks cloned from one base image).
         let shared_with = |f: &ChainFile| {
-            let mut users: Vec<String> = siblings
-                .others(uuid, f.id.dev, f.id.ino)
-                .iter()
-                .map(|n| format!("'{n}'"))
-                .collect();
+            let mut users: Vec<String> = siblings.others(uuid, f.id.dev, f.id.ino);
             for other in disks.iter().filter(|o| o.disk.target != *t) {
                 if other
                     .chain

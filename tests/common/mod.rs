@@ -510,6 +510,15 @@ pub fn live_sources(domain: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The file disk `target` of a domain runs on now (its live XML).
+pub fn top_of(dom: &str, target: &str) -> String {
+    live_sources(dom)
+        .into_iter()
+        .find(|(t, _)| t == target)
+        .unwrap()
+        .1
+}
+
 /// qemu-img's backing chain of `image`, as file names (top first).
 pub fn chain_names(image: &Path) -> Vec<String> {
     let out = ok(
