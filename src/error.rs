@@ -57,6 +57,15 @@ pub enum Error {
     Copy(String),
     /// A block job or an offline consolidation step did not end as planned.
     Job(String),
+    /// The backup directory has less free space than the copies need.
+    NoRoom {
+        /// The directory.
+        dir: PathBuf,
+        /// Bytes the copies need (at most).
+        need: u64,
+        /// Bytes free for fi-backup's user there.
+        free: u64,
+    },
     /// Our own state or record could not be encoded.
     Encode(String),
     /// A plan and what it found disagree (a bug, or files changed under
@@ -240,6 +249,15 @@ impl fmt::Display for Error {
                 } else {
                     "SIGTERM"
                 }
+            ),
+            Error::NoRoom { dir, need, free } => write!(
+                f,
+                "'{}' has {} free, and this backup copies up to {} (the allocated size of the \
+                 files to copy, and 1 MiB for the record): free space there or use another \
+                 backup directory",
+                dir.display(),
+                crate::units::human_bytes(*free),
+                crate::units::human_bytes(*need)
             ),
             Error::Domain {
                 domain,

@@ -411,11 +411,15 @@ fn dry_run_of_c_says_each_step_in_order() {
             .unwrap_or_else(|| panic!("no line with {what:?}:\n{log}"))
     };
     let order = [
-        at("would snapshot: vda -> '"),
         at(&format!(
             "would use '{}' (it exists",
             backup.join(&dom).display()
         )),
+        at(&format!(
+            "would check that '{}' takes files as the copies write them, with room for 1 copied",
+            backup.join(&dom).join("images").display()
+        )),
+        at("would snapshot: vda -> '"),
         at("would reuse '"),
         at(&format!("would copy '{o1}' to '")),
         at("would write domain XML"),

@@ -190,3 +190,83 @@ fn an_unreadable_sibling_counts_as_sharing_every_file() {
          blockpull allowed, deleted none of the 3 files below; both guests read their 2 patterns",
     );
 }
+
+/// Clears the append-only attribute again, also when the test fails.
+struct AppendOnly(std::path::PathBuf);
+
+impl AppendOnly {
+    fn set(dir: &Path) -> AppendOnly {
+        ok("chattr", &["+a", dir.to_str().unwrap()]);
+        AppendOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        let _ = cmd("chattr", &["-a", self.0.to_str().unwrap()]);
+    }
+}
+
+/// A backup directory whose file system refuses one of the operations a
+/// copy needs (here rename, EPERM, in an append-only images/ directory on
+/// ext4; FUSE and vfat mounts refuse ftruncate the same way) is found by
+/// the probe before the snapshot: exit 1, the error names the operation
+/// and the file, the domain keeps its chain. The next run, with the
+/// directory writable again, removes the probe's leftovers and backs up.
+#[test]
+fn a_directory_that_refuses_an_operation_is_found_before_the_snapshot() {
+    let mut s = Scenario::new("probe");
+    let dom = s.start("p", "img", &[DiskSpec::qcow2("p.qcow2", "vda")]);
+    guest_write(&dom, 0, 0x71, 0);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    s.fi_ok(&["-b", b, &dom]);
+    guest_write(&dom, 0, 0x72, 1);
+    let images = backup.join(&dom).join("images");
+    let live = top_of(&dom, "vda");
+    let before = snapshot_tree(&backup);
+    {
+        let _guard = AppendOnly::set(&images);
+        let out = s.fi(&["-b", b, &dom]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "cannot rename the probe file to '{}",
+                images.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("Operation not permitted"), "{err}");
+        assert_eq!(top_of(&dom, "vda"), live, "the domain got a new overlay");
+        assert_eq!(chain_names(Path::new(&live)).len(), 2);
+        assert_eq!(records(&backup, &dom).len(), 1);
+    }
+    // Only the probe's temporary files were added (append-only kept them).
+    let added: Vec<_> = snapshot_tree(&backup)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert!(
+        added.iter().all(|(p, _)| p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".fi-tmp.probe")),
+        "{added:?}"
+    );
+    s.fi_ok(&["-b", b, &dom]);
+    assert_eq!(records(&backup, &dom).len(), 2);
+    assert!(names_in(&images).iter().all(|n| !n.starts_with(".fi-tmp")));
+    let rec = &records(&backup, &dom)[1];
+    assert_image(
+        &record_top(&backup, &dom, rec, "vda"),
+        "qcow2",
+        &[(0x71, 0), (0x72, 1)],
+    );
+    report(
+        "FAIL-CLOSED | images/ append-only (rename refused, EPERM): exit 1 naming 'cannot rename \
+         the probe file', no new overlay, live chain 2 files, 1 record; next run cleans the probe \
+         files and its point reads 2 patterns",
+    );
+}

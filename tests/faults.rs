@@ -48,8 +48,10 @@ fn sigterm_during_consolidation() {
     );
 }
 
-/// The backup directory fills up (a 20 MiB tmpfs): a clear error, no partial
-/// file, the earlier restore point untouched, the guest fine on a valid chain.
+/// The backup directory has too little room for the copies (a 20 MiB
+/// tmpfs): found before the snapshot, a clear error naming the free and the
+/// needed space, no file, the earlier restore point untouched, the guest on
+/// its chain without a new overlay.
 #[test]
 fn backup_directory_full() {
     let mut s = Scenario::new("enospc");
@@ -63,11 +65,13 @@ fn backup_directory_full() {
     for mib in 1..=24 {
         guest_write(&dom, 0, 0x32, mib);
     }
+    let live = live_sources(&dom)[0].1.clone();
     let out = s.fi(&["-b", b, &dom]);
     assert_eq!(out.status.code(), Some(1));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("No space left on device"), "{log}");
-    assert!(log.contains("no restore point was recorded"), "{log}");
+    // Found before the snapshot: the domain keeps its chain, no overlay.
+    assert!(log.contains("free, and this backup copies up to"), "{log}");
+    assert!(!log.contains("the snapshot was taken"), "{log}");
     assert_eq!(
         snapshot_tree(&backup),
         first,
@@ -75,21 +79,25 @@ fn backup_directory_full() {
     );
     assert_eq!(records(&backup, &dom).len(), 1);
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+    assert_eq!(
+        live_sources(&dom)[0].1,
+        live,
+        "the domain got a new overlay"
+    );
     let all: Vec<(u8, u64)> = [(0x31, 0)]
         .into_iter()
         .chain((1..=24).map(|m| (0x32, m)))
         .collect();
     assert_guest(&dom, 0, &all);
-    let live = live_sources(&dom)[0].1.clone();
     assert_eq!(
         chain_names(std::path::Path::new(&live)).len(),
-        3,
+        2,
         "the live chain is not valid"
     );
     fault_row(
-        "backup directory full (ENOSPC, tmpfs 20 MiB)",
-        "exit 1 naming ENOSPC, partial copy removed, older point byte-identical",
-        "25 patterns read from the live disk, live chain 3 files",
+        "backup directory too small (tmpfs 20 MiB, 24 MiB written since its first point)",
+        "exit 1 naming the free and needed space, before the snapshot: no overlay, no copy, older point byte-identical",
+        "25 patterns read from the live disk, live chain still 2 files",
     );
 }
 

@@ -102,7 +102,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
                     );
                     tmp.file
                         .set_len(0)
-                        .map_err(|e| Error::io("cannot truncate", &tmp.path, e))?;
+                        .map_err(|e| Error::io("cannot truncate (ftruncate)", &tmp.path, e))?;
                     copy_range(&src, &tmp.file, (0, id.size), &mut None, &job.source, &bar)?;
                     qemu_img::rebase_unsafe(&tmp.path, name, format)?;
                     let len = file_len(&tmp.file, &tmp.path)?;
@@ -166,7 +166,9 @@ fn header_first(
         &Bar::hidden(),
     )
     .map_err(|e| e.to_string())?;
-    tmp.file.set_len(size).map_err(|e| e.to_string())?;
+    tmp.file
+        .set_len(size)
+        .map_err(|e| Error::io("cannot extend (ftruncate)", &tmp.path, e).to_string())?;
     qemu_img::rebase_unsafe(&tmp.path, backing, format).map_err(|e| e.to_string())?;
     if file_len(&tmp.file, &tmp.path).map_err(|e| e.to_string())? != size {
         return Err("qemu-img changed the file's length".into());
@@ -222,7 +224,7 @@ fn copy_range(
     })?;
     if file_len_raw(dst)? < end {
         dst.set_len(end)
-            .map_err(|e| Error::io("cannot extend the copy of", src_path, e))?;
+            .map_err(|e| Error::io("cannot extend (ftruncate) the copy of", src_path, e))?;
     }
     Ok(())
 }
@@ -306,7 +308,7 @@ fn write_pieces(
     for piece in rx {
         if !piece.zero {
             dst.write_all_at(&piece.buf[..piece.len], piece.pos)
-                .map_err(|e| Error::io("cannot write the copy of", src_path, e))?;
+                .map_err(|e| Error::io("cannot write (pwrite) the copy of", src_path, e))?;
             ffi::writeback(dst, piece.pos, piece.len as u64, false);
             crate::fault::kill_point("kill-mid-copy");
             in_flight.push_back((piece.pos, piece.len));

@@ -155,6 +155,7 @@ fn run_step(
             crate::fault::hold("hold-after-snapshot");
         }
         Step::PrepareDir { dir, .. } => dir.create()?,
+        Step::CheckDir { dir, sources } => fsutil::check_dir(dir, sources)?,
         Step::Reuse(files) => {
             for r in files {
                 if r.equal {

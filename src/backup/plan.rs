@@ -137,6 +137,17 @@ pub enum Step {
         /// Some of root, images/ and points/ is missing.
         create: bool,
     },
+    /// Before the snapshot: prove that `dir` (images/) takes files the way
+    /// the copies write them (a probe: create, write, extend, fsync, link,
+    /// rename, unlink) and has room for the copies of `sources` (their
+    /// allocated bytes, read then). A directory that cannot take the
+    /// backup fails the domain with its chain untouched.
+    CheckDir {
+        /// The directory the copies go into.
+        dir: PathBuf,
+        /// The files this run copies.
+        sources: Vec<PathBuf>,
+    },
     /// Copy these files (independent of each other: run in parallel).
     Copy(Vec<CopyJob>),
     /// Note files reused from earlier runs (nothing to do but say so).
@@ -501,14 +512,15 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
         });
     }
     if let Some((dir, existing)) = &facts.backup {
-        steps.extend(plan_copies(
-            facts,
-            opts,
-            dir,
-            existing,
-            &overlays,
-            &mut warnings,
-        )?);
+        let copies = plan_copies(facts, opts, dir, existing, &overlays, &mut warnings)?;
+        // The directory is made and checked before the snapshot: a backup
+        // directory that cannot take the copies must not cost the domain an
+        // overlay.
+        let (before, after): (Vec<Step>, Vec<Step>) = copies
+            .into_iter()
+            .partition(|s| matches!(s, Step::PrepareDir { .. } | Step::CheckDir { .. }));
+        steps.splice(0..0, before);
+        steps.extend(after);
     }
     Ok(Plan {
         domain: name.clone(),
@@ -770,10 +782,16 @@ fn plan_copies(
         firmware,
     };
     let draft = RecordDraft { head, files };
-    let mut steps = vec![Step::PrepareDir {
-        dir: dir.clone(),
-        create: !existing.present,
-    }];
+    let mut steps = vec![
+        Step::PrepareDir {
+            dir: dir.clone(),
+            create: !existing.present,
+        },
+        Step::CheckDir {
+            dir: dir.images(),
+            sources: jobs.iter().map(|j| j.source.clone()).collect(),
+        },
+    ];
     if !reused.is_empty() {
         steps.push(Step::Reuse(reused));
     }
@@ -952,6 +970,7 @@ impl Step {
         match self {
             Step::Snapshot { .. } => "snapshot",
             Step::PrepareDir { .. } => "create-dirs",
+            Step::CheckDir { .. } => "check-dir",
             Step::Copy(_) => "copy",
             Step::Reuse(_) => "reuse",
             Step::WriteXml { .. } => "write-xml",
@@ -992,6 +1011,13 @@ impl fmt::Display for Step {
                 f,
                 "use '{}' (it exists; temporary files a killed run left are removed)",
                 dir.root.display()
+            ),
+            Step::CheckDir { dir, sources } => write!(
+                f,
+                "check that '{}' takes files as the copies write them, with room for {} copied \
+                 file(s)",
+                dir.display(),
+                sources.len()
             ),
             Step::Copy(jobs) => {
                 write!(f, "copy {} file(s):", jobs.len())?;
@@ -1253,6 +1279,27 @@ mod tests {
             );
             assert_eq!(draft(&plan).head.disks[0].chain.len(), 2, "{case}");
         }
+    }
+
+    /// The backup directory is made and proven writable, with room for the
+    /// copies, before the snapshot: a directory that cannot take them must
+    /// not cost the domain an overlay.
+    #[test]
+    fn the_directory_is_checked_before_the_snapshot() {
+        let plan = plan_backup(&facts(Vec::new(), index()), &options()).unwrap();
+        let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
+        assert_eq!(
+            kinds[..3],
+            ["create-dirs", "check-dir", "snapshot"],
+            "{kinds:?}"
+        );
+        let copied: Vec<PathBuf> = copies(&plan).into_iter().map(|(s, _)| s.into()).collect();
+        assert!(!copied.is_empty());
+        let checked = plan.steps.iter().find_map(|s| match s {
+            Step::CheckDir { sources, .. } => Some(sources.clone()),
+            _ => None,
+        });
+        assert_eq!(checked, Some(copied));
     }
 
     #[test]

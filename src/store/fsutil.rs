@@ -37,7 +37,7 @@ impl TempFile {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| Error::io("cannot create temporary file", &path, e))?;
+            .map_err(|e| Error::io("cannot create (open O_EXCL) temporary file", &path, e))?;
         Ok(TempFile {
             path,
             file,
@@ -50,12 +50,12 @@ impl TempFile {
     pub fn publish(mut self, final_path: &Path) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|e| Error::io("cannot flush", &self.path, e))?;
+            .map_err(|e| Error::io("cannot flush (fsync)", &self.path, e))?;
         std::fs::hard_link(&self.path, final_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::Exists(final_path.to_path_buf())
             } else {
-                Error::io("cannot publish", final_path, e)
+                Error::io("cannot publish (link) as", final_path, e)
             }
         })?;
         self.published = true;
@@ -71,9 +71,9 @@ impl TempFile {
     pub fn replace(mut self, final_path: &Path) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|e| Error::io("cannot flush", &self.path, e))?;
+            .map_err(|e| Error::io("cannot flush (fsync)", &self.path, e))?;
         std::fs::rename(&self.path, final_path)
-            .map_err(|e| Error::io("cannot replace", final_path, e))?;
+            .map_err(|e| Error::io("cannot replace (rename) onto", final_path, e))?;
         self.published = true;
         sync_dir(final_path.parent().unwrap_or(Path::new(".")))
     }
@@ -91,7 +91,68 @@ impl Drop for TempFile {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("cannot flush directory", dir, e))
+        .map_err(|e| Error::io("cannot flush (fsync) directory", dir, e))
+}
+
+/// Proves, before a snapshot, that `dir` takes files the way a backup
+/// writes them, and has room for copies of `sources`. The probe does what a
+/// copy does, each step named in its error (some file systems refuse one of
+/// them, as FUSE or vfat mounts refuse ftruncate with EPERM): create a
+/// temporary file (O_EXCL), write, extend it sparsely (ftruncate), fsync,
+/// link it to a second name (publishing), rename that (prune's merges),
+/// unlink both, fsync the directory. Room: the sources' allocated bytes
+/// (a copy writes no more: holes and zero blocks stay holes) and 1 MiB for
+/// the XML and record, against what statvfs says is free to us.
+pub fn check_dir(dir: &Path, sources: &[PathBuf]) -> Result<()> {
+    let mut need: u64 = 1 << 20;
+    for s in sources {
+        let m = std::fs::metadata(s).map_err(|e| Error::io("cannot stat (room check)", s, e))?;
+        need += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+    }
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| Error::io("cannot read the free space (statvfs) of", dir, e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if need > free {
+        return Err(Error::NoRoom {
+            dir: dir.to_path_buf(),
+            need,
+            free,
+        });
+    }
+    probe(dir)
+}
+
+/// The write probe of [`check_dir`].
+fn probe(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let tmp = TempFile::create(dir, "probe")?;
+    let p = &tmp.path;
+    tmp.file
+        .write_all_at(&[0xa5; 4096], 0)
+        .map_err(|e| Error::io("cannot write (pwrite) the probe file", p, e))?;
+    tmp.file
+        .set_len(4 << 20)
+        .map_err(|e| Error::io("cannot extend (ftruncate) the probe file", p, e))?;
+    tmp.file
+        .sync_all()
+        .map_err(|e| Error::io("cannot flush (fsync) the probe file", p, e))?;
+    let linked = dir.join(format!("{TEMP_PREFIX}probe-link.{}", std::process::id()));
+    let renamed = dir.join(format!("{TEMP_PREFIX}probe-renamed.{}", std::process::id()));
+    std::fs::hard_link(p, &linked)
+        .map_err(|e| Error::io("cannot link (publish) the probe file to", &linked, e))?;
+    let moved = std::fs::rename(&linked, &renamed)
+        .map_err(|e| Error::io("cannot rename the probe file to", &renamed, e));
+    let unlinked = [&linked, &renamed]
+        .iter()
+        .filter(|n| n.exists())
+        .try_for_each(|n| {
+            std::fs::remove_file(n).map_err(|e| Error::io("cannot unlink the probe file", *n, e))
+        });
+    moved?;
+    unlinked?;
+    std::fs::remove_file(p).map_err(|e| Error::io("cannot unlink the probe file", p, e))?;
+    drop(tmp);
+    sync_dir(dir)
 }
 
 /// Creates `dir` (mode 0700) if it does not exist; an existing one must be a
