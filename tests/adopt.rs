@@ -41,10 +41,16 @@ fn the_scripts_overlays_are_adopted_and_then_consolidated() {
     guest_write(&dom, 0, 0x44, 3);
     let ledger = s.root.join("fi-state/overlays");
 
-    // Before: fi-backup leaves them all, as not its own.
+    // Before: the top is not fi-backup's, so nothing below it is touched.
     let log = s.fi_ok(&["-c", "--commit-all", "--dry-run", &dom]);
     assert_eq!(log.matches("would delete '").count(), 0, "{log}");
-    assert_eq!(log.matches("would leave '").count(), 3, "{log}");
+    assert!(
+        log.contains(&format!(
+            "its top '{}' was not made by fi-backup",
+            new.display()
+        )),
+        "{log}"
+    );
 
     let log = s.fi_ok(&["adopt", "--dry-run", &dom]);
     assert!(
@@ -63,14 +69,51 @@ fn the_scripts_overlays_are_adopted_and_then_consolidated() {
     let again = s.fi_ok(&["adopt", &dom]);
     assert!(again.contains("nothing to adopt"), "{again}");
 
+    // The manual snapshot is the user's: a commit goes into it, the newest
+    // file fi-backup did not make, and the adopted overlay below it (the
+    // user's point in time, with the base) stays as it is.
+    let below = (blake3_file(&old), blake3_file(&img.join("d.qcow2")));
     let log = s.fi_ok(&["-c", "--commit-all", &dom]);
     assert!(
-        log.contains("2 file(s) of fi-backup deleted, 1 left in place"),
+        log.contains("1 file(s) of fi-backup deleted, 0 left in place"),
         "{log}"
     );
-    assert!(!old.exists() && !new.exists(), "an adopted overlay is left");
-    assert!(foreign.exists(), "the foreign overlay was deleted");
-    assert_eq!(names_in(&img), ["d.manual-snap", "d.qcow2"]);
+    assert!(!new.exists(), "the adopted top is left");
+    assert_eq!(top_of(&dom, "vda"), foreign.to_str().unwrap());
+    assert_eq!(
+        names_in(&img),
+        ["d.bimg-20130531-030000", "d.manual-snap", "d.qcow2"]
+    );
+    assert_eq!(
+        (blake3_file(&old), blake3_file(&img.join("d.qcow2"))),
+        below,
+        "the user's point in time was written into"
+    );
     assert_guest(&dom, 0, &[(0x41, 0), (0x42, 1), (0x43, 2), (0x44, 3)]);
-    report("adopt: fi-backup.sh's 2 overlays adopted (--dry-run first wrote nothing), a manual one left; -c --commit-all then deleted exactly those 2; the guest reads its 4 patterns");
+
+    // --commit-through: everything into the base, naming the user's file
+    // it goes through (left in place, no longer its point in time).
+    let log = s.fi_ok(&["-c", "--commit-all", "--commit-through", &dom]);
+    assert!(
+        log.contains(&format!(
+            "--commit-through commits through '{}'",
+            foreign.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("1 file(s) of fi-backup deleted, 1 left in place"),
+        "{log}"
+    );
+    assert!(!old.exists() && foreign.exists());
+    assert_eq!(names_in(&img), ["d.manual-snap", "d.qcow2"]);
+    assert_eq!(chain_names(&img.join("d.qcow2")).len(), 1);
+    assert_guest(&dom, 0, &[(0x41, 0), (0x42, 1), (0x43, 2), (0x44, 3)]);
+    report(
+        "adopt: fi-backup.sh's 2 overlays adopted (--dry-run first wrote nothing), a manual one \
+         left; -c --commit-all then committed into the manual snapshot (the newest file fi-backup \
+         did not make), deleted the adopted top and left the adopted overlay and base below it \
+         hashed unchanged; --commit-through then committed into the base naming the manual \
+         snapshot; the guest reads its 4 patterns after each",
+    );
 }

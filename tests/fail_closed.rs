@@ -270,3 +270,112 @@ fn a_directory_that_refuses_an_operation_is_found_before_the_snapshot() {
          files and its point reads 2 patterns",
     );
 }
+
+/// An external snapshot as a user takes one (virsh, disk-only, no
+/// metadata): the disk goes on to a new file `overlay`.
+fn user_snapshot(dom: &str, overlay: &Path) {
+    virsh(&[
+        "snapshot-create-as",
+        dom,
+        "--disk-only",
+        "--atomic",
+        "--no-metadata",
+        "--diskspec",
+        &format!("vda,file={}", overlay.display()),
+    ]);
+}
+
+/// The user's own snapshots (vda.qcow2 <- vda.user1.qcow2 <-
+/// vda.user2.qcow2): nightly -C -b commits into the user's newest file
+/// and never through it, so the base and user1 keep their bytes (hashed)
+/// and still read their points in time; the second night copies only its
+/// top (the equivalence follows the file committed into); every restore
+/// point restores flat to its own data.
+#[test]
+fn the_users_own_snapshots_keep_their_points_in_time() {
+    let mut s = Scenario::new("usersnap");
+    let dom = s.start("u", "img", &[DiskSpec::qcow2("vda.qcow2", "vda")]);
+    let img = s.root.join("img");
+    let (base, u1, u2) = (
+        img.join("vda.qcow2"),
+        img.join("vda.user1.qcow2"),
+        img.join("vda.user2.qcow2"),
+    );
+    guest_write(&dom, 0, 0x10, 0);
+    user_snapshot(&dom, &u1);
+    guest_write(&dom, 0, 0x11, 1);
+    user_snapshot(&dom, &u2);
+    guest_write(&dom, 0, 0x12, 2);
+    let frozen = || (blake3_file(&base), blake3_file(&u1));
+    let hashes = frozen();
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let mut data = vec![(0x10, 0), (0x11, 1), (0x12, 2)];
+    for night in 0..3u64 {
+        let pattern = 0x20 + night as u8;
+        guest_write(&dom, 0, pattern, 3 + night);
+        s.fi_ok(&["-C", "-b", b, &dom]);
+        data.push((pattern, 3 + night));
+        assert_eq!(
+            frozen(),
+            hashes,
+            "night {night}: the user's point in time changed"
+        );
+        let chain = chain_names(Path::new(&top_of(&dom, "vda")));
+        assert_eq!(
+            chain[1..],
+            [
+                u2.display().to_string(),
+                u1.display().to_string(),
+                base.display().to_string()
+            ],
+            "night {night}: {chain:?}"
+        );
+        assert_guest(&dom, 0, &data);
+    }
+    // The user's points in time read as they were taken, and not after.
+    assert_image(&u1, "qcow2", &[(0x10, 0), (0x11, 1)]);
+    assert!(!image_has(&u1, "qcow2", 0x12, 2));
+    assert_image(&base, "qcow2", &[(0x10, 0)]);
+    assert!(!image_has(&base, "qcow2", 0x11, 1));
+    // After the first night each night copied one file, its top: user2,
+    // committed into, was stood for by the previous point's copies.
+    let recs = records(&backup, &dom);
+    for r in &recs[1..] {
+        let ts = r["restore_point"].as_str().unwrap();
+        let new: Vec<&str> = r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["written_by"] == ts)
+            .map(|f| f["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(new.len(), 1, "{ts}: {new:?}");
+        assert!(new[0].contains(".bimg-"), "{ts}: {new:?}");
+    }
+    for (i, r) in recs.iter().enumerate() {
+        let ts = r["restore_point"].as_str().unwrap();
+        let target = s.root.join(format!("restored-{i}"));
+        s.fi_ok(&restore_args(
+            b,
+            &dom,
+            target.to_str().unwrap(),
+            &["--at", ts, "--flatten"],
+        ));
+        let upto = 3 + i + 1;
+        assert_image(&target.join("vda.qcow2"), "qcow2", &data[..upto]);
+        if let Some(&(p, off)) = data.get(upto) {
+            assert!(
+                !image_has(&target.join("vda.qcow2"), "qcow2", p, off),
+                "{ts}"
+            );
+        }
+    }
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    report(
+        "FAIL-CLOSED | user's snapshots base <- user1 <- user2, 3 nights of -C -b: base and user1 \
+         hashed unchanged and read only their own points; live chain top <- user2 <- user1 <- base; \
+         nights 2 and 3 copied 1 file (the top); 3 points restore flat to exactly their data; verify \
+         clean",
+    );
+}

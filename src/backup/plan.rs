@@ -10,7 +10,7 @@ use crate::chain::{ChainFile, SourceId};
 use crate::copy::CopyJob;
 use crate::domain::{DiskFacts, DomainFacts};
 use crate::error::{Error, Result};
-use crate::ledger::{Base, Intent, PlannedOverlay};
+use crate::ledger::{Base, Held, Intent, PlannedOverlay};
 use crate::libvirt::{SnapshotDisk, SnapshotHow};
 use crate::naming;
 use crate::record::{
@@ -552,13 +552,23 @@ fn plan_copies(
         let mut parent: Option<(String, String)> = None;
         let mut chain_names = Vec::new();
         let mut skip = 0;
+        // The file a restore point's copies may stand for (a consolidation
+        // committed into it), and whether they do; nothing below it is
+        // placed when they do.
+        let (stood_at, mut stood) = stood_for(facts, d, dir, existing, &placed);
+        let use_from = match (&stood, stood_at) {
+            (Equivalent::Use { .. }, Some(k)) => k,
+            _ => usize::MAX,
+        };
         for (depth, file) in d.chain.iter().enumerate().rev() {
             if skip > 0 {
                 skip -= 1;
                 continue;
             }
+            if depth > use_from {
+                continue;
+            }
             let is_live_top = facts.active && depth == 0;
-            let is_base = depth == d.chain.len() - 1;
             // A copy prune merged stands for a run of live files at once.
             let merged = (!placed.contains_key(&file.path))
                 .then(|| {
@@ -583,11 +593,8 @@ fn plan_copies(
                 skip = f.holds.len() - 1;
                 continue;
             }
-            let equivalent = if is_base && !is_live_top && !placed.contains_key(&file.path) {
-                match reusable(existing, &file.path, &file.id, None) {
-                    Some(_) => Equivalent::None,
-                    None => equivalent(&facts.bases, dir, existing, file),
-                }
+            let equivalent = if stood_at == Some(depth) {
+                std::mem::replace(&mut stood, Equivalent::None)
             } else {
                 Equivalent::None
             };
@@ -842,15 +849,51 @@ fn merged_copy<'a>(
         .max_by_key(|f| f.holds.len())
 }
 
-/// Whether a restore point's copy chain stands for base image `file`: the
-/// ledger records an equivalence for its path, in this backup directory,
-/// with exactly its identity now, and the point's record and every copy of
-/// that disk's chain are still there at their recorded sizes.
+/// The topmost file of disk `d`'s chain that a consolidation recorded as
+/// equal to a restore point (the ledger's `bases`: the file a commit wrote
+/// into, the bottom or the user's newest snapshot file), with whether that
+/// point's copies can stand for it now. Not the live top (it is always
+/// copied), not a file another disk of this run already placed, and not a
+/// bottom file that is simply unchanged since a plain copy of it.
+fn stood_for<'a>(
+    facts: &Facts,
+    d: &DiskChain,
+    dir: &DomainDir,
+    existing: &'a Index,
+    placed: &HashMap<PathBuf, (String, String)>,
+) -> (Option<usize>, Equivalent<'a>) {
+    let first = usize::from(facts.active);
+    let n = d.chain.len();
+    let found = (first..n).find(|&k| {
+        let path = d.chain[k].path.to_string_lossy();
+        facts.bases.iter().any(|b| b.path == path)
+    });
+    let Some(k) = found else {
+        return (None, Equivalent::None);
+    };
+    let file = &d.chain[k];
+    if placed.contains_key(&file.path)
+        || (k == n - 1 && reusable(existing, &file.path, &file.id, None).is_some())
+    {
+        return (None, Equivalent::None);
+    }
+    (
+        Some(k),
+        equivalent(&facts.bases, dir, existing, file, &d.chain[k + 1..]),
+    )
+}
+
+/// Whether a restore point's copy chain stands for `file` over the live
+/// files `below` it: the ledger records an equivalence for its path, in
+/// this backup directory, with exactly its identity now and exactly these
+/// files below it, and the point's record and every copy of that disk's
+/// chain are still there at their recorded sizes.
 fn equivalent<'a>(
     bases: &[Base],
     dir: &DomainDir,
     existing: &'a Index,
     file: &ChainFile,
+    below: &[ChainFile],
 ) -> Equivalent<'a> {
     let path = file.path.to_string_lossy();
     let Some(b) = bases.iter().find(|b| b.path == path) else {
@@ -871,6 +914,18 @@ fn equivalent<'a>(
             "{at}, but it has changed since (identity then {}, now {}: written, replaced or \
              copied back by something else)",
             b.id, file.id
+        ));
+    }
+    let now: Vec<Held> = below
+        .iter()
+        .map(|f| Held {
+            path: f.path.to_string_lossy().into_owned(),
+            id: f.id,
+        })
+        .collect();
+    if b.below != now {
+        return Equivalent::Stale(format!(
+            "{at}, but the files below it are no longer exactly those it had then"
         ));
     }
     let Some(record) = existing.records.iter().find(|r| r.restore_point == b.point) else {
@@ -1158,6 +1213,7 @@ mod tests {
 
     fn base(dir: &str, id: SourceId, point: &str) -> Base {
         Base {
+            below: Vec::new(),
             target: "vda".into(),
             path: "/v/base".into(),
             id,
@@ -1279,6 +1335,59 @@ mod tests {
             );
             assert_eq!(draft(&plan).head.disks[0].chain.len(), 2, "{case}");
         }
+    }
+
+    /// A commit into the user's newest snapshot file (not the bottom)
+    /// recorded it equal to P1 over the user's older files: P1's copies
+    /// stand for it and everything below, while those files are exactly as
+    /// recorded; once one of them changed, it is copied whole with a
+    /// warning, and the files below it are reused as plain copies.
+    #[test]
+    fn a_users_snapshot_file_committed_into_is_stood_for_over_its_older_files() {
+        // Live: ov2 <- user2 (committed into) <- user1 <- base.
+        let mut f = facts(Vec::new(), index());
+        f.disks[0].chain = vec![
+            chain_file("/v/ov2", id(12, 1)),
+            chain_file("/v/user2", id(22, 5)),
+            chain_file("/v/user1", id(21, 1)),
+            chain_file("/v/base", id(10, 1)),
+        ];
+        let below = |user1: SourceId| {
+            vec![
+                Held {
+                    path: "/v/user1".into(),
+                    id: user1,
+                },
+                Held {
+                    path: "/v/base".into(),
+                    id: id(10, 1),
+                },
+            ]
+        };
+        f.bases = vec![Base {
+            path: "/v/user2".into(),
+            below: below(id(21, 1)),
+            ..base("/b/d", id(22, 5), P1)
+        }];
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(
+            copies(&plan),
+            [("/v/ov2".to_string(), Some("ov1".to_string()))]
+        );
+        assert_eq!(draft(&plan).head.disks[0].chain, ["ov2", "ov1", "base"]);
+        // user1 was written since: the equivalence no longer holds.
+        f.bases[0].below = below(id(21, 0));
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert!(
+            plan.warnings[0].contains("the files below it are no longer exactly"),
+            "{:?}",
+            plan.warnings
+        );
+        // The base is unchanged since P1 copied it: reused; the rest copied.
+        let copied: Vec<String> = copies(&plan).into_iter().map(|c| c.0).collect();
+        assert_eq!(copied, ["/v/user1", "/v/user2", "/v/ov2"]);
+        assert_eq!(draft(&plan).head.disks[0].chain.len(), 4);
     }
 
     /// The backup directory is made and proven writable, with room for the

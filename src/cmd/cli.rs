@@ -136,6 +136,13 @@ pub struct RunArgs {
     #[arg(long = "commit-all")]
     pub commit_all: bool,
 
+    /// Let a blockcommit write through files fi-backup did not make (the
+    /// user's own external snapshots) down to the base: each is named, and
+    /// no longer holds the point in time it was made at. Without it, a
+    /// commit writes into the newest such file and leaves the older ones
+    #[arg(long = "commit-through")]
+    pub commit_through: bool,
+
     /// Bandwidth limit of consolidation jobs, MiB/s (0: none)
     #[arg(long = "bandwidth", value_name = "MIB_S", default_value_t = 0)]
     pub bandwidth: u64,

@@ -57,6 +57,8 @@ pub struct Config {
     pub method: Method,
     /// --commit-all: blockcommit the top too, back onto the base.
     pub commit_all: bool,
+    /// --commit-through: commit through the user's own snapshot files.
+    pub commit_through: bool,
     /// --keep-*: prune each domain's directory after its backup.
     pub keep: Option<crate::retention::Policy>,
     /// -q: quiesce through the guest agent.
@@ -151,10 +153,19 @@ impl Config {
         if args.commit_all && method == Method::BlockPull {
             return usage("--commit-all is a blockcommit option; it cannot go with -m blockpull");
         }
+        if args.commit_through && action == Action::Backup {
+            return usage("--commit-through needs consolidation (-c | -C)");
+        }
+        if args.commit_through && method == Method::BlockPull {
+            return usage(
+                "--commit-through is a blockcommit option; it cannot go with -m blockpull",
+            );
+        }
         Ok(Config {
             action,
             method,
             commit_all: args.commit_all,
+            commit_through: args.commit_through,
             keep,
             quiesce: args.quiesce,
             quiesce_fallback: args.quiesce_fallback,

@@ -315,8 +315,10 @@ fn consolidate_domain(
         &disks,
         &plan_ledger,
         siblings,
-        config.method,
-        config.commit_all,
+        consolidate::Ask {
+            job: consolidate::job_for(config.method, config.commit_all),
+            through: config.commit_through,
+        },
     );
     let how = if active {
         ""
@@ -325,6 +327,23 @@ fn consolidate_domain(
     };
     for (target, why) in &plan.idle {
         log::info!("Consolidation of '{name}': {target}: {why}");
+    }
+    for p in plan.disks.iter().filter(|p| !p.invalidated.is_empty()) {
+        log::warn!(
+            "Consolidation of '{name}': {}: --commit-through {} through {}, which fi-backup did \
+             not make: they no longer hold the point in time they were made at",
+            p.target,
+            if config.dry_run {
+                "would commit"
+            } else {
+                "commits"
+            },
+            p.invalidated
+                .iter()
+                .map(|f| format!("'{}'", f.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let named = |list: Vec<(&String, &String)>| -> Vec<Named> {
         list.into_iter()

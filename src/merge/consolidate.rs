@@ -40,8 +40,13 @@ pub struct DiskPlan {
     pub target: String,
     /// The job.
     pub job: Job,
-    /// The chain before the job, top first.
+    /// The part of the chain the job works on, top first: for a commit, from
+    /// the top down to the file it commits into (its last file, the job's
+    /// base); for a pull, the whole chain.
     pub chain: Vec<ChainFile>,
+    /// The files below the commit's base, top first: someone else's points
+    /// in time (the user's own snapshots), which the job leaves as they are.
+    pub below: Vec<ChainFile>,
     /// The image the disk must be on when the job is done.
     pub result: PathBuf,
     /// Files of the old chain that fi-backup made: deleted after success.
@@ -49,6 +54,9 @@ pub struct DiskPlan {
     /// Files of the old chain that are not ours, or that other domains
     /// use: left, with the reason.
     pub leave: Vec<(PathBuf, String)>,
+    /// Files fi-backup did not make that the job commits through, asked
+    /// for with --commit-through: they no longer hold their point in time.
+    pub invalidated: Vec<PathBuf>,
     /// What the next backup copies afterwards.
     pub next: NextCopy,
 }
@@ -112,121 +120,217 @@ pub fn job_for(method: Method, commit_all: bool) -> Job {
     }
 }
 
+/// What the admin asked consolidation to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// The job (`-m`, `--commit-all`).
+    pub job: Job,
+    /// `--commit-through`: commit through files fi-backup did not make (the
+    /// user's own snapshots) down to the base, invalidating them.
+    pub through: bool,
+}
+
 /// Plans the consolidation of domain `uuid`'s disks, running or shut off.
 /// Disks whose chain is a single file have nothing to consolidate and are
-/// left out; with the default commit, so are disks on their base plus one
-/// overlay (`idle`). A commit writes into the base: a disk whose files
-/// below the top are used by another defined domain (linked clones) is
-/// refused, naming them.
+/// left out; with the default commit, so are disks whose top sits right on
+/// the file a commit would write into (`idle`). A commit writes only into
+/// the topmost file of the chain below the top that fi-backup did not make
+/// (the base, or the user's newest snapshot file): the files below that are
+/// someone else's points in time and stay as they are, unless `through`.
+/// A disk whose written or deleted files another defined domain uses
+/// (linked clones), or may use (an unreadable domain), is refused, naming
+/// them.
 pub fn plan(
     uuid: &str,
     disks: &[DiskChain],
     ledger: &Ledger,
     siblings: &Siblings,
-    method: Method,
-    commit_all: bool,
+    ask: Ask,
 ) -> DomainPlan {
-    let job = job_for(method, commit_all);
     let mut out = DomainPlan::default();
     for d in disks.iter().filter(|d| d.chain.len() > 1) {
         let t = &d.disk.target;
-        // Other domains using a file, and other disks of this one (two
-        // disks cloned from one base image).
-        let shared_with = |f: &ChainFile| {
-            let mut users: Vec<String> = siblings.others(uuid, f.id.dev, f.id.ino);
-            for other in disks.iter().filter(|o| o.disk.target != *t) {
-                if other
-                    .chain
-                    .iter()
-                    .any(|o| o.id.dev == f.id.dev && o.id.ino == f.id.ino)
-                {
-                    users.push(format!("disk {} of this domain", other.disk.target));
-                }
+        let floor = match commit_floor(d, ledger, ask) {
+            Ok(floor) => floor,
+            Err(why) => {
+                out.idle.push((t.clone(), why));
+                continue;
             }
-            users
         };
-        if job == Job::CommitBelow && d.chain.len() == 2 {
-            out.idle.push((
-                t.clone(),
-                format!(
-                    "nothing to commit: its chain is its base '{}' and one overlay '{}'",
-                    d.chain[1].path.display(),
-                    d.chain[0].path.display()
-                ),
-            ));
-            continue;
-        }
-        if job != Job::Pull {
-            let shared: Vec<String> = d.chain[1..]
-                .iter()
-                .filter_map(|f| {
-                    let others = shared_with(f);
-                    (!others.is_empty())
-                        .then(|| format!("'{}' (used by {})", f.path.display(), others.join(", ")))
-                })
-                .collect();
-            if !shared.is_empty() {
+        let shared_with = |f: &ChainFile| users_of(f, uuid, t, disks, siblings);
+        if ask.job != Job::Pull {
+            if let Some(why) = shared_refusal(&d.chain[1..=floor], &shared_with) {
                 out.refused.push(Refusal {
                     target: t.clone(),
-                    why: format!(
-                        "not consolidated: its chain shares {}, and a blockcommit would \
-                         write into the image they read; no job was started. \
-                         Use -m blockpull, which writes only into this disk's own top",
-                        shared.join(", ")
-                    ),
+                    why,
                 });
                 continue;
             }
         }
-        let n = d.chain.len();
-        let base = &d.chain[n - 1];
-        let (result, others) = match job {
-            Job::CommitBelow => (&d.chain[0], &d.chain[1..n - 1]),
-            Job::CommitAll => (base, &d.chain[..n - 1]),
-            Job::Pull => (&d.chain[0], &d.chain[1..]),
-        };
-        let mut delete = Vec::new();
-        let mut leave = Vec::new();
-        for f in others {
-            let users = shared_with(f);
-            let why = if users.is_empty() {
-                not_ours(f, ledger)
-            } else {
-                Some(format!("it is shared with {}", users.join(", ")))
-            };
-            match why {
-                None => delete.push(f.path.clone()),
-                Some(why) => leave.push((f.path.clone(), why)),
-            }
-        }
-        let next = match job {
-            Job::CommitBelow => match equal_point(d, ledger) {
-                Ok((dir, point)) => NextCopy::Incremental { dir, point },
-                Err(why) => NextCopy::Whole {
-                    file: base.path.clone(),
-                    why,
-                },
-            },
-            Job::CommitAll => NextCopy::Whole {
-                file: base.path.clone(),
-                why: "--commit-all wrote the whole chain, the top included, into it".into(),
-            },
-            Job::Pull => NextCopy::Whole {
-                file: d.chain[0].path.clone(),
-                why: "blockpull made it hold the whole disk".into(),
-            },
-        };
-        out.disks.push(DiskPlan {
-            target: t.clone(),
-            job,
-            chain: d.chain.clone(),
-            result: result.path.clone(),
-            delete,
-            leave,
-            next,
-        });
+        out.disks
+            .push(disk_plan(d, floor, ask, ledger, &shared_with));
     }
     out
+}
+
+/// The index in `d.chain` of the file a commit writes into: the topmost
+/// file below the top that fi-backup did not make (or the bottom, when all
+/// are ours, for a pull, or with --commit-through); Err(why) when there is
+/// nothing to commit.
+fn commit_floor(d: &DiskChain, ledger: &Ledger, ask: Ask) -> std::result::Result<usize, String> {
+    let n = d.chain.len();
+    if ask.job == Job::Pull || ask.through {
+        return idle_check(d, ask, n - 1);
+    }
+    if let Some(why) = not_ours(&d.chain[0], ledger) {
+        return Err(format!(
+            "nothing to commit: its top '{}' was not made by fi-backup ({why}), so the files \
+             below it are the point in time of whoever made it, and stay as they are (fi-backup \
+             adopt takes fi-backup.sh's overlays; --commit-through commits through them)",
+            d.chain[0].path.display()
+        ));
+    }
+    let floor = (1..n)
+        .find(|&i| not_ours(&d.chain[i], ledger).is_some())
+        .unwrap_or(n - 1);
+    idle_check(d, ask, floor)
+}
+
+/// `floor`, unless a commit-below would have nothing to commit into it.
+fn idle_check(d: &DiskChain, ask: Ask, floor: usize) -> std::result::Result<usize, String> {
+    if ask.job != Job::CommitBelow || floor > 1 {
+        return Ok(floor);
+    }
+    let n = d.chain.len();
+    Err(if n == 2 {
+        format!(
+            "nothing to commit: its chain is its base '{}' and one overlay '{}'",
+            d.chain[1].path.display(),
+            d.chain[0].path.display()
+        )
+    } else {
+        format!(
+            "nothing to commit: the file below its top, '{}', was not made by fi-backup (the \
+             user's own snapshot, or another tool's), and it and the {} file(s) below it stay \
+             as they are (--commit-through commits through them)",
+            d.chain[1].path.display(),
+            n - 2
+        )
+    })
+}
+
+/// Other domains using a file, or that may (unreadable ones), and other
+/// disks of this one (two disks cloned from one base image).
+fn users_of(
+    f: &ChainFile,
+    uuid: &str,
+    target: &str,
+    disks: &[DiskChain],
+    siblings: &Siblings,
+) -> Vec<String> {
+    let mut users = siblings.others(uuid, f.id.dev, f.id.ino);
+    for other in disks.iter().filter(|o| o.disk.target != target) {
+        if other
+            .chain
+            .iter()
+            .any(|o| o.id.dev == f.id.dev && o.id.ino == f.id.ino)
+        {
+            users.push(format!("disk {} of this domain", other.disk.target));
+        }
+    }
+    users
+}
+
+/// Why a commit that writes into or drops `files` is refused (some are
+/// used by others), or None.
+fn shared_refusal(
+    files: &[ChainFile],
+    shared_with: &dyn Fn(&ChainFile) -> Vec<String>,
+) -> Option<String> {
+    let shared: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let others = shared_with(f);
+            (!others.is_empty())
+                .then(|| format!("'{}' (used by {})", f.path.display(), others.join(", ")))
+        })
+        .collect();
+    (!shared.is_empty()).then(|| {
+        format!(
+            "not consolidated: its chain shares {}, and a blockcommit would write into the image \
+             they read; no job was started. Use -m blockpull, which writes only into this disk's \
+             own top",
+            shared.join(", ")
+        )
+    })
+}
+
+/// The plan of one disk whose commit writes into `d.chain[floor]`.
+fn disk_plan(
+    d: &DiskChain,
+    floor: usize,
+    ask: Ask,
+    ledger: &Ledger,
+    shared_with: &dyn Fn(&ChainFile) -> Vec<String>,
+) -> DiskPlan {
+    let base = &d.chain[floor];
+    let (result, others) = match ask.job {
+        Job::CommitBelow => (&d.chain[0], &d.chain[1..floor]),
+        Job::CommitAll => (base, &d.chain[..floor]),
+        Job::Pull => (&d.chain[0], &d.chain[1..]),
+    };
+    let mut delete = Vec::new();
+    let mut leave = Vec::new();
+    let mut invalidated = Vec::new();
+    for f in others {
+        let users = shared_with(f);
+        let why = if users.is_empty() {
+            not_ours(f, ledger)
+        } else {
+            Some(format!("it is shared with {}", users.join(", ")))
+        };
+        match why {
+            None => delete.push(f.path.clone()),
+            Some(why) => {
+                if ask.job != Job::Pull && users.is_empty() {
+                    invalidated.push(f.path.clone());
+                }
+                leave.push((f.path.clone(), why))
+            }
+        }
+    }
+    DiskPlan {
+        target: d.disk.target.clone(),
+        job: ask.job,
+        chain: d.chain[..=floor].to_vec(),
+        below: d.chain[floor + 1..].to_vec(),
+        result: result.path.clone(),
+        delete,
+        leave,
+        invalidated,
+        next: next_copy(d, base, ask.job, ledger),
+    }
+}
+
+/// What the next backup copies of the disk after the job.
+fn next_copy(d: &DiskChain, base: &ChainFile, job: Job, ledger: &Ledger) -> NextCopy {
+    match job {
+        Job::CommitBelow => match equal_point(d, ledger) {
+            Ok((dir, point)) => NextCopy::Incremental { dir, point },
+            Err(why) => NextCopy::Whole {
+                file: base.path.clone(),
+                why,
+            },
+        },
+        Job::CommitAll => NextCopy::Whole {
+            file: base.path.clone(),
+            why: "--commit-all wrote the whole chain, the top included, into it".into(),
+        },
+        Job::Pull => NextCopy::Whole {
+            file: d.chain[0].path.clone(),
+            why: "blockpull made it hold the whole disk".into(),
+        },
+    }
 }
 
 /// The restore point that copied exactly the files below the disk's top
@@ -587,8 +691,9 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .into_iter()
         .map(|f| f.path)
         .collect();
-    let expected: Vec<PathBuf> = std::iter::once(p.result.clone())
-        .chain(expected_backing(p).map(Path::to_path_buf))
+    let expected: Vec<PathBuf> = expected_chain(p)
+        .into_iter()
+        .map(Path::to_path_buf)
         .collect();
     if now != expected {
         return Err(fail(Error::Job(format!(
@@ -727,6 +832,14 @@ fn record_bases(
                     id,
                     dir: dir.clone(),
                     point: point.clone(),
+                    below: p
+                        .below
+                        .iter()
+                        .map(|f| Held {
+                            path: f.path.to_string_lossy().into_owned(),
+                            id: f.id,
+                        })
+                        .collect(),
                 });
             }
             (Job::Pull, _, true) => {
@@ -802,7 +915,14 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
     log::debug!("Consolidation of {t} of '{}' ({name}) started", dom.name);
     let n = p.chain.len();
     let start = match p.job {
-        Job::CommitAll => blockjob::start_commit(raw, t, s.bandwidth_mib),
+        // Into the file the plan chose (named only when files stay below
+        // it: the user's own snapshots); else the bottom of the chain.
+        Job::CommitAll => blockjob::start_commit(
+            raw,
+            t,
+            (!p.below.is_empty()).then(|| p.chain[n - 1].path.as_path()),
+            s.bandwidth_mib,
+        ),
         Job::CommitBelow => blockjob::start_commit_below(
             raw,
             t,
@@ -1046,9 +1166,25 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
     Ok(())
 }
 
+/// The chain the disk is on when the job succeeded, top first: the top on
+/// the job's base after a commit-below, the base after a commit-all (each
+/// over the files below it, which the job left), the top alone after a
+/// pull.
+fn expected_chain(p: &DiskPlan) -> Vec<&Path> {
+    let base = p.chain[p.chain.len() - 1].path.as_path();
+    let on: Vec<&Path> = match p.job {
+        Job::CommitBelow => vec![p.chain[0].path.as_path(), base],
+        Job::CommitAll => vec![base],
+        Job::Pull => vec![p.chain[0].path.as_path()],
+    };
+    on.into_iter()
+        .chain(p.below.iter().map(|f| f.path.as_path()))
+        .collect()
+}
+
 /// The backing file the disk's result has when the job succeeded.
 fn expected_backing(p: &DiskPlan) -> Option<&Path> {
-    (p.job == Job::CommitBelow).then(|| p.chain[p.chain.len() - 1].path.as_path())
+    expected_chain(p).get(1).copied()
 }
 
 fn show_backing(b: Option<&Path>) -> String {
@@ -1119,8 +1255,15 @@ mod tests {
     const T2: &str = "/v/a.bimg-20260101-000002";
     const FOREIGN: &str = "/v/a.manual";
 
+    fn ask(m: Method, all: bool) -> Ask {
+        Ask {
+            job: job_for(m, all),
+            through: false,
+        }
+    }
+
     fn plan_of(d: &DiskChain, l: &Ledger, s: &Siblings, m: Method, all: bool) -> DomainPlan {
-        plan("u", std::slice::from_ref(d), l, s, m, all)
+        plan("u", std::slice::from_ref(d), l, s, ask(m, all))
     }
 
     /// The ledger entry of `top` noting that restore point 20260101-000002
@@ -1167,8 +1310,9 @@ mod tests {
             (vec![(T1, 10), ("/v/a.qcow2", 9)], vec![(T1, 10)], Method::BlockCommit, true, vec![NEW, T1], "/v/a.qcow2", false),
             // A lone base: after the snapshot, base + one overlay, idle.
             (vec![("/v/a.qcow2", 9)], vec![], Method::BlockCommit, false, vec![], "", true),
-            // A foreign file below stays.
-            (vec![(FOREIGN, 11), ("/v/a.qcow2", 9)], vec![], Method::BlockCommit, false, vec![], NEW, false),
+            // A foreign file right below: it is what a commit would write
+            // into, and the new overlay sits on it: idle.
+            (vec![(FOREIGN, 11), ("/v/a.qcow2", 9)], vec![], Method::BlockCommit, false, vec![], "", true),
         ];
         for (chain, owned, method, all, deleted, on, idle) in table {
             let d = disk(chain.iter().map(|(p, i)| file(p, *i)).collect());
@@ -1199,32 +1343,99 @@ mod tests {
         assert!(l2.overlays.is_empty());
     }
 
+    /// What each job commits into, deletes, leaves and invalidates, over
+    /// chains with the user's own snapshots (files fi-backup did not make)
+    /// in every position: a commit writes only into the newest of them
+    /// below the top, unless --commit-through names each file it goes
+    /// through.
     #[test]
     fn which_job_and_what_is_deleted() {
+        const U1: &str = "/v/a.user1.qcow2";
+        const U2: &str = "/v/a.user2.qcow2";
+        const BASE: &str = "/v/a.qcow2";
         let none = siblings(&[]);
-        let four = disk(vec![
-            file(T2, 12),
-            file(FOREIGN, 11),
-            file(T1, 10),
-            file("/v/a.qcow2", 9),
-        ]);
         let l = ledger(&[(T2, 12), (T1, 10)]);
+        let chain = |v: &[&str]| disk(v.iter().map(|p| file(p, ino_of(p))).collect());
+        fn ino_of(p: &str) -> u64 {
+            match p {
+                T2 => 12,
+                T1 => 10,
+                U2 => 22,
+                U1 => 21,
+                FOREIGN => 11,
+                _ => 9,
+            }
+        }
+        let users = chain(&[T2, T1, U2, U1, BASE]);
+        let mixed = chain(&[T2, FOREIGN, T1, BASE]);
+        let foreign_top = chain(&[FOREIGN, T1, BASE]);
         let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
-        type Row<'a> = (Method, bool, Job, &'a str, Vec<&'a str>, Vec<&'a str>);
+        enum Want<'a> {
+            /// ends on, deleted, left, left below the job, invalidated
+            Plan(
+                &'a str,
+                Vec<&'a str>,
+                Vec<&'a str>,
+                Vec<&'a str>,
+                Vec<&'a str>,
+            ),
+            Idle(&'a str),
+        }
+        use Want::*;
+        let (cb, ca, pull) = (Job::CommitBelow, Job::CommitAll, Job::Pull);
         #[rustfmt::skip]
-        let table: Vec<Row> = vec![
-            // method, --commit-all, job, ends on, deleted, left
-            (Method::BlockCommit, false, Job::CommitBelow, T2, vec![T1], vec![FOREIGN]),
-            (Method::BlockCommit, true, Job::CommitAll, "/v/a.qcow2", vec![T2, T1], vec![FOREIGN]),
-            (Method::BlockPull, false, Job::Pull, T2, vec![T1], vec![FOREIGN, "/v/a.qcow2"]),
+        let table: Vec<(&DiskChain, Job, bool, Want)> = vec![
+            // The user's snapshots below ours: commits go into the newest.
+            (&users, cb, false, Plan(T2, vec![T1], vec![], vec![U1, BASE], vec![])),
+            (&users, ca, false, Plan(U2, vec![T2, T1], vec![], vec![U1, BASE], vec![])),
+            (&users, pull, false, Plan(T2, vec![T1], vec![U2, U1, BASE], vec![], vec![])),
+            // --commit-through: down to the base, naming what it goes through.
+            (&users, cb, true, Plan(T2, vec![T1], vec![U2, U1], vec![], vec![U2, U1])),
+            (&users, ca, true, Plan(BASE, vec![T2, T1], vec![U2, U1], vec![], vec![U2, U1])),
+            // A file not ours right below the top: nothing below it is touched.
+            (&mixed, cb, false, Idle("the file below its top, '/v/a.manual'")),
+            (&mixed, ca, false, Plan(FOREIGN, vec![T2], vec![], vec![T1, BASE], vec![])),
+            (&mixed, pull, false, Plan(T2, vec![T1], vec![FOREIGN, BASE], vec![], vec![])),
+            (&mixed, cb, true, Plan(T2, vec![T1], vec![FOREIGN], vec![], vec![FOREIGN])),
+            // A top not ours: its files below are its maker's point in time.
+            (&foreign_top, cb, false, Idle("its top '/v/a.manual' was not made by fi-backup")),
+            (&foreign_top, ca, false, Idle("its top '/v/a.manual' was not made by fi-backup")),
+            (&foreign_top, pull, false, Plan(FOREIGN, vec![T1], vec![BASE], vec![], vec![])),
         ];
-        for (m, all, job, on, deleted, left) in table {
-            let p = &plan_of(&four, &l, &none, m, all).disks[0];
-            assert_eq!(p.job, job);
-            assert_eq!(p.result, PathBuf::from(on), "{job:?}");
-            assert_eq!(p.delete, paths(&deleted), "{job:?}");
-            let l: Vec<PathBuf> = p.leave.iter().map(|(f, _)| f.clone()).collect();
-            assert_eq!(l, paths(&left), "{job:?}");
+        for (d, job, through, want) in table {
+            let p = plan(
+                "u",
+                std::slice::from_ref(d),
+                &l,
+                &none,
+                Ask { job, through },
+            );
+            let case = format!("{:?} {job:?} through={through}", d.chain[1].path);
+            match want {
+                Idle(says) => {
+                    assert!(p.disks.is_empty(), "{case}");
+                    assert!(p.idle[0].1.contains(says), "{case}: {:?}", p.idle);
+                }
+                Plan(on, deleted, left, below, invalidated) => {
+                    let p = &p.disks[0];
+                    assert_eq!(p.job, job);
+                    assert_eq!(p.result, PathBuf::from(on), "{case}");
+                    assert_eq!(p.delete, paths(&deleted), "{case}");
+                    let l: Vec<PathBuf> = p.leave.iter().map(|(f, _)| f.clone()).collect();
+                    assert_eq!(l, paths(&left), "{case}");
+                    let b: Vec<PathBuf> = p.below.iter().map(|f| f.path.clone()).collect();
+                    assert_eq!(b, paths(&below), "{case}");
+                    assert_eq!(p.invalidated, paths(&invalidated), "{case}");
+                    // The job's part and what stays below make the chain.
+                    assert_eq!(p.chain.len() + p.below.len(), d.chain.len(), "{case}");
+                    // A commit leaves the disk on a chain that still ends at
+                    // the original bottom (nothing below the job is lost).
+                    if job != Job::Pull {
+                        let bottom = d.chain.last().map(|f| f.path.as_path());
+                        assert_eq!(expected_chain(p).last().copied(), bottom, "{case}");
+                    }
+                }
+            }
         }
     }
 
@@ -1277,14 +1488,12 @@ mod tests {
         let mut moved = ledger(&[(T2, 12), (T1, 10)]);
         noted(&mut moved, T2, &[(T1, 10), ("/v/a.qcow2", 8)]);
         let unnoted = ledger(&[(T2, 12), (T1, 10)]);
-        let foreign_top = ledger(&[(T1, 10)]);
         #[rustfmt::skip]
         let table: Vec<(&Ledger, bool, Option<&str>, &str)> = vec![
             (&good, false, None, "noted, identities equal"),
             (&good, true, Some("--commit-all"), "noted, but --commit-all"),
             (&moved, false, Some("no longer exactly"), "the base changed since"),
             (&unnoted, false, Some("no restore point was recorded"), "made without -b"),
-            (&foreign_top, false, Some("not an overlay fi-backup made"), "someone else's top"),
         ];
         for (l, all, why, case) in table {
             let p = &plan_of(&d, l, &none, Method::BlockCommit, all).disks[0];
@@ -1341,7 +1550,13 @@ mod tests {
         let mut b = disk(vec![file("/v/b.bimg-2", 22), file("/v/base.qcow2", 9)]);
         b.disk.target = "vdb".into();
         let l = ledger(&[(T2, 12), (T1, 10)]);
-        let p = plan("u", &[a, b], &l, &siblings(&[]), Method::BlockCommit, false);
+        let p = plan(
+            "u",
+            &[a, b],
+            &l,
+            &siblings(&[]),
+            ask(Method::BlockCommit, false),
+        );
         assert!(p.disks.is_empty(), "{p:?}");
         assert!(
             p.refused[0]

@@ -59,6 +59,9 @@ pub struct Held {
 /// backup directory `dir` (the chain of copies that point names). Written
 /// right after a consolidation committed the files below the newest overlay
 /// into the base; the next backup then copies only what is above the base.
+/// The "base" is the file the commit wrote into: the chain's bottom, or the
+/// user's newest snapshot file, whose older files (`below`) the commit left
+/// as they were.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Base {
     /// The disk, as the restore point names it.
@@ -71,6 +74,11 @@ pub struct Base {
     pub dir: String,
     /// The restore point whose copy chain of `target` holds the same data.
     pub point: String,
+    /// The files below the base (the user's older snapshots), top first,
+    /// with their identities: the base reads as the point only over exactly
+    /// these. Empty when the base is the bottom of its chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub below: Vec<Held>,
 }
 
 /// One overlay a snapshot is about to create.

@@ -27,18 +27,25 @@ fn last_error(what: String) -> Error {
     Error::libvirt(what, virt::error::Error::last_error())
 }
 
-/// Starts an active commit of `disk`'s whole chain into its base.
-/// `bandwidth_mib` 0 means unlimited.
-pub fn start_commit(dom: &Domain, disk: &str, bandwidth_mib: u64) -> Result<()> {
+/// Starts an active commit of `disk`'s chain, from the active layer down,
+/// into `base` (None: the bottom of the chain). `bandwidth_mib` 0 means
+/// unlimited.
+pub fn start_commit(
+    dom: &Domain,
+    disk: &str,
+    base: Option<&std::path::Path>,
+    bandwidth_mib: u64,
+) -> Result<()> {
     let d = c_disk(disk)?;
+    let b = base.map(c_path).transpose()?;
     // SAFETY: `dom` is a live domain handle for the duration of the call; `d`
-    // outlives it; null base and top mean "bottom of the chain" and "active
-    // layer", as documented for virDomainBlockCommit.
+    // and `b` outlive it; a null base means "bottom of the chain" and a null
+    // top "the active layer", as documented for virDomainBlockCommit.
     let r = unsafe {
         sys::virDomainBlockCommit(
             dom.as_ptr(),
             d.as_ptr(),
-            std::ptr::null(),
+            b.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
             std::ptr::null(),
             bandwidth_mib as std::os::raw::c_ulong,
             sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
@@ -48,6 +55,11 @@ pub fn start_commit(dom: &Domain, disk: &str, bandwidth_mib: u64) -> Result<()> 
         return Err(last_error(format!("cannot start blockcommit of {disk}")));
     }
     Ok(())
+}
+
+fn c_path(p: &std::path::Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Name(format!("path '{}' contains a NUL byte", p.display())))
 }
 
 /// Starts a commit of the files from `top` down to just above `base` into
@@ -61,11 +73,7 @@ pub fn start_commit_below(
     bandwidth_mib: u64,
 ) -> Result<()> {
     let d = c_disk(disk)?;
-    let path = |p: &std::path::Path| {
-        CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::Name(format!("path '{}' contains a NUL byte", p.display())))
-    };
-    let (t, b) = (path(top)?, path(base)?);
+    let (t, b) = (c_path(top)?, c_path(base)?);
     // SAFETY: `dom` is a live domain handle for the duration of the call; the
     // C strings outlive it; flags 0 is a plain (non-active) commit.
     let r = unsafe {
