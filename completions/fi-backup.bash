@@ -59,7 +59,7 @@ _fi__backup() {
 
     case "${cmd}" in
         fi__backup)
-            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --help --version list restore verify prune adopt help"
+            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --help --version list restore verify prune adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -285,7 +285,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__list)
-            opts="-b -h --backup_dir --backup-dir --domain --json --help"
+            opts="-b -h --backup_dir --backup-dir --domain --connect --lock-dir --state-dir --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -304,6 +304,18 @@ _fi__backup() {
                     return 0
                     ;;
                 --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

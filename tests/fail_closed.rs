@@ -379,3 +379,66 @@ fn the_users_own_snapshots_keep_their_points_in_time() {
          clean",
     );
 }
+
+/// A disk detached after fi-backup's snapshot leaves that snapshot's
+/// overlay (its newest writes) in the image directory: each run and `list`
+/// say so, naming the file, the disk and how to attach or remove it, and
+/// nothing deletes it; once attached again nothing is said.
+#[test]
+fn an_unplugged_disks_overlay_is_reported_not_forgotten() {
+    let mut s = Scenario::new("unplugged");
+    let dom = s.start(
+        "d",
+        "img",
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::raw("b.raw", "vdb"),
+        ],
+    );
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    s.fi_ok(&["-b", b, &dom]);
+    let vdb = top_of(&dom, "vdb");
+    assert!(vdb.contains(".bimg-"), "{vdb}");
+    guest_write(&dom, 1, 0x61, 0);
+    virsh(&["destroy", &dom]);
+    virsh(&["detach-disk", &dom, "vdb", "--config"]);
+    virsh(&["start", &dom]);
+    let hash = blake3_file(Path::new(&vdb));
+    let says = |log: &str| {
+        log.contains(&format!("Overlay '{vdb}'"))
+            && log.contains("for disk vdb) is used by no disk")
+            && log.contains(&format!("virsh attach-disk '{dom}' '{vdb}' vdb"))
+            && log.contains(&format!("rm '{vdb}'"))
+    };
+    let log = s.fi_ok(&["-C", "-b", b, &dom]);
+    assert!(says(&log), "{log}");
+    let log = s.fi_ok(&["list", "--backup-dir", b]);
+    assert!(says(&log), "{log}");
+    assert_eq!(
+        blake3_file(Path::new(&vdb)),
+        hash,
+        "the unplugged overlay changed"
+    );
+    assert!(image_has(Path::new(&vdb), "qcow2", 0x61, 0));
+    // Attached again (shut off, as the message says): used, nothing said.
+    virsh(&["destroy", &dom]);
+    virsh(&[
+        "attach-disk",
+        &dom,
+        &vdb,
+        "vdb",
+        "--subdriver",
+        "qcow2",
+        "--config",
+    ]);
+    virsh(&["start", &dom]);
+    let log = s.fi_ok(&["-b", b, &dom]);
+    assert!(!log.contains("is used by no disk"), "{log}");
+    assert_guest(&dom, 1, &[(0x61, 0)]);
+    report(
+        "FAIL-CLOSED | disk vdb detached after its snapshot: -C -b and list name its overlay, the \
+         disk and how to attach or remove it; the overlay hashed unchanged and reads the guest's \
+         write; attached again as told, nothing said and the guest reads it",
+    );
+}

@@ -368,6 +368,12 @@ pub struct VerifyArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub scope: Scope,
+    /// Where the domains are, to say which of fi-backup's overlays no disk
+    /// uses any more (asked only for domains this host has a ledger of)
+    #[command(flatten)]
+    pub libvirt: Connection,
+    #[command(flatten)]
+    pub places: Places,
     /// Print JSON
     #[arg(long = "json")]
     pub json: bool,

@@ -42,6 +42,7 @@ pub fn run(args: &ListArgs) -> Result<bool> {
         }
         indexes.push(index);
     }
+    unused_overlays(args, &indexes);
     let points: Vec<Point> = indexes
         .iter()
         .flat_map(|i| i.records.iter())
@@ -92,6 +93,31 @@ pub fn run(args: &ListArgs) -> Result<bool> {
         }
     }
     Ok(clean)
+}
+
+/// Says which of fi-backup's overlays of the listed domains no disk uses
+/// any more: only for domains whose ledger this host has (libvirt is asked
+/// only then, once).
+fn unused_overlays(args: &ListArgs, indexes: &[Index]) {
+    let state = &args.places.state_dir;
+    let mut lv = None;
+    for uuid in indexes
+        .iter()
+        .filter_map(|i| i.records.last().map(|r| r.uuid.as_str()))
+        .filter(|u| crate::ledger::Ledger::path(state, u).is_file())
+    {
+        let lv = lv.get_or_insert_with(|| crate::libvirt::Libvirt::open(&args.libvirt.connect));
+        let dom = match lv {
+            Ok(lv) => lv.name_of_uuid(uuid).map(|name| lv.lookup(&name)),
+            Err(e) => {
+                log::warn!("Cannot ask libvirt which overlays are still in use: {e}");
+                return;
+            }
+        };
+        if let Some(Ok(dom)) = dom {
+            crate::facts::warn_unused_overlays(&dom, uuid, state);
+        }
+    }
 }
 
 fn point(r: &Record) -> Point<'_> {

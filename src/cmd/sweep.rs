@@ -152,6 +152,7 @@ fn process_domain(
         crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
         crate::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
+    crate::facts::warn_unused_overlays(&dom, &first.uuid, &config.state_dir);
     if config.action != Action::ConsolidateOnly {
         // The backup directory's own lock (it may be shared with other
         // hosts): no prune runs on it meanwhile. An unfinished prune is

@@ -227,3 +227,87 @@ pub fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> Vec<String> 
     }
     taken
 }
+
+/// The overlays fi-backup made for domain `uuid` that no chain of its disks
+/// uses any more (a disk detached after its snapshot), each with the file
+/// it backs onto. Err when a chain of the domain cannot be read: then it
+/// cannot be told, and nothing is called unused.
+pub fn unused_overlays(
+    dom: &Dom,
+    uuid: &str,
+    state_dir: &std::path::Path,
+) -> Result<Vec<(crate::ledger::Overlay, Option<std::path::PathBuf>)>> {
+    use std::collections::{HashMap, HashSet};
+    let ledger = Ledger::load(state_dir, &dom.name, uuid);
+    if ledger.overlays.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut xmls = vec![dom.inactive_xml()?];
+    if dom.is_active()? {
+        xmls.push(dom.live_xml()?);
+    }
+    let mut used = HashSet::new();
+    for xml in xmls {
+        let facts = crate::domain::parse_domain_xml(&xml)?;
+        for source in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
+            for f in chain::read_chain(source)? {
+                let id = chain::SourceId::read(&f.path)?;
+                used.insert((id.dev, id.ino));
+            }
+        }
+    }
+    let present: HashMap<String, (u64, u64)> = ledger
+        .overlays
+        .iter()
+        .filter_map(|o| {
+            let id = chain::SourceId::read(std::path::Path::new(&o.path)).ok()?;
+            Some((o.path.clone(), (id.dev, id.ino)))
+        })
+        .collect();
+    Ok(ledger
+        .unused(&used, &present)
+        .into_iter()
+        .map(|o| {
+            let path = std::path::Path::new(&o.path);
+            let backing = crate::qemu_img::info(path)
+                .ok()
+                .and_then(|i| i.backing_filename)
+                .map(|b| chain::resolve_backing(path, &b));
+            (o.clone(), backing)
+        })
+        .collect())
+}
+
+/// Says, with a [WAR] each, which of fi-backup's overlays of the domain no
+/// disk uses any more, what each holds and how to use or remove it; how
+/// many. A domain whose chains cannot be read is said at debug level.
+pub fn warn_unused_overlays(dom: &Dom, uuid: &str, state_dir: &std::path::Path) -> usize {
+    let unused = match unused_overlays(dom, uuid, state_dir) {
+        Ok(u) => u,
+        Err(e) => {
+            log::debug!(
+                "Cannot tell whether '{}' still uses its overlays: {e}",
+                dom.name
+            );
+            return 0;
+        }
+    };
+    for (o, backing) in &unused {
+        log::warn!(
+            "Overlay '{path}' (made by fi-backup at {created} for disk {target}) is used by no \
+             disk of '{name}' any more (was the disk detached?): it holds what the guest wrote \
+             to {target} after {created}{over}. To use it, attach it again (virsh attach-disk \
+             '{name}' '{path}' {target} --subdriver qcow2 --config); if it is not needed, delete \
+             it (rm '{path}'): fi-backup never deletes a file no disk uses",
+            path = o.path,
+            created = o.created,
+            target = o.target,
+            name = dom.name,
+            over = backing
+                .as_ref()
+                .map(|b| format!(", over '{}'", b.display()))
+                .unwrap_or_default(),
+        );
+    }
+    unused.len()
+}

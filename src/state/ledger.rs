@@ -179,6 +179,23 @@ impl Ledger {
         self.bases.push(base);
     }
 
+    /// The overlays fi-backup made that are still there (`present`: path ->
+    /// device and inode now) as the very file it made, but that no chain of
+    /// the domain uses (`used`: device and inode of every file of every
+    /// disk's chain, live and persistent): a detached disk's newest writes.
+    /// Pure.
+    pub fn unused<'a>(
+        &'a self,
+        used: &std::collections::HashSet<(u64, u64)>,
+        present: &std::collections::HashMap<String, (u64, u64)>,
+    ) -> Vec<&'a Overlay> {
+        self.overlays
+            .iter()
+            .filter(|o| present.get(&o.path) == Some(&(o.dev, o.ino)))
+            .filter(|o| !used.contains(&(o.dev, o.ino)))
+            .collect()
+    }
+
     /// The overlay entry of `path` with device `dev` and inode `ino`.
     pub fn overlay(&self, path: &Path, dev: u64, ino: u64) -> Option<&Overlay> {
         let p = path.to_string_lossy();
@@ -200,5 +217,46 @@ impl Ledger {
         std::io::Write::write_all(&mut tmp.file, text.as_bytes())
             .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
         tmp.replace(&path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn an_overlay_no_chain_uses_is_unused_only_while_it_is_the_file_we_made() {
+        let overlay = |path: &str, ino: u64| Overlay {
+            path: path.into(),
+            target: "vdb".into(),
+            created: "20260101-000000".into(),
+            dev: 1,
+            ino,
+            point: None,
+        };
+        let ledger = Ledger {
+            domain: "d".into(),
+            uuid: "u".into(),
+            overlays: vec![overlay("/v/a", 10), overlay("/v/b", 11), overlay("/v/c", 12)],
+            intent: None,
+            bases: Vec::new(),
+        };
+        let used: HashSet<(u64, u64)> = [(1, 10)].into_iter().collect();
+        // a: in a chain; b: present, used by none; c: replaced by another
+        // file under its name (not ours any more); gone files are absent.
+        let present: HashMap<String, (u64, u64)> = [
+            ("/v/a".to_string(), (1, 10)),
+            ("/v/b".to_string(), (1, 11)),
+            ("/v/c".to_string(), (1, 99)),
+        ]
+        .into_iter()
+        .collect();
+        let unused: Vec<&str> = ledger
+            .unused(&used, &present)
+            .iter()
+            .map(|o| o.path.as_str())
+            .collect();
+        assert_eq!(unused, ["/v/b"]);
     }
 }
