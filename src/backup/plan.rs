@@ -392,6 +392,20 @@ impl Plan {
 /// Plans the backup of one domain.
 pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
     let name = &facts.domain.name;
+    // Targets name files in the record and in a restore: a domain XML is
+    // input too.
+    if let Some((t, why)) = facts
+        .disks
+        .iter()
+        .map(|d| &d.disk.target)
+        .chain(facts.skipped.iter().map(|l| &l.target))
+        .find_map(|t| naming::not_plain(t).map(|why| (t, why)))
+    {
+        return Err(Error::domain(
+            name,
+            format!("disk target '{t}' cannot name a file ({why}); nothing was changed"),
+        ));
+    }
     let refused: Vec<String> = facts
         .skipped
         .iter()

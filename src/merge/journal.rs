@@ -103,7 +103,17 @@ impl Journal {
         let path = Journal::path(state_dir, uuid);
         match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<Journal>(&text) {
-                Ok(j) if j.uuid == uuid => Some(j),
+                Ok(j) if j.uuid == uuid => match j.entries.iter().find_map(check_entry) {
+                    None => Some(j),
+                    Some(why) => {
+                        log::warn!(
+                            "Journal '{}' cannot be trusted ({why}); it is ignored: nothing is \
+                             cancelled, repaired or deleted on its word",
+                            path.display()
+                        );
+                        None
+                    }
+                },
                 _ => {
                     log::warn!(
                         "Journal '{}' cannot be trusted; it is ignored",
@@ -136,6 +146,56 @@ impl Journal {
             .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
         tmp.replace(&path)
     }
+}
+
+/// Why a journal entry read from disk cannot be acted on, or None: every
+/// path absolute without `..`, every format an image format, the target a
+/// plain name, and its files where the job puts them (the result in the
+/// chain, as its top unless a commit-all; every file to delete in the
+/// chain and not the result).
+fn check_entry(e: &Entry) -> Option<String> {
+    let bad_path = |p: &str| {
+        let path = Path::new(p);
+        !path.is_absolute()
+            || p.contains('\0')
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+    };
+    if let Some(why) = crate::naming::not_plain(&e.target) {
+        return Some(format!("disk target '{}': {why}", e.target));
+    }
+    let paths = std::iter::once(&e.result)
+        .chain(&e.delete)
+        .chain(e.chain.iter().map(|l| &l.path));
+    if let Some(p) = paths.into_iter().find(|p| bad_path(p)) {
+        return Some(format!("'{p}' is not an absolute path without '..'"));
+    }
+    if let Some(l) = e
+        .chain
+        .iter()
+        .find(|l| !crate::naming::IMAGE_FORMATS.contains(&l.format.as_str()))
+    {
+        return Some(format!("'{}' has no image format ('{}')", l.path, l.format));
+    }
+    if e.chain.is_empty() {
+        return None; // a journal of an older version: nothing is repaired from it
+    }
+    let in_chain = |p: &String| e.chain.iter().any(|l| &l.path == p);
+    let result_ok = match e.method {
+        Job::CommitAll => in_chain(&e.result),
+        _ => e.chain[0].path == e.result,
+    };
+    if !result_ok {
+        return Some(format!(
+            "its result '{}' is not where its chain puts it",
+            e.result
+        ));
+    }
+    e.delete
+        .iter()
+        .find(|d| !in_chain(d) || **d == e.result)
+        .map(|d| format!("'{d}' to delete is not a file of its chain below the result"))
 }
 
 /// Finishes or undoes what an interrupted consolidation of `dom` left, as
@@ -385,6 +445,34 @@ mod tests {
                     format: "raw".into(),
                 },
             ],
+        }
+    }
+
+    /// A journal is read from disk: an entry that would steer a rebase or
+    /// a deletion outside its own chain is refused as a whole.
+    #[test]
+    fn crafted_entries_are_not_acted_on() {
+        assert_eq!(check_entry(&entry(Job::CommitBelow, "/v/b.bimg-2")), None);
+        assert_eq!(check_entry(&entry(Job::Pull, "/v/b.bimg-2")), None);
+        let mut all = entry(Job::CommitAll, "/v/b.raw");
+        all.delete = vec!["/v/b.bimg-2".into(), "/v/b.bimg-1".into()];
+        assert_eq!(check_entry(&all), None);
+        type Edit = fn(&mut Entry);
+        #[rustfmt::skip]
+        let table: Vec<(Edit, &str)> = vec![
+            (|e| e.delete = vec!["/etc/passwd".into()], "to delete is not a file of its chain"),
+            (|e| e.delete = vec!["/v/b.bimg-2".into()], "to delete is not a file of its chain"),
+            (|e| e.result = "/v/other".into(), "is not where its chain puts it"),
+            (|e| e.chain[1].path = "/v/../etc/shadow".into(), "without '..'"),
+            (|e| e.chain[1].path = "rel/b".into(), "without '..'"),
+            (|e| e.chain[2].format = "vvfat".into(), "no image format"),
+            (|e| e.target = "../vdb".into(), "disk target"),
+        ];
+        for (edit, says) in table {
+            let mut e = entry(Job::Pull, "/v/b.bimg-2");
+            edit(&mut e);
+            let why = check_entry(&e).unwrap_or_else(|| panic!("accepted: {e:?}"));
+            assert!(why.contains(says), "{why}");
         }
     }
 

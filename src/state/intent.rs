@@ -71,7 +71,14 @@ pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Settle> {
         });
     }
     if let Some(state) = &intent.state_file {
-        if (seen.exists)(Path::new(state)) {
+        // The intent is read from disk: only a file with fi-backup's name
+        // for this run's memory state is ever removed on its word.
+        if !crate::naming::is_state_file_of(Path::new(state), &intent.ts) {
+            actions.push(Settle::KeepState(
+                state.clone(),
+                "it does not have fi-backup's name for this run's memory state file",
+            ));
+        } else if (seen.exists)(Path::new(state)) {
             let recorded = intent
                 .record
                 .as_deref()
@@ -184,6 +191,14 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
                 dom.name
             ),
             Settle::RemoveState(path, why) => {
+                if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                    log::warn!(
+                        "'{path}' of run {} of '{}' is not a regular file; left in place",
+                        intent.ts,
+                        dom.name
+                    );
+                    continue;
+                }
                 std::fs::remove_file(&path)
                     .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
                 log::warn!(
@@ -280,5 +295,26 @@ mod tests {
         // Without -b a completed snapshot's state is the run's product.
         let acts = run(&i, &[A, S], &[A], &[]);
         assert!(matches!(acts[1], Settle::KeepState(..)));
+    }
+
+    /// The intent is read from disk: a state file it names that does not
+    /// have fi-backup's name for that run's memory state is never removed.
+    #[test]
+    fn a_state_file_not_named_as_ours_is_never_removed() {
+        for bad in [
+            "/etc/passwd",
+            "/s/d.statefile-20260101-000001",
+            "/s/../etc/d.statefile-20260101-000000",
+            "s/d.statefile-20260101-000000",
+            "/s/.statefile-20260101-000000",
+        ] {
+            let mut i = intent(None);
+            i.state_file = Some(bad.into());
+            let acts = run(&i, &[bad], &["/i/a"], &[]);
+            assert!(
+                acts.iter().all(|a| !matches!(a, Settle::RemoveState(..))),
+                "{bad}: {acts:?}"
+            );
+        }
     }
 }

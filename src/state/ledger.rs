@@ -238,7 +238,11 @@ mod tests {
         let ledger = Ledger {
             domain: "d".into(),
             uuid: "u".into(),
-            overlays: vec![overlay("/v/a", 10), overlay("/v/b", 11), overlay("/v/c", 12)],
+            overlays: vec![
+                overlay("/v/a", 10),
+                overlay("/v/b", 11),
+                overlay("/v/c", 12),
+            ],
             intent: None,
             bases: Vec::new(),
         };

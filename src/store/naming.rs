@@ -60,6 +60,21 @@ pub const IMAGE_FORMATS: &[&str] = &[
     "luks",
 ];
 
+/// Whether `path` has the name fi-backup gives the memory state file of
+/// run `ts` (`<domain>.statefile-<ts>`, an absolute path without `..`):
+/// the only files a settled snapshot intent may remove.
+pub fn is_state_file_of(path: &Path, ts: &str) -> bool {
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(ts))
+            .is_some_and(|rest| rest.ends_with(".statefile-") && rest.len() > ".statefile-".len())
+}
+
 /// The overlay a snapshot at `ts` puts on top of `image`: the image's name
 /// without its last extension, then `.bimg-<ts>`, in the image's directory.
 /// This is the name libvirt gives when fi-backup.sh names the snapshot

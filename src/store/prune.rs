@@ -577,15 +577,81 @@ fn save_journal(dir: &DomainDir, j: &Journal) -> Result<()> {
 pub fn load_journal(dir: &DomainDir) -> Result<Option<Journal>> {
     let path = journal_path(dir);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            Error::State(format!(
-                "the prune journal '{}' cannot be read ({e}); nothing is changed until it is removed by hand",
-                path.display()
-            ))
-        }),
+        Ok(text) => serde_json::from_str::<Journal>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|j| check_journal(&j).map(|()| j))
+            .map(Some)
+            .map_err(|e| {
+                Error::State(format!(
+                    "the prune journal '{}' cannot be trusted ({e}); nothing is changed until it \
+                     is removed by hand",
+                    path.display()
+                ))
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("cannot read", &path, e)),
     }
+}
+
+/// Checks on a prune journal read from the backup directory (which may be
+/// shared, or copied back from elsewhere): every point a timestamp, kept
+/// and dropped apart, the newest point kept; every file a plain name in
+/// images/ (a new copy's temporary name `.fi-prune.*`), every format an
+/// image format. What it would fold, copy, rename or drop then stays
+/// inside the domain's directory.
+fn check_journal(j: &Journal) -> std::result::Result<(), String> {
+    let p = &j.plan;
+    let points = p.kept.iter().map(|(k, _)| k).chain(&p.dropped);
+    if let Some(bad) = points.clone().find(|t| !crate::naming::is_timestamp(t)) {
+        return Err(format!("'{bad}' is not a restore point's name"));
+    }
+    if let Some(both) = p
+        .dropped
+        .iter()
+        .find(|d| p.kept.iter().any(|(k, _)| k == *d))
+    {
+        return Err(format!("point {both} is both kept and dropped"));
+    }
+    if points
+        .max()
+        .is_some_and(|newest| p.dropped.contains(newest))
+    {
+        return Err("it drops the newest point, which is always kept".into());
+    }
+    let name = |n: &str| match crate::naming::not_plain(n) {
+        Some(why) => Err(format!("file name '{n}': {why}")),
+        None if n.starts_with('.') => Err(format!("file name '{n}' starts with a dot")),
+        None => Ok(()),
+    };
+    let format = |f: &str| match crate::naming::IMAGE_FORMATS.contains(&f) {
+        true => Ok(()),
+        false => Err(format!("'{f}' is not an image format")),
+    };
+    for f in &p.folds {
+        std::iter::once(&f.into)
+            .chain(&f.run)
+            .try_for_each(|n| name(n))?;
+        if f.run.is_empty() {
+            return Err(format!("the fold into '{}' folds nothing", f.into));
+        }
+    }
+    for r in &p.rebases {
+        std::iter::once(&r.old)
+            .chain(&r.carry)
+            .chain([&r.onto])
+            .try_for_each(|n| name(n))?;
+        let temp = r.temp.strip_prefix(".fi-prune.").unwrap_or("");
+        if crate::naming::not_plain(&r.temp).is_some() || temp.is_empty() {
+            return Err(format!("'{}' is not a prune's temporary name", r.temp));
+        }
+        format(&r.onto_format)?;
+    }
+    p.delete.iter().try_for_each(|n| name(n))?;
+    for f in &p.described {
+        name(&f.name)?;
+        format(&f.format)?;
+    }
+    Ok(())
 }
 
 /// Finishes a prune that a killed run left (its journal), if any. Called
@@ -909,6 +975,44 @@ mod tests {
             assert_eq!(r, want, "{policy}");
             assert_eq!(p.delete, deleted, "{policy}");
             assert_eq!(p.freed, 10 * deleted.len() as u64, "{policy}");
+        }
+    }
+
+    /// A prune journal is read from the backup directory: one edited to
+    /// reach outside images/, to drop the newest point, or with a format
+    /// qemu-img should not be given, is refused; the planner's own pass.
+    #[test]
+    fn crafted_prune_journals_are_refused() {
+        for n in 1..=3 {
+            let plan = plan(&nightly(&[]), &last(n), TS).unwrap();
+            let j = Journal {
+                plan,
+                rewritten: false,
+            };
+            check_journal(&j).unwrap();
+        }
+        let good = Journal {
+            plan: plan(&nightly(&[]), &last(2), TS).unwrap(),
+            rewritten: false,
+        };
+        assert!(!good.plan.rebases.is_empty() && !good.plan.dropped.is_empty());
+        type Edit = fn(&mut PrunePlan);
+        #[rustfmt::skip]
+        let table: Vec<(Edit, &str)> = vec![
+            (|p| p.rebases[0].old = "../../x".into(), "file name '../../x'"),
+            (|p| p.rebases[0].onto = "/etc/passwd".into(), "file name '/etc/passwd'"),
+            (|p| p.rebases[0].temp = "../t".into(), "temporary name"),
+            (|p| p.rebases[0].onto_format = "vvfat".into(), "not an image format"),
+            (|p| p.dropped.push("../../points".into()), "not a restore point's name"),
+            (|p| { let k = p.kept[0].0.clone(); p.dropped.push(k) }, "both kept and dropped"),
+            (|p| { let (k, _) = p.kept.pop().unwrap(); p.dropped.push(k) }, "drops the newest point"),
+            (|p| p.described[0].name = "a/b".into(), "file name 'a/b'"),
+        ];
+        for (edit, says) in table {
+            let mut j = good.clone();
+            edit(&mut j.plan);
+            let why = check_journal(&j).unwrap_err();
+            assert!(why.contains(says), "{why}");
         }
     }
 
