@@ -172,7 +172,9 @@ fn snapshot_and_consolidate() {
 }
 
 /// An overlay made by someone else (a manual snapshot) in the chain is never
-/// deleted: after blockcommit it is reported and left in place.
+/// written into from above nor deleted: with it right below the top there is
+/// nothing to commit; --commit-through commits through it, names it, and
+/// leaves it in place.
 #[test]
 fn foreign_overlay_survives() {
     let mut s = Scenario::new("foreign");
@@ -193,9 +195,40 @@ fn foreign_overlay_survives() {
     guest_write(&dom, 0, 0x42, 1);
     s.fi_ok(&[&dom]);
     guest_write(&dom, 0, 0x43, 2);
+    // The manual snapshot sits right below the top: a commit would have to
+    // write into it or through it, so nothing is committed and nothing
+    // below it changes (its point in time is fi-backup's first overlay
+    // over the base).
+    let frozen = || -> Vec<String> {
+        chain_names(&manual)[1..]
+            .iter()
+            .map(|f| blake3_file(std::path::Path::new(f)))
+            .collect()
+    };
+    let before = frozen();
     let log = s.fi_ok(&["-c", &dom]);
     assert!(
-        log.contains("d.manual-snap") && log.contains("left in place"),
+        log.contains(&format!(
+            "vda: nothing to commit: the file below its top, '{}'",
+            manual.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        frozen(),
+        before,
+        "the manual snapshot's point in time changed"
+    );
+    assert_eq!(names_in(&img).len(), 4);
+    // --commit-through: into the base, naming the manual snapshot, which is
+    // left in place; fi-backup's older overlay goes.
+    let log = s.fi_ok(&["-c", "--commit-through", &dom]);
+    assert!(
+        log.contains(&format!(
+            "--commit-through commits through '{}'",
+            manual.display()
+        )) && log.contains("d.manual-snap")
+            && log.contains("left in place"),
         "{log}"
     );
     assert!(manual.exists(), "the foreign overlay was deleted");

@@ -43,16 +43,28 @@ impl Siblings {
                 Ok(true) => vec![dom.live_xml(), dom.inactive_xml()],
                 _ => vec![dom.inactive_xml()],
             };
+            let mut unknown = None;
             for xml in xmls {
                 match xml.and_then(|x| domain::parse_domain_xml(&x)) {
                     Ok(facts) => {
                         for src in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
                             if let Err(why) = s.add_chain(&facts.uuid, &facts.name, src) {
-                                s.unreadable(&facts.uuid, &facts.name, why);
+                                unknown.get_or_insert(why);
                             }
                         }
                     }
-                    Err(e) => s.unreadable(&uuid, &dom.name, format!("its XML: {e}")),
+                    Err(e) => {
+                        unknown.get_or_insert(format!("its XML: {e}"));
+                    }
+                }
+            }
+            // A domain undefined since the listing (its files may be gone
+            // with it) uses nothing: asked again, by UUID, after the reads.
+            if let Some(why) = unknown {
+                if uuid.is_empty() || lv.name_of_uuid(&uuid).is_some() {
+                    s.unreadable(&uuid, &dom.name, why);
+                } else {
+                    log::debug!("Domain '{}' was undefined while it was read", dom.name);
                 }
             }
         }
