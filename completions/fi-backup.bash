@@ -381,7 +381,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__restore)
-            opts="-b -h --backup_dir --backup-dir --domain --at --target --flatten --define --start --connect --help"
+            opts="-b -h --backup_dir --backup-dir --domain --at --target --flatten --instant --settle --define --start --connect --lock-dir --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -411,11 +411,23 @@ _fi__backup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --settle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --define)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --connect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

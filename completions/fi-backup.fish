@@ -73,10 +73,14 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand list" -s h -l help -
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l domain -d 'The domain whose restore point is restored' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l at -d 'The restore point (YYYYMMDD-HHMMSS); the latest when absent' -r
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l target -d 'Where the disks (<target dev>.qcow2) and NAME.xml are written; must exist' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l target -d 'Where the disks (<target dev>.qcow2) and NAME.xml are written' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l settle -d 'Make domain NAME, instantly restored, stand alone: stream the backup\'s data into its own overlays (one disk at a time, journaled), so that it no longer reads the backup directory; running or shut off' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l define -d 'Define the restored domain in libvirt under this name (fresh UUID, no MACs); the domain\'s own name restores it in place (same UUID; needed to start from a memory state)' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l connect -d 'libvirt connection URI' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l lock-dir -d 'Directory of the per-domain lock files' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l state-dir -d 'Directory of fi-backup\'s own state (the ledger of the overlays it created)' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l flatten -d 'One standalone image per disk instead of a copied chain'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l instant -d 'Instant recovery: each disk becomes a new overlay in the target over the point\'s copies, which the domain reads in place (never writes): running in seconds whatever the disks\' size. QEMU then runs as root (it reads the backup directory\'s private files); --settle later makes the domain stand alone'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l start -d 'Start the defined domain, from the point\'s memory state when it has one and the restore is in place'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F

@@ -68,6 +68,7 @@ pub mod cmd {
     pub mod list;
     pub mod logging;
     pub mod restore;
+    pub mod settle;
     pub mod signals;
     pub mod sweep;
     pub mod verify;
@@ -81,7 +82,7 @@ pub mod report;
 pub mod units;
 
 pub use backup::{copy, exec, plan};
-pub use cmd::{cli, config, list, logging, restore, signals, sweep, verify};
+pub use cmd::{cli, config, list, logging, restore, settle, signals, sweep, verify};
 pub use host::ffi::libvirt as blockjob;
 pub use host::{chain, domain, facts, ffi, libvirt, qemu_img, siblings};
 pub use merge::{consolidate, journal};

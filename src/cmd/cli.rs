@@ -313,20 +313,51 @@ pub struct BackupDir {
 /// Arguments of `fi-backup restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    #[command(flatten)]
-    pub backup: BackupDir,
+    /// The backup directory given to -b
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        short = 'b',
+        value_name = "DIR",
+        required_unless_present = "settle"
+    )]
+    pub backup_dir: Option<PathBuf>,
     /// The domain whose restore point is restored
-    #[arg(long = "domain", value_name = "NAME")]
-    pub domain: String,
+    #[arg(
+        long = "domain",
+        value_name = "NAME",
+        required_unless_present = "settle"
+    )]
+    pub domain: Option<String>,
     /// The restore point (YYYYMMDD-HHMMSS); the latest when absent
     #[arg(long = "at", value_name = "RESTORE_POINT")]
     pub at: Option<String>,
-    /// Where the disks (<target dev>.qcow2) and NAME.xml are written; must exist
-    #[arg(long = "target", value_name = "DIR")]
-    pub target: PathBuf,
+    /// Where the disks (<target dev>.qcow2) and NAME.xml are written
+    #[arg(
+        long = "target",
+        value_name = "DIR",
+        required_unless_present = "settle"
+    )]
+    pub target: Option<PathBuf>,
     /// One standalone image per disk instead of a copied chain
-    #[arg(long = "flatten")]
+    #[arg(long = "flatten", conflicts_with = "instant")]
     pub flatten: bool,
+    /// Instant recovery: each disk becomes a new overlay in the target over
+    /// the point's copies, which the domain reads in place (never writes):
+    /// running in seconds whatever the disks' size. QEMU then runs as root
+    /// (it reads the backup directory's private files); --settle later
+    /// makes the domain stand alone
+    #[arg(long = "instant")]
+    pub instant: bool,
+    /// Make domain NAME, instantly restored, stand alone: stream the backup's
+    /// data into its own overlays (one disk at a time, journaled), so that it
+    /// no longer reads the backup directory; running or shut off
+    #[arg(
+        long = "settle",
+        value_name = "NAME",
+        conflicts_with_all = ["instant", "flatten", "define", "start", "at", "backup_dir", "domain", "target"]
+    )]
+    pub settle: Option<String>,
     /// Define the restored domain in libvirt under this name (fresh UUID, no
     /// MACs); the domain's own name restores it in place (same UUID; needed to
     /// start from a memory state)
@@ -338,6 +369,8 @@ pub struct RestoreArgs {
     pub start: bool,
     #[command(flatten)]
     pub libvirt: Connection,
+    #[command(flatten)]
+    pub places: Places,
 }
 
 /// Which backups `list` and `verify` look at.

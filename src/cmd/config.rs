@@ -188,6 +188,40 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The run `restore --settle NAME` is: `-c -m blockpull NAME` (each disk
+    /// pulls in everything below it, one after another, journaled; a
+    /// shut-off domain with qemu-img), with the lock and state directories
+    /// and the libvirt of the restore's command line, and a day for each job
+    /// (a settle streams whole disks).
+    pub fn settle(name: &str, places: &crate::cli::Places, connect: &str) -> Config {
+        Config {
+            action: Action::ConsolidateOnly,
+            method: Method::BlockPull,
+            commit_all: false,
+            commit_through: false,
+            keep: None,
+            quiesce: false,
+            quiesce_fallback: false,
+            live: false,
+            dump_state_dir: None,
+            backup_dir: None,
+            selection: Selection::Named(vec![name.to_string()]),
+            verbosity: Verbosity::Normal,
+            lock_dir: places.lock_dir.clone(),
+            connect: connect.to_string(),
+            dry_run: false,
+            copy_jobs: crate::pool::DEFAULT_COPY_JOBS,
+            state_dir: places.state_dir.clone(),
+            bandwidth_mib: 0,
+            timeout: std::time::Duration::from_secs(24 * 3600),
+            jobs: 1,
+            json: false,
+            metrics: None,
+        }
+    }
+}
+
 /// The metrics file: its directory must exist (the file is replaced by a
 /// rename within it), and the name must not be a directory. Returned
 /// absolute.

@@ -24,6 +24,17 @@ use std::path::{Path, PathBuf};
 pub enum DiskRestore {
     /// Copy these files (top first is `<dev>.qcow2`), rebased in the target.
     Chain(Vec<CopyJob>),
+    /// A new qcow2 overlay at `dest` backing onto the point's top copy in
+    /// the backup directory (absolute path), which QEMU then only reads:
+    /// `--instant`.
+    Instant {
+        /// The top of the point's chain in images/ (absolute).
+        backing: PathBuf,
+        /// Its format.
+        format: String,
+        /// The overlay.
+        dest: PathBuf,
+    },
     /// Convert the chain whose top is `source` into one qcow2 image.
     Flatten {
         /// The top of the chain in images/.
@@ -33,6 +44,18 @@ pub enum DiskRestore {
         /// The output path.
         dest: PathBuf,
     },
+}
+
+/// How the disks come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Each chain copied into the target and rebased there.
+    Copy,
+    /// One standalone image per disk (`--flatten`).
+    Flatten,
+    /// A new overlay per disk over the point's copies in the backup
+    /// directory, read in place (`--instant`).
+    Instant,
 }
 
 /// A restore, decided before anything is written.
@@ -54,9 +77,23 @@ pub struct RestorePlan {
     pub outputs: Vec<PathBuf>,
 }
 
-/// Runs `fi-backup restore`.
+/// Runs `fi-backup restore` (or, with --settle, makes an instantly restored
+/// domain stand alone).
 pub fn run(args: &RestoreArgs) -> Result<bool> {
-    let dir = DomainDir::new(&args.backup.backup_dir, &args.domain)?;
+    if let Some(name) = &args.settle {
+        return crate::settle::run(args, name);
+    }
+    let (Some(backup_dir), Some(domain), Some(target)) =
+        (&args.backup_dir, &args.domain, &args.target)
+    else {
+        return Err(Error::Usage(
+            "restore needs --backup-dir, --domain and --target".into(),
+        ));
+    };
+    // Absolute: an instant restore's overlays name the copies by this path.
+    let backup_dir = std::path::absolute(backup_dir)
+        .map_err(|e| Error::io("cannot resolve backup directory", backup_dir, e))?;
+    let dir = DomainDir::new(&backup_dir, domain)?;
     let index = Index::load(&dir)?;
     for (path, why) in &index.rejected {
         log::warn!(
@@ -64,9 +101,17 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             path.display()
         );
     }
-    let record = crate::record::pick(&index, &args.domain, args.at.as_deref())?;
-    let target = std::path::absolute(&args.target)
-        .map_err(|e| Error::io("cannot resolve target directory", &args.target, e))?;
+    let record = crate::record::pick(&index, domain, args.at.as_deref())?;
+    let how = match (args.flatten, args.instant) {
+        (true, _) => How::Flatten,
+        (_, true) => How::Instant,
+        _ => How::Copy,
+    };
+    if how == How::Instant {
+        check_instant(&dir, record, &args.libvirt.connect)?;
+    }
+    let target = std::path::absolute(target)
+        .map_err(|e| Error::io("cannot resolve target directory", target, e))?;
     if let Some(name) = &args.define {
         check_define_name(name)?;
     }
@@ -91,27 +136,21 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     // Defining under the domain's own name is a restore in place: same UUID
     // and MACs, and the only way to start from a memory state (libvirt
     // refuses a state under another UUID).
-    let in_place = args.define.as_deref() == Some(args.domain.as_str());
+    let in_place = args.define.as_deref() == Some(domain.as_str());
     let lv = match &args.define {
         Some(_) => Some(Libvirt::open(&args.libvirt.connect)?),
         None => None,
     };
     if let (Some(name), Some(lv)) = (&args.define, &lv) {
         check_define_target(lv, name, in_place, record)?;
-        if args.libvirt.connect == "qemu:///system" {
+        // An instant restore's QEMU runs as root and reaches any path.
+        if args.libvirt.connect == "qemu:///system" && how != How::Instant {
             check_qemu_can_reach(&target, target_exists)?;
         }
     }
     let new_name = args.define.as_deref().filter(|_| !in_place);
     let clusters = cluster_sizes(&dir, record);
-    let plan = plan(
-        &dir,
-        record,
-        &target,
-        (&xml_text, &clusters),
-        args.flatten,
-        new_name,
-    )?;
+    let plan = plan(&dir, record, &target, (&xml_text, &clusters), how, new_name)?;
     let taken: Vec<String> = plan
         .outputs
         .iter()
@@ -131,16 +170,21 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         create_target(&target, mode)?;
     }
     log::info!(
-        "Restoring '{}' at {} into '{}'",
-        args.domain,
+        "Restoring '{}' at {} into '{}'{}",
+        domain,
         plan.restore_point,
-        target.display()
+        target.display(),
+        if how == How::Instant {
+            " (instant: over the backup's copies, read in place)"
+        } else {
+            ""
+        }
     );
     execute(&plan)?;
     for (t, d) in &plan.disks {
         let out = match d {
             DiskRestore::Chain(jobs) => target.join(&jobs[0].name),
-            DiskRestore::Flatten { dest, .. } => dest.clone(),
+            DiskRestore::Flatten { dest, .. } | DiskRestore::Instant { dest, .. } => dest.clone(),
         };
         log::info!("Restored {t} as '{}'", out.display());
     }
@@ -184,7 +228,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
                         "The restore point has a memory state ('{state}'), but a domain under a new \
                          name cannot resume it (libvirt requires the original UUID): '{name}' boots \
                          from its disks. Use --define {} to restore in place.",
-                        args.domain
+                        domain
                     );
                 }
                 dom.start()?;
@@ -193,7 +237,64 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             _ => {}
         }
     }
+    if how == How::Instant {
+        log::warn!(
+            "The restored disks read restore point {} in '{}' in place: while they do, that \
+             point and its files are kept by prune, and QEMU runs as root for this domain. \
+             Make it stand alone with: fi-backup restore --settle {}",
+            plan.restore_point,
+            dir.root.display(),
+            args.define.as_deref().unwrap_or(&record.domain)
+        );
+    }
     Ok(true)
+}
+
+/// What an instant restore needs before it writes anything: a local
+/// libvirt (the overlays name the backup directory by this host's path),
+/// and every file of the point's disk chains present at its recorded size
+/// (QEMU would otherwise fail, or read a changed file, only later).
+fn check_instant(dir: &DomainDir, record: &Record, connect: &str) -> Result<()> {
+    if let Some((_, rest)) = connect.split_once("://") {
+        if !rest.starts_with('/') {
+            return Err(Error::Usage(format!(
+                "--instant needs a libvirt on this host: its disks read '{}' by this host's \
+                 path, which the QEMU behind '{connect}' cannot reach; nothing was written",
+                dir.root.display()
+            )));
+        }
+    }
+    for d in &record.disks {
+        for name in &d.chain {
+            let f = record
+                .files
+                .iter()
+                .find(|f| &f.name == name)
+                .expect("checked record");
+            let path = dir.images().join(name);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() && m.len() == f.size => {}
+                Ok(m) => {
+                    return Err(Error::Usage(format!(
+                        "restore point {} cannot be used in place: '{}' is {} bytes, the record \
+                         says {} (run fi-backup verify); nothing was written",
+                        record.restore_point,
+                        path.display(),
+                        m.len(),
+                        f.size
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::Usage(format!(
+                        "restore point {} cannot be used in place: '{}': {e}; nothing was written",
+                        record.restore_point,
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A name for `--define`: libvirt's own rules, plus no `/` (it names the
@@ -342,7 +443,7 @@ pub fn plan(
     record: &Record,
     target: &Path,
     (xml, clusters): (&str, &HashMap<String, u64>),
-    flatten: bool,
+    how: How,
     new_name: Option<&str>,
 ) -> Result<RestorePlan> {
     let mut disks = Vec::new();
@@ -359,7 +460,19 @@ pub fn plan(
             .ok_or_else(|| {
                 Error::Internal(format!("the record does not describe '{}'", d.chain[0]))
             })?;
-        if flatten || top.format != "qcow2" {
+        if how == How::Instant {
+            outputs.push(dest.clone());
+            disks.push((
+                d.target.clone(),
+                DiskRestore::Instant {
+                    backing: dir.images().join(&top.name),
+                    format: top.format.clone(),
+                    dest,
+                },
+            ));
+            continue;
+        }
+        if how == How::Flatten || top.format != "qcow2" {
             outputs.push(dest.clone());
             disks.push((
                 d.target.clone(),
@@ -456,7 +569,11 @@ pub fn plan(
         }
     }
     dirs.sort_by_key(|d| d.components().count());
-    let xml = rewrite_domain_xml(xml, &sources, new_name, nvram.as_deref())?;
+    let instant = (how == How::Instant).then(|| Instant {
+        dir: dir.root.clone(),
+        point: record.restore_point.clone(),
+    });
+    let xml = rewrite_domain_xml(xml, &sources, new_name, nvram.as_deref(), instant.as_ref())?;
     let xml_path = target.join(format!("{name}.xml"));
     // A restore in place keeps the recorded name (new_name is None).
     outputs.push(xml_path.clone());
@@ -481,6 +598,11 @@ fn execute(plan: &RestorePlan) -> Result<()> {
                 format,
                 dest,
             } => flatten(source, format, dest)?,
+            DiskRestore::Instant {
+                backing,
+                format,
+                dest,
+            } => instant_overlay(backing, format, dest)?,
         }
     }
     for d in &plan.dirs {
@@ -496,6 +618,21 @@ fn execute(plan: &RestorePlan) -> Result<()> {
     fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
 }
 
+/// A new qcow2 overlay at `dest` over `backing` (absolute, in the backup
+/// directory; QEMU and qemu-img only ever read it), created under a
+/// temporary name, its whole chain read back, then published.
+fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let hint = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = TempFile::create(dir, &hint)?;
+    qemu_img::create_overlay(&tmp.path, backing, format)?;
+    crate::chain::read_chain(&tmp.path)?;
+    tmp.publish(dest)
+}
+
 /// One standalone qcow2 from a chain: qemu-img convert into a temporary
 /// file, then fsync and publish.
 fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
@@ -509,15 +646,33 @@ fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
     tmp.publish(dest)
 }
 
+/// What an instantly restored domain runs on: restore point `point` of the
+/// domain directory `dir`, read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instant {
+    /// BACKUP_DIR/<domain>.
+    pub dir: PathBuf,
+    /// The restore point.
+    pub point: String,
+}
+
+/// The XML namespace of fi-backup's `<metadata>` element.
+pub const METADATA_NS: &str = "urn:fi-backup:instant-restore:1";
+
 /// The domain XML with disks `sources` (target, new file, its format) pointed at their
 /// restored qcow2 images, backing stores dropped; with `new_name`, renamed,
 /// without UUID and MAC addresses; with `nvram`, `<os><nvram>` pointed at
-/// the restored copy (never left on the original's file). Pure.
+/// the restored copy (never left on the original's file). With `instant`,
+/// QEMU runs as root without relabelling (it reads the backup directory's
+/// 0600 copies in their 0700 directories, and libvirt must not chown them),
+/// and a `<metadata>` element names the backup directory and point, which
+/// `--settle` reads and removes. Pure.
 pub fn rewrite_domain_xml(
     xml: &str,
     sources: &[(String, PathBuf, String)],
     new_name: Option<&str>,
     nvram: Option<&Path>,
+    instant: Option<&Instant>,
 ) -> Result<String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| {
         Error::Xml(format!(
@@ -605,12 +760,60 @@ pub fn rewrite_domain_xml(
             }
         }
     }
+    if let Some(i) = instant {
+        edits.extend(instant_edits(xml, root, i));
+    }
     edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
     let mut out = xml.to_string();
     for (range, text) in edits {
         out.replace_range(range, &text);
     }
     Ok(out)
+}
+
+/// The edits that make a domain XML run on a backup directory in place:
+/// every DAC `<seclabel>` replaced by one that runs QEMU as root without
+/// relabelling, and fi-backup's `<metadata>` entry added (the domain's
+/// other metadata kept).
+fn instant_edits(
+    xml: &str,
+    root: roxmltree::Node,
+    i: &Instant,
+) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut edits = Vec::new();
+    for l in root
+        .children()
+        .filter(|n| n.has_tag_name("seclabel") && n.attribute("model").map_or(true, |m| m == "dac"))
+    {
+        edits.push((l.range(), String::new()));
+    }
+    let entry = format!(
+        "<fi:instant xmlns:fi='{METADATA_NS}' dir='{}' point='{}'/>",
+        escape(&i.dir.to_string_lossy()),
+        escape(&i.point)
+    );
+    match root.children().find(|n| n.has_tag_name("metadata")) {
+        Some(m) => {
+            let at = start_tag_end(xml, m);
+            if xml[..at].ends_with("/>") {
+                edits.push((m.range(), format!("<metadata>{entry}</metadata>")));
+            } else {
+                edits.push((at..at, entry));
+            }
+        }
+        None => {
+            let at = start_tag_end(xml, root);
+            edits.push((at..at, format!("<metadata>{entry}</metadata>")));
+        }
+    }
+    let end = root.range().end;
+    let close = xml[..end].rfind("</").unwrap_or(end);
+    edits.push((
+        close..close,
+        "<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
+            .to_string(),
+    ));
+    edits
 }
 
 /// The byte offset just past an element's start tag.
@@ -646,6 +849,7 @@ mod tests {
             &[("vda".into(), "/r/it's.qcow2".into(), "qcow2".into())],
             None,
             None,
+            None,
         )
         .unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
@@ -660,9 +864,50 @@ mod tests {
         assert!(out.contains("<target dev='hdc' bus='ide'/>"));
     }
 
+    /// An instant restore's XML runs QEMU as root without relabelling (any
+    /// DAC label of the point's XML replaced, others kept) and names the
+    /// backup directory and point in fi-backup's metadata, next to the
+    /// domain's own.
+    #[test]
+    fn an_instant_restore_reads_the_backup_in_place() {
+        let i = Instant {
+            dir: "/b/it's".into(),
+            point: "20260101-000001".into(),
+        };
+        let xml = "<domain type='qemu'><name>web</name><metadata><app:x xmlns:app='urn:a'/>\
+            </metadata><devices/><seclabel type='dynamic' model='dac'/>\
+            <seclabel type='none' model='selinux'/></domain>";
+        for xml in [xml, XML] {
+            let out = rewrite_domain_xml(xml, &[], Some("now"), None, Some(&i)).unwrap();
+            let doc = roxmltree::Document::parse(&out).unwrap();
+            let root = doc.root_element();
+            let dac: Vec<_> = root
+                .children()
+                .filter(|n| n.has_tag_name("seclabel") && n.attribute("model") == Some("dac"))
+                .collect();
+            assert_eq!(dac.len(), 1, "{out}");
+            assert_eq!(dac[0].attribute("relabel"), Some("no"));
+            assert_eq!(dac[0].children().next().unwrap().text(), Some("+0:+0"));
+            let meta = root
+                .children()
+                .find(|n| n.has_tag_name("metadata"))
+                .unwrap();
+            let ours = meta
+                .children()
+                .find(|n| n.tag_name().namespace() == Some(METADATA_NS))
+                .unwrap();
+            assert_eq!(ours.attribute("dir"), Some("/b/it's"));
+            assert_eq!(ours.attribute("point"), Some("20260101-000001"));
+            if xml != XML {
+                assert!(meta.children().any(|n| n.has_tag_name("x")));
+                assert!(out.contains("model='selinux'"));
+            }
+        }
+    }
+
     #[test]
     fn a_new_name_drops_uuid_and_macs() {
-        let out = rewrite_domain_xml(XML, &[], Some("web-copy"), None).unwrap();
+        let out = rewrite_domain_xml(XML, &[], Some("web-copy"), None, None).unwrap();
         assert!(out.contains("<name>web-copy</name>"));
         assert!(!out.contains("<uuid>") && !out.contains("<mac"));
         roxmltree::Document::parse(&out).unwrap();
@@ -684,16 +929,16 @@ mod tests {
         let template = Some("/usr/share/OVMF/OVMF_VARS_4M.fd".to_string());
         let restored = Path::new("/t/it's_VARS.fd");
         for new_name in [None, Some("copy")] {
-            let out = rewrite_domain_xml(xml, &[], new_name, Some(restored)).unwrap();
+            let out = rewrite_domain_xml(xml, &[], new_name, Some(restored), None).unwrap();
             assert_eq!(
                 nvram_of(&out),
                 (Some("/t/it's_VARS.fd".into()), template.clone())
             );
         }
         // No NVRAM in the point: a new name never keeps the original's path.
-        let out = rewrite_domain_xml(xml, &[], Some("copy"), None).unwrap();
+        let out = rewrite_domain_xml(xml, &[], Some("copy"), None, None).unwrap();
         assert_eq!(nvram_of(&out), (None, template.clone()));
-        let out = rewrite_domain_xml(xml, &[], None, None).unwrap();
+        let out = rewrite_domain_xml(xml, &[], None, None, None).unwrap();
         assert_eq!(nvram_of(&out).0.as_deref(), Some("/orig/u_VARS.fd"));
     }
 
@@ -774,13 +1019,13 @@ mod tests {
             <disk type='file' device='disk'><source file='/v/a'/><target dev='vda'/></disk>\
             </devices></domain>";
         let clusters: HashMap<String, u64> = [("a.bimg-1".to_string(), 65536)].into();
-        // (top format, --flatten, new name, flattened, outputs)
-        type Row<'a> = (&'a str, bool, Option<&'a str>, bool, Vec<&'a str>);
+        // (top format, how, new name, flattened, outputs)
+        type Row<'a> = (&'a str, How, Option<&'a str>, bool, Vec<&'a str>);
         #[rustfmt::skip]
         let table: Vec<Row> = vec![
             (
                 "qcow2",
-                false,
+                How::Copy,
                 None,
                 false,
                 vec![
@@ -795,7 +1040,7 @@ mod tests {
             ),
             (
                 "qcow2",
-                true,
+                How::Flatten,
                 Some("copy"),
                 true,
                 vec![
@@ -809,7 +1054,7 @@ mod tests {
             ),
             (
                 "raw",
-                false,
+                How::Copy,
                 None,
                 true,
                 vec![
@@ -821,23 +1066,50 @@ mod tests {
                     "/t/web.xml",
                 ],
             ),
+            (
+                "qcow2",
+                How::Instant,
+                Some("now"),
+                false,
+                vec![
+                    "/t/vda.qcow2",
+                    "/t/now.swtpm",
+                    "/t/now.swtpm/tpm2",
+                    "/t/now_VARS.fd",
+                    "/t/now.swtpm/tpm2/tpm2-00.permall",
+                    "/t/now.xml",
+                ],
+            ),
         ];
-        for (top, flatten, new_name, flattened, outputs) in table {
+        for (top, how, new_name, flattened, outputs) in table {
             let r = record(top);
-            let p = plan(&dir, &r, t, (xml, &clusters), flatten, new_name).unwrap();
+            let p = plan(&dir, &r, t, (xml, &clusters), how, new_name).unwrap();
             let mut got: Vec<String> = p.outputs.iter().map(|o| o.display().to_string()).collect();
             let mut want: Vec<String> = outputs.iter().map(|o| o.to_string()).collect();
             got.sort();
             want.sort();
-            assert_eq!(got, want, "top {top}, flatten {flatten}, {new_name:?}");
+            assert_eq!(got, want, "top {top}, {how:?}, {new_name:?}");
+            assert_eq!(p.xml.contains("<fi:instant"), how == How::Instant);
             match &p.disks[0].1 {
                 DiskRestore::Flatten { source, dest, .. } => {
                     assert!(flattened);
                     assert_eq!(source, &PathBuf::from("/b/web/images/a.bimg-1"));
                     assert_eq!(dest, &PathBuf::from("/t/vda.qcow2"));
                 }
+                DiskRestore::Instant {
+                    backing,
+                    format,
+                    dest,
+                } => {
+                    assert_eq!(how, How::Instant);
+                    assert_eq!(backing, &PathBuf::from("/b/web/images/a.bimg-1"));
+                    assert_eq!(
+                        (format.as_str(), dest),
+                        ("qcow2", &PathBuf::from("/t/vda.qcow2"))
+                    );
+                }
                 DiskRestore::Chain(jobs) => {
-                    assert!(!flattened);
+                    assert!(!flattened && how == How::Copy);
                     type Shape<'a> = (&'a str, Option<(String, String)>, Option<u64>);
                     let shape: Vec<Shape> = jobs
                         .iter()

@@ -262,6 +262,16 @@ pub fn convert_to_qcow2(source: &Path, format: &str, dest: &Path) -> Result<()> 
     run_job(args, format!("qemu-img convert {}", name_of(source)))
 }
 
+/// Makes `image` (an existing file we own, overwritten) a new empty qcow2
+/// overlay over `backing` (an absolute path) of format `backing_format`,
+/// of its size. qemu-img only reads `backing` (its size and header).
+pub fn create_overlay(image: &Path, backing: &Path, backing_format: &str) -> Result<()> {
+    let mut args = os(&["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"]);
+    args.push(backing.into());
+    args.push(image.into());
+    run(&args).map(|_| ())
+}
+
 /// `qemu-img check` of one qcow2 image (metadata consistency).
 pub fn check(image: &Path) -> Result<()> {
     let mut args = os(&["check", "-f", "qcow2", "-U"]);

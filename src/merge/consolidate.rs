@@ -728,6 +728,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
         &[(target.to_string(), image.path.clone(), image.format.clone())],
         None,
         None,
+        None,
     )?;
     dom.redefine(&new)?;
     if dom.is_active()? {
