@@ -327,7 +327,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__prune)
-            opts="-b -h --backup_dir --backup-dir --domain --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --dry-run --json --help"
+            opts="-b -h --backup_dir --backup-dir --domain --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --dry-run --json --connect --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -370,6 +370,10 @@ _fi__backup() {
                     return 0
                     ;;
                 --keep-yearly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -96,6 +96,7 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l keep-daily
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l keep-weekly -d 'Keep the newest point of each of the N most recent ISO weeks that have one' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l keep-monthly -d 'Keep the newest point of each of the N most recent months that have one' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l keep-yearly -d 'Keep the newest point of each of the N most recent years that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l connect -d 'libvirt connection URI' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l dry-run -d 'Print what would be kept, removed, merged and freed; change nothing'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l json -d 'Print the report as one JSON document on stdout'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -s h -l help -d 'Print help'

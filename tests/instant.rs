@@ -26,7 +26,8 @@ fn fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, String, u32, u32)> {
 /// the second's, writes go into its own overlays, the backup directory is
 /// unchanged (content, owner, mode) and verifies; settled while running,
 /// it keeps running with the backup directory moved away, and after a
-/// restart (QEMU no longer root) reads everything.
+/// restart (QEMU no longer root) reads everything. While it reads the
+/// point, retention keeps it; once settled, prune drops it.
 #[test]
 fn a_point_boots_in_place_and_settles_live() {
     let mut s = Scenario::new("instant");
@@ -95,6 +96,42 @@ fn a_point_boots_in_place_and_settles_live() {
     assert_eq!(fingerprint(&backup), before, "the backup directory changed");
     s.fi_ok(&["verify", "--backup-dir", b]);
 
+    // While it runs on the first point, retention keeps that point and its
+    // files, and list says who reads it.
+    let point_files = |ts: &str| -> Vec<(String, String)> {
+        let recs = records(&backup, &dom);
+        let r = recs
+            .iter()
+            .find(|r| r["restore_point"] == ts)
+            .expect("the point");
+        r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let n = f["name"].as_str().unwrap().to_string();
+                let h = blake3_file(&backup.join(&dom).join("images").join(&n));
+                (n, h)
+            })
+            .collect()
+    };
+    let held = point_files(&first);
+    let log = s.fi_ok(&["-b", b, "--keep-last", "1", &dom]);
+    assert!(log.contains(&format!("read in place by '{new}'")), "{log}");
+    let kept: Vec<String> = records(&backup, &dom)
+        .iter()
+        .map(|r| r["restore_point"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0], first);
+    assert_eq!(point_files(&first), held, "a file the domain reads changed");
+    let out = s.fi(&["list", "--backup-dir", b]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let line = listed.lines().find(|l| l.contains(&first)).expect("listed");
+    assert!(line.ends_with(&format!("in use by: '{new}'")), "{listed}");
+    assert_guest(&new, 0, &[(0x11, 0)]);
+    let before = fingerprint(&backup);
+
     s.fi_ok(&["restore", "--settle", &new]);
     assert_eq!(virsh(&["domstate", &new]).trim(), "running");
     for t in ["vda", "vdb"] {
@@ -126,12 +163,18 @@ fn a_point_boots_in_place_and_settles_live() {
     assert_guest(&new, 1, &[(0x12, 0), (0x34, 2)]);
     std::fs::rename(&away, &backup).unwrap();
     assert_eq!(fingerprint(&backup), before);
+    // Settled, the point is nobody's any more: retention drops it.
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    assert_eq!(records(&backup, &dom).len(), 1);
+    assert_ne!(records(&backup, &dom)[0]["restore_point"], first.as_str());
     report(&format!(
         "INSTANT | qcow2 + raw disk: restore --instant --start of the first of 2 points running in \
          {} ms (this run's figure, not asserted); reads that point's 2 patterns and not the \
          second's; 33 MiB written by the guest; backup directory (content, owner, mode) unchanged \
-         and verify clean; settled live: 1 file per disk, runs with the backup directory moved \
-         away and after a restart, reading its 35 patterns",
+         and verify clean; -b --keep-last 1 meanwhile keeps that point (its files hashed \
+         unchanged) and list names its reader; settled live: 1 file per disk, runs with the \
+         backup directory moved away and after a restart, reading its 35 patterns; then prune \
+         drops the point",
         took.as_millis()
     ));
 }

@@ -1,7 +1,8 @@
 //! The configuration matrix: domain shapes real hosts have, times the
 //! operations admins run, each cell checking the same invariants:
 //! - the exit status is the expected one (0, or 1 where a commit into a
-//!   base another domain uses must be refused);
+//!   base another domain uses must be refused: `--commit-through` on a
+//!   linked clone; a plain commit writes into the clone's own overlay);
 //! - the guest still runs, and every disk reads every pattern written so far
 //!   on the live domain;
 //! - the newest restore point's copies read the same patterns, and `verify`
@@ -24,8 +25,9 @@ struct Shape {
     label: &'static str,
     dom: String,
     disks: usize,
-    /// A commit must be refused (linked clone).
-    shared_base: bool,
+    /// The other domain on the same base (linked clone): a commit through
+    /// the clone's own overlay into the base must be refused, naming it.
+    sibling: Option<String>,
     /// Files that are not ours: must stay; the bool says "byte-identical".
     others: Vec<(PathBuf, bool)>,
 }
@@ -48,7 +50,7 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
         label,
         dom,
         disks,
-        shared_base: false,
+        sibling: None,
         others,
     };
     match which {
@@ -80,11 +82,11 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
             create_overlay(&dir.join("c2.qcow2"), "base.qcow2", "qcow2");
             let dom = s.start(&format!("{which}-a"), which, &[q("c1.qcow2", "vda")]);
             let short = format!("{which}-b");
-            if which == "clone-running" {
-                s.start(&short, which, &[q("c2.qcow2", "vda")]);
+            let sibling = if which == "clone-running" {
+                s.start(&short, which, &[q("c2.qcow2", "vda")])
             } else {
-                s.define(&short, which, &[q("c2.qcow2", "vda")]);
-            }
+                s.define(&short, which, &[q("c2.qcow2", "vda")])
+            };
             Shape {
                 label: if which == "clone-running" {
                     "linked clone, sibling running"
@@ -93,7 +95,7 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
                 },
                 dom,
                 disks: 1,
-                shared_base: true,
+                sibling: Some(sibling),
                 others: vec![(dir.join("base.qcow2"), true), (dir.join("c2.qcow2"), true)],
             }
         }
@@ -193,9 +195,13 @@ fn cell(
         sh.label
     );
     if refused {
+        let sibling = sh
+            .sibling
+            .as_deref()
+            .expect("refusals are of linked clones");
+        assert!(err.contains(&format!("(used by '{sibling}')")), "{err}");
         assert!(err.contains("Use -m blockpull"), "{err}");
     }
-    assert!(!err.contains("no longer used"), "{err}");
     let after = sh.hashes();
     assert_eq!(
         before, after,
@@ -254,6 +260,7 @@ fn configuration_matrix() {
     let ops = [
         "-b",
         "-C blockcommit",
+        "-C blockcommit --commit-through",
         "-C blockpull",
         "-c blockcommit",
         "-c blockpull",
@@ -286,9 +293,9 @@ fn configuration_matrix() {
             &["-b", &b, &d],
             false,
         ));
-        // The pull makes the clone's top standalone: from then on its chain
-        // shares nothing and a commit is its own business.
-        let mut commit = sh.shared_base;
+        // A commit writes into the topmost file fi-backup did not make: a
+        // clone's own overlay, never the base it shares; through it
+        // (--commit-through) it would reach the base, and is refused.
         row.push(cell(
             &s,
             &sh,
@@ -296,7 +303,16 @@ fn configuration_matrix() {
             &mut written,
             2,
             &["-C", "-m", "blockcommit", "-b", &b, &d],
-            commit,
+            false,
+        ));
+        row.push(cell(
+            &s,
+            &sh,
+            &backup,
+            &mut written,
+            6,
+            &["-C", "-m", "blockcommit", "--commit-through", "-b", &b, &d],
+            sh.sibling.is_some(),
         ));
         row.push(cell(
             &s,
@@ -307,7 +323,6 @@ fn configuration_matrix() {
             &["-C", "-m", "blockpull", "-b", &b, &d],
             false,
         ));
-        commit = false;
         for (round, method) in [(4, "blockcommit"), (5, "blockpull")] {
             s.fi_ok(&["-b", &b, &d]);
             row.push(cell(
@@ -317,7 +332,7 @@ fn configuration_matrix() {
                 &mut written,
                 round,
                 &["-c", "-m", method, &d],
-                commit && method == "blockcommit",
+                false,
             ));
         }
         // The restores read the newest point: one that holds every round.
@@ -351,9 +366,10 @@ fn configuration_matrix() {
         "MATRIX | legend | ok: the expected exit status; the guest runs and every disk reads every pattern \
          written so far; after a -b, the newest point's copies read them and verify passes over every point; \
          others' files (sibling disk, shared base, a user's overlay) still there, the sibling's byte-identical; \
-         a restored domain runs and reads every pattern. refused (shared base): exit 1, the refusal names the \
-         sibling and suggests -m blockpull, with the same checks. After -C blockpull a clone shares nothing, so \
-         the later -c blockcommit is its own business and runs.",
+         a restored domain runs and reads every pattern. A linked clone's plain blockcommit writes into its own \
+         overlay, not the shared base. refused (shared base): exit 1, the refusal names the sibling and \
+         suggests -m blockpull, with the same checks. After -C blockpull a clone shares nothing, so the later \
+         -c blockcommit is its own business and runs.",
     );
     report(&format!("MATRIX | shape | {}", ops.join(" | ")));
     for r in &rows {

@@ -220,6 +220,10 @@ pub struct PruneArgs {
     /// Print the report as one JSON document on stdout
     #[arg(long = "json")]
     pub json: bool,
+    /// Where the domains are: files a domain reads in place (an instant
+    /// restore) are never pruned
+    #[command(flatten)]
+    pub libvirt: Connection,
 }
 
 /// Where fi-backup keeps its locks and its own state on the host.

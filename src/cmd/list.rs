@@ -18,6 +18,9 @@ struct Point<'a> {
     state_file: Option<&'a str>,
     left_out: &'a [crate::record::LeftOutRecord],
     firmware: &'a [crate::record::FirmwareRecord],
+    /// Domains that read this point in place (an instant restore): prune
+    /// keeps it while they do.
+    in_use_by: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -32,21 +35,37 @@ pub fn run(args: &ListArgs) -> Result<bool> {
         Some(d) => vec![d.clone()],
         None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
     };
+    // libvirt says which points domains read in place, and which of
+    // fi-backup's overlays no disk uses; a list without it still lists.
+    let lv = crate::libvirt::Libvirt::open(&args.libvirt.connect);
+    let siblings = match &lv {
+        Ok(lv) => Some(crate::siblings::Siblings::gather(lv)?),
+        Err(e) => {
+            log::warn!("Which restore points domains read in place is not known: {e}");
+            None
+        }
+    };
     let mut indexes = Vec::new();
     let mut clean = true;
     for d in &domains {
-        let index = Index::load(&DomainDir::new(&args.scope.backup.backup_dir, d)?)?;
+        let dir = DomainDir::new(&args.scope.backup.backup_dir, d)?;
+        let index = Index::load(&dir)?;
         for (path, why) in &index.rejected {
             log::warn!("Record '{}' is not trusted: {why}", path.display());
             clean = false;
         }
-        indexes.push(index);
+        let in_use = match &siblings {
+            Some(s) => crate::prune::in_use(&dir, s)?,
+            None => crate::prune::InUse::new(),
+        };
+        indexes.push((index, in_use));
     }
-    unused_overlays(args, &indexes);
+    if let Ok(lv) = &lv {
+        unused_overlays(lv, &args.places.state_dir, indexes.iter().map(|(i, _)| i));
+    }
     let points: Vec<Point> = indexes
         .iter()
-        .flat_map(|i| i.records.iter())
-        .map(point)
+        .flat_map(|(i, u)| i.records.iter().map(move |r| point(r, u)))
         .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&points)
@@ -77,8 +96,13 @@ pub fn run(args: &ListArgs) -> Result<bool> {
             } else {
                 format!("\tfirmware: {}", firmware.join(", "))
             };
+            let used = if p.in_use_by.is_empty() {
+                String::new()
+            } else {
+                format!("\tin use by: {}", p.in_use_by.join(", "))
+            };
             println!(
-                "{}\t{}\t{}\t{}\t{}\tmemory state: {}\tuuid: {}{firmware}{left}",
+                "{}\t{}\t{}\t{}\t{}\tmemory state: {}\tuuid: {}{firmware}{left}{used}",
                 p.domain,
                 p.restore_point,
                 match p.mode {
@@ -96,31 +120,24 @@ pub fn run(args: &ListArgs) -> Result<bool> {
 }
 
 /// Says which of fi-backup's overlays of the listed domains no disk uses
-/// any more: only for domains whose ledger this host has (libvirt is asked
-/// only then, once).
-fn unused_overlays(args: &ListArgs, indexes: &[Index]) {
-    let state = &args.places.state_dir;
-    let mut lv = None;
+/// any more: only for domains whose ledger this host has.
+fn unused_overlays<'a>(
+    lv: &crate::libvirt::Libvirt,
+    state: &std::path::Path,
+    indexes: impl Iterator<Item = &'a Index>,
+) {
     for uuid in indexes
-        .iter()
         .filter_map(|i| i.records.last().map(|r| r.uuid.as_str()))
         .filter(|u| crate::ledger::Ledger::path(state, u).is_file())
     {
-        let lv = lv.get_or_insert_with(|| crate::libvirt::Libvirt::open(&args.libvirt.connect));
-        let dom = match lv {
-            Ok(lv) => lv.name_of_uuid(uuid).map(|name| lv.lookup(&name)),
-            Err(e) => {
-                log::warn!("Cannot ask libvirt which overlays are still in use: {e}");
-                return;
-            }
-        };
-        if let Some(Ok(dom)) = dom {
+        if let Some(Ok(dom)) = lv.name_of_uuid(uuid).map(|name| lv.lookup(&name)) {
             crate::facts::warn_unused_overlays(&dom, uuid, state);
         }
     }
 }
 
-fn point(r: &Record) -> Point<'_> {
+fn point<'a>(r: &'a Record, in_use: &crate::prune::InUse) -> Point<'a> {
+    let in_use_by = crate::prune::readers(r, in_use);
     Point {
         domain: &r.domain,
         uuid: &r.uuid,
@@ -139,5 +156,6 @@ fn point(r: &Record) -> Point<'_> {
         state_file: r.state_file.as_deref(),
         left_out: &r.left_out,
         firmware: &r.firmware,
+        in_use_by,
     }
 }

@@ -37,8 +37,10 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
     let pool = std::sync::Arc::new(crate::pool::Pool::new(config.copy_jobs));
     // Linked clones: which files each defined domain uses, read once before
     // any consolidation of this run.
-    let siblings = match config.action {
-        Action::Backup => Siblings::default(),
+    // A prune (--keep-*) needs it too: files a domain reads in place are
+    // never pruned.
+    let siblings = match (config.action, &config.keep) {
+        (Action::Backup, None) => Siblings::default(),
         _ => Siblings::gather(&lv)?,
     };
     let reports = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
@@ -169,6 +171,7 @@ fn process_domain(
                 policy,
                 config.dry_run,
                 planned,
+                siblings,
             )?);
         }
     }

@@ -81,6 +81,55 @@ pub struct PrunePlan {
     /// new copies involve, so that a prune finished by a later run does not
     /// depend on records it has already rewritten.
     pub described: Vec<FileRecord>,
+    /// Files in images/ that a domain reads in place (an instant restore),
+    /// or that an unreadable domain may: never merged, replaced or deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
+}
+
+/// Which files of images/ which domains read now (by name): the facts a
+/// prune must not act against.
+pub type InUse = HashMap<String, Vec<String>>;
+
+/// The domains that read restore point `r` in place, sorted: those reading
+/// one of its disks' tops (an instant restore backs onto it). Files only
+/// further down are shared with other points and protected by themselves.
+pub fn readers(r: &Record, in_use: &InUse) -> Vec<String> {
+    let mut users: Vec<String> = r
+        .disks
+        .iter()
+        .filter_map(|d| in_use.get(&d.chain[0]))
+        .flatten()
+        .cloned()
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+/// The files of `dir`'s images/ that a defined domain's chains use (by
+/// device and inode), or that an unreadable domain may use, with who.
+pub fn in_use(dir: &DomainDir, siblings: &crate::siblings::Siblings) -> Result<InUse> {
+    let images = dir.images();
+    let entries = match std::fs::read_dir(&images) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(InUse::new()),
+        Err(e) => return Err(Error::io("cannot list", &images, e)),
+    };
+    let mut out = InUse::new();
+    for e in entries {
+        let e = e.map_err(|err| Error::io("cannot list", &images, err))?;
+        let Ok(m) = e.metadata() else { continue };
+        let users = siblings.others(
+            "",
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        );
+        if !users.is_empty() {
+            out.insert(e.file_name().to_string_lossy().into_owned(), users);
+        }
+    }
+    Ok(out)
 }
 
 impl PrunePlan {
@@ -120,7 +169,16 @@ fn holds_of(f: &FileRecord) -> Vec<Held> {
 /// copies. Fails, deleting nothing, when any record cannot be trusted (it
 /// may be the only one that references a file) or a point's name is not a
 /// time.
-pub fn plan(index: &Index, policy: &Policy, ts: &str) -> std::result::Result<PrunePlan, String> {
+///
+/// A point that reads a file some domain reads in place (`in_use`) is kept
+/// ("in use by ..."), no merge touches such a file (as the file written,
+/// replaced or merged away), and none is deleted.
+pub fn plan(
+    index: &Index,
+    policy: &Policy,
+    ts: &str,
+    in_use: &InUse,
+) -> std::result::Result<PrunePlan, String> {
     if let Some((path, why)) = index.rejected.first() {
         return Err(format!(
             "record '{}' cannot be trusted ({why}); it may be the only one that references \
@@ -141,14 +199,24 @@ pub fn plan(index: &Index, policy: &Policy, ts: &str) -> std::result::Result<Pru
     let mut out = PrunePlan::default();
     let mut kept: Vec<&Record> = Vec::new();
     for (r, m) in index.records.iter().zip(&marks) {
-        match m {
-            Some(rule) => {
+        let users = readers(r, in_use);
+        match (m, users.is_empty()) {
+            (Some(rule), _) => {
                 out.kept.push((r.restore_point.clone(), rule_name(*rule)));
                 kept.push(r);
             }
-            None => out.dropped.push(r.restore_point.clone()),
+            (None, false) => {
+                out.kept.push((
+                    r.restore_point.clone(),
+                    format!("in use by {}", users.join(", ")),
+                ));
+                kept.push(r);
+            }
+            (None, true) => out.dropped.push(r.restore_point.clone()),
         }
     }
+    out.in_use = in_use.keys().cloned().collect();
+    out.in_use.sort();
     // Files as the kept records describe them (the newest description).
     let mut info: HashMap<&str, &FileRecord> = HashMap::new();
     for r in &kept {
@@ -189,7 +257,14 @@ pub fn plan(index: &Index, policy: &Policy, ts: &str) -> std::result::Result<Pru
                     None => continue,
                 },
             };
-            if run.is_empty() {
+            // What the merge writes, replaces or drops: the top, the run,
+            // and for a fold the file it folds into (a carry only reads it).
+            if run.is_empty()
+                || std::iter::once(top)
+                    .chain(run.iter().map(String::as_str))
+                    .chain(fold.then_some(onto.as_str()))
+                    .any(|n| in_use.contains_key(n))
+            {
                 continue;
             }
             let onto_format = info
@@ -244,7 +319,7 @@ pub fn plan(index: &Index, policy: &Policy, ts: &str) -> std::result::Result<Pru
     let mut delete: Vec<String> = index
         .names
         .keys()
-        .filter(|n| !referenced.contains(*n))
+        .filter(|n| !referenced.contains(*n) && !in_use.contains_key(*n))
         .cloned()
         .collect();
     delete.sort();
@@ -340,6 +415,15 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
         }
         None => crate::record::domains_in(backup)?,
     };
+    // Which files domains read in place (instant restores): asked of
+    // libvirt once; without it that cannot be known, and nothing is pruned.
+    let lv = crate::libvirt::Libvirt::open(&args.libvirt.connect).map_err(|e| {
+        Error::State(format!(
+            "cannot tell whether a domain reads these backups in place (instant restore), so \
+             nothing is pruned: {e}"
+        ))
+    })?;
+    let siblings = crate::siblings::Siblings::gather(&lv)?;
     let mut failed = Vec::new();
     let mut reports = Vec::new();
     for d in &domains {
@@ -354,11 +438,11 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
         let result = crate::logging::in_scope(Some(scope.clone()), || {
             let dir = DomainDir::new(backup, d)?;
             if args.dry_run {
-                prune_domain(&dir, d, &policy, true, None)
+                prune_domain(&dir, d, &policy, true, None, &siblings)
             } else {
                 crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
                     finish_unfinished(&dir, d)?;
-                    prune_domain(&dir, d, &policy, false, None)
+                    prune_domain(&dir, d, &policy, false, None, &siblings)
                 })
             }
         });
@@ -401,21 +485,36 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
 /// Prunes one domain's directory (its directory lock is held, unless
 /// `dry_run`, which only says what would be done).
 /// A dry run after a dry-run backup passes that backup's record as planned
-/// (`pending`), which the prune then counts as the newest point.
+/// (`pending`), which the prune then counts as the newest point. Files a
+/// domain reads in place (`siblings`: every defined domain's chains) are
+/// left alone, with their points.
 pub fn prune_domain(
     dir: &DomainDir,
     domain: &str,
     policy: &Policy,
     dry_run: bool,
     pending: Option<Record>,
+    siblings: &crate::siblings::Siblings,
 ) -> Result<PruneReport> {
     let mut index = Index::load(dir)?;
+    let in_use = in_use(dir, siblings)?;
+    if !in_use.is_empty() {
+        let mut users: Vec<&str> = in_use.values().flatten().map(String::as_str).collect();
+        users.sort();
+        users.dedup();
+        log::warn!(
+            "prune of '{domain}': {} file(s) of its backup are read in place by {}: their points \
+             are kept and nothing they read is merged or deleted",
+            in_use.len(),
+            users.join(", ")
+        );
+    }
     if let Some(r) = pending.filter(|_| dry_run) {
         index.records.push(r);
     }
     let ts = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
-    let plan =
-        plan(&index, policy, &ts).map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
+    let plan = plan(&index, policy, &ts, &in_use)
+        .map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
     let tag = if dry_run { "[dry run] " } else { "" };
     // A dry run says all of it; a real run says the details with -v.
     let say = |line: String| {
@@ -647,6 +746,7 @@ fn check_journal(j: &Journal) -> std::result::Result<(), String> {
         format(&r.onto_format)?;
     }
     p.delete.iter().try_for_each(|n| name(n))?;
+    p.in_use.iter().try_for_each(|n| name(n))?;
     for f in &p.described {
         name(&f.name)?;
         format(&f.format)?;
@@ -781,7 +881,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
         .collect();
     for n in index.names.keys() {
-        if referenced.contains(n.as_str()) {
+        if referenced.contains(n.as_str()) || j.plan.in_use.contains(n) {
             continue;
         }
         remove_if_there(&at(n))?;
@@ -945,7 +1045,7 @@ mod tests {
             (last(5), vec![], vec![], vec![], vec![]),
         ];
         for (policy, dropped, folds, rebases, deleted) in table {
-            let p = plan(&nightly(&[]), &policy, TS).unwrap();
+            let p = plan(&nightly(&[]), &policy, TS, &InUse::new()).unwrap();
             assert_eq!(p.dropped, dropped, "{policy}");
             let f: Vec<(String, Vec<String>)> = p
                 .folds
@@ -978,13 +1078,77 @@ mod tests {
         }
     }
 
+    /// A domain reads point 20261102's chain in place (c1 over B: an
+    /// instant restore): the points whose tops it reads are kept, named by
+    /// who reads them; no merge writes, replaces or drops c1 or B; an orphan
+    /// it reads is not deleted; the rest of the policy still applies.
+    #[test]
+    fn files_read_in_place_keep_their_points_and_are_never_merged_or_deleted() {
+        let users = |names: &[&str]| -> InUse {
+            names
+                .iter()
+                .map(|n| (n.to_string(), vec!["'now'".to_string()]))
+                .collect()
+        };
+        let free = plan(&nightly(&["orphan"]), &last(1), TS, &InUse::new()).unwrap();
+        assert!(free.dropped.contains(&"20261102-020000".to_string()));
+        assert!(free.delete.contains(&"orphan".to_string()));
+        let p = plan(
+            &nightly(&["orphan"]),
+            &last(1),
+            TS,
+            &users(&["c1", "B", "orphan"]),
+        )
+        .unwrap();
+        let kept: Vec<(&str, &str)> = p
+            .kept
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        // The point whose top c1 is read, and the one whose top is B (its
+        // whole chain is read too).
+        assert_eq!(
+            kept,
+            [
+                ("20251101-020000", "in use by 'now'"),
+                ("20261102-020000", "in use by 'now'"),
+                ("20261105-020000", "last")
+            ]
+        );
+        assert_eq!(p.dropped, ["20261103-020000", "20261104-020000"]);
+        for n in ["c1", "B"] {
+            assert!(
+                p.folds
+                    .iter()
+                    .all(|f| f.into != n && !f.run.iter().any(|r| r == n)),
+                "{n}"
+            );
+            assert!(
+                p.rebases
+                    .iter()
+                    .all(|r| r.old != n && !r.carry.iter().any(|c| c == n)),
+                "{n}"
+            );
+        }
+        assert!(!p.delete.contains(&"orphan".to_string()));
+        assert_eq!(p.in_use, ["B", "c1", "orphan"]);
+        // The newest point's chain is still merged above the files in use
+        // (a carry only reads the file it goes onto): c4 takes in c3 and
+        // c2, onto c1.
+        assert_eq!(p.rebases.len(), 1, "{:?}", p.rebases);
+        assert_eq!(
+            (p.rebases[0].old.as_str(), p.rebases[0].onto.as_str()),
+            ("c4", "c1")
+        );
+    }
+
     /// A prune journal is read from the backup directory: one edited to
     /// reach outside images/, to drop the newest point, or with a format
     /// qemu-img should not be given, is refused; the planner's own pass.
     #[test]
     fn crafted_prune_journals_are_refused() {
         for n in 1..=3 {
-            let plan = plan(&nightly(&[]), &last(n), TS).unwrap();
+            let plan = plan(&nightly(&[]), &last(n), TS, &InUse::new()).unwrap();
             let j = Journal {
                 plan,
                 rewritten: false,
@@ -992,7 +1156,7 @@ mod tests {
             check_journal(&j).unwrap();
         }
         let good = Journal {
-            plan: plan(&nightly(&[]), &last(2), TS).unwrap(),
+            plan: plan(&nightly(&[]), &last(2), TS, &InUse::new()).unwrap(),
             rewritten: false,
         };
         assert!(!good.plan.rebases.is_empty() && !good.plan.dropped.is_empty());
@@ -1020,7 +1184,7 @@ mod tests {
     fn kept_chains_are_at_most_the_kept_points_plus_one() {
         for n in 1..=5 {
             let index = nightly(&[]);
-            let p = plan(&index, &last(n), TS).unwrap();
+            let p = plan(&index, &last(n), TS, &InUse::new()).unwrap();
             let kept: Vec<Record> = index
                 .records
                 .iter()
@@ -1046,7 +1210,13 @@ mod tests {
 
     #[test]
     fn orphans_and_temporary_files_go_a_damaged_record_stops_everything() {
-        let p = plan(&nightly(&[".fi-tmp.c5.1.0", "c5"]), &last(5), TS).unwrap();
+        let p = plan(
+            &nightly(&[".fi-tmp.c5.1.0", "c5"]),
+            &last(5),
+            TS,
+            &InUse::new(),
+        )
+        .unwrap();
         assert_eq!(p.delete, [".fi-tmp.c5.1.0", "c5"]);
         assert!(p.dropped.is_empty() && p.folds.is_empty());
         let mut damaged = nightly(&[]);
@@ -1054,7 +1224,7 @@ mod tests {
             "/b/d/points/20261103-020000.json".into(),
             "truncated".into(),
         ));
-        let e = plan(&damaged, &last(1), TS).unwrap_err();
+        let e = plan(&damaged, &last(1), TS, &InUse::new()).unwrap_err();
         assert!(
             e.contains("cannot be trusted") && e.contains("nothing is deleted"),
             "{e}"
@@ -1064,7 +1234,7 @@ mod tests {
     #[test]
     fn merged_copies_say_which_live_files_they_hold() {
         let index = nightly(&[]);
-        let p = plan(&index, &last(1), TS).unwrap();
+        let p = plan(&index, &last(1), TS, &InUse::new()).unwrap();
         let b = p.described.iter().find(|f| f.name == "B").unwrap();
         let run: Vec<&FileRecord> = ["c3", "c2", "c1"]
             .iter()
@@ -1082,7 +1252,7 @@ mod tests {
             yearly: Some(1),
             ..Policy::default()
         };
-        let p = plan(&index, &keep_b, TS).unwrap();
+        let p = plan(&index, &keep_b, TS, &InUse::new()).unwrap();
         let r = &p.rebases[0];
         let old = p.described.iter().find(|f| f.name == "c4").unwrap();
         let carried: Vec<&FileRecord> = r
