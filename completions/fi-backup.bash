@@ -25,11 +25,17 @@ _fi__backup() {
             fi__backup,list)
                 cmd="fi__backup__subcmd__list"
                 ;;
+            fi__backup,mount)
+                cmd="fi__backup__subcmd__mount"
+                ;;
             fi__backup,prune)
                 cmd="fi__backup__subcmd__prune"
                 ;;
             fi__backup,restore)
                 cmd="fi__backup__subcmd__restore"
+                ;;
+            fi__backup,umount)
+                cmd="fi__backup__subcmd__umount"
                 ;;
             fi__backup,verify)
                 cmd="fi__backup__subcmd__verify"
@@ -43,11 +49,17 @@ _fi__backup() {
             fi__backup__subcmd__help,list)
                 cmd="fi__backup__subcmd__help__subcmd__list"
                 ;;
+            fi__backup__subcmd__help,mount)
+                cmd="fi__backup__subcmd__help__subcmd__mount"
+                ;;
             fi__backup__subcmd__help,prune)
                 cmd="fi__backup__subcmd__help__subcmd__prune"
                 ;;
             fi__backup__subcmd__help,restore)
                 cmd="fi__backup__subcmd__help__subcmd__restore"
+                ;;
+            fi__backup__subcmd__help,umount)
+                cmd="fi__backup__subcmd__help__subcmd__umount"
                 ;;
             fi__backup__subcmd__help,verify)
                 cmd="fi__backup__subcmd__help__subcmd__verify"
@@ -59,7 +71,7 @@ _fi__backup() {
 
     case "${cmd}" in
         fi__backup)
-            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --help --version list restore verify prune adopt help"
+            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --help --version list restore mount umount verify prune adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -187,7 +199,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__help)
-            opts="list restore verify prune adopt help"
+            opts="list restore mount umount verify prune adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -242,6 +254,20 @@ _fi__backup() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fi__backup__subcmd__help__subcmd__mount)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fi__backup__subcmd__help__subcmd__prune)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -257,6 +283,20 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fi__backup__subcmd__help__subcmd__umount)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -308,6 +348,52 @@ _fi__backup() {
                     return 0
                     ;;
                 --connect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fi__backup__subcmd__mount)
+            opts="-b -h --backup_dir --backup-dir --domain --at --disk --lock-dir --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --backup-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backup_dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -427,6 +513,28 @@ _fi__backup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --lock-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fi__backup__subcmd__umount)
+            opts="-h --lock-dir --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --lock-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

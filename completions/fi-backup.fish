@@ -59,6 +59,8 @@ complete -c fi-backup -n "__fish_fi_backup_needs_command" -s h -l help -d 'Print
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s V -l version -d 'Print version'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "list" -d 'List the restore points in a backup directory'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "restore" -d 'Restore a restore point into a directory (and define/start it)'
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "mount" -d 'Show a restore point\'s disks and file systems read-only under a directory, to fetch files without restoring a disk'
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "umount" -d 'Undo fi-backup mount (also a killed one)'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "verify" -d 'Check every restore point against its record'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
@@ -83,6 +85,16 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l flatten 
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l instant -d 'Instant recovery: each disk becomes a new overlay in the target over the point\'s copies, which the domain reads in place (never writes): running in seconds whatever the disks\' size. QEMU then runs as root (it reads the backup directory\'s private files); --settle later makes the domain stand alone'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l start -d 'Start the defined domain, from the point\'s memory state when it has one and the restore is in place'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l domain -d 'The domain whose restore point is shown' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l at -d 'The restore point (YYYYMMDD-HHMMSS); the latest when absent' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l disk -d 'Only this disk (vda, ...); every disk of the point when absent' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l lock-dir -d 'Directory of the per-domain lock files' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l state-dir -d 'Directory of fi-backup\'s own state (the ledger of the overlays it created)' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -s h -l help -d 'Print help'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand umount" -l lock-dir -d 'Directory of the per-domain lock files' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand umount" -l state-dir -d 'Directory of fi-backup\'s own state (the ledger of the overlays it created)' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand umount" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l domain -d 'Only this domain' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l at -d 'Only this restore point (needs --domain)' -r
@@ -105,9 +117,11 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l state-dir 
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l connect -d 'libvirt connection URI' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l dry-run -d 'Say what would be adopted, change nothing'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -s h -l help -d 'Print help'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "list" -d 'List the restore points in a backup directory'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "restore" -d 'Restore a restore point into a directory (and define/start it)'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "verify" -d 'Check every restore point against its record'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore verify prune adopt help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "list" -d 'List the restore points in a backup directory'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "restore" -d 'Restore a restore point into a directory (and define/start it)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "mount" -d 'Show a restore point\'s disks and file systems read-only under a directory, to fetch files without restoring a disk'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "umount" -d 'Undo fi-backup mount (also a killed one)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "verify" -d 'Check every restore point against its record'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -27,6 +27,7 @@ pub mod host {
     #[allow(unsafe_code)]
     pub mod ffi;
     pub mod libvirt;
+    pub mod process;
     pub mod qemu_img;
     pub mod siblings;
 }
@@ -67,6 +68,7 @@ pub mod cmd {
     pub mod config;
     pub mod list;
     pub mod logging;
+    pub mod mount;
     pub mod restore;
     pub mod settle;
     pub mod signals;
@@ -82,7 +84,7 @@ pub mod report;
 pub mod units;
 
 pub use backup::{copy, exec, plan};
-pub use cmd::{cli, config, list, logging, restore, settle, signals, sweep, verify};
+pub use cmd::{cli, config, list, logging, mount, restore, settle, signals, sweep, verify};
 pub use host::ffi::libvirt as blockjob;
 pub use host::{chain, domain, facts, ffi, libvirt, qemu_img, siblings};
 pub use merge::{consolidate, journal};

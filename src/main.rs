@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
         Some(Command::Restore(args)) => restore::run(&args),
+        Some(Command::Mount(args)) => fi_backup::mount::mount(&args),
+        Some(Command::Umount(args)) => fi_backup::mount::umount(&args),
         Some(Command::Verify(args)) => verify::run(&args),
         Some(Command::Prune(args)) => prune::run(&args),
         Some(Command::Adopt(args)) => adopt::run(&args),

@@ -277,6 +277,11 @@ pub enum Command {
     List(ListArgs),
     /// Restore a restore point into a directory (and define/start it)
     Restore(RestoreArgs),
+    /// Show a restore point's disks and file systems read-only under a
+    /// directory, to fetch files without restoring a disk
+    Mount(MountArgs),
+    /// Undo fi-backup mount (also a killed one)
+    Umount(UmountArgs),
     /// Check every restore point against its record
     Verify(VerifyArgs),
     /// Remove restore points by a retention policy, merging what kept points still need
@@ -373,6 +378,44 @@ pub struct RestoreArgs {
     pub start: bool,
     #[command(flatten)]
     pub libvirt: Connection,
+    #[command(flatten)]
+    pub places: Places,
+}
+
+/// Arguments of `fi-backup mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The backup directory given to -b
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        short = 'b',
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+    /// The domain whose restore point is shown
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domain: String,
+    /// The restore point (YYYYMMDD-HHMMSS); the latest when absent
+    #[arg(long = "at", value_name = "RESTORE_POINT")]
+    pub at: Option<String>,
+    /// Only this disk (vda, ...); every disk of the point when absent
+    #[arg(long = "disk", value_name = "TARGET")]
+    pub disk: Option<String>,
+    /// An empty directory: MOUNTPOINT/vda.img is the raw disk, MOUNTPOINT/vda/
+    /// (or vda/p1, p2, ...) its file systems, all read-only
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub places: Places,
+}
+
+/// Arguments of `fi-backup umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The directory given to fi-backup mount
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
     #[command(flatten)]
     pub places: Places,
 }

@@ -252,8 +252,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
 
 /// What an instant restore needs before it writes anything: a local
 /// libvirt (the overlays name the backup directory by this host's path),
-/// and every file of the point's disk chains present at its recorded size
-/// (QEMU would otherwise fail, or read a changed file, only later).
+/// and every file of the point present as recorded.
 fn check_instant(dir: &DomainDir, record: &Record, connect: &str) -> Result<()> {
     if let Some((_, rest)) = connect.split_once("://") {
         if !rest.starts_with('/') {
@@ -264,6 +263,13 @@ fn check_instant(dir: &DomainDir, record: &Record, connect: &str) -> Result<()> 
             )));
         }
     }
+    check_present(dir, record)
+}
+
+/// Every file of the point's disk chains present at its recorded size, for
+/// what reads them in place (an instant restore, a mount): they would
+/// otherwise fail, or read a changed file, only later.
+pub fn check_present(dir: &DomainDir, record: &Record) -> Result<()> {
     for d in &record.disks {
         for name in &d.chain {
             let f = record

@@ -42,29 +42,17 @@ pub fn program() -> Result<PathBuf> {
     })
 }
 
-/// Runs qemu-img with `args`; returns its stdout.
+/// Runs qemu-img with `args`; returns its stdout, which must be UTF-8 (a
+/// file name mangled on the way would name another file).
 pub fn run(args: &[OsString]) -> Result<String> {
     let program = program()?;
-    let shown = show_command(&program, args);
-    log::trace!("running {shown}");
-    let output = duct::cmd(&program, args)
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|source| Error::CommandStart {
-            command: shown.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(Error::CommandFailed {
-            command: shown,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    String::from_utf8(output.stdout)
-        .map_err(|_| Error::QemuImg(format!("`{shown}` printed output that is not UTF-8")))
+    let out = crate::host::process::run_bytes(&program, args)?;
+    String::from_utf8(out).map_err(|_| {
+        Error::QemuImg(format!(
+            "`{}` printed output that is not UTF-8",
+            show_command(&program, args)
+        ))
+    })
 }
 
 /// Runs a long qemu-img job (`args[0]` is its subcommand). On a terminal
@@ -135,19 +123,7 @@ fn progress_of(piece: &str) -> Option<u64> {
 }
 
 /// A command line for messages: arguments with spaces or quotes are quoted.
-fn show_command(program: &Path, args: &[OsString]) -> String {
-    let mut s = program.display().to_string();
-    for a in args {
-        let a = a.to_string_lossy();
-        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
-            s.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
-        } else {
-            s.push(' ');
-            s.push_str(&a);
-        }
-    }
-    s
-}
+use crate::host::process::show_command;
 
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
