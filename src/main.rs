@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     signals::install();
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
-        Some(Command::Restore(args)) => restore::run(&args),
+        Some(Command::Restore(args)) => match &args.settle {
+            Some(name) => fi_backup::settle::run(&args, name),
+            None => restore::run(&args),
+        },
         Some(Command::Mount(args)) => fi_backup::mount::mount(&args),
         Some(Command::Umount(args)) => fi_backup::mount::umount(&args),
         Some(Command::Verify(args)) => verify::run(&args),

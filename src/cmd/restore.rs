@@ -77,12 +77,8 @@ pub struct RestorePlan {
     pub outputs: Vec<PathBuf>,
 }
 
-/// Runs `fi-backup restore` (or, with --settle, makes an instantly restored
-/// domain stand alone).
+/// Runs `fi-backup restore` (`--settle` is `settle::run`'s).
 pub fn run(args: &RestoreArgs) -> Result<bool> {
-    if let Some(name) = &args.settle {
-        return crate::settle::run(args, name);
-    }
     let (Some(backup_dir), Some(domain), Some(target)) =
         (&args.backup_dir, &args.domain, &args.target)
     else {
