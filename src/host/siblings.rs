@@ -104,7 +104,7 @@ impl Siblings {
 
     /// The domains other than `uuid` that use (dev, ino) or may use it,
     /// each as a message shows it: `'name'`, or `an unreadable domain
-    /// 'name' (why)`.
+    /// 'name'` (why it is unreadable is said once, when gathered).
     pub fn others(&self, uuid: &str, dev: u64, ino: u64) -> Vec<String> {
         let known = self
             .users
@@ -117,7 +117,7 @@ impl Siblings {
             .unreadable
             .iter()
             .filter(|((u, _), _)| u != uuid)
-            .map(|((_, n), why)| format!("an unreadable domain '{n}' ({why})"));
+            .map(|((_, n), _)| format!("an unreadable domain '{n}'"));
         known.chain(unknown).collect()
     }
 }
@@ -134,10 +134,7 @@ mod tests {
         assert_eq!(s.others("a", 1, 10), vec!["'clone-b'"]);
         assert!(s.others("a", 1, 11).is_empty());
         s.unreadable("c", "clone-c", "the chain of '/x': missing".into());
-        assert_eq!(
-            s.others("a", 1, 11),
-            vec!["an unreadable domain 'clone-c' (the chain of '/x': missing)"]
-        );
+        assert_eq!(s.others("a", 1, 11), vec!["an unreadable domain 'clone-c'"]);
         assert_eq!(s.others("a", 1, 10).len(), 2);
         assert!(
             s.others("c", 1, 11).is_empty(),
