@@ -575,7 +575,14 @@ pub fn plan(
         dir: dir.root.clone(),
         point: record.restore_point.clone(),
     });
-    let xml = rewrite_domain_xml(xml, &sources, new_name, nvram.as_deref(), instant.as_ref())?;
+    let xml = rewrite_domain_xml(
+        xml,
+        &sources,
+        new_name,
+        nvram.as_deref(),
+        instant.as_ref(),
+        Some(target),
+    )?;
     let xml_path = target.join(format!("{name}.xml"));
     // A restore in place keeps the recorded name (new_name is None).
     outputs.push(xml_path.clone());
@@ -668,13 +675,17 @@ pub const METADATA_NS: &str = "urn:fi-backup:instant-restore:1";
 /// QEMU runs as root without relabelling (it reads the backup directory's
 /// 0600 copies in their 0700 directories, and libvirt must not chown them),
 /// and a `<metadata>` element names the backup directory and point, which
-/// `--settle` reads and removes. Pure.
+/// `--settle` reads and removes. Under a new name, a character device that
+/// writes to a file (a serial console's log) writes `NEW.<its file name>`
+/// in `files_dir` instead: the original domain keeps its own, and libvirt
+/// refuses to start a second domain on one log file. Pure.
 pub fn rewrite_domain_xml(
     xml: &str,
     sources: &[(String, PathBuf, String)],
     new_name: Option<&str>,
     nvram: Option<&Path>,
     instant: Option<&Instant>,
+    files_dir: Option<&Path>,
 ) -> Result<String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| {
         Error::Xml(format!(
@@ -761,6 +772,9 @@ pub fn rewrite_domain_xml(
                 edits.push((m.range(), String::new()));
             }
         }
+        if let Some(dir) = files_dir {
+            edits.extend(file_devices(xml, root, name, dir));
+        }
     }
     if let Some(i) = instant {
         edits.extend(instant_edits(xml, root, i));
@@ -771,6 +785,50 @@ pub fn rewrite_domain_xml(
         out.replace_range(range, &text);
     }
     Ok(out)
+}
+
+/// Character devices (serial, console, parallel, channel) of type `file`
+/// pointed at `NAME.<file name>` in `dir`.
+fn file_devices(
+    xml: &str,
+    root: roxmltree::Node,
+    name: &str,
+    dir: &Path,
+) -> Vec<(std::ops::Range<usize>, String)> {
+    let chardev = ["serial", "console", "parallel", "channel"];
+    let mut edits = Vec::new();
+    for dev in root.descendants().filter(|n| {
+        chardev.iter().any(|c| n.has_tag_name(*c)) && n.attribute("type") == Some("file")
+    }) {
+        for src in dev.children().filter(|n| n.has_tag_name("source")) {
+            let Some(old) = src.attribute("path") else {
+                continue;
+            };
+            let file = Path::new(old)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned());
+            let new = dir.join(format!("{name}.{}", file.unwrap_or_else(|| "log".into())));
+            let attrs: String = src
+                .attributes()
+                .map(|a| {
+                    let v = if a.name() == "path" {
+                        new.to_string_lossy().into_owned()
+                    } else {
+                        a.value().to_string()
+                    };
+                    format!(" {}='{}'", a.name(), escape(&v))
+                })
+                .collect();
+            let end = start_tag_end(xml, src);
+            let closing = if xml[..end].ends_with("/>") {
+                "/>"
+            } else {
+                ">"
+            };
+            edits.push((src.range().start..end, format!("<source{attrs}{closing}")));
+        }
+    }
+    edits
 }
 
 /// The edits that make a domain XML run on a backup directory in place:
@@ -852,6 +910,7 @@ mod tests {
             None,
             None,
             None,
+            None,
         )
         .unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
@@ -880,7 +939,7 @@ mod tests {
             </metadata><devices/><seclabel type='dynamic' model='dac'/>\
             <seclabel type='none' model='selinux'/></domain>";
         for xml in [xml, XML] {
-            let out = rewrite_domain_xml(xml, &[], Some("now"), None, Some(&i)).unwrap();
+            let out = rewrite_domain_xml(xml, &[], Some("now"), None, Some(&i), None).unwrap();
             let doc = roxmltree::Document::parse(&out).unwrap();
             let root = doc.root_element();
             let dac: Vec<_> = root
@@ -907,9 +966,27 @@ mod tests {
         }
     }
 
+    /// Under a new name a serial console's log file is the copy's own, in
+    /// the target; in place it stays.
+    #[test]
+    fn a_copys_console_log_is_its_own() {
+        let xml = "<domain><name>g</name><devices><serial type='file'>\
+            <source path='/img/console.log'/><target port='0'/></serial>\
+            <serial type='pty'/></devices></domain>";
+        let out =
+            rewrite_domain_xml(xml, &[], Some("copy"), None, None, Some(Path::new("/t"))).unwrap();
+        assert!(
+            out.contains("<source path='/t/copy.console.log'/>"),
+            "{out}"
+        );
+        roxmltree::Document::parse(&out).unwrap();
+        let same = rewrite_domain_xml(xml, &[], None, None, None, Some(Path::new("/t"))).unwrap();
+        assert!(same.contains("/img/console.log"), "{same}");
+    }
+
     #[test]
     fn a_new_name_drops_uuid_and_macs() {
-        let out = rewrite_domain_xml(XML, &[], Some("web-copy"), None, None).unwrap();
+        let out = rewrite_domain_xml(XML, &[], Some("web-copy"), None, None, None).unwrap();
         assert!(out.contains("<name>web-copy</name>"));
         assert!(!out.contains("<uuid>") && !out.contains("<mac"));
         roxmltree::Document::parse(&out).unwrap();
@@ -931,16 +1008,16 @@ mod tests {
         let template = Some("/usr/share/OVMF/OVMF_VARS_4M.fd".to_string());
         let restored = Path::new("/t/it's_VARS.fd");
         for new_name in [None, Some("copy")] {
-            let out = rewrite_domain_xml(xml, &[], new_name, Some(restored), None).unwrap();
+            let out = rewrite_domain_xml(xml, &[], new_name, Some(restored), None, None).unwrap();
             assert_eq!(
                 nvram_of(&out),
                 (Some("/t/it's_VARS.fd".into()), template.clone())
             );
         }
         // No NVRAM in the point: a new name never keeps the original's path.
-        let out = rewrite_domain_xml(xml, &[], Some("copy"), None, None).unwrap();
+        let out = rewrite_domain_xml(xml, &[], Some("copy"), None, None, None).unwrap();
         assert_eq!(nvram_of(&out), (None, template.clone()));
-        let out = rewrite_domain_xml(xml, &[], None, None, None).unwrap();
+        let out = rewrite_domain_xml(xml, &[], None, None, None, None).unwrap();
         assert_eq!(nvram_of(&out).0.as_deref(), Some("/orig/u_VARS.fd"));
     }
 

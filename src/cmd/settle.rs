@@ -173,7 +173,7 @@ mod tests {
         ] {
             assert_eq!(marker(xml).unwrap(), None);
             let marked =
-                crate::restore::rewrite_domain_xml(xml, &[], None, None, Some(&i)).unwrap();
+                crate::restore::rewrite_domain_xml(xml, &[], None, None, Some(&i), None).unwrap();
             assert_eq!(
                 marker(&marked).unwrap(),
                 Some(Marker {

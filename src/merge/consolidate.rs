@@ -729,6 +729,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
         None,
         None,
         None,
+        None,
     )?;
     dom.redefine(&new)?;
     if dom.is_active()? {
