@@ -132,6 +132,11 @@ fn a_point_boots_in_place_and_settles_live() {
     assert_guest(&new, 0, &[(0x11, 0)]);
     let before = fingerprint(&backup);
 
+    // A settle killed right after its first job started: the guest stays
+    // on a valid chain, and the next settle finishes.
+    killed_run(&s, "kill-mid-blockcommit", &["restore", "--settle", &new]);
+    assert_eq!(virsh(&["domstate", &new]).trim(), "running");
+    assert_guest(&new, 0, &[(0x11, 0), (0x33, 2)]);
     s.fi_ok(&["restore", "--settle", &new]);
     assert_eq!(virsh(&["domstate", &new]).trim(), "running");
     for t in ["vda", "vdb"] {
@@ -172,11 +177,66 @@ fn a_point_boots_in_place_and_settles_live() {
          {} ms (this run's figure, not asserted); reads that point's 2 patterns and not the \
          second's; 33 MiB written by the guest; backup directory (content, owner, mode) unchanged \
          and verify clean; -b --keep-last 1 meanwhile keeps that point (its files hashed \
-         unchanged) and list names its reader; settled live: 1 file per disk, runs with the \
+         unchanged) and list names its reader; a settle killed after its first job started, \
+         the guest still reading, then settled live: 1 file per disk, runs with the \
          backup directory moved away and after a restart, reading its 35 patterns; then prune \
          drops the point",
         took.as_millis()
     ));
+}
+
+/// A UEFI domain: its NVRAM comes back in the target, the point boots in
+/// place under a new name (firmware running on the restored variable store,
+/// never the original's), reads its data, and settles.
+#[test]
+fn a_uefi_point_boots_in_place() {
+    let mut s = Scenario::new("instant-uefi");
+    s.uefi = true;
+    let dom = s.start("src", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    s.uefi = false;
+    guest_write(&dom, 0, 0x51, 0);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    s.fi_ok(&["-b", b, &dom]);
+    let vars = s.root.join("img/src_VARS.fd");
+    let vars_hash = blake3_file(&vars);
+    let before = fingerprint(&backup);
+    let target = s.root.join("now");
+    let new = s.dom_name("now");
+    s.adopt(&new);
+    s.fi_ok(&[
+        "restore",
+        "--instant",
+        "-b",
+        b,
+        "--domain",
+        &dom,
+        "--target",
+        target.to_str().unwrap(),
+        "--define",
+        &new,
+        "--start",
+    ]);
+    assert_eq!(virsh(&["domstate", &new]).trim(), "running");
+    let def = virsh(&["dumpxml", &new]);
+    assert!(
+        def.contains(&format!("{}_VARS.fd", target.join(&new).display())),
+        "{def}"
+    );
+    assert_guest(&new, 0, &[(0x51, 0)]);
+    s.fi_ok(&["restore", "--settle", &new]);
+    assert_guest(&new, 0, &[(0x51, 0)]);
+    assert_eq!(chain_names(&target.join("vda.qcow2")).len(), 1);
+    assert_eq!(fingerprint(&backup), before);
+    assert_eq!(
+        blake3_file(&vars),
+        vars_hash,
+        "the original's NVRAM changed"
+    );
+    report(
+        "INSTANT | UEFI: the point boots in place on its restored NVRAM (the original's hashed \
+         unchanged), reads its pattern, settles to 1 file; backup directory unchanged",
+    );
 }
 
 /// Shut off, the same settle works offline (qemu-img); bad input changes
