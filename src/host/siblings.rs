@@ -23,6 +23,9 @@ use std::path::Path;
 pub struct Siblings {
     /// (st_dev, st_ino) -> UUID and name of each domain whose chains use it.
     users: HashMap<(u64, u64), BTreeSet<(String, String)>>,
+    /// The identity each of those files had when it was read: a file
+    /// deleted since can leave its inode to a new file, which no domain uses.
+    ids: HashMap<(u64, u64), SourceId>,
     /// Domains (UUID, name) whose XML or some chain could not be read, with
     /// what could not be read: they may use any file.
     unreadable: BTreeMap<(String, String), String>,
@@ -83,6 +86,7 @@ impl Siblings {
         for f in chain {
             let id = SourceId::read(&f.path).map_err(|e| format!("'{}': {e}", f.path.display()))?;
             self.add(uuid, name, id.dev, id.ino);
+            self.ids.insert((id.dev, id.ino), id);
         }
         Ok(())
     }
@@ -122,6 +126,22 @@ impl Siblings {
     }
 }
 
+impl Siblings {
+    /// As [`Siblings::others`], for a file that must still be the very file
+    /// the domains' chains had (same device, inode, size and mtime): a
+    /// backup copy is never written, so a different identity under a known
+    /// inode is a new file that took a deleted one's inode, used by nobody.
+    /// Unreadable domains count as ever.
+    pub fn others_exact(&self, uuid: &str, id: &SourceId) -> Vec<String> {
+        let same = self.ids.get(&(id.dev, id.ino)) == Some(id);
+        let mut users = self.others(uuid, id.dev, id.ino);
+        if !same {
+            users.retain(|u| u.starts_with("an unreadable domain"));
+        }
+        users
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +159,26 @@ mod tests {
         assert!(
             s.others("c", 1, 11).is_empty(),
             "a domain is not its own sibling"
+        );
+    }
+
+    #[test]
+    fn a_recycled_inode_is_not_the_file_a_domain_reads() {
+        let id = |mtime_ns| SourceId {
+            dev: 1,
+            ino: 10,
+            size: 5,
+            mtime_ns,
+        };
+        let mut s = Siblings::default();
+        s.add("b", "reader", 1, 10);
+        s.ids.insert((1, 10), id(7));
+        assert_eq!(s.others_exact("", &id(7)), vec!["'reader'"]);
+        assert!(s.others_exact("", &id(8)).is_empty());
+        s.unreadable("c", "gone", "x".into());
+        assert_eq!(
+            s.others_exact("", &id(8)),
+            vec!["an unreadable domain 'gone'"]
         );
     }
 }

@@ -120,11 +120,7 @@ pub fn in_use(dir: &DomainDir, siblings: &crate::siblings::Siblings) -> Result<I
     for e in entries {
         let e = e.map_err(|err| Error::io("cannot list", &images, err))?;
         let Ok(m) = e.metadata() else { continue };
-        let users = siblings.others(
-            "",
-            std::os::unix::fs::MetadataExt::dev(&m),
-            std::os::unix::fs::MetadataExt::ino(&m),
-        );
+        let users = siblings.others_exact("", &crate::chain::SourceId::of(&m));
         if !users.is_empty() {
             out.insert(e.file_name().to_string_lossy().into_owned(), users);
         }
@@ -868,7 +864,8 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         j.rewritten = true;
         save_journal(dir, &j)?;
     }
-    // 5. Deletions: only names that no record on disk references now.
+    // 5. Deletions: exactly the plan's, each checked against the records
+    //    on disk now.
     let index = Index::load(dir)?;
     if !index.rejected.is_empty() {
         return Err(Error::State(format!(
@@ -880,15 +877,53 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         .iter()
         .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
         .collect();
-    for n in index.names.keys() {
-        if referenced.contains(n.as_str()) || j.plan.in_use.contains(n) {
-            continue;
-        }
+    let present: HashSet<&str> = index.names.keys().map(String::as_str).collect();
+    let (delete, left) = deletions(&j.plan, &present, &referenced)
+        .map_err(|why| Error::State(format!("prune of '{domain}': {why}; nothing was deleted")))?;
+    for n in &left {
+        log::warn!(
+            "prune of '{domain}': '{n}' is referenced by no record but was not in the plan; left \
+             for the next prune"
+        );
+    }
+    for n in delete {
         remove_if_there(&at(n))?;
         crate::fault::kill_point("kill-mid-prune-deletion");
     }
     crate::fsutil::sync_dir(&images)?;
     remove_if_there(&journal_path(dir))
+}
+
+/// What step 5 deletes: exactly the plan's names still there, after
+/// checking that no record references any of them now (a difference from
+/// the plan refuses all deletion); and the unreferenced names the plan did
+/// not name, which are left. Files in use are never in either. Pure.
+fn deletions<'a>(
+    plan: &'a PrunePlan,
+    present: &HashSet<&'a str>,
+    referenced: &HashSet<&str>,
+) -> std::result::Result<(Vec<&'a str>, Vec<&'a str>), String> {
+    if let Some(n) = plan.delete.iter().find(|n| referenced.contains(n.as_str())) {
+        return Err(format!(
+            "the plan deletes '{n}', which a record references now (the directory changed \
+             under the prune)"
+        ));
+    }
+    let planned: HashSet<&str> = plan.delete.iter().map(String::as_str).collect();
+    let in_use: HashSet<&str> = plan.in_use.iter().map(String::as_str).collect();
+    let delete = plan
+        .delete
+        .iter()
+        .map(String::as_str)
+        .filter(|n| present.contains(n) && !in_use.contains(n))
+        .collect();
+    let mut left: Vec<&str> = present
+        .iter()
+        .copied()
+        .filter(|n| !referenced.contains(n) && !planned.contains(n) && !in_use.contains(n))
+        .collect();
+    left.sort_unstable();
+    Ok((delete, left))
 }
 
 /// The recorded format of a file the plan involves.
@@ -1140,6 +1175,26 @@ mod tests {
             (p.rebases[0].old.as_str(), p.rebases[0].onto.as_str()),
             ("c4", "c1")
         );
+    }
+
+    /// The deletions are the plan's, no more: a name a record references
+    /// now refuses them all; an unreferenced name the plan did not name is
+    /// left (said); one already gone is skipped (a finished journal).
+    #[test]
+    fn prune_deletes_exactly_the_plans_set() {
+        let plan = PrunePlan {
+            delete: vec!["a".into(), "b".into(), "gone".into()],
+            in_use: vec!["u".into()],
+            ..PrunePlan::default()
+        };
+        let present: HashSet<&str> = ["a", "b", "kept", "stray", "u"].into_iter().collect();
+        let referenced: HashSet<&str> = ["kept"].into_iter().collect();
+        let (delete, left) = deletions(&plan, &present, &referenced).unwrap();
+        assert_eq!(delete, ["a", "b"]);
+        assert_eq!(left, ["stray"]);
+        let referenced: HashSet<&str> = ["kept", "b"].into_iter().collect();
+        let why = deletions(&plan, &present, &referenced).unwrap_err();
+        assert!(why.contains("'b'"), "{why}");
     }
 
     /// A prune journal is read from the backup directory: one edited to
