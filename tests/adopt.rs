@@ -6,21 +6,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-
-/// A snapshot as fi-backup.sh takes it: disk-only, atomic, no metadata, the
-/// overlay named by libvirt's rule for the snapshot name `bimg-<ts>`.
-fn script_snapshot(dom: &str, overlay: &Path) {
-    virsh(&[
-        "snapshot-create-as",
-        dom,
-        "--disk-only",
-        "--atomic",
-        "--no-metadata",
-        "--diskspec",
-        &format!("vda,file={}", overlay.display()),
-    ]);
-}
 
 #[test]
 fn the_scripts_overlays_are_adopted_and_then_consolidated() {
@@ -33,11 +18,11 @@ fn the_scripts_overlays_are_adopted_and_then_consolidated() {
         img.join("d.bimg-20130601-030000"),
     );
     guest_write(&dom, 0, 0x41, 0);
-    script_snapshot(&dom, &old);
+    disk_only_snapshot(&dom, &old);
     guest_write(&dom, 0, 0x42, 1);
-    script_snapshot(&dom, &foreign);
+    disk_only_snapshot(&dom, &foreign);
     guest_write(&dom, 0, 0x43, 2);
-    script_snapshot(&dom, &new);
+    disk_only_snapshot(&dom, &new);
     guest_write(&dom, 0, 0x44, 3);
     let ledger = s.root.join("fi-state/overlays");
 

@@ -200,20 +200,6 @@ fn a_directory_that_refuses_an_operation_is_found_before_the_snapshot() {
     );
 }
 
-/// An external snapshot as a user takes one (virsh, disk-only, no
-/// metadata): the disk goes on to a new file `overlay`.
-fn user_snapshot(dom: &str, overlay: &Path) {
-    virsh(&[
-        "snapshot-create-as",
-        dom,
-        "--disk-only",
-        "--atomic",
-        "--no-metadata",
-        "--diskspec",
-        &format!("vda,file={}", overlay.display()),
-    ]);
-}
-
 /// The user's own snapshots (vda.qcow2 <- vda.user1.qcow2 <-
 /// vda.user2.qcow2): nightly -C -b commits into the user's newest file
 /// and never through it, so the base and user1 keep their bytes (hashed)
@@ -231,9 +217,9 @@ fn the_users_own_snapshots_keep_their_points_in_time() {
         img.join("vda.user2.qcow2"),
     );
     guest_write(&dom, 0, 0x10, 0);
-    user_snapshot(&dom, &u1);
+    disk_only_snapshot(&dom, &u1);
     guest_write(&dom, 0, 0x11, 1);
-    user_snapshot(&dom, &u2);
+    disk_only_snapshot(&dom, &u2);
     guest_write(&dom, 0, 0x12, 2);
     let frozen = || (blake3_file(&base), blake3_file(&u1));
     let hashes = frozen();

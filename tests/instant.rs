@@ -7,19 +7,7 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-/// Every file below `dir` with its BLAKE3, owner and mode.
-fn fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, String, u32, u32)> {
-    snapshot_tree(dir)
-        .into_iter()
-        .map(|(p, h)| {
-            let m = std::fs::metadata(&p).unwrap();
-            (p, h, m.uid(), m.mode())
-        })
-        .collect()
-}
 
 /// A qcow2 and a raw disk, two points; the first is restored instantly
 /// under a new name and started: it reads the first point's data and not

@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 /// The agent's answer to `command` (JSON), as JSON.
 fn agent(dom: &str, command: serde_json::Value) -> serde_json::Value {
@@ -85,15 +84,7 @@ fn agent_up(dom: &str) {
 #[test]
 fn a_real_guest_gets_its_file_back_by_mount_and_by_instant_restore() {
     let mut s = Scenario::new("iguest");
-    let dom = s.dom_name("guest");
-    s.adopt(&dom);
-    let gdir = s.dir("guest");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-test-guest");
-    let built = Command::new(script)
-        .args([&dom, gdir.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(built.success(), "scripts/make-test-guest failed");
+    let (dom, _) = make_test_guest(&mut s, "guest");
     let keep = "kept: a file of the first point, 0123456789abcdef\n".repeat(40);
     guest_sh(
         &dom,

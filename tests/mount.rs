@@ -119,18 +119,6 @@ fn attach_partition(file: &Path, n: u32) -> String {
     ok("losetup", &args).trim().to_string()
 }
 
-/// Every file below `dir` with its BLAKE3, owner and mode.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, String, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    snapshot_tree(dir)
-        .into_iter()
-        .map(|(p, h)| {
-            let m = std::fs::metadata(&p).unwrap();
-            (p, h, m.mode())
-        })
-        .collect()
-}
-
 /// Runs fi-backup umount on its mount points when the test ends, also
 /// when it fails: no mount, loop device or daemon outlives a test.
 struct Unmount<'a>(&'a Scenario, Vec<PathBuf>);

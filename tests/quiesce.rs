@@ -7,20 +7,11 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 #[test]
 fn quiesced_backup_of_a_writing_guest_is_clean() {
     let mut s = Scenario::new("quiesce");
-    let dom = s.dom_name("guest");
-    s.adopt(&dom);
-    let gdir = s.dir("guest");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-test-guest");
-    let built = Command::new(script)
-        .args([&dom, gdir.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(built.success(), "scripts/make-test-guest failed");
+    let (dom, gdir) = make_test_guest(&mut s, "guest");
     // Let the guest write for a while.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let backup = s.dir("backup");

@@ -385,14 +385,8 @@ pub struct RestoreArgs {
 /// Arguments of `fi-backup mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// The backup directory given to -b
-    #[arg(
-        long = "backup-dir",
-        visible_alias = "backup_dir",
-        short = 'b',
-        value_name = "DIR"
-    )]
-    pub backup_dir: PathBuf,
+    #[command(flatten)]
+    pub backup: BackupDir,
     /// The domain whose restore point is shown
     #[arg(long = "domain", value_name = "NAME")]
     pub domain: String,

@@ -150,8 +150,8 @@ pub fn mount(args: &MountArgs) -> Result<bool> {
         );
         teardown(state_dir, old)?;
     }
-    let backup_dir = std::path::absolute(&args.backup_dir)
-        .map_err(|e| Error::io("cannot resolve", &args.backup_dir, e))?;
+    let backup_dir = std::path::absolute(&args.backup.backup_dir)
+        .map_err(|e| Error::io("cannot resolve", &args.backup.backup_dir, e))?;
     let dir = DomainDir::new(&backup_dir, &args.domain)?;
     let index = Index::load(&dir)?;
     let record = crate::record::pick(&index, &args.domain, args.at.as_deref())?;

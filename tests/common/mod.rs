@@ -879,3 +879,46 @@ pub fn killed_run(s: &Scenario, point: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An external disk-only snapshot of `vda` as fi-backup.sh or a user takes
+/// one with virsh (atomic, no metadata): the disk goes on to `overlay`.
+pub fn disk_only_snapshot(dom: &str, overlay: &Path) {
+    virsh(&[
+        "snapshot-create-as",
+        dom,
+        "--disk-only",
+        "--atomic",
+        "--no-metadata",
+        "--diskspec",
+        &format!("vda,file={}", overlay.display()),
+    ]);
+}
+
+/// A real guest (scripts/make-test-guest: a tiny Linux with qemu-guest-agent
+/// and an ext4 data disk it writes to), named after `short`, running with its
+/// agent answering; its name and directory. The scenario cleans it up.
+pub fn make_test_guest(s: &mut Scenario, short: &str) -> (String, PathBuf) {
+    let dom = s.dom_name(short);
+    s.adopt(&dom);
+    let dir = s.dir(short);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-test-guest");
+    let built = Command::new(script)
+        .args([&dom, dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(built.success(), "scripts/make-test-guest failed");
+    (dom, dir)
+}
+
+/// Every file below `dir` with its BLAKE3, owner and mode: what "the backup
+/// directory was not written" is checked against.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, String, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    snapshot_tree(dir)
+        .into_iter()
+        .map(|(p, h)| {
+            let m = std::fs::metadata(&p).unwrap();
+            (p, h, m.uid(), m.mode())
+        })
+        .collect()
+}
