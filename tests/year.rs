@@ -1,0 +1,315 @@
+//! A year unattended, shortened: YEAR_NIGHTS nights (40 in the suite;
+//! bench/year runs 365 in a release build) of the recommended line, `-C -b
+//! DIR --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --metrics FILE`, one
+//! a night under faketime, over two domains of one qcow2 and one raw disk
+//! each, one of them a linked clone (its base shared with a shut-off
+//! sibling); the guests write every night (some nights nothing, some
+//! nights much), some nights are plain `-b`, one run is SIGKILLed mid-copy
+//! and libvirtd is restarted once. At the end: the kept points are exactly
+//! what `retention::select` keeps of all points made; each restores its own
+//! night bit-exact; verify is clean; the live chains are at most 2 files;
+//! the directory holds no file that no point reads. Alone in its binary
+//! (it restarts libvirtd).
+
+mod common;
+
+use common::*;
+use fi_backup::retention::{point_time, select, Policy};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KEEP: [&str; 6] = [
+    "--keep-daily",
+    "7",
+    "--keep-weekly",
+    "4",
+    "--keep-monthly",
+    "12",
+];
+
+/// fi-backup under faketime, its clock starting at `when`.
+fn fi_at(s: &Scenario, when: &str, fault: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new("faketime");
+    c.arg("-f")
+        .arg(format!("@{when}"))
+        .arg(env!("CARGO_BIN_EXE_fi-backup"))
+        .args(args)
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env_remove("RUST_LOG");
+    match fault {
+        Some(f) => c.env("FI_BACKUP_TEST_FAULT", f),
+        None => c.env_remove("FI_BACKUP_TEST_FAULT"),
+    };
+    c.output()
+        .expect("cannot run faketime (installed by scripts/stack)")
+}
+
+/// BLAKE3 of what the disk `target` of a running domain reads now (its
+/// whole chain, as raw).
+fn live_hash(dom: &str, target: &str) -> String {
+    raw_hash(Path::new(&top_of(dom, target)))
+}
+
+/// BLAKE3 of an image (with its chain) converted to raw.
+fn raw_hash(image: &Path) -> String {
+    let tmp = std::env::temp_dir().join(format!("fi-year-{}.raw", std::process::id()));
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            tmp.to_str().unwrap(),
+        ],
+    );
+    let h = blake3_file(&tmp);
+    std::fs::remove_file(&tmp).unwrap();
+    h
+}
+
+/// Allocated bytes below `dir` (du).
+fn du(dir: &Path) -> u64 {
+    allocated(dir)
+}
+
+/// The restore points of `dom` in `backup`, by name.
+fn point_names(backup: &Path, dom: &str) -> Vec<String> {
+    records(backup, dom)
+        .iter()
+        .map(|r| r["restore_point"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// fi-backup's own peak RSS in KiB, as its debug log (`-d`) says at exit.
+fn peak_rss_kib(stderr: &[u8]) -> u64 {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .find_map(|l| l.split("peak memory of this process: ").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the debug log names the peak memory")
+}
+
+fn restart_libvirtd() {
+    ok("pkill", &["-x", "libvirtd"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ok("libvirtd", &["-d"]);
+    let up = (0..60).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        cmd("virsh", &["-c", URI, "version"]).status.success()
+    });
+    assert!(up, "libvirtd did not come back");
+}
+
+#[test]
+fn a_year_of_nights() {
+    let nights: u32 = std::env::var("YEAR_NIGHTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
+    let mut s = Scenario::new("year");
+    let img = s.dir("img");
+    create_image(&img.join("base.qcow2"), "qcow2", "64M");
+    image_write(&img.join("base.qcow2"), "qcow2", 0x11, 60);
+    create_overlay(&img.join("b.qcow2"), "base.qcow2", "qcow2");
+    create_overlay(&img.join("c.qcow2"), "base.qcow2", "qcow2");
+    let a = s.start(
+        "a",
+        "img",
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::raw("a-data.raw", "vdb"),
+        ],
+    );
+    let b = s.start(
+        "b",
+        "img",
+        &[
+            DiskSpec::qcow2("b.qcow2", "vda"),
+            DiskSpec::raw("b-data.raw", "vdb"),
+        ],
+    );
+    let sibling = s.define("c", "img", &[DiskSpec::qcow2("c.qcow2", "vda")]);
+    let sibling_hash = blake3_file(&img.join("c.qcow2"));
+    let base_hash = blake3_file(&img.join("base.qcow2"));
+    let backup = s.dir("backup");
+    let bk = backup.to_str().unwrap().to_string();
+    let metrics = s.root.join("fi-backup.prom");
+    let both = format!("{a} {b}");
+    let doms = [a.clone(), b.clone()];
+    // (domain, point) -> hash per disk, as the guest's disks read right
+    // after that night's run.
+    let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut made: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seconds = Vec::new();
+    let mut rows = Vec::new();
+    let (mut month_time, mut month_start_size, mut peak) = (0.0f64, 0u64, 0u64);
+    let start = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+    for n in 1..=nights {
+        let day = start + chrono::Days::new(u64::from(n - 1));
+        let when = format!("{day} 01:30:00");
+        let writes = match n % 10 {
+            0 => 0,
+            5 => 12,
+            _ => 2,
+        };
+        for d in &doms {
+            for j in 0..writes {
+                let disk = (j % 2) as usize;
+                let span = if disk == 0 { 56 } else { 30 };
+                let pattern = ((n * 7 + j) % 250 + 2) as u8;
+                guest_write(d, disk, pattern, u64::from((n * 3 + j * 5) % span));
+            }
+        }
+        if n == 2 * nights / 3 {
+            restart_libvirtd();
+        }
+        let plain = n % 15 == 7 && n != nights;
+        let mut args: Vec<&str> = if plain {
+            vec!["-b", &bk]
+        } else {
+            vec!["-C", "-b", &bk]
+        };
+        args.extend(KEEP);
+        let m = metrics.to_str().unwrap().to_string();
+        args.extend(["--metrics", &m, "-d", &both]);
+        // Mid-copy needs data to copy: a night the guests wrote.
+        let killed = n == (nights / 2..).find(|k| k % 10 != 0).unwrap();
+        let started = std::time::Instant::now();
+        let out = fi_at(&s, &when, killed.then_some("kill-mid-copy"), &args);
+        let took = started.elapsed().as_secs_f64();
+        if killed {
+            // faketime runs fi-backup as its child: it says "Caught Killed"
+            // and exits 1 when the child was SIGKILLed.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success()
+                    && err.contains("injected SIGKILL at kill-mid-copy")
+                    && err.contains("Caught Killed"),
+                "night {n}: {:?} {err}",
+                out.status
+            );
+        } else {
+            assert!(
+                out.status.success(),
+                "night {n}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            seconds.push(took);
+            month_time += took;
+            peak = peak.max(peak_rss_kib(&out.stderr));
+        }
+        // What each new point must read: the disks as they are now (the
+        // guests write only between runs).
+        for d in &doms {
+            let seen = made.entry(d.clone()).or_default();
+            for p in point_names(&backup, d) {
+                if !seen.contains(&p) {
+                    seen.push(p.clone());
+                    let hashes = ["vda", "vdb"].iter().map(|t| live_hash(d, t)).collect();
+                    expected.insert((d.clone(), p), hashes);
+                }
+            }
+        }
+        if n % 30 == 0 || n == nights {
+            let size = du(&backup);
+            let runs = if n % 30 == 0 { 30 } else { n % 30 };
+            rows.push(format!(
+                "night {n:>3}: {:.2} s a night (mean of the month's runs), {} added this month, \
+                 directory {}, fi-backup's peak RSS over the runs so far {:.1} MiB",
+                month_time / f64::from(runs),
+                human(size.saturating_sub(month_start_size)),
+                human(size),
+                peak as f64 / 1024.0
+            ));
+            month_time = 0.0;
+            month_start_size = size;
+        }
+    }
+    // Kept: exactly what the policy keeps of every point made.
+    let policy = Policy {
+        daily: Some(7),
+        weekly: Some(4),
+        monthly: Some(12),
+        ..Policy::default()
+    };
+    for d in &doms {
+        let all = &made[d];
+        let times: Vec<_> = all.iter().map(|p| point_time(p).unwrap()).collect();
+        let want: Vec<&String> = all
+            .iter()
+            .zip(select(&times, &policy))
+            .filter_map(|(p, m)| m.map(|_| p))
+            .collect();
+        let kept = point_names(&backup, d);
+        assert_eq!(kept.iter().collect::<Vec<_>>(), want, "{d}");
+    }
+    // Each kept point restores its own night, bit for bit.
+    let mut restored = 0;
+    for d in &doms {
+        for p in point_names(&backup, d) {
+            let t = s.root.join(format!("r-{p}"));
+            s.fi_ok(&restore_args(
+                &bk,
+                d,
+                t.to_str().unwrap(),
+                &["--at", &p, "--flatten"],
+            ));
+            let got: Vec<String> = ["vda", "vdb"]
+                .iter()
+                .map(|x| raw_hash(&t.join(format!("{x}.qcow2"))))
+                .collect();
+            assert_eq!(got, expected[&(d.clone(), p.clone())], "{d} at {p}");
+            std::fs::remove_dir_all(&t).unwrap();
+            restored += 1;
+        }
+    }
+    s.fi_ok(&["verify", "--backup-dir", &bk]);
+    // Live chains: the base and one overlay; the clone's: its own overlay
+    // too, over the shared base, which (and the sibling) never changed.
+    for d in &doms {
+        for t in ["vda", "vdb"] {
+            let chain = chain_names(Path::new(&top_of(d, t)));
+            let limit = if *d == b && t == "vda" { 3 } else { 2 };
+            assert!(chain.len() <= limit, "{d} {t}: {chain:?}");
+        }
+    }
+    assert_eq!(blake3_file(&img.join("base.qcow2")), base_hash);
+    assert_eq!(blake3_file(&img.join("c.qcow2")), sibling_hash);
+    let _ = &sibling;
+    // No file that no point reads.
+    for d in &doms {
+        let referenced: HashSet<String> = records(&backup, d)
+            .iter()
+            .flat_map(|r| r["files"].as_array().unwrap().clone())
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect();
+        let images: PathBuf = backup.join(d).join("images");
+        for n in names_in(&images) {
+            assert!(referenced.contains(&n), "{d}: '{n}' is read by no point");
+        }
+    }
+    let last = *seconds.last().unwrap();
+    report(&format!(
+        "YEAR | {nights} nights over 2 domains (qcow2 + raw each, one a linked clone), {} kept \
+         points restored bit-exact (raw BLAKE3 equal to the disks after their night), kept = \
+         retention::select of the {} points made, verify clean, live chains <= 2 files (the \
+         clone's 3, over its shared base, which and whose sibling are unchanged), no file no \
+         point reads; one run SIGKILLed mid-copy, libvirtd restarted once. Night 2 took {:.2} s, \
+         the last night {:.2} s (not asserted)",
+        restored,
+        made.values().map(Vec::len).sum::<usize>(),
+        seconds.get(1).copied().unwrap_or(0.0),
+        last
+    ));
+    for r in rows {
+        report(&format!("YEAR | {r}"));
+    }
+}
+
+fn human(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
