@@ -462,28 +462,26 @@ pub fn plan(
             .ok_or_else(|| {
                 Error::Internal(format!("the record does not describe '{}'", d.chain[0]))
             })?;
-        if how == How::Instant {
-            outputs.push(dest.clone());
-            disks.push((
-                d.target.clone(),
-                DiskRestore::Instant {
-                    backing: dir.images().join(&top.name),
-                    format: top.format.clone(),
-                    dest,
-                },
-            ));
-            continue;
-        }
-        if how == How::Flatten || top.format != "qcow2" {
-            outputs.push(dest.clone());
-            disks.push((
-                d.target.clone(),
-                DiskRestore::Flatten {
-                    source: dir.images().join(&top.name),
-                    format: top.format.clone(),
-                    dest,
-                },
-            ));
+        // One file in the target from the point's top copy: an overlay over
+        // it (instant), or the whole chain converted (flatten; a raw top
+        // cannot carry a chain copy's backing).
+        let (top_copy, format) = (dir.images().join(&top.name), top.format.clone());
+        let single = match how {
+            How::Instant => Some(DiskRestore::Instant {
+                backing: top_copy,
+                format,
+                dest: dest.clone(),
+            }),
+            How::Copy if top.format == "qcow2" => None,
+            How::Flatten | How::Copy => Some(DiskRestore::Flatten {
+                source: top_copy,
+                format,
+                dest: dest.clone(),
+            }),
+        };
+        if let Some(single) = single {
+            outputs.push(dest);
+            disks.push((d.target.clone(), single));
             continue;
         }
         let names: Vec<String> = d
