@@ -477,7 +477,7 @@ fn probe(tools: &Tools, dev: &str) -> Result<Option<String>> {
     let out = match process::run(&tools.blkid, &os(&["-p", "-o", "export", dev])) {
         Ok(out) => out,
         // blkid exits 2 when it finds nothing.
-        Err(Error::CommandFailed { status, .. }) if status.contains("2") => return Ok(None),
+        Err(Error::CommandFailed { status, .. }) if status.ends_with(": 2") => return Ok(None),
         Err(e) => return Err(e),
     };
     let field = |k: &str| {

@@ -629,12 +629,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
 /// directory; QEMU and qemu-img only ever read it), created under a
 /// temporary name, its whole chain read back, then published.
 fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let hint = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = TempFile::create(dir, &hint)?;
+    let tmp = TempFile::beside(dest)?;
     qemu_img::create_overlay(&tmp.path, backing, format)?;
     crate::chain::read_chain(&tmp.path)?;
     tmp.publish(dest)
@@ -643,12 +638,7 @@ fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
 /// One standalone qcow2 from a chain: qemu-img convert into a temporary
 /// file, then fsync and publish.
 fn flatten(source: &Path, format: &str, dest: &Path) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let hint = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = TempFile::create(dir, &hint)?;
+    let tmp = TempFile::beside(dest)?;
     qemu_img::convert_to_qcow2(source, format, &tmp.path)?;
     tmp.publish(dest)
 }

@@ -45,6 +45,17 @@ impl TempFile {
         })
     }
 
+    /// A temporary file in the directory of `path`, named after it: what
+    /// `path` is written as before it is published.
+    pub fn beside(path: &Path) -> Result<TempFile> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let hint = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        TempFile::create(dir, &hint)
+    }
+
     /// fsyncs the data, then links it to `dir/name` (never replacing a file)
     /// and removes the temporary name; then fsyncs the directory.
     pub fn publish(mut self, final_path: &Path) -> Result<()> {
@@ -176,12 +187,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to a new file `path` (0600, write-once).
 pub fn write_once(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let hint = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = TempFile::create(dir, &hint)?;
+    let mut tmp = TempFile::beside(path)?;
     tmp.file
         .write_all(bytes)
         .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
