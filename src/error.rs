@@ -68,6 +68,9 @@ pub enum Error {
     },
     /// Our own state or record could not be encoded.
     Encode(String),
+    /// A sync destination (a directory or an rclone remote) refused, or
+    /// holds what a sync cannot take as its own.
+    Far(String),
     /// A plan and what it found disagree (a bug, or files changed under
     /// it): nothing further is done.
     Internal(String),
@@ -239,6 +242,7 @@ impl fmt::Display for Error {
             | Error::Copy(m)
             | Error::Job(m)
             | Error::Encode(m)
+            | Error::Far(m)
             | Error::Injected(m) => write!(f, "{m}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
             Error::Interrupted(sig) => write!(

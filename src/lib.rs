@@ -62,6 +62,14 @@ pub mod store {
     pub mod retention;
 }
 
+/// Replication of the backup directory to another disk or an rclone remote.
+pub mod sync {
+    pub mod far;
+    pub mod lock;
+    pub mod plan;
+    pub mod read;
+}
+
 /// The command line and the commands.
 pub mod cmd {
     pub mod cli;
@@ -73,6 +81,7 @@ pub mod cmd {
     pub mod settle;
     pub mod signals;
     pub mod sweep;
+    pub mod sync;
     pub mod verify;
 }
 

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Some(Command::Verify(args)) => verify::run(&args),
         Some(Command::Prune(args)) => prune::run(&args),
         Some(Command::Adopt(args)) => adopt::run(&args),
+        Some(Command::Sync(args)) => fi_backup::cmd::sync::run(&args),
         None => run_sweep(cli.run),
     };
     log::trace!("peak memory of this process: {}", peak_memory());

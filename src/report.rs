@@ -35,6 +35,9 @@ pub struct DomainReport {
     pub prune: Option<PruneReport>,
     /// The consolidation, when one ran (or was refused).
     pub consolidation: Option<MergeReport>,
+    /// The sync to another disk or a remote (`sync`, `--sync-to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncReport>,
     /// Every warning logged during its turn.
     pub warnings: Vec<String>,
 }
@@ -116,6 +119,34 @@ pub struct PruneReport {
     /// About how many bytes this freed.
     pub freed_bytes: u64,
     /// Only said, not done (--dry-run).
+    pub dry_run: bool,
+}
+
+/// A sync's result for one domain.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// The destination.
+    pub dest: String,
+    /// Restore points published there by this run (a dry run: it would).
+    pub points_sent: Vec<String>,
+    /// Files sent (a dry run: it would).
+    pub files_sent: usize,
+    /// Bytes sent: files, XML and records.
+    pub bytes_sent: u64,
+    /// Points the far policy removed there.
+    pub points_dropped: Vec<String>,
+    /// Files deleted there (no far point read them any more).
+    pub files_deleted: usize,
+    /// Home points not sent (untrusted, or the far policy would not keep them).
+    pub not_sent: Vec<String>,
+    /// Why nothing was dropped or deleted there, if so.
+    pub held: Option<String>,
+    /// Restore points the destination holds afterwards.
+    pub far_points: usize,
+    /// When this domain was last synced to this destination with success
+    /// (Unix seconds), this run included.
+    pub last_success: Option<i64>,
+    /// Only said, not done.
     pub dry_run: bool,
 }
 
@@ -314,6 +345,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "Bytes the domain's backup directory takes on disk after the last run.",
     ),
+    (
+        "fi_backup_sync_last_success_timestamp_seconds",
+        "gauge",
+        "When the domain was last synced to its destination with success, Unix time.",
+    ),
+    (
+        "fi_backup_sync_sent_bytes",
+        "gauge",
+        "Bytes the last sync of the domain sent to its destination.",
+    ),
+    (
+        "fi_backup_sync_far_restore_points",
+        "gauge",
+        "Restore points the destination holds after the last sync of the domain.",
+    ),
 ];
 
 /// The Prometheus text file of a run: for each domain of `report`, every
@@ -338,6 +384,17 @@ pub fn metrics(report: &RunReport, finished: i64, dirs: &[(String, DirFacts)]) -
                 "fi_backup_warnings" => Some(d.warnings.len().to_string()),
                 "fi_backup_restore_points" => dir.map(|f| f.points.to_string()),
                 "fi_backup_backup_dir_bytes" => dir.map(|f| f.bytes.to_string()),
+                "fi_backup_sync_last_success_timestamp_seconds" => d
+                    .sync
+                    .as_ref()
+                    .and_then(|s| s.last_success)
+                    .map(|t| t.to_string()),
+                "fi_backup_sync_sent_bytes" => d.sync.as_ref().map(|s| s.bytes_sent.to_string()),
+                "fi_backup_sync_far_restore_points" => d
+                    .sync
+                    .as_ref()
+                    .filter(|_| d.success)
+                    .map(|s| s.far_points.to_string()),
                 _ => None,
             };
             if let Some(v) = value {

@@ -165,6 +165,16 @@ pub struct RunArgs {
     #[command(flatten)]
     pub keep: Keep,
 
+    /// After each domain's backup (and prune), under its locks, sync its
+    /// restore points to DEST: a directory or rclone:NAME:PATH (as
+    /// `fi-backup sync --to`; the destination keeps every point it gets)
+    #[arg(long = "sync-to", value_name = "DEST", requires = "backup_dir")]
+    pub sync_to: Option<String>,
+
+    /// With --sync-to: rclone's bandwidth limit (10M, ...)
+    #[arg(long = "sync-bwlimit", value_name = "RATE", requires = "sync_to")]
+    pub sync_bwlimit: Option<String>,
+
     /// Domains: "dom1 dom2", several arguments, or all
     #[arg(value_name = "DOMAINS")]
     pub domains: Vec<String>,
@@ -286,9 +296,44 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Remove restore points by a retention policy, merging what kept points still need
     Prune(PruneArgs),
+    /// Replicate restore points to another disk or an rclone remote, by
+    /// difference (only what is missing travels; records last)
+    Sync(SyncArgs),
     /// Take fi-backup.sh's overlays (<image>.bimg-<timestamp>) in a domain's chain into
     /// fi-backup's ledger, so that consolidation deletes them
     Adopt(AdoptArgs),
+}
+
+/// Arguments of `fi-backup sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Where to: a directory (another disk, an NFS mount) or
+    /// rclone:NAME:PATH (a remote of your rclone configuration; a crypt
+    /// remote encrypts). An empty one is made a destination; one that is
+    /// not empty must be one already
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: String,
+    /// The destination's own retention (it may keep more than the host);
+    /// without any, the destination keeps every point it receives
+    #[command(flatten)]
+    pub keep: Keep,
+    /// Bandwidth limit of an rclone transfer (rclone's --bwlimit, as
+    /// 10M or "08:00,512k 19:00,off")
+    #[arg(long = "bwlimit", value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// Say what would be sent, dropped and deleted; change nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Print the report as one JSON document on stdout
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Write Prometheus metrics (last successful sync per domain) to FILE
+    #[arg(long = "metrics", value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    #[command(flatten)]
+    pub places: Places,
 }
 
 /// Arguments of `fi-backup adopt`.
@@ -320,7 +365,7 @@ pub struct BackupDir {
 }
 
 /// Arguments of `fi-backup restore`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
     /// The backup directory given to -b
     #[arg(
@@ -432,6 +477,10 @@ pub struct VerifyArgs {
     /// Only this restore point (needs --domain)
     #[arg(long = "at", value_name = "RESTORE_POINT", requires = "domain")]
     pub at: Option<String>,
+    /// On a sync destination: read back only about this share of the files
+    /// (as 10%), chosen at random; every record is still checked
+    #[arg(long = "sample", value_name = "PERCENT")]
+    pub sample: Option<String>,
     /// Print the report as one JSON document on stdout
     #[arg(long = "json")]
     pub json: bool,

@@ -61,6 +61,10 @@ pub struct Config {
     pub commit_through: bool,
     /// --keep-*: prune each domain's directory after its backup.
     pub keep: Option<crate::retention::Policy>,
+    /// --sync-to: sync each domain's points there after its backup (and prune).
+    pub sync_to: Option<String>,
+    /// --sync-bwlimit: rclone's bandwidth limit for it.
+    pub sync_bwlimit: Option<String>,
     /// -q: quiesce through the guest agent.
     pub quiesce: bool,
     /// --quiesce-fallback: go on unquiesced where the agent is missing.
@@ -146,6 +150,11 @@ impl Config {
                 "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
             );
         }
+        if args.sync_to.is_some() && (args.backup_dir.is_none() || action == Action::ConsolidateOnly) {
+            return usage(
+                "--sync-to sends each domain's restore points after its backup: it needs -b (and no -c)",
+            );
+        }
         let metrics = args.metrics.as_deref().map(metrics_file).transpose()?;
         if args.commit_all && action == Action::Backup {
             return usage("--commit-all needs consolidation (-c | -C)");
@@ -167,6 +176,8 @@ impl Config {
             commit_all: args.commit_all,
             commit_through: args.commit_through,
             keep,
+            sync_to: args.sync_to,
+            sync_bwlimit: args.sync_bwlimit,
             quiesce: args.quiesce,
             quiesce_fallback: args.quiesce_fallback,
             live: args.live,
@@ -201,6 +212,8 @@ impl Config {
             commit_all: false,
             commit_through: false,
             keep: None,
+            sync_to: None,
+            sync_bwlimit: None,
             quiesce: false,
             quiesce_fallback: false,
             live: false,

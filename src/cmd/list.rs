@@ -31,6 +31,9 @@ struct Disk<'a> {
 
 /// Prints the restore points; Ok(false) when a record was not trusted.
 pub fn run(args: &ListArgs) -> Result<bool> {
+    if crate::sync::read::is_destination(&args.scope.backup.backup_dir) {
+        return run_far(args);
+    }
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
         None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
@@ -63,6 +66,33 @@ pub fn run(args: &ListArgs) -> Result<bool> {
     if let Ok(lv) = &lv {
         unused_overlays(lv, &args.places.state_dir, indexes.iter().map(|(i, _)| i));
     }
+    print(args, &indexes)?;
+    Ok(clean)
+}
+
+/// `list` of a sync destination: its records, as the destination holds
+/// them (no domain reads a destination in place).
+fn run_far(args: &ListArgs) -> Result<bool> {
+    let far = crate::sync::read::open_to_read(&args.scope.backup.backup_dir)?;
+    let domains = match &args.scope.domain {
+        Some(d) => vec![d.clone()],
+        None => crate::sync::read::domains(&far)?,
+    };
+    let mut clean = true;
+    let mut indexes = Vec::new();
+    for d in &domains {
+        let index = crate::sync::read::index(&far, d)?;
+        for (path, why) in &index.rejected {
+            log::warn!("Record '{}' is not trusted: {why}", path.display());
+            clean = false;
+        }
+        indexes.push((index, crate::store::prune::InUse::new()));
+    }
+    print(args, &indexes)?;
+    Ok(clean)
+}
+
+fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Result<()> {
     let points: Vec<Point> = indexes
         .iter()
         .flat_map(|(i, u)| i.records.iter().map(move |r| point(r, u)))
@@ -116,7 +146,7 @@ pub fn run(args: &ListArgs) -> Result<bool> {
             );
         }
     }
-    Ok(clean)
+    Ok(())
 }
 
 /// Says which of fi-backup's overlays of the listed domains no disk uses

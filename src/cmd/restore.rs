@@ -77,6 +77,66 @@ pub struct RestorePlan {
     pub outputs: Vec<PathBuf>,
 }
 
+/// A restore from a sync destination: the point's files are fetched
+/// (each checked against its BLAKE3 as it arrives) into a private
+/// directory beside the target, laid out as a backup directory; the restore
+/// runs from there as from any backup directory; the fetched files are
+/// removed afterwards, whatever happened. Nothing is written at the
+/// destination.
+fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -> Result<bool> {
+    if args.instant {
+        return Err(Error::Usage(format!(
+            "an instant restore reads the point's copies in place, and '{}' is a sync \
+             destination: restore it (or --flatten) from there, or instantly from the backup \
+             directory itself",
+            backup_dir.display()
+        )));
+    }
+    if let Some(name) = &args.define {
+        check_define_name(name)?;
+    }
+    let target = std::path::absolute(target)
+        .map_err(|e| Error::io("cannot resolve target directory", target, e))?;
+    if target.exists() && !target.is_dir() {
+        return Err(Error::Usage(format!(
+            "target '{}' is not a directory; nothing was written",
+            target.display()
+        )));
+    }
+    let far = crate::sync::read::open_to_read(backup_dir)?;
+    let index = crate::sync::read::index(&far, domain)?;
+    for (path, why) in &index.rejected {
+        log::warn!("Record '{}' is not trusted and was ignored: {why}", path.display());
+    }
+    let record = crate::store::record::pick(&index, domain, args.at.as_deref())?.clone();
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let fetched = parent.join(format!(
+        ".fi-fetch.{}.{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = crate::sync::read::fetch_point(&far, domain, &record, &fetched).and_then(|bytes| {
+        log::info!(
+            "Fetched restore point {} of '{domain}' from '{}': {} file(s), {}",
+            record.restore_point,
+            far.dest,
+            record.files.len(),
+            crate::units::human_bytes(bytes)
+        );
+        run(&RestoreArgs {
+            backup_dir: Some(fetched.clone()),
+            at: Some(record.restore_point.clone()),
+            ..args.clone()
+        })
+    });
+    if fetched.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&fetched) {
+            log::warn!("Cannot remove the fetched files '{}': {e}", fetched.display());
+        }
+    }
+    result
+}
+
 /// Runs `fi-backup restore` (`--settle` is `settle::run`'s).
 pub fn run(args: &RestoreArgs) -> Result<bool> {
     let (Some(backup_dir), Some(domain), Some(target)) =
@@ -86,6 +146,9 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             "restore needs --backup-dir, --domain and --target".into(),
         ));
     };
+    if crate::sync::read::is_destination(backup_dir) {
+        return run_far(args, backup_dir, domain, target);
+    }
     // Absolute: an instant restore's overlays name the copies by this path.
     let backup_dir = std::path::absolute(backup_dir)
         .map_err(|e| Error::io("cannot resolve backup directory", backup_dir, e))?;

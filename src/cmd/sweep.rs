@@ -43,6 +43,16 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
         (Action::Backup, None) => Siblings::default(),
         _ => Siblings::gather(&lv)?,
     };
+    // The sync destination is checked once, before any domain is touched.
+    let far = match (&config.sync_to, &config.backup_dir) {
+        (Some(dest), Some(b)) => Some(crate::sync::read::open_to_write(
+            dest,
+            b,
+            config.sync_bwlimit.clone(),
+            config.dry_run,
+        )?),
+        _ => None,
+    };
     let reports = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
         let started = std::time::Instant::now();
         let mut report = DomainReport {
@@ -66,6 +76,7 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
                 config,
                 &pool,
                 &siblings,
+                far.as_ref(),
                 &mut report,
             )
         });
@@ -117,6 +128,7 @@ fn process_domain(
     config: &Config,
     pool: &std::sync::Arc<crate::pool::Pool>,
     siblings: &Siblings,
+    far: Option<&crate::sync::far::Far>,
     report: &mut DomainReport,
 ) -> Result<()> {
     crate::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
@@ -163,7 +175,28 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let (_dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        let (dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        // The new point leaves the host before the prune: its record is
+        // then the one the backup wrote, whose lower files the destination
+        // already holds, so what the prune merges never has to travel.
+        let synced = match (&dir, far) {
+            (Some(d), Some(far)) => {
+                let opts = crate::cmd::sync::Options {
+                    policy: None,
+                    dry_run: config.dry_run,
+                    state_dir: config.state_dir.clone(),
+                };
+                crate::cmd::sync::sync_domain(far, d, name, &opts, dir_lock.as_ref(), report)
+                    .map_err(|e| {
+                        Error::in_domain(
+                            name,
+                            format!("the backup succeeded; its sync to '{}' failed", far.dest),
+                            e,
+                        )
+                    })
+            }
+            _ => Ok(()),
+        };
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
             report.prune = Some(crate::prune::prune_domain(
                 d,
@@ -174,6 +207,7 @@ fn process_domain(
                 siblings,
             )?);
         }
+        synced?;
     }
     if config.action != Action::Backup {
         consolidate_domain(&dom, config, siblings, report)?;

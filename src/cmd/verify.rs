@@ -6,7 +6,7 @@
 //! breaks; the exit status is non-zero when there is any.
 
 use crate::cli::VerifyArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::qemu_img;
 use crate::record::{DomainDir, FileRecord, Index, Record};
 use crate::report::{Problem, RunReport, VerifyReport};
@@ -15,6 +15,14 @@ use std::path::Path;
 
 /// Runs `fi-backup verify`; Ok(false) when anything is damaged or missing.
 pub fn run(args: &VerifyArgs) -> Result<bool> {
+    if crate::sync::read::is_destination(&args.scope.backup.backup_dir) {
+        return run_far(args);
+    }
+    if args.sample.is_some() {
+        return Err(Error::Usage(
+            "--sample is for a sync destination; a backup directory is read whole".into(),
+        ));
+    }
     let started = chrono::Local::now();
     let mut verified = Vec::new();
     let domains = match &args.scope.domain {
@@ -186,4 +194,151 @@ fn check_chain(images: &Path, chain: &[String]) -> std::result::Result<(), Strin
         return Err(format!("resolves to {got:?}, the record says {want:?}"));
     }
     Ok(())
+}
+
+/// The share of files `--sample` asks for, as a fraction (1.0 without it).
+pub fn sample_share(sample: Option<&str>) -> Result<f64> {
+    let Some(s) = sample else { return Ok(1.0) };
+    let n: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n > 0.0 && *n <= 100.0)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--sample '{s}' is not a share of the files between 0 and 100% (as 10%)"
+            ))
+        })?;
+    Ok(n / 100.0)
+}
+
+/// `verify` of a sync destination: every record is read and checked;
+/// every file each point needs must be there at its recorded size; each
+/// file (or a random `--sample` of them) is read back through BLAKE3 and
+/// must match its record. Nothing is written there.
+fn run_far(args: &VerifyArgs) -> Result<bool> {
+    let started = chrono::Local::now();
+    let share = sample_share(args.sample.as_deref())?;
+    let far = crate::sync::read::open_to_read(&args.scope.backup.backup_dir)?;
+    let domains = match &args.scope.domain {
+        Some(d) => vec![d.clone()],
+        None => crate::sync::read::domains(&far)?,
+    };
+    let salt = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    let chosen = |object: &str| {
+        share >= 1.0 || {
+            let h = blake3::hash(format!("{salt}/{object}").as_bytes());
+            let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+            (x as f64) / (u64::MAX as f64) < share
+        }
+    };
+    let (mut clean, mut points, mut read_back, mut needed) = (true, 0, 0, 0);
+    let mut verified = Vec::new();
+    for d in &domains {
+        let mut found = VerifyReport {
+            domain: d.clone(),
+            ..Default::default()
+        };
+        let facts = crate::sync::read::gather(&far, d)?;
+        let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (rel, why) in &facts.rejected {
+            problems.insert(
+                format!("Record '{}' cannot be trusted: {why}", far.show(&format!("{d}/{rel}"))),
+                Vec::new(),
+            );
+        }
+        let index = Index {
+            records: facts.records.clone(),
+            ..Index::default()
+        };
+        let records: Vec<&Record> = match &args.at {
+            Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
+            None => index.records.iter().collect(),
+        };
+        let mut seen: HashMap<String, Option<String>> = HashMap::new();
+        for r in &records {
+            if !facts.xmls.contains(&r.restore_point) {
+                problems
+                    .entry(format!(
+                        "'{}': missing",
+                        far.show(&format!("{d}/points/{}.xml", r.restore_point))
+                    ))
+                    .or_default()
+                    .push(r.restore_point.clone());
+            }
+            for f in &r.files {
+                let object = crate::sync::plan::object_name(&f.name, &f.blake3);
+                let rel = format!("{d}/images/{object}");
+                let verdict = seen.entry(object.clone()).or_insert_with(|| {
+                    needed += 1;
+                    match facts.objects.get(&object) {
+                        None => Some("missing".to_string()),
+                        Some(&size) if size != f.size => Some(format!(
+                            "is {size} bytes, the record says {} (truncated or replaced)",
+                            f.size
+                        )),
+                        Some(_) if !chosen(&object) => None,
+                        Some(_) => {
+                            read_back += 1;
+                            match far.stream(&rel, None) {
+                                Ok((_, hash)) if hash == f.blake3 => None,
+                                Ok((_, hash)) => Some(format!(
+                                    "its BLAKE3 is {hash}, the record says {} (damaged)",
+                                    f.blake3
+                                )),
+                                Err(e) => Some(format!("cannot be read: {e}")),
+                            }
+                        }
+                    }
+                });
+                if let Some(problem) = verdict {
+                    problems
+                        .entry(format!("'{}' ({}): {problem}", far.show(&rel), f.name))
+                        .or_default()
+                        .push(r.restore_point.clone());
+                }
+            }
+        }
+        points += records.len();
+        for (what, breaks) in problems {
+            if breaks.is_empty() {
+                log::error!("{what}");
+            } else {
+                log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
+            }
+            found.problems.push(Problem { what, breaks });
+            clean = false;
+        }
+        found.points = records.len();
+        found.files = seen.len();
+        verified.push(found);
+    }
+    if clean {
+        log::info!(
+            "Verified {points} restore point(s) at '{}': all {needed} file(s) present at their \
+             recorded sizes; {read_back} read back, every one matching its BLAKE3{}",
+            far.dest,
+            if share < 1.0 {
+                format!(" (a random sample of about {}%)", share * 100.0)
+            } else {
+                String::new()
+            }
+        );
+    } else {
+        log::error!("Verification found problems (see above)");
+    }
+    if args.json {
+        crate::report::print_json(&RunReport {
+            success: clean,
+            failed: verified
+                .iter()
+                .filter(|v| !v.problems.is_empty())
+                .map(|v| v.domain.clone())
+                .collect(),
+            warnings: crate::cmd::logging::warnings(),
+            verified,
+            ..crate::report::timed("verify", started)
+        })?;
+    }
+    Ok(clean)
 }

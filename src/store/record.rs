@@ -357,9 +357,15 @@ fn list_names(dir: &Path) -> Result<HashMap<String, u64>> {
 
 /// Reads and checks one record; the error says why it is not trusted.
 pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let text = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    parse_record(&text, path)
+}
+
+/// Parses and checks a record read from `path` (a file, or an object of a
+/// sync destination with that name); the error says why it is not trusted.
+pub fn parse_record(text: &[u8], path: &Path) -> std::result::Result<Record, String> {
     let record: Record =
-        serde_json::from_str(&text).map_err(|e| format!("it is not a valid record: {e}"))?;
+        serde_json::from_slice(text).map_err(|e| format!("it is not a valid record: {e}"))?;
     check_record(&record, path)?;
     Ok(record)
 }
@@ -483,6 +489,13 @@ fn check_names(r: &Record) -> std::result::Result<(), String> {
         if !names.insert(f.name.as_str()) {
             return Err(format!("file '{}' is described twice", f.name));
         }
+        if f.blake3.len() != 64 || !f.blake3.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "file {}'s BLAKE3 '{}' is not 64 lowercase hex digits",
+                f.name,
+                shown(&f.blake3)
+            ));
+        }
         match (&f.backing, &f.backing_format) {
             (Some(b), Some(bf)) => {
                 image(format!("file {}'s backing file", f.name), b)?;
@@ -534,7 +547,7 @@ mod tests {
             name: name.into(),
             format: "qcow2".into(),
             size: 1,
-            blake3: "00".into(),
+            blake3: "0".repeat(64),
             backing: backing.map(str::to_string),
             backing_format: backing.map(|_| "qcow2".to_string()),
             source: format!("/src/{name}"),
@@ -677,6 +690,16 @@ mod tests {
                 "disk format",
                 |r| r.disks[0].format = "--help".into(),
                 "disk vda's format '--help'",
+            ),
+            (
+                "checksum path",
+                |r| r.files[1].blake3 = "../../x".into(),
+                "file base's BLAKE3 '../../x'",
+            ),
+            (
+                "checksum upper",
+                |r| r.files[1].blake3 = "A".repeat(64),
+                "not 64 lowercase hex",
             ),
             (
                 "file format",

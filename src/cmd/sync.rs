@@ -1,0 +1,357 @@
+//! `fi-backup sync` (and `--sync-to` on backup runs): replicate restore
+//! points to another directory or an rclone remote, by difference.
+//!
+//! Per domain: under the backup directory's lock (shared: backups and
+//! prunes wait, other syncs do not) and the destination's lock, read both
+//! sides, plan (`sync::plan`, pure), then carry it out in this order, each
+//! step said in a dry run instead: remove an interrupted sync's temporary
+//! objects; for each point to send, oldest first, its missing files, its
+//! XML, then its record (the point exists at the destination exactly when
+//! its record does); then the records of points the far policy drops, and
+//! only then the objects no far record reads. Nothing is written at home.
+
+use crate::cmd::cli::SyncArgs;
+use crate::error::{Error, Result};
+use crate::store::record::{DomainDir, Index};
+use crate::report::{DomainReport, RunReport, SyncReport};
+use crate::store::retention::Policy;
+use crate::sync::far::Far;
+use crate::sync::plan::{self, SyncPlan};
+use crate::sync::read;
+use std::path::{Path, PathBuf};
+
+/// What a sync of one domain needs besides the destination.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The far retention policy (None: the destination keeps every point).
+    pub policy: Option<Policy>,
+    /// Say, change nothing.
+    pub dry_run: bool,
+    /// Where the last successful sync of each domain is noted.
+    pub state_dir: PathBuf,
+}
+
+/// Runs `fi-backup sync`; Ok(false) when a domain failed.
+pub fn run(args: &SyncArgs) -> Result<bool> {
+    let started = chrono::Local::now();
+    let backup_dir = &args.scope.backup.backup_dir;
+    if read::is_destination(backup_dir) {
+        return Err(Error::Usage(format!(
+            "'{}' is a sync destination, not a backup directory: sync from the backup \
+             directory given to -b",
+            backup_dir.display()
+        )));
+    }
+    if !backup_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "backup directory '{}' does not exist",
+            backup_dir.display()
+        )));
+    }
+    let policy = args.keep.policy();
+    let opts = Options {
+        policy: policy.is_set().then_some(policy),
+        dry_run: args.dry_run,
+        state_dir: args.places.state_dir.clone(),
+    };
+    let far = read::open_to_write(&args.to, backup_dir, args.bwlimit.clone(), args.dry_run)?;
+    let domains = match &args.scope.domain {
+        Some(d) => vec![d.clone()],
+        None => crate::store::record::domains_in(backup_dir)?,
+    };
+    let mut reports = Vec::new();
+    for d in &domains {
+        let t0 = chrono::Local::now();
+        let mut report = DomainReport {
+            domain: d.clone(),
+            action: "sync",
+            started_at: t0.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            ..Default::default()
+        };
+        let scope = crate::cmd::logging::Scope::default();
+        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
+            DomainDir::new(backup_dir, d)
+                .and_then(|dir| sync_domain(&far, &dir, d, &opts, None, &mut report))
+        });
+        match result {
+            Ok(()) => report.success = true,
+            Err(e) => {
+                let e = Error::in_domain(d, "sync", e);
+                log::error!("{e}");
+                report.error = Some(e.to_string());
+            }
+        }
+        report.warnings = std::mem::take(&mut *scope.lock().expect("no panics holding it"));
+        report.duration_seconds = (chrono::Local::now() - t0).num_milliseconds() as f64 / 1000.0;
+        reports.push(report);
+        if crate::cmd::signals::requested().is_some() {
+            break;
+        }
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.success)
+        .map(|r| r.domain.clone())
+        .collect();
+    let mut report = RunReport {
+        success: failed.is_empty(),
+        dry_run: args.dry_run,
+        failed,
+        domains: reports,
+        ..crate::report::timed("sync", started)
+    };
+    let mut ok = report.success;
+    if let Some(path) = &args.metrics {
+        if !args.dry_run {
+            if let Err(e) = crate::report::publish_metrics(path, &report, None) {
+                log::error!("{e}");
+                ok = false;
+            }
+        }
+    }
+    report.warnings = crate::cmd::logging::warnings();
+    if !report.domains.is_empty() {
+        let (level, line) = crate::report::summary_line(&report);
+        log::log!(level, "{line}");
+    }
+    if args.json {
+        crate::report::print_json(&report)?;
+    }
+    Ok(ok)
+}
+
+/// Syncs one domain's points to `far`. `home_lock` is the backup
+/// directory's lock when the caller (a backup run) holds it; otherwise a
+/// shared lock is taken here.
+pub fn sync_domain(
+    far: &Far,
+    dir: &DomainDir,
+    domain: &str,
+    opts: &Options,
+    home_lock: Option<&crate::state::lock::DomainLock>,
+    report: &mut DomainReport,
+) -> Result<()> {
+    let mut sync = SyncReport {
+        dest: far.dest.to_string(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let result = sync_inner(far, dir, domain, opts, home_lock, &mut sync);
+    sync.last_success = last_success(&opts.state_dir, domain, &far.dest.to_string());
+    if result.is_ok() && !opts.dry_run {
+        let now = chrono::Utc::now().timestamp();
+        match note_success(&opts.state_dir, domain, &far.dest.to_string(), now) {
+            Ok(()) => sync.last_success = Some(now),
+            Err(e) => log::warn!("Cannot note the sync of '{domain}' in the state directory: {e}"),
+        }
+    }
+    report.sync = Some(sync);
+    result
+}
+
+fn sync_inner(
+    far: &Far,
+    dir: &DomainDir,
+    domain: &str,
+    opts: &Options,
+    home_lock: Option<&crate::state::lock::DomainLock>,
+    sync: &mut SyncReport,
+) -> Result<()> {
+    if !dir.points().is_dir() {
+        return Err(Error::Usage(format!(
+            "'{}' holds no restore points of '{domain}'",
+            dir.root.display()
+        )));
+    }
+    let _shared = match home_lock {
+        Some(_) => None,
+        None => crate::state::lock::share_backup_dir(&dir.root, domain)?,
+    };
+    if crate::store::prune::journal_path(dir).exists() {
+        return Err(Error::domain(
+            domain,
+            format!(
+                "a prune of its backup directory is unfinished ('{}'): its files are being \
+                 merged; the next prune or backup of '{domain}' finishes it, sync after that",
+                crate::store::prune::journal_path(dir).display()
+            ),
+        ));
+    }
+    let index = Index::load(dir)?;
+    let home_rejected: Vec<String> = index
+        .rejected
+        .iter()
+        .map(|(p, why)| {
+            log::warn!("Record '{}' is not trusted and is not sent: {why}", p.display());
+            p.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+        })
+        .collect();
+    let what = format!("'{domain}' at '{}'", far.dest);
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(crate::sync::lock::take(far, &read::lock_object(domain), &what)?)
+    };
+    crate::fault::kill_point("kill-sync-after-lock");
+    let facts = read::gather(far, domain)?;
+    for f in &facts.foreign {
+        log::warn!(
+            "'{}' was not written by fi-backup: left alone",
+            far.show(&format!("{domain}/{f}"))
+        );
+    }
+    let p = plan::plan(&index.records, &home_rejected, &facts, opts.policy.as_ref());
+    if let Some(why) = &p.held {
+        log::warn!("{domain}: {why}");
+    }
+    for (point, why) in &p.not_sent {
+        log::info!("{domain}: restore point {point} is not sent: {why}");
+    }
+    sync.held = p.held.clone();
+    sync.not_sent = p.not_sent.iter().map(|(p, _)| p.clone()).collect();
+    carry_out(far, dir, domain, &p, lock.as_ref(), opts.dry_run, sync)?;
+    let kept = facts.records.len() + p.send.len() - p.drop.len();
+    sync.far_points = kept;
+    log::info!(
+        "{}{domain}: {} restore point(s) sent to '{}' ({} file(s), {}), {} dropped there, {} \
+         file(s) deleted there; it holds {kept} point(s)",
+        if opts.dry_run { "[dry run] " } else { "" },
+        p.send.len(),
+        far.dest,
+        sync.files_sent,
+        crate::units::human_bytes(sync.bytes_sent),
+        p.drop.len(),
+        p.delete.len()
+    );
+    Ok(())
+}
+
+/// The executor: each step said (dry run) or done, in the plan's order.
+fn carry_out(
+    far: &Far,
+    dir: &DomainDir,
+    domain: &str,
+    p: &SyncPlan,
+    lock: Option<&crate::sync::lock::FarLock>,
+    dry_run: bool,
+    sync: &mut SyncReport,
+) -> Result<()> {
+    let what = format!("'{domain}' at '{}'", far.dest);
+    let step = |line: String| {
+        if dry_run {
+            log::info!("[dry run] {line}");
+        } else {
+            log::debug!("{line}");
+        }
+        !dry_run
+    };
+    let still_ours = || -> Result<()> {
+        match lock {
+            Some(l) => l.check(&what),
+            None => Ok(()),
+        }
+    };
+    for t in &p.temps {
+        if step(format!("remove an interrupted sync's '{}'", far.show(&format!("{domain}/{t}")))) {
+            far.delete(&format!("{domain}/{t}"))?;
+        }
+    }
+    for s in &p.send {
+        crate::cmd::signals::check()?;
+        for u in &s.uploads {
+            let rel = format!("{domain}/images/{}", u.object);
+            if step(format!(
+                "send '{}' ({}) as '{}'",
+                dir.images().join(&u.name).display(),
+                crate::units::human_bytes(u.size),
+                far.show(&rel)
+            )) {
+                crate::fault::kill_point("kill-sync-before-upload");
+                sync.bytes_sent += far.upload(&dir.images().join(&u.name), &rel, &u.blake3)?;
+                crate::fault::kill_point("kill-sync-after-upload");
+            }
+            sync.files_sent += 1;
+        }
+        for (target, q) in &s.reuses {
+            log::debug!(
+                "{domain} {}: {target} reads the destination's chain of {q} below its new files",
+                s.point
+            );
+        }
+        if s.xml {
+            let xml = dir.points().join(&s.record.domain_xml);
+            let rel = format!("{domain}/points/{}.xml", s.point);
+            if step(format!("send '{}' as '{}'", xml.display(), far.show(&rel))) {
+                let bytes = std::fs::read(&xml).map_err(|e| Error::io("cannot read", &xml, e))?;
+                far.write(&rel, &bytes)?;
+                sync.bytes_sent += bytes.len() as u64;
+            }
+        }
+        let rel = format!("{domain}/points/{}.json", s.point);
+        if step(format!("publish restore point {} as '{}'", s.point, far.show(&rel))) {
+            let json = serde_json::to_vec_pretty(&s.record)
+                .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
+            still_ours()?;
+            crate::fault::kill_point("kill-sync-before-record");
+            far.write(&rel, &json)?;
+            sync.bytes_sent += json.len() as u64;
+        }
+        sync.points_sent.push(s.point.clone());
+    }
+    if !p.drop.is_empty() && !dry_run {
+        still_ours()?;
+    }
+    for point in &p.drop {
+        for ext in ["json", "xml"] {
+            let rel = format!("{domain}/points/{point}.{ext}");
+            if step(format!("remove '{}' (the far policy drops {point})", far.show(&rel))) {
+                far.delete(&rel)?;
+                crate::fault::kill_point("kill-sync-mid-drop");
+            }
+        }
+        sync.points_dropped.push(point.clone());
+    }
+    if !p.delete.is_empty() && !dry_run {
+        still_ours()?;
+    }
+    for o in &p.delete {
+        let rel = format!("{domain}/images/{o}");
+        if step(format!("delete '{}' (no far restore point reads it)", far.show(&rel))) {
+            far.delete(&rel)?;
+        }
+        sync.files_deleted += 1;
+    }
+    if !dry_run {
+        far.sync_dir(&format!("{domain}/images"))
+            .or_else(|_| far.sync_dir(domain))?;
+    }
+    Ok(())
+}
+
+/// `<state>/sync/<domain>.json`: the last successful sync per destination.
+fn state_file(state_dir: &Path, domain: &str) -> PathBuf {
+    state_dir.join("sync").join(format!("{domain}.json"))
+}
+
+/// When `domain` was last synced to `dest` with success (Unix seconds).
+pub fn last_success(state_dir: &Path, domain: &str, dest: &str) -> Option<i64> {
+    let text = std::fs::read(state_file(state_dir, domain)).ok()?;
+    let map: std::collections::BTreeMap<String, i64> = serde_json::from_slice(&text).ok()?;
+    map.get(dest).copied()
+}
+
+fn note_success(state_dir: &Path, domain: &str, dest: &str, when: i64) -> Result<()> {
+    let path = state_file(state_dir, domain);
+    crate::store::fsutil::ensure_private_dir(state_dir)?;
+    crate::store::fsutil::ensure_private_dir(&state_dir.join("sync"))?;
+    let mut map: std::collections::BTreeMap<String, i64> = std::fs::read(&path)
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default();
+    map.insert(dest.to_string(), when);
+    let json = serde_json::to_vec_pretty(&map)
+        .map_err(|e| Error::Encode(format!("cannot encode: {e}")))?;
+    let mut tmp = crate::store::fsutil::TempFile::beside(&path)?;
+    std::io::Write::write_all(&mut tmp.file, &json).map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+    tmp.replace(&path)
+}

@@ -1,0 +1,702 @@
+//! What a sync does to one domain's far copy: a pure function of the home
+//! records, what the destination holds, and the far retention policy.
+//!
+//! The far side is a store of file versions: the home file `name` with
+//! checksum `b` is the object `images/<name>.<first 16 hex digits of b>`
+//! (a name too long for that: the full checksum), written once and never
+//! changed. A home prune changes files under the same name (a fold writes
+//! into a base, a merged copy replaces a top); on the far side such a
+//! version is simply another object, so what a far restore point reads
+//! never changes while it exists.
+//!
+//! A far record is the home record, except where a disk's lower chain is
+//! one the destination already holds: when the home chain of a new point,
+//! from some file F down, is exactly (names and checksums) the home
+//! record's chain of a point Q the destination has, with F Q's top, the far
+//! record takes Q's far chain below the new files instead. Both read as Q's
+//! disk did at Q (a home prune leaves what every kept point reads as it
+//! was, and keeps each top's name), so a home prune's merged copies never
+//! travel: a night sends its new copies only. A far chain grows by a file a
+//! night that way; past `MAX_FAR_CHAIN` files (or the home chain's length,
+//! if longer) the home chain is sent as it is, merged copies included.
+
+use crate::store::record::{FileRecord, Record};
+use crate::store::retention::Policy;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// The longest far chain a translation makes.
+pub const MAX_FAR_CHAIN: usize = 64;
+
+/// The far object that holds the version of `name` whose BLAKE3 is
+/// `blake3` (64 lowercase hex digits, as `record::check_record` requires).
+pub fn object_name(name: &str, blake3: &str) -> String {
+    let short = format!("{name}.{}", &blake3[..16]);
+    if short.len() <= 255 {
+        short
+    } else {
+        blake3.to_string()
+    }
+}
+
+/// Whether `s` has the shape of an object name (what a sync may delete).
+pub fn is_object_name(s: &str) -> bool {
+    let hex = |t: &str| t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if s.len() == 64 && hex(s) {
+        return true;
+    }
+    match s.rsplit_once('.') {
+        Some((name, h)) => !name.is_empty() && !name.starts_with('.') && h.len() == 16 && hex(h),
+        None => false,
+    }
+}
+
+/// What the destination holds for one domain.
+#[derive(Debug, Clone, Default)]
+pub struct FarFacts {
+    /// Its trusted records, oldest first.
+    pub records: Vec<Record>,
+    /// Records that cannot be trusted: (object, why).
+    pub rejected: Vec<(String, String)>,
+    /// Objects in images/ with their sizes.
+    pub objects: HashMap<String, u64>,
+    /// Restore points whose XML is there.
+    pub xmls: HashSet<String>,
+    /// Temporary objects (an interrupted sync's), relative to the domain.
+    pub temps: Vec<String>,
+    /// Objects fi-backup did not write (never touched), relative to the domain.
+    pub foreign: Vec<String>,
+}
+
+/// One file version to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Name in the home images/.
+    pub name: String,
+    /// Object name in the far images/.
+    pub object: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its BLAKE3, checked while it is read.
+    pub blake3: String,
+}
+
+/// One restore point to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    /// The point.
+    pub point: String,
+    /// The far record (the home record, or its translation).
+    pub record: Record,
+    /// Its files not at the destination yet, in upload order.
+    pub uploads: Vec<Upload>,
+    /// Whether its domain XML is to be uploaded.
+    pub xml: bool,
+    /// Disks whose lower chain is the destination's own (`target`, the far point it reads).
+    pub reuses: Vec<(String, String)>,
+}
+
+/// The whole plan for one domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Points to send, oldest first: each one's files, XML, then record.
+    pub send: Vec<Send>,
+    /// Far points the far policy drops (record, then XML).
+    pub drop: Vec<String>,
+    /// Objects no far record reads afterwards.
+    pub delete: Vec<String>,
+    /// An interrupted sync's temporary objects.
+    pub temps: Vec<String>,
+    /// Home points not sent, and why.
+    pub not_sent: Vec<(String, String)>,
+    /// Why nothing is dropped or deleted at the destination, if so.
+    pub held: Option<String>,
+}
+
+/// Plans the sync of one domain. `home` are its trusted home records,
+/// `home_rejected` the points whose home record cannot be trusted.
+pub fn plan(
+    home: &[Record],
+    home_rejected: &[String],
+    far: &FarFacts,
+    policy: Option<&Policy>,
+) -> SyncPlan {
+    let mut out = SyncPlan {
+        temps: far.temps.clone(),
+        ..SyncPlan::default()
+    };
+    let home_by: BTreeMap<&str, &Record> =
+        home.iter().map(|r| (r.restore_point.as_str(), r)).collect();
+    let far_by: BTreeMap<&str, &Record> = far
+        .records
+        .iter()
+        .map(|r| (r.restore_point.as_str(), r))
+        .collect();
+    // A far point whose record cannot be trusted is neither replaced nor
+    // counted: it may be the only reader of objects.
+    let far_bad: BTreeSet<String> = far
+        .rejected
+        .iter()
+        .filter_map(|(obj, _)| point_of(obj))
+        .collect();
+    if !far.rejected.is_empty() {
+        out.held = Some(format!(
+            "the destination holds {} record(s) that cannot be trusted ({}): nothing is \
+             dropped or deleted there until they are removed or repaired",
+            far.rejected.len(),
+            far.rejected
+                .iter()
+                .map(|(o, why)| format!("'{o}': {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    for p in home_rejected {
+        out.not_sent
+            .push((p.clone(), "its home record cannot be trusted".into()));
+    }
+    let all: BTreeSet<&str> = home_by
+        .keys()
+        .chain(far_by.keys())
+        .copied()
+        .filter(|p| !far_bad.contains(*p))
+        .collect();
+    let all: Vec<&str> = all.into_iter().collect();
+    let keep: Vec<bool> = match policy {
+        Some(p) if p.is_set() => {
+            let times: Vec<_> = all
+                .iter()
+                .map(|p| crate::store::retention::point_time(p).unwrap_or_default())
+                .collect();
+            crate::store::retention::select(&times, p)
+                .into_iter()
+                .map(|r| r.is_some())
+                .collect()
+        }
+        _ => vec![true; all.len()],
+    };
+    // Points travel oldest first, so a home point older than the far
+    // side's newest was dropped there (or never taken): not sent again.
+    let far_newest = far_by.keys().next_back().copied();
+    // The far side as it will be: kept far records, then each sent one.
+    let mut held: BTreeMap<String, Record> = BTreeMap::new();
+    let mut present: HashMap<String, u64> = far.objects.clone();
+    for (p, kept) in all.iter().zip(&keep) {
+        match (far_by.get(p), home_by.get(p), kept) {
+            (Some(r), _, true) => {
+                held.insert(p.to_string(), (*r).clone());
+            }
+            (Some(_), _, false) => {
+                if out.held.is_none() {
+                    out.drop.push(p.to_string());
+                }
+            }
+            (None, Some(_), false) => out
+                .not_sent
+                .push((p.to_string(), "the far retention policy does not keep it".into())),
+            (None, Some(_), true) if far_newest.is_some_and(|n| *p < n) => out.not_sent.push((
+                p.to_string(),
+                "it is older than the destination's newest point (the far side dropped it, or \
+                 never took it)"
+                    .into(),
+            )),
+            (None, Some(h), true) => {
+                let (record, reuses) = translate(h, &home_by, &held, &present);
+                let mut uploads = Vec::new();
+                for f in &record.files {
+                    let object = object_name(&f.name, &f.blake3);
+                    if present.get(&object) == Some(&f.size) {
+                        continue;
+                    }
+                    present.insert(object.clone(), f.size);
+                    uploads.push(Upload {
+                        name: f.name.clone(),
+                        object,
+                        size: f.size,
+                        blake3: f.blake3.clone(),
+                    });
+                }
+                out.send.push(Send {
+                    point: p.to_string(),
+                    xml: !far.xmls.contains(*p),
+                    record: record.clone(),
+                    uploads,
+                    reuses,
+                });
+                held.insert(p.to_string(), record);
+            }
+            (None, None, _) => unreachable!("a point from neither side"),
+        }
+    }
+    if out.held.is_none() {
+        let read: HashSet<String> = held
+            .values()
+            .flat_map(|r| r.files.iter())
+            .map(|f| object_name(&f.name, &f.blake3))
+            .collect();
+        let mut delete: Vec<String> = far
+            .objects
+            .keys()
+            .filter(|o| !read.contains(*o) && is_object_name(o))
+            .cloned()
+            .collect();
+        delete.sort();
+        out.delete = delete;
+    }
+    out
+}
+
+/// The restore point an object `points/<ts>.json` stands for.
+fn point_of(object: &str) -> Option<String> {
+    let name = object.rsplit('/').next()?;
+    let ts = name.strip_suffix(".json")?;
+    crate::store::naming::is_timestamp(ts).then(|| ts.to_string())
+}
+
+/// The far record of the home record `h`: for each disk, the longest lower
+/// chain the destination already holds (see the module's doc) replaces the
+/// home files below the new ones. Falls back to `h` itself wherever a
+/// condition fails.
+fn translate(
+    h: &Record,
+    home_by: &BTreeMap<&str, &Record>,
+    far: &BTreeMap<String, Record>,
+    present: &HashMap<String, u64>,
+) -> (Record, Vec<(String, String)>) {
+    let mut out = h.clone();
+    let mut reuses = Vec::new();
+    let files: HashMap<&str, &FileRecord> = h.files.iter().map(|f| (f.name.as_str(), f)).collect();
+    let mut described: HashMap<String, FileRecord> = HashMap::new();
+    for d in &mut out.disks {
+        let chain = d.chain.clone();
+        let mut done = false;
+        'below: for i in 1..chain.len() {
+            let suffix = &chain[i..];
+            // Newest first: the far chain that is shortest to read.
+            for (q, far_q) in far.iter().rev() {
+                let Some(home_q) = home_by.get(q.as_str()) else {
+                    continue;
+                };
+                let Some(hd) = home_q.disks.iter().find(|x| x.target == d.target) else {
+                    continue;
+                };
+                let same = hd.chain.len() == suffix.len()
+                    && hd.chain.iter().zip(suffix).all(|(a, b)| {
+                        a == b
+                            && home_q.files.iter().find(|f| &f.name == a).map(|f| &f.blake3)
+                                == files.get(b.as_str()).map(|f| &f.blake3)
+                    });
+                if !same {
+                    continue;
+                }
+                let Some(fd) = far_q.disks.iter().find(|x| x.target == d.target) else {
+                    continue;
+                };
+                if fd.chain.first() != Some(&chain[i]) {
+                    continue;
+                }
+                let new_chain: Vec<String> =
+                    chain[..i].iter().chain(fd.chain.iter()).cloned().collect();
+                if new_chain.len() > MAX_FAR_CHAIN.max(chain.len()) {
+                    continue;
+                }
+                let unique: HashSet<&String> = new_chain.iter().collect();
+                if unique.len() != new_chain.len() {
+                    continue;
+                }
+                let far_files: Vec<&FileRecord> = fd
+                    .chain
+                    .iter()
+                    .filter_map(|n| far_q.files.iter().find(|f| &f.name == n))
+                    .collect();
+                let complete = far_files.len() == fd.chain.len()
+                    && far_files.iter().all(|f| {
+                        present.get(&object_name(&f.name, &f.blake3)) == Some(&f.size)
+                    })
+                    && far_files[0].format == files[chain[i].as_str()].format;
+                if !complete {
+                    continue;
+                }
+                // The upper files as at home, the lower as at the destination.
+                let mut fits = true;
+                let mut mine: Vec<FileRecord> = chain[..i]
+                    .iter()
+                    .map(|n| (*files[n.as_str()]).clone())
+                    .collect();
+                mine.extend(far_files.into_iter().cloned());
+                for f in &mine {
+                    match described.get(&f.name) {
+                        Some(g) if g != f => fits = false,
+                        _ => {}
+                    }
+                }
+                if !fits {
+                    continue;
+                }
+                for f in mine {
+                    described.insert(f.name.clone(), f);
+                }
+                d.chain = new_chain;
+                reuses.push((d.target.clone(), q.clone()));
+                done = true;
+                break 'below;
+            }
+        }
+        if !done {
+            for n in &chain {
+                let f = (*files[n.as_str()]).clone();
+                if described.get(n).is_some_and(|g| *g != f) {
+                    // Another disk took another version of this name: the
+                    // record as it is at home is the safe one.
+                    return (h.clone(), Vec::new());
+                }
+                described.insert(n.clone(), f);
+            }
+        }
+    }
+    // Files no chain names (firmware state) as at home.
+    for f in &h.files {
+        described.entry(f.name.clone()).or_insert_with(|| f.clone());
+    }
+    let chained: HashSet<&String> = out.disks.iter().flat_map(|d| d.chain.iter()).collect();
+    let firmware: HashSet<&String> = h
+        .firmware
+        .iter()
+        .flat_map(|fw| fw.files.iter().map(|f| &f.name))
+        .collect();
+    let mut names: Vec<String> = described
+        .keys()
+        .filter(|n| chained.contains(n) || firmware.contains(n))
+        .cloned()
+        .collect();
+    // The home order first, then the destination's files, each once.
+    names.sort_by_key(|n| {
+        (
+            h.files
+                .iter()
+                .position(|f| &f.name == n)
+                .unwrap_or(usize::MAX),
+            n.clone(),
+        )
+    });
+    out.files = names.iter().map(|n| described[n].clone()).collect();
+    let path = std::path::PathBuf::from(format!("{}.json", h.restore_point));
+    if crate::store::record::check_record(&out, &path).is_err() {
+        return (h.clone(), Vec::new());
+    }
+    (out, reuses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::chain::SourceId;
+    use crate::store::record::{DiskRecord, Mode};
+
+    fn hash(s: &str) -> String {
+        blake3::hash(s.as_bytes()).to_hex().to_string()
+    }
+
+    fn file(name: &str, version: &str, backing: Option<&str>) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            format: "qcow2".into(),
+            size: 100 + name.len() as u64,
+            blake3: hash(&format!("{name}@{version}")),
+            backing: backing.map(str::to_string),
+            backing_format: backing.map(|_| "qcow2".to_string()),
+            source: format!("/src/{name}"),
+            source_id: SourceId {
+                dev: 1,
+                ino: 2,
+                size: 1,
+                mtime_ns: 3,
+            },
+            written_by: "20260101-000000".into(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// A one-disk record of `point` whose chain (top first) is `chain`, each
+    /// file as `name@version`.
+    fn rec(point: &str, chain: &[(&str, &str)]) -> Record {
+        let files: Vec<FileRecord> = chain
+            .iter()
+            .enumerate()
+            .map(|(i, (n, v))| file(n, v, chain.get(i + 1).map(|x| x.0)))
+            .collect();
+        Record {
+            fi_backup_record: 1,
+            domain: "web".into(),
+            uuid: "u".into(),
+            restore_point: point.into(),
+            taken_at: String::new(),
+            mode: Mode::Live,
+            quiesced: false,
+            domain_xml: format!("{point}.xml"),
+            state_file: None,
+            disks: vec![DiskRecord {
+                target: "vda".into(),
+                source: "/src/top".into(),
+                format: "qcow2".into(),
+                chain: chain.iter().map(|c| c.0.to_string()).collect(),
+                overlay: None,
+            }],
+            left_out: Vec::new(),
+            files,
+            firmware: Vec::new(),
+        }
+    }
+
+    /// The destination holding `records` with every object they name.
+    fn far(records: &[Record]) -> FarFacts {
+        let mut f = FarFacts {
+            records: records.to_vec(),
+            ..FarFacts::default()
+        };
+        for r in records {
+            f.xmls.insert(r.restore_point.clone());
+            for x in &r.files {
+                f.objects.insert(object_name(&x.name, &x.blake3), x.size);
+            }
+        }
+        f
+    }
+
+    fn sent(p: &SyncPlan) -> Vec<(String, Vec<String>, Vec<String>)> {
+        p.send
+            .iter()
+            .map(|s| {
+                (
+                    s.point.clone(),
+                    s.uploads.iter().map(|u| u.name.clone()).collect(),
+                    s.record.disks[0].chain.clone(),
+                )
+            })
+            .collect()
+    }
+
+    const D1: &str = "20260101-010000";
+    const D2: &str = "20260102-010000";
+    const D3: &str = "20260103-010000";
+    const D4: &str = "20260104-010000";
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn object_names() {
+        let b = hash("x");
+        assert_eq!(object_name("a.qcow2", &b), format!("a.qcow2.{}", &b[..16]));
+        assert!(is_object_name(&object_name("a.qcow2", &b)));
+        assert_eq!(object_name(&"n".repeat(250), &b), b);
+        assert!(is_object_name(&b));
+        for not in ["a.qcow2", ".fi-tmp.x.0123456789abcdef", "x.0123456789ABCDEF", ".0123456789abcdef"] {
+            assert!(!is_object_name(not), "{not}");
+        }
+    }
+
+    /// Rows: what home has, what the destination has, the policy, and what
+    /// travels.
+    #[test]
+    fn first_sync_sends_everything_once() {
+        let home = vec![
+            rec(D1, &[("o1", "a"), ("base", "a")]),
+            rec(D2, &[("o2", "a"), ("o1", "a"), ("base", "a")]),
+        ];
+        let p = plan(&home, &[], &FarFacts::default(), None);
+        assert_eq!(
+            sent(&p),
+            vec![
+                (D1.into(), names(&["o1", "base"]), names(&["o1", "base"])),
+                (D2.into(), names(&["o2"]), names(&["o2", "o1", "base"])),
+            ]
+        );
+        assert!(p.send.iter().all(|s| s.xml));
+        assert!(p.drop.is_empty() && p.delete.is_empty() && p.held.is_none());
+    }
+
+    #[test]
+    fn nothing_new_sends_nothing() {
+        let home = vec![rec(D1, &[("o1", "a"), ("base", "a")])];
+        let p = plan(&home, &[], &far(&home), None);
+        assert_eq!(p, SyncPlan::default());
+    }
+
+    /// Home pruned D1 away, folding o1 into base (a new base version) and
+    /// replacing o2 by a merged copy: the new night travels alone and
+    /// reads the destination's own chain below it.
+    #[test]
+    fn home_merges_do_not_travel() {
+        let far_side = far(&[
+            rec(D1, &[("o1", "a"), ("base", "a")]),
+            rec(D2, &[("o2", "a"), ("o1", "a"), ("base", "a")]),
+        ]);
+        let home = vec![
+            rec(D2, &[("o2", "merged"), ("base", "folded")]),
+            rec(D3, &[("o3", "a"), ("o2", "merged"), ("base", "folded")]),
+        ];
+        let p = plan(&home, &[], &far_side, None);
+        assert_eq!(
+            sent(&p),
+            vec![(D3.into(), names(&["o3"]), names(&["o3", "o2", "o1", "base"]))]
+        );
+        assert_eq!(p.send[0].reuses, vec![("vda".to_string(), D2.to_string())]);
+        let rec3 = &p.send[0].record;
+        let base = rec3.files.iter().find(|f| f.name == "base").unwrap();
+        assert_eq!(base.blake3, hash("base@a"), "the destination's base version");
+        assert!(crate::store::record::check_record(rec3, std::path::Path::new("x/20260103-010000.json")).is_ok());
+        // Without a policy nothing is dropped, so nothing is deleted.
+        assert!(p.drop.is_empty() && p.delete.is_empty());
+    }
+
+    /// A far point whose home record changed but that the destination does
+    /// not hold in a matching form: the home chain travels as it is.
+    #[test]
+    fn no_common_point_sends_the_home_chain() {
+        let far_side = far(&[rec(D1, &[("o1", "a"), ("base", "a")])]);
+        let home = vec![rec(D3, &[("o3", "a"), ("o2", "merged"), ("base", "folded")])];
+        let p = plan(&home, &[], &far_side, None);
+        assert_eq!(
+            sent(&p),
+            vec![(D3.into(), names(&["o3", "o2", "base"]), names(&["o3", "o2", "base"]))]
+        );
+    }
+
+    /// An object the far record names is missing: it is not relied on.
+    #[test]
+    fn missing_far_object_is_not_reused() {
+        let mut far_side = far(&[rec(D2, &[("o2", "a"), ("base", "a")])]);
+        far_side
+            .objects
+            .remove(&object_name("base", &hash("base@a")));
+        let home = vec![
+            rec(D2, &[("o2", "m"), ("base", "f")]),
+            rec(D3, &[("o3", "a"), ("o2", "m"), ("base", "f")]),
+        ];
+        let p = plan(&home, &[], &far_side, None);
+        assert_eq!(
+            sent(&p),
+            vec![(D3.into(), names(&["o3", "o2", "base"]), names(&["o3", "o2", "base"]))]
+        );
+    }
+
+    /// The far policy keeps 2: the oldest far point goes, with the objects
+    /// only it read; a home point the policy would not keep is not sent.
+    #[test]
+    fn far_retention_drops_then_deletes_unread_objects() {
+        let far_side = far(&[
+            rec(D1, &[("o1", "a"), ("base", "a")]),
+            rec(D2, &[("o2", "a"), ("base", "b")]),
+        ]);
+        let home = vec![
+            rec(D3, &[("o3", "a"), ("base", "c")]),
+            rec(D4, &[("o4", "a"), ("o3", "a"), ("base", "c")]),
+        ];
+        let policy = Policy {
+            last: Some(2),
+            ..Policy::default()
+        };
+        let p = plan(&home, &[], &far_side, Some(&policy));
+        assert_eq!(p.drop, names(&[D1, D2]));
+        assert_eq!(sent(&p).len(), 2);
+        let mut want = vec![
+            object_name("o1", &hash("o1@a")),
+            object_name("base", &hash("base@a")),
+            object_name("o2", &hash("o2@a")),
+            object_name("base", &hash("base@b")),
+        ];
+        want.sort();
+        assert_eq!(p.delete, want);
+        let policy = Policy {
+            last: Some(1),
+            ..Policy::default()
+        };
+        let p = plan(&home, &[], &far(&[]), Some(&policy));
+        assert_eq!(sent(&p).iter().map(|s| s.0.clone()).collect::<Vec<_>>(), names(&[D4]));
+        assert_eq!(p.not_sent[0].0, D3);
+    }
+
+    /// An untrusted far record holds every drop and deletion; untrusted
+    /// home records are not sent.
+    #[test]
+    fn untrusted_records_hold_deletions() {
+        let mut far_side = far(&[rec(D1, &[("o1", "a"), ("base", "a")])]);
+        far_side.objects.insert("stray.0123456789abcdef".into(), 5);
+        far_side
+            .rejected
+            .push((format!("points/{D2}.json"), "not a valid record".into()));
+        let policy = Policy {
+            last: Some(1),
+            ..Policy::default()
+        };
+        let home = vec![rec(D3, &[("o3", "a"), ("base", "a")])];
+        let p = plan(&home, &[D4.to_string()], &far_side, Some(&policy));
+        assert!(p.held.as_deref().unwrap().contains("cannot be trusted"));
+        assert!(p.drop.is_empty() && p.delete.is_empty());
+        assert_eq!(p.not_sent, vec![(D4.to_string(), "its home record cannot be trusted".to_string())]);
+        // D3 is still sent, whole chain reused where present.
+        assert_eq!(sent(&p), vec![(D3.into(), names(&["o3"]), names(&["o3", "base"]))]);
+    }
+
+    /// A point the far side dropped is not sent again by a later sync
+    /// (with or without a policy).
+    #[test]
+    fn dropped_points_are_not_sent_again() {
+        let far_side = far(&[rec(D3, &[("o3", "a"), ("base", "a")])]);
+        let home = vec![
+            rec(D2, &[("o2", "a"), ("base", "a")]),
+            rec(D3, &[("o3", "a"), ("base", "a")]),
+            rec(D4, &[("o4", "a"), ("o3", "a"), ("base", "a")]),
+        ];
+        let p = plan(&home, &[], &far_side, None);
+        assert_eq!(sent(&p), vec![(D4.into(), names(&["o4"]), names(&["o4", "o3", "base"]))]);
+        assert_eq!(p.not_sent.len(), 1);
+        assert_eq!(p.not_sent[0].0, D2);
+        assert!(p.not_sent[0].1.contains("older than the destination's newest"));
+    }
+
+    /// Objects without our name shape are never deleted; an interrupted
+    /// sync's temporaries are.
+    #[test]
+    fn only_our_objects_go() {
+        let mut far_side = far(&[rec(D1, &[("o1", "a")])]);
+        far_side.objects.insert("notes.txt".into(), 3);
+        far_side.objects.insert("old.fedcba9876543210".into(), 3);
+        far_side.temps.push("images/.fi-tmp.o2.0123456789abcdef.77".into());
+        let p = plan(&[], &[], &far_side, None);
+        assert_eq!(p.delete, names(&["old.fedcba9876543210"]));
+        assert_eq!(p.temps, names(&["images/.fi-tmp.o2.0123456789abcdef.77"]));
+    }
+
+    /// An upload a killed sync finished (object there, record not) is not
+    /// sent again.
+    #[test]
+    fn a_killed_syncs_objects_are_reused() {
+        let r1 = rec(D1, &[("o1", "a"), ("base", "a")]);
+        let mut far_side = FarFacts::default();
+        far_side
+            .objects
+            .insert(object_name("base", &hash("base@a")), 104);
+        let p = plan(&[r1], &[], &far_side, None);
+        assert_eq!(sent(&p)[0].1, names(&["o1"]));
+        // A partial object (wrong size) is sent again.
+        far_side
+            .objects
+            .insert(object_name("base", &hash("base@a")), 3);
+        let p = plan(&[rec(D1, &[("o1", "a"), ("base", "a")])], &[], &far_side, None);
+        assert_eq!(sent(&p)[0].1, names(&["o1", "base"]));
+    }
+
+    /// A far chain stops growing at MAX_FAR_CHAIN: then the home chain travels.
+    #[test]
+    fn far_chains_are_bounded() {
+        let long: Vec<String> = (0..MAX_FAR_CHAIN).map(|i| format!("o{i}")).collect();
+        let chain: Vec<(&str, &str)> = long.iter().rev().map(|n| (n.as_str(), "a")).collect();
+        let far_side = far(&[rec(D1, &chain)]);
+        let home_d1 = rec(D1, &[("o63", "m"), ("o0", "f")]);
+        let home_d2 = rec(D2, &[("new", "a"), ("o63", "m"), ("o0", "f")]);
+        let p = plan(&[home_d1, home_d2], &[], &far_side, None);
+        assert_eq!(sent(&p), vec![(D2.into(), names(&["new", "o63", "o0"]), names(&["new", "o63", "o0"]))]);
+    }
+}
