@@ -34,6 +34,9 @@ _fi__backup() {
             fi__backup,restore)
                 cmd="fi__backup__subcmd__restore"
                 ;;
+            fi__backup,sync)
+                cmd="fi__backup__subcmd__sync"
+                ;;
             fi__backup,umount)
                 cmd="fi__backup__subcmd__umount"
                 ;;
@@ -58,6 +61,9 @@ _fi__backup() {
             fi__backup__subcmd__help,restore)
                 cmd="fi__backup__subcmd__help__subcmd__restore"
                 ;;
+            fi__backup__subcmd__help,sync)
+                cmd="fi__backup__subcmd__help__subcmd__sync"
+                ;;
             fi__backup__subcmd__help,umount)
                 cmd="fi__backup__subcmd__help__subcmd__umount"
                 ;;
@@ -71,7 +77,7 @@ _fi__backup() {
 
     case "${cmd}" in
         fi__backup)
-            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --help --version list restore mount umount verify prune adopt help"
+            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --sync-to --sync-bwlimit --help --version list restore mount umount verify prune sync adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -165,6 +171,14 @@ _fi__backup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --sync-to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sync-bwlimit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -199,7 +213,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__help)
-            opts="list restore mount umount verify prune adopt help"
+            opts="list restore mount umount verify prune sync adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -283,6 +297,20 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fi__backup__subcmd__help__subcmd__sync)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -528,6 +556,80 @@ _fi__backup() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fi__backup__subcmd__sync)
+            opts="-b -h --backup_dir --backup-dir --domain --to --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --bwlimit --dry-run --json --metrics --lock-dir --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --backup-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backup_dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-hourly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-daily)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-weekly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-monthly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-yearly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bwlimit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fi__backup__subcmd__umount)
             opts="-h --lock-dir --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -551,7 +653,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__verify)
-            opts="-b -h --backup_dir --backup-dir --domain --at --json --help"
+            opts="-b -h --backup_dir --backup-dir --domain --at --sample --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -574,6 +676,10 @@ _fi__backup() {
                     return 0
                     ;;
                 --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sample)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

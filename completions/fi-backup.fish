@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_fi_backup_global_optspecs
-    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= h/help V/version
+    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= sync-to= sync-bwlimit= h/help V/version
 end
 
 function __fish_fi_backup_needs_command
@@ -42,6 +42,8 @@ complete -c fi-backup -n "__fish_fi_backup_needs_command" -l keep-daily -d 'Keep
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l keep-weekly -d 'Keep the newest point of each of the N most recent ISO weeks that have one' -r
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l keep-monthly -d 'Keep the newest point of each of the N most recent months that have one' -r
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l keep-yearly -d 'Keep the newest point of each of the N most recent years that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -l sync-to -d 'After each domain\'s backup (and prune), under its locks, sync its restore points to DEST: a directory or rclone:NAME:PATH (as `fi-backup sync --to`; the destination keeps every point it gets)' -r
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -l sync-bwlimit -d 'With --sync-to: rclone\'s bandwidth limit (10M, ...)' -r
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s c -l consolidate_only -l consolidate-only -d 'Consolidation only'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s C -l consolidate_and_snapshot -l consolidate-and-snapshot -d 'Snapshot, then consolidation'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s q -l quiesce -d 'Quiesce the guest\'s file systems (needs the qemu guest agent in the domain)'
@@ -63,6 +65,7 @@ complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "mount" -d 'Show a 
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "umount" -d 'Undo fi-backup mount (also a killed one)'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "verify" -d 'Check every restore point against its record'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "sync" -d 'Replicate restore points to another disk or an rclone remote, by difference (only what is missing travels; records last)'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand list" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
@@ -98,6 +101,7 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand umount" -s h -l help
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l domain -d 'Only this domain' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l at -d 'Only this restore point (needs --domain)' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l sample -d 'On a sync destination: read back only about this share of the files (as 10%), chosen at random; every record is still checked' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -l json -d 'Print the report as one JSON document on stdout'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand verify" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
@@ -112,16 +116,33 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l connect -d
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l dry-run -d 'Print what would be kept, removed, merged and freed; change nothing'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l json -d 'Print the report as one JSON document on stdout'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -s h -l help -d 'Print help'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l domain -d 'Only this domain' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l to -d 'Where to: a directory (another disk, an NFS mount) or rclone:NAME:PATH (a remote of your rclone configuration; a crypt remote encrypts). An empty one is made a destination; one that is not empty must be one already' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-last -d 'Keep the N newest restore points' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-hourly -d 'Keep the newest point of each of the N most recent hours that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-daily -d 'Keep the newest point of each of the N most recent days that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-weekly -d 'Keep the newest point of each of the N most recent ISO weeks that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-monthly -d 'Keep the newest point of each of the N most recent months that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-yearly -d 'Keep the newest point of each of the N most recent years that have one' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l bwlimit -d 'Bandwidth limit of an rclone transfer (rclone\'s --bwlimit, as 10M or "08:00,512k 19:00,off")' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l metrics -d 'Write Prometheus metrics (last successful sync per domain) to FILE' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l lock-dir -d 'Directory of the per-domain lock files' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l state-dir -d 'Directory of fi-backup\'s own state (the ledger of the overlays it created)' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l dry-run -d 'Say what would be sent, dropped and deleted; change nothing'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l json -d 'Print the report as one JSON document on stdout'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l lock-dir -d 'Directory of the per-domain lock files' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l state-dir -d 'Directory of fi-backup\'s own state (the ledger of the overlays it created)' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l connect -d 'libvirt connection URI' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -l dry-run -d 'Say what would be adopted, change nothing'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand adopt" -s h -l help -d 'Print help'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "list" -d 'List the restore points in a backup directory'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "restore" -d 'Restore a restore point into a directory (and define/start it)'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "mount" -d 'Show a restore point\'s disks and file systems read-only under a directory, to fetch files without restoring a disk'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "umount" -d 'Undo fi-backup mount (also a killed one)'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "verify" -d 'Check every restore point against its record'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune adopt help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "list" -d 'List the restore points in a backup directory'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "restore" -d 'Restore a restore point into a directory (and define/start it)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "mount" -d 'Show a restore point\'s disks and file systems read-only under a directory, to fetch files without restoring a disk'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "umount" -d 'Undo fi-backup mount (also a killed one)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "verify" -d 'Check every restore point against its record'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "prune" -d 'Remove restore points by a retention policy, merging what kept points still need'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "sync" -d 'Replicate restore points to another disk or an rclone remote, by difference (only what is missing travels; records last)'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "adopt" -d 'Take fi-backup.sh\'s overlays (<image>.bimg-<timestamp>) in a domain\'s chain into fi-backup\'s ledger, so that consolidation deletes them'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand help; and not __fish_seen_subcommand_from list restore mount umount verify prune sync adopt help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The patterns restore point n of `nightly` must read, per disk.
 fn expect(night: u8) -> Vec<(&'static str, Vec<(u8, u64)>)> {
@@ -26,7 +26,10 @@ fn domain(s: &mut Scenario) -> String {
     let dom = s.start(
         "vm",
         "img",
-        &[DiskSpec::qcow2("a.qcow2", "vda"), DiskSpec::raw("b.raw", "vdb")],
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::raw("b.raw", "vdb"),
+        ],
     );
     guest_write(&dom, 0, 0x10, 0);
     guest_write(&dom, 1, 0x20, 0);
@@ -53,14 +56,19 @@ fn listed(s: &Scenario, dir: &str, dom: &str) -> Vec<String> {
 
 /// Restores `point` of `dom` from `from` flat and checks every disk's data.
 fn restores_exactly(s: &Scenario, from: &str, dom: &str, point: &str, night: u8) {
-    let target = s.root.join(format!("restored-{}-{point}", blake3::hash(from.as_bytes()).to_hex()[..8].to_string()));
+    let target = s.root.join(format!(
+        "restored-{}-{point}",
+        &blake3::hash(from.as_bytes()).to_hex()[..8]
+    ));
     let td = target.to_str().unwrap();
     s.fi_ok(&restore_args(from, dom, td, &["--at", point, "--flatten"]));
     for (disk, want) in expect(night) {
         assert_image(&target.join(format!("{disk}.qcow2")), "qcow2", &want);
     }
     assert!(
-        !names_in(target.parent().unwrap()).iter().any(|n| n.starts_with(".fi-fetch")),
+        !names_in(target.parent().unwrap())
+            .iter()
+            .any(|n| n.starts_with(".fi-fetch")),
         "the fetched files are removed"
     );
     std::fs::remove_dir_all(&target).unwrap();
@@ -111,7 +119,12 @@ fn nights_to_a_second_disk_and_far_retention() {
     for n in 1..=3u8 {
         night_writes(&dom, n);
         let keep: &[&str] = if n == 3 { &["--keep-last", "2"] } else { &[] };
-        let args = [&["-C", "-b", b, "--sync-to", f, "--json"][..], keep, &[dom.as_str()][..]].concat();
+        let args = [
+            &["-C", "-b", b, "--sync-to", f, "--json"][..],
+            keep,
+            &[dom.as_str()][..],
+        ]
+        .concat();
         let out = s.fi(&args);
         assert!(out.status.success(), "night {n}");
         let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -132,7 +145,10 @@ fn nights_to_a_second_disk_and_far_retention() {
                 2,
                 "the home prune dropped the two oldest points"
             );
-            assert!(d["prune"]["merged_files"].as_u64().unwrap() > 0, "and merged files");
+            assert!(
+                d["prune"]["merged_files"].as_u64().unwrap() > 0,
+                "and merged files"
+            );
         }
         let newest = listed(&s, b, &dom).last().unwrap().clone();
         points.push(newest);
@@ -145,11 +161,18 @@ fn nights_to_a_second_disk_and_far_retention() {
     let out = s.fi(&["verify", "--backup-dir", f]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Verified 4 restore point(s)") && err.contains("read back"), "{err}");
+    assert!(
+        err.contains("Verified 4 restore point(s)") && err.contains("read back"),
+        "{err}"
+    );
     for (p, n) in points.iter().zip(&night_of) {
         restores_exactly(&s, f, &dom, p, *n);
     }
-    assert_eq!(fingerprint(&backup), home, "list, verify and far restores wrote nothing at home");
+    assert_eq!(
+        fingerprint(&backup),
+        home,
+        "list, verify and far restores wrote nothing at home"
+    );
 
     // A sync with nothing new sends nothing.
     let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--json"]);
@@ -161,7 +184,16 @@ fn nights_to_a_second_disk_and_far_retention() {
     // three points go and no file does.
     let far_files = || files_below(&far_dir.join(&dom).join("images")).len();
     let before = far_files();
-    let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--keep-last", "1", "--json"]);
+    let out = s.fi(&[
+        "sync",
+        "--backup-dir",
+        b,
+        "--to",
+        f,
+        "--keep-last",
+        "1",
+        "--json",
+    ]);
     assert!(out.status.success());
     let r = sync_report(&out.stdout);
     assert_eq!(r["points_dropped"].as_array().unwrap().len(), 3);
@@ -177,13 +209,28 @@ fn nights_to_a_second_disk_and_far_retention() {
     s.fi_ok(&["-b", b, "--sync-to", f, &dom]);
     let newest = listed(&s, b, &dom).last().unwrap().clone();
     let before = files_below(&far_dir.join(&dom).join("images"));
-    let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--keep-last", "1", "--json"]);
+    let out = s.fi(&[
+        "sync",
+        "--backup-dir",
+        b,
+        "--to",
+        f,
+        "--keep-last",
+        "1",
+        "--json",
+    ]);
     assert!(out.status.success());
     let r = sync_report(&out.stdout);
     assert_eq!(r["points_dropped"].as_array().unwrap().len(), 2);
     assert_eq!(listed(&s, f, &dom), vec![newest.clone()]);
     let kept: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(far_dir.join(&dom).join("points").join(format!("{newest}.json"))).unwrap(),
+        &std::fs::read(
+            far_dir
+                .join(&dom)
+                .join("points")
+                .join(format!("{newest}.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     let mut read: Vec<String> = kept["files"]
@@ -200,7 +247,10 @@ fn nights_to_a_second_disk_and_far_retention() {
     after.sort();
     assert_eq!(after, read, "exactly the files the kept point reads remain");
     assert!(before.len() > after.len());
-    assert_eq!(r["files_deleted"].as_u64().unwrap() as usize, before.len() - after.len());
+    assert_eq!(
+        r["files_deleted"].as_u64().unwrap() as usize,
+        before.len() - after.len()
+    );
     s.fi_ok(&["verify", "--backup-dir", f]);
     restores_exactly(&s, f, &dom, &newest, 4);
 }
@@ -221,10 +271,30 @@ fn bad_destinations_change_nothing() {
     let no_rclone = s.dir("bin");
     let cases: Vec<(&str, Vec<String>, i32, &str)> = vec![
         ("DIR itself", vec![b.into()], 2, "the same directory as"),
-        ("a missing directory", vec![s.root.join("nope").to_str().unwrap().into()], 2, "cannot be used"),
-        ("a directory that is not a destination", vec![other.to_str().unwrap().into()], 2, "is not empty"),
-        ("a relative path", vec!["far".into()], 2, "not an absolute path"),
-        ("a remote without a path", vec!["rclone:nocolon".into()], 2, "not an rclone destination"),
+        (
+            "a missing directory",
+            vec![s.root.join("nope").to_str().unwrap().into()],
+            2,
+            "cannot be used",
+        ),
+        (
+            "a directory that is not a destination",
+            vec![other.to_str().unwrap().into()],
+            2,
+            "is not empty",
+        ),
+        (
+            "a relative path",
+            vec!["far".into()],
+            2,
+            "not an absolute path",
+        ),
+        (
+            "a remote without a path",
+            vec!["rclone:nocolon".into()],
+            2,
+            "not an rclone destination",
+        ),
     ];
     for (what, dest, code, says) in &cases {
         let out = s.fi(&["sync", "--backup-dir", b, "--to", &dest[0]]);
@@ -248,118 +318,6 @@ fn bad_destinations_change_nothing() {
     assert!(err.contains("rclone is not installed"), "{err}");
     assert_eq!(fingerprint(&backup), home);
     assert_eq!(names_in(&other), vec!["notes.txt".to_string()]);
-}
-
-/// A throwaway user, an SFTP server on 127.0.0.1 with its own host key and
-/// configuration, and an rclone configuration with a plain and a crypt
-/// remote on it.
-struct Sftp {
-    sshd: std::process::Child,
-    pub port: u16,
-    pub config: PathBuf,
-    pub root: PathBuf,
-    user: String,
-    dir: PathBuf,
-}
-
-impl Sftp {
-    fn start(s: &Scenario, tag: &str) -> Sftp {
-        let dir = s.dir(&format!("sftp-{tag}"));
-        let user = format!("fisync{}", std::process::id() % 100000);
-        let _ = cmd("userdel", &["-r", &user]);
-        ok("useradd", &["-M", "-d", "/nonexistent", "-s", "/bin/sh", &user]);
-        let root = dir.join("data");
-        std::fs::create_dir(&root).unwrap();
-        ok("chown", &[&user, root.to_str().unwrap()]);
-        let key = dir.join("client_key");
-        ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
-        ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", dir.join("host_key").to_str().unwrap()]);
-        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
-        let port = 30000 + (std::process::id() % 20000) as u16 + tag.len() as u16;
-        let conf = dir.join("sshd_config");
-        std::fs::write(
-            &conf,
-            format!(
-                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\n\
-                 AuthorizedKeysFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPermitRootLogin no\nAllowUsers {user}\n\
-                 Subsystem sftp internal-sftp\n",
-                dir.join("host_key").display(),
-                dir.join("sshd.pid").display(),
-                dir.join("authorized_keys").display(),
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = std::process::Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f", conf.to_str().unwrap()])
-            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("cannot start sshd (Debian's openssh-server)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "sshd does not listen on {port}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let obscured = ok("rclone", &["obscure", "a passphrase only this test knows"]);
-        let config = dir.join("rclone.conf");
-        let wrong = dir.join("wrong_key");
-        ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", wrong.to_str().unwrap()]);
-        std::fs::write(
-            &config,
-            format!(
-                "[far]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n\
-                 key_file = {}\nknown_hosts_file = \nshell_type = none\n\n\
-                 [vault]\ntype = crypt\nremote = far:{}/crypt\npassword = {}\n\n\
-                 [refused]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n\
-                 key_file = {}\nshell_type = none\n",
-                key.display(),
-                root.display(),
-                obscured.trim(),
-                wrong.display(),
-            ),
-        )
-        .unwrap();
-        Sftp {
-            sshd,
-            port,
-            config,
-            root,
-            user,
-            dir,
-        }
-    }
-
-    /// fi-backup with this rclone configuration.
-    fn fi(&self, s: &Scenario, args: &[&str]) -> std::process::Output {
-        let out = s
-            .command(args)
-            .env("RCLONE_CONFIG", &self.config)
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ fi-backup {}\n  -> {}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn stop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-        // The sessions sshd forked live on their own.
-        let _ = cmd("pkill", &["-KILL", "-u", &self.user]);
-    }
-}
-
-impl Drop for Sftp {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = cmd("userdel", &[&self.user]);
-        let _ = &self.dir;
-    }
 }
 
 /// Whether `bytes` hold 4 KiB of `pattern` in a row (a guest's write).
@@ -400,18 +358,35 @@ fn rclone_over_sftp_plain_and_crypt() {
     for dest in [plain.as_str(), "rclone:vault:"] {
         let out = sftp.fi(&s, &["sync", "--backup-dir", b, "--to", dest, "--json"]);
         assert!(out.status.success(), "{dest}");
-        assert_eq!(sync_report(&out.stdout)["points_sent"].as_array().unwrap().len(), 2);
-        let out = sftp.fi(&s, &["list", "--backup-dir", dest, "--domain", &dom, "--json"]);
+        assert_eq!(
+            sync_report(&out.stdout)["points_sent"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let out = sftp.fi(
+            &s,
+            &["list", "--backup-dir", dest, "--domain", &dom, "--json"],
+        );
         assert!(out.status.success());
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2, "{dest}");
         let out = sftp.fi(&s, &["verify", "--backup-dir", dest]);
         assert!(out.status.success(), "{dest}");
         for (p, n) in points.iter().zip([0u8, 1]) {
-            let target = s.root.join(format!("r-{}-{p}", if dest == plain { "plain" } else { "crypt" }));
+            let target = s.root.join(format!(
+                "r-{}-{p}",
+                if dest == plain { "plain" } else { "crypt" }
+            ));
             let out = sftp.fi(
                 &s,
-                &restore_args(dest, &dom, target.to_str().unwrap(), &["--at", p, "--flatten"]),
+                &restore_args(
+                    dest,
+                    &dom,
+                    target.to_str().unwrap(),
+                    &["--at", p, "--flatten"],
+                ),
             );
             assert!(out.status.success(), "{dest} {p}");
             for (disk, want) in expect(n) {
@@ -423,8 +398,14 @@ fn rclone_over_sftp_plain_and_crypt() {
     let plain_bytes = all_bytes(&sftp.root.join("plain"));
     let crypt_bytes = all_bytes(&sftp.root.join("crypt"));
     for pattern in [0x10u8, 0x11, 0x20, 0x21] {
-        assert!(holds_pattern(&plain_bytes, pattern), "plain holds {pattern:#x}");
-        assert!(!holds_pattern(&crypt_bytes, pattern), "crypt holds {pattern:#x}");
+        assert!(
+            holds_pattern(&plain_bytes, pattern),
+            "plain holds {pattern:#x}"
+        );
+        assert!(
+            !holds_pattern(&crypt_bytes, pattern),
+            "crypt holds {pattern:#x}"
+        );
     }
     report(&format!(
         "crypt: {} bytes stored at the remote, none holding a guest pattern (the plain copy's {} bytes hold all four)",
@@ -433,11 +414,20 @@ fn rclone_over_sftp_plain_and_crypt() {
     ));
     // The login refused: nothing changes anywhere.
     let before = files_below(&sftp.root);
-    let out = sftp.fi(&s, &["sync", "--backup-dir", b, "--to", "rclone:refused:/x"]);
+    let out = sftp.fi(
+        &s,
+        &["sync", "--backup-dir", b, "--to", "rclone:refused:/x"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("sync destination 'rclone:refused:/x'"), "{err}");
-    assert!(err.contains("unable to authenticate") || err.contains("handshake failed"), "{err}");
+    assert!(
+        err.contains("sync destination 'rclone:refused:/x'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unable to authenticate") || err.contains("handshake failed"),
+        "{err}"
+    );
     assert_eq!(files_below(&sftp.root), before);
     assert_eq!(fingerprint(&backup), home);
     let _ = sftp.port;

@@ -20,8 +20,9 @@ use std::path::PathBuf;
         disks; the files below the new overlays are then read-only and are copied into the \
         backup directory, where their backing references are rewritten so that the directory \
         stands on its own. Shut-off domains have their disks and chains copied.\n\n\
-        Command lines of fi-backup.sh 2.x work unchanged. The words list, restore, verify and \
-        prune are reserved for subcommands; give a domain with one of those names after `--`.",
+        Command lines of fi-backup.sh 2.x work unchanged. The words list, restore, mount, umount, \
+        verify, prune, sync and adopt are reserved for subcommands; give a domain with one of \
+        those names after `--`.",
     args_conflicts_with_subcommands = true,
     // fi-backup.sh parsed with GNU getopt, which takes any unambiguous
     // prefix of a long option (--back, --meth).

@@ -150,7 +150,9 @@ impl Config {
                 "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
             );
         }
-        if args.sync_to.is_some() && (args.backup_dir.is_none() || action == Action::ConsolidateOnly) {
+        if args.sync_to.is_some()
+            && (args.backup_dir.is_none() || action == Action::ConsolidateOnly)
+        {
             return usage(
                 "--sync-to sends each domain's restore points after its backup: it needs -b (and no -c)",
             );

@@ -138,6 +138,13 @@ fn owned_below(s: &MountState) -> bool {
 
 /// Runs `fi-backup mount`.
 pub fn mount(args: &MountArgs) -> Result<bool> {
+    if crate::sync::read::is_destination(&args.backup.backup_dir) {
+        return Err(Error::Usage(format!(
+            "'{}' is a sync destination: mount reads a point's copies in place, from a backup \
+             directory; restore the point from the destination (--flatten) and read that",
+            args.backup.backup_dir.display()
+        )));
+    }
     let mountpoint = std::path::absolute(&args.mountpoint)
         .map_err(|e| Error::io("cannot resolve", &args.mountpoint, e))?;
     let state_dir = &args.places.state_dir;

@@ -106,7 +106,10 @@ fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -
     let far = crate::sync::read::open_to_read(backup_dir)?;
     let index = crate::sync::read::index(&far, domain)?;
     for (path, why) in &index.rejected {
-        log::warn!("Record '{}' is not trusted and was ignored: {why}", path.display());
+        log::warn!(
+            "Record '{}' is not trusted and was ignored: {why}",
+            path.display()
+        );
     }
     let record = crate::store::record::pick(&index, domain, args.at.as_deref())?.clone();
     let parent = target.parent().unwrap_or(Path::new("/"));
@@ -115,23 +118,27 @@ fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -
         target.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    let result = crate::sync::read::fetch_point(&far, domain, &record, &fetched).and_then(|bytes| {
-        log::info!(
-            "Fetched restore point {} of '{domain}' from '{}': {} file(s), {}",
-            record.restore_point,
-            far.dest,
-            record.files.len(),
-            crate::units::human_bytes(bytes)
-        );
-        run(&RestoreArgs {
-            backup_dir: Some(fetched.clone()),
-            at: Some(record.restore_point.clone()),
-            ..args.clone()
-        })
-    });
+    let result =
+        crate::sync::read::fetch_point(&far, domain, &record, &fetched).and_then(|bytes| {
+            log::info!(
+                "Fetched restore point {} of '{domain}' from '{}': {} file(s), {}",
+                record.restore_point,
+                far.dest,
+                record.files.len(),
+                crate::units::human_bytes(bytes)
+            );
+            run(&RestoreArgs {
+                backup_dir: Some(fetched.clone()),
+                at: Some(record.restore_point.clone()),
+                ..args.clone()
+            })
+        });
     if fetched.exists() {
         if let Err(e) = std::fs::remove_dir_all(&fetched) {
-            log::warn!("Cannot remove the fetched files '{}': {e}", fetched.display());
+            log::warn!(
+                "Cannot remove the fetched files '{}': {e}",
+                fetched.display()
+            );
         }
     }
     result

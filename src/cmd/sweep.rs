@@ -74,9 +74,11 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
                 name,
                 uuid.as_deref(),
                 config,
-                &pool,
-                &siblings,
-                far.as_ref(),
+                &RunWide {
+                    pool: &pool,
+                    siblings: &siblings,
+                    far: far.as_ref(),
+                },
                 &mut report,
             )
         });
@@ -120,17 +122,29 @@ fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
     }
 }
 
+/// What every domain's turn of a run shares: the copy slots, the map of
+/// the files every defined domain uses, the sync destination.
+#[derive(Clone, Copy)]
+struct RunWide<'a> {
+    pool: &'a std::sync::Arc<crate::pool::Pool>,
+    siblings: &'a Siblings,
+    far: Option<&'a crate::sync::far::Far>,
+}
+
 /// One domain, under its lock: backup, consolidation, or both (-C).
 fn process_domain(
     lv: &Libvirt,
     name: &str,
     listed_uuid: Option<&str>,
     config: &Config,
-    pool: &std::sync::Arc<crate::pool::Pool>,
-    siblings: &Siblings,
-    far: Option<&crate::sync::far::Far>,
+    wide: &RunWide,
     report: &mut DomainReport,
 ) -> Result<()> {
+    let RunWide {
+        pool,
+        siblings,
+        far,
+    } = *wide;
     crate::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
     crate::fault::hold("hold-before-domain");
     let dom = match lv.lookup(name) {

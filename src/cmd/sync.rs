@@ -12,8 +12,8 @@
 
 use crate::cmd::cli::SyncArgs;
 use crate::error::{Error, Result};
-use crate::store::record::{DomainDir, Index};
 use crate::report::{DomainReport, RunReport, SyncReport};
+use crate::store::record::{DomainDir, Index};
 use crate::store::retention::Policy;
 use crate::sync::far::Far;
 use crate::sync::plan::{self, SyncPlan};
@@ -182,17 +182,28 @@ fn sync_inner(
         .rejected
         .iter()
         .map(|(p, why)| {
-            log::warn!("Record '{}' is not trusted and is not sent: {why}", p.display());
-            p.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+            log::warn!(
+                "Record '{}' is not trusted and is not sent: {why}",
+                p.display()
+            );
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
         })
         .collect();
     let what = format!("'{domain}' at '{}'", far.dest);
     let lock = if opts.dry_run {
         None
     } else {
-        Some(crate::sync::lock::take(far, &read::lock_object(domain), &what)?)
+        Some(crate::sync::lock::take(
+            far,
+            &read::lock_object(domain),
+            &what,
+        )?)
     };
     crate::fault::kill_point("kill-sync-after-lock");
+    crate::fault::hold("hold-sync-after-lock");
     let facts = read::gather(far, domain)?;
     for f in &facts.foreign {
         log::warn!(
@@ -252,7 +263,10 @@ fn carry_out(
         }
     };
     for t in &p.temps {
-        if step(format!("remove an interrupted sync's '{}'", far.show(&format!("{domain}/{t}")))) {
+        if step(format!(
+            "remove an interrupted sync's '{}'",
+            far.show(&format!("{domain}/{t}"))
+        )) {
             far.delete(&format!("{domain}/{t}"))?;
         }
     }
@@ -288,7 +302,11 @@ fn carry_out(
             }
         }
         let rel = format!("{domain}/points/{}.json", s.point);
-        if step(format!("publish restore point {} as '{}'", s.point, far.show(&rel))) {
+        if step(format!(
+            "publish restore point {} as '{}'",
+            s.point,
+            far.show(&rel)
+        )) {
             let json = serde_json::to_vec_pretty(&s.record)
                 .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
             still_ours()?;
@@ -304,19 +322,31 @@ fn carry_out(
     for point in &p.drop {
         for ext in ["json", "xml"] {
             let rel = format!("{domain}/points/{point}.{ext}");
-            if step(format!("remove '{}' (the far policy drops {point})", far.show(&rel))) {
+            if step(format!(
+                "remove '{}' (the far policy drops {point})",
+                far.show(&rel)
+            )) {
                 far.delete(&rel)?;
                 crate::fault::kill_point("kill-sync-mid-drop");
             }
         }
         sync.points_dropped.push(point.clone());
     }
-    if !p.delete.is_empty() && !dry_run {
+    if !(dry_run || p.delete.is_empty() && p.stray_xml.is_empty()) {
         still_ours()?;
+    }
+    for point in &p.stray_xml {
+        let rel = format!("{domain}/points/{point}.xml");
+        if step(format!("remove '{}' (no record names it)", far.show(&rel))) {
+            far.delete(&rel)?;
+        }
     }
     for o in &p.delete {
         let rel = format!("{domain}/images/{o}");
-        if step(format!("delete '{}' (no far restore point reads it)", far.show(&rel))) {
+        if step(format!(
+            "delete '{}' (no far restore point reads it)",
+            far.show(&rel)
+        )) {
             far.delete(&rel)?;
         }
         sync.files_deleted += 1;
@@ -352,6 +382,7 @@ fn note_success(state_dir: &Path, domain: &str, dest: &str, when: i64) -> Result
     let json = serde_json::to_vec_pretty(&map)
         .map_err(|e| Error::Encode(format!("cannot encode: {e}")))?;
     let mut tmp = crate::store::fsutil::TempFile::beside(&path)?;
-    std::io::Write::write_all(&mut tmp.file, &json).map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+    std::io::Write::write_all(&mut tmp.file, &json)
+        .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
     tmp.replace(&path)
 }

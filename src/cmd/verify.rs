@@ -243,7 +243,10 @@ fn run_far(args: &VerifyArgs) -> Result<bool> {
         let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (rel, why) in &facts.rejected {
             problems.insert(
-                format!("Record '{}' cannot be trusted: {why}", far.show(&format!("{d}/{rel}"))),
+                format!(
+                    "Record '{}' cannot be trusted: {why}",
+                    far.show(&format!("{d}/{rel}"))
+                ),
                 Vec::new(),
             );
         }

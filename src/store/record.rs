@@ -489,7 +489,12 @@ fn check_names(r: &Record) -> std::result::Result<(), String> {
         if !names.insert(f.name.as_str()) {
             return Err(format!("file '{}' is described twice", f.name));
         }
-        if f.blake3.len() != 64 || !f.blake3.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if f.blake3.len() != 64
+            || !f
+                .blake3
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(format!(
                 "file {}'s BLAKE3 '{}' is not 64 lowercase hex digits",
                 f.name,

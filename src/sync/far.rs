@@ -181,7 +181,9 @@ impl Far {
                 let path = self.remote(rel);
                 match self.run_rclone(&["lsjson", "-R", "--files-only", "--no-mimetype", &path]) {
                     Ok(out) => Ok(Some(parse_lsjson(&out).map_err(|e| {
-                        Error::Far(format!("rclone lsjson of '{path}' said what fi-backup cannot read: {e}"))
+                        Error::Far(format!(
+                            "rclone lsjson of '{path}' said what fi-backup cannot read: {e}"
+                        ))
                     })?)),
                     Err(e) if not_found(&e) => Ok(None),
                     Err(e) => Err(e),
@@ -211,7 +213,8 @@ impl Far {
             }
             Dest::Rclone(_) => {
                 let path = self.remote(rel);
-                let out = match self.run_rclone(&["lsjson", "--no-mimetype", "--no-modtime", &path]) {
+                let out = match self.run_rclone(&["lsjson", "--no-mimetype", "--no-modtime", &path])
+                {
                     Ok(out) => out,
                     Err(e) if not_found(&e) => return Ok(Vec::new()),
                     Err(e) => return Err(e),
@@ -231,18 +234,28 @@ impl Far {
     /// missing. From a remote, objects of one directory come in one rclone
     /// call.
     pub fn read_many(&self, rels: &[String]) -> Result<Vec<(String, Option<Vec<u8>>)>> {
-        let parent = |r: &String| r.rsplit_once('/').map(|x| x.0.to_string()).unwrap_or_default();
+        let parent = |r: &String| {
+            r.rsplit_once('/')
+                .map(|x| x.0.to_string())
+                .unwrap_or_default()
+        };
         let one_dir = rels.first().map(parent);
         let batch = matches!(self.dest, Dest::Rclone(_))
             && rels.len() > 2
             && rels.iter().all(|r| Some(parent(r)) == one_dir);
         if !batch {
-            return rels.iter().map(|r| Ok((r.clone(), self.read(r)?))).collect();
+            return rels
+                .iter()
+                .map(|r| Ok((r.clone(), self.read(r)?)))
+                .collect();
         }
         let dir = one_dir.unwrap_or_default();
         let tmp = private_temp_dir()?;
         let list = tmp.join("list");
-        let names: Vec<&str> = rels.iter().map(|r| r.rsplit('/').next().unwrap_or(r)).collect();
+        let names: Vec<&str> = rels
+            .iter()
+            .map(|r| r.rsplit('/').next().unwrap_or(r))
+            .collect();
         std::fs::write(&list, names.join("\n")).map_err(|e| Error::io("cannot write", &list, e))?;
         let into = tmp.join("got");
         let result = self.run_rclone(&[
@@ -281,7 +294,8 @@ impl Far {
             }
             Dest::Rclone(_) => {
                 let path = self.remote(rel);
-                let out = match self.run_rclone(&["lsjson", "--dirs-only", "--no-mimetype", &path]) {
+                let out = match self.run_rclone(&["lsjson", "--dirs-only", "--no-mimetype", &path])
+                {
                     Ok(out) => out,
                     Err(e) if not_found(&e) => return Ok(Vec::new()),
                     Err(e) => return Err(e),
@@ -331,7 +345,13 @@ impl Far {
 
     fn put(&self, src: &mut dyn Read, rel: &str, expect: Option<(&Path, &str)>) -> Result<u64> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let tmp_rel = |t: &str| if dir.is_empty() { t.to_string() } else { format!("{dir}/{t}") };
+        let tmp_rel = |t: &str| {
+            if dir.is_empty() {
+                t.to_string()
+            } else {
+                format!("{dir}/{t}")
+            }
+        };
         let check = |got: &str| -> Result<()> {
             match expect {
                 Some((path, want)) if got != want => Err(Error::Copy(format!(
@@ -624,8 +644,14 @@ mod tests {
     fn destinations() {
         let cases: &[(&str, std::result::Result<Dest, &str>)] = &[
             ("/mnt/offsite", Ok(Dest::Dir("/mnt/offsite".into()))),
-            ("rclone:s3:bucket/fi", Ok(Dest::Rclone("s3:bucket/fi".into()))),
-            ("rclone:sftp:/srv/fi/", Ok(Dest::Rclone("sftp:/srv/fi".into()))),
+            (
+                "rclone:s3:bucket/fi",
+                Ok(Dest::Rclone("s3:bucket/fi".into())),
+            ),
+            (
+                "rclone:sftp:/srv/fi/",
+                Ok(Dest::Rclone("sftp:/srv/fi".into())),
+            ),
             ("rclone:crypt:", Ok(Dest::Rclone("crypt:".into()))),
             ("rclone:nocolon", Err("not an rclone destination")),
             ("rclone::path", Err("does not name an rclone remote")),
@@ -643,7 +669,8 @@ mod tests {
 
     #[test]
     fn lsjson() {
-        let out = br#"[{"Path":"images/a.qcow2.0123456789abcdef","Name":"a","Size":42,"IsDir":false},
+        let out =
+            br#"[{"Path":"images/a.qcow2.0123456789abcdef","Name":"a","Size":42,"IsDir":false},
                        {"Path":"points/x.json","Name":"x.json","Size":-1,"IsDir":false}]"#;
         let got = parse_lsjson(out).unwrap();
         assert_eq!(got[0].path, "images/a.qcow2.0123456789abcdef");

@@ -60,7 +60,12 @@ pub enum Verdict {
 }
 
 /// The decision, pure: `alive` says whether a process of this boot exists.
-pub fn verdict(found: Option<&LockInfo>, me: &Me, now: i64, alive: impl Fn(u32) -> bool) -> Verdict {
+pub fn verdict(
+    found: Option<&LockInfo>,
+    me: &Me,
+    now: i64,
+    alive: impl Fn(u32) -> bool,
+) -> Verdict {
     let Some(l) = found else {
         return Verdict::Free;
     };
@@ -169,7 +174,15 @@ fn now() -> i64 {
 
 fn token() -> String {
     let mut h = blake3::Hasher::new();
-    h.update(format!("{} {} {:?}", std::process::id(), now(), std::time::Instant::now()).as_bytes());
+    h.update(
+        format!(
+            "{} {} {:?}",
+            std::process::id(),
+            now(),
+            std::time::Instant::now()
+        )
+        .as_bytes(),
+    );
     h.update(&std::fs::read("/proc/sys/kernel/random/uuid").unwrap_or_default());
     h.finalize().to_hex()[..32].to_string()
 }
@@ -235,7 +248,10 @@ impl Drop for FarLock {
             .is_some_and(|l| l.token == self.info.token);
         if ours {
             if let Err(e) = self.far.delete(&self.rel) {
-                log::warn!("Cannot remove the sync lock '{}': {e}", self.far.show(&self.rel));
+                log::warn!(
+                    "Cannot remove the sync lock '{}': {e}",
+                    self.far.show(&self.rel)
+                );
             }
         }
     }
@@ -264,12 +280,36 @@ mod tests {
         type Row = (&'static str, Option<LockInfo>, &'static str);
         let rows: Vec<Row> = vec![
             ("none", None, "free"),
-            ("ours, live process", Some(lock("h1", "b1", 7, now - 5)), "held"),
-            ("ours, dead process", Some(lock("h1", "b1", 8, now - 5)), "no longer exists"),
-            ("this host, earlier boot", Some(lock("h1", "b0", 7, now - 5)), "restarted"),
-            ("other host, fresh", Some(lock("h2", "b9", 8, now - 5)), "held"),
-            ("other host, at the limit", Some(lock("h2", "b9", 8, now - STALE_SECS)), "held"),
-            ("other host, stale", Some(lock("h2", "b9", 8, now - STALE_SECS - 1)), "not refreshed"),
+            (
+                "ours, live process",
+                Some(lock("h1", "b1", 7, now - 5)),
+                "held",
+            ),
+            (
+                "ours, dead process",
+                Some(lock("h1", "b1", 8, now - 5)),
+                "no longer exists",
+            ),
+            (
+                "this host, earlier boot",
+                Some(lock("h1", "b0", 7, now - 5)),
+                "restarted",
+            ),
+            (
+                "other host, fresh",
+                Some(lock("h2", "b9", 8, now - 5)),
+                "held",
+            ),
+            (
+                "other host, at the limit",
+                Some(lock("h2", "b9", 8, now - STALE_SECS)),
+                "held",
+            ),
+            (
+                "other host, stale",
+                Some(lock("h2", "b9", 8, now - STALE_SECS - 1)),
+                "not refreshed",
+            ),
         ];
         for (what, found, want) in rows {
             let got = verdict(found.as_ref(), &me, now, alive);

@@ -106,6 +106,9 @@ pub struct SyncPlan {
     pub delete: Vec<String>,
     /// An interrupted sync's temporary objects.
     pub temps: Vec<String>,
+    /// XML of points without a record (a drop or a send that was
+    /// interrupted), removed last.
+    pub stray_xml: Vec<String>,
     /// Home points not sent, and why.
     pub not_sent: Vec<(String, String)>,
     /// Why nothing is dropped or deleted at the destination, if so.
@@ -190,9 +193,10 @@ pub fn plan(
                     out.drop.push(p.to_string());
                 }
             }
-            (None, Some(_), false) => out
-                .not_sent
-                .push((p.to_string(), "the far retention policy does not keep it".into())),
+            (None, Some(_), false) => out.not_sent.push((
+                p.to_string(),
+                "the far retention policy does not keep it".into(),
+            )),
             (None, Some(_), true) if far_newest.is_some_and(|n| *p < n) => out.not_sent.push((
                 p.to_string(),
                 "it is older than the destination's newest point (the far side dropped it, or \
@@ -228,6 +232,14 @@ pub fn plan(
         }
     }
     if out.held.is_none() {
+        let mut stray: Vec<String> = far
+            .xmls
+            .iter()
+            .filter(|p| !held.contains_key(*p) && !far_bad.contains(*p))
+            .cloned()
+            .collect();
+        stray.sort();
+        out.stray_xml = stray;
         let read: HashSet<String> = held
             .values()
             .flat_map(|r| r.files.iter())
@@ -282,7 +294,11 @@ fn translate(
                 let same = hd.chain.len() == suffix.len()
                     && hd.chain.iter().zip(suffix).all(|(a, b)| {
                         a == b
-                            && home_q.files.iter().find(|f| &f.name == a).map(|f| &f.blake3)
+                            && home_q
+                                .files
+                                .iter()
+                                .find(|f| &f.name == a)
+                                .map(|f| &f.blake3)
                                 == files.get(b.as_str()).map(|f| &f.blake3)
                     });
                 if !same {
@@ -309,9 +325,9 @@ fn translate(
                     .filter_map(|n| far_q.files.iter().find(|f| &f.name == n))
                     .collect();
                 let complete = far_files.len() == fd.chain.len()
-                    && far_files.iter().all(|f| {
-                        present.get(&object_name(&f.name, &f.blake3)) == Some(&f.size)
-                    })
+                    && far_files
+                        .iter()
+                        .all(|f| present.get(&object_name(&f.name, &f.blake3)) == Some(&f.size))
                     && far_files[0].format == files[chain[i].as_str()].format;
                 if !complete {
                     continue;
@@ -491,7 +507,12 @@ mod tests {
         assert!(is_object_name(&object_name("a.qcow2", &b)));
         assert_eq!(object_name(&"n".repeat(250), &b), b);
         assert!(is_object_name(&b));
-        for not in ["a.qcow2", ".fi-tmp.x.0123456789abcdef", "x.0123456789ABCDEF", ".0123456789abcdef"] {
+        for not in [
+            "a.qcow2",
+            ".fi-tmp.x.0123456789abcdef",
+            "x.0123456789ABCDEF",
+            ".0123456789abcdef",
+        ] {
             assert!(!is_object_name(not), "{not}");
         }
     }
@@ -539,13 +560,25 @@ mod tests {
         let p = plan(&home, &[], &far_side, None);
         assert_eq!(
             sent(&p),
-            vec![(D3.into(), names(&["o3"]), names(&["o3", "o2", "o1", "base"]))]
+            vec![(
+                D3.into(),
+                names(&["o3"]),
+                names(&["o3", "o2", "o1", "base"])
+            )]
         );
         assert_eq!(p.send[0].reuses, vec![("vda".to_string(), D2.to_string())]);
         let rec3 = &p.send[0].record;
         let base = rec3.files.iter().find(|f| f.name == "base").unwrap();
-        assert_eq!(base.blake3, hash("base@a"), "the destination's base version");
-        assert!(crate::store::record::check_record(rec3, std::path::Path::new("x/20260103-010000.json")).is_ok());
+        assert_eq!(
+            base.blake3,
+            hash("base@a"),
+            "the destination's base version"
+        );
+        assert!(crate::store::record::check_record(
+            rec3,
+            std::path::Path::new("x/20260103-010000.json")
+        )
+        .is_ok());
         // Without a policy nothing is dropped, so nothing is deleted.
         assert!(p.drop.is_empty() && p.delete.is_empty());
     }
@@ -555,11 +588,18 @@ mod tests {
     #[test]
     fn no_common_point_sends_the_home_chain() {
         let far_side = far(&[rec(D1, &[("o1", "a"), ("base", "a")])]);
-        let home = vec![rec(D3, &[("o3", "a"), ("o2", "merged"), ("base", "folded")])];
+        let home = vec![rec(
+            D3,
+            &[("o3", "a"), ("o2", "merged"), ("base", "folded")],
+        )];
         let p = plan(&home, &[], &far_side, None);
         assert_eq!(
             sent(&p),
-            vec![(D3.into(), names(&["o3", "o2", "base"]), names(&["o3", "o2", "base"]))]
+            vec![(
+                D3.into(),
+                names(&["o3", "o2", "base"]),
+                names(&["o3", "o2", "base"])
+            )]
         );
     }
 
@@ -577,7 +617,11 @@ mod tests {
         let p = plan(&home, &[], &far_side, None);
         assert_eq!(
             sent(&p),
-            vec![(D3.into(), names(&["o3", "o2", "base"]), names(&["o3", "o2", "base"]))]
+            vec![(
+                D3.into(),
+                names(&["o3", "o2", "base"]),
+                names(&["o3", "o2", "base"])
+            )]
         );
     }
 
@@ -613,7 +657,10 @@ mod tests {
             ..Policy::default()
         };
         let p = plan(&home, &[], &far(&[]), Some(&policy));
-        assert_eq!(sent(&p).iter().map(|s| s.0.clone()).collect::<Vec<_>>(), names(&[D4]));
+        assert_eq!(
+            sent(&p).iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+            names(&[D4])
+        );
         assert_eq!(p.not_sent[0].0, D3);
     }
 
@@ -634,9 +681,18 @@ mod tests {
         let p = plan(&home, &[D4.to_string()], &far_side, Some(&policy));
         assert!(p.held.as_deref().unwrap().contains("cannot be trusted"));
         assert!(p.drop.is_empty() && p.delete.is_empty());
-        assert_eq!(p.not_sent, vec![(D4.to_string(), "its home record cannot be trusted".to_string())]);
+        assert_eq!(
+            p.not_sent,
+            vec![(
+                D4.to_string(),
+                "its home record cannot be trusted".to_string()
+            )]
+        );
         // D3 is still sent, whole chain reused where present.
-        assert_eq!(sent(&p), vec![(D3.into(), names(&["o3"]), names(&["o3", "base"]))]);
+        assert_eq!(
+            sent(&p),
+            vec![(D3.into(), names(&["o3"]), names(&["o3", "base"]))]
+        );
     }
 
     /// A point the far side dropped is not sent again by a later sync
@@ -650,10 +706,15 @@ mod tests {
             rec(D4, &[("o4", "a"), ("o3", "a"), ("base", "a")]),
         ];
         let p = plan(&home, &[], &far_side, None);
-        assert_eq!(sent(&p), vec![(D4.into(), names(&["o4"]), names(&["o4", "o3", "base"]))]);
+        assert_eq!(
+            sent(&p),
+            vec![(D4.into(), names(&["o4"]), names(&["o4", "o3", "base"]))]
+        );
         assert_eq!(p.not_sent.len(), 1);
         assert_eq!(p.not_sent[0].0, D2);
-        assert!(p.not_sent[0].1.contains("older than the destination's newest"));
+        assert!(p.not_sent[0]
+            .1
+            .contains("older than the destination's newest"));
     }
 
     /// Objects without our name shape are never deleted; an interrupted
@@ -663,9 +724,13 @@ mod tests {
         let mut far_side = far(&[rec(D1, &[("o1", "a")])]);
         far_side.objects.insert("notes.txt".into(), 3);
         far_side.objects.insert("old.fedcba9876543210".into(), 3);
-        far_side.temps.push("images/.fi-tmp.o2.0123456789abcdef.77".into());
+        far_side
+            .temps
+            .push("images/.fi-tmp.o2.0123456789abcdef.77".into());
+        far_side.xmls.insert(D2.into());
         let p = plan(&[], &[], &far_side, None);
         assert_eq!(p.delete, names(&["old.fedcba9876543210"]));
+        assert_eq!(p.stray_xml, names(&[D2]), "an XML without its record");
         assert_eq!(p.temps, names(&["images/.fi-tmp.o2.0123456789abcdef.77"]));
     }
 
@@ -684,7 +749,12 @@ mod tests {
         far_side
             .objects
             .insert(object_name("base", &hash("base@a")), 3);
-        let p = plan(&[rec(D1, &[("o1", "a"), ("base", "a")])], &[], &far_side, None);
+        let p = plan(
+            &[rec(D1, &[("o1", "a"), ("base", "a")])],
+            &[],
+            &far_side,
+            None,
+        );
         assert_eq!(sent(&p)[0].1, names(&["o1", "base"]));
     }
 
@@ -697,6 +767,13 @@ mod tests {
         let home_d1 = rec(D1, &[("o63", "m"), ("o0", "f")]);
         let home_d2 = rec(D2, &[("new", "a"), ("o63", "m"), ("o0", "f")]);
         let p = plan(&[home_d1, home_d2], &[], &far_side, None);
-        assert_eq!(sent(&p), vec![(D2.into(), names(&["new", "o63", "o0"]), names(&["new", "o63", "o0"]))]);
+        assert_eq!(
+            sent(&p),
+            vec![(
+                D2.into(),
+                names(&["new", "o63", "o0"]),
+                names(&["new", "o63", "o0"])
+            )]
+        );
     }
 }

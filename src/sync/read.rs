@@ -41,7 +41,12 @@ pub fn open_to_read(backup_dir: &Path) -> Result<Far> {
 /// Opens `dest` to sync `backup_dir` into: it must not be the backup
 /// directory, inside it, or around it; it must carry the mark, or be empty
 /// (then it gets the mark, unless `dry_run`).
-pub fn open_to_write(dest: &str, backup_dir: &Path, bwlimit: Option<String>, dry_run: bool) -> Result<Far> {
+pub fn open_to_write(
+    dest: &str,
+    backup_dir: &Path,
+    bwlimit: Option<String>,
+    dry_run: bool,
+) -> Result<Far> {
     let far = Far::open(Dest::parse(dest)?, bwlimit)?;
     if let Dest::Dir(d) = &far.dest {
         let (cd, cb) = (canonical(d)?, canonical(backup_dir)?);
@@ -82,7 +87,12 @@ pub fn open_to_write(dest: &str, backup_dir: &Path, bwlimit: Option<String>, dry
                     "sync destination '{}' is not empty ({}) and is not one of fi-backup's (it \
                      has no {MARK}): name an empty directory or remote path; nothing was done",
                     far.dest,
-                    found.iter().take(3).map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                    found
+                        .iter()
+                        .take(3)
+                        .map(|n| format!("'{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             if !dry_run {
@@ -122,10 +132,16 @@ pub fn gather(far: &Far, domain: &str) -> Result<FarFacts> {
             "images" if crate::sync::plan::is_object_name(name) => {
                 facts.objects.insert(name.to_string(), e.size);
             }
-            "points" if name.ends_with(".json") && crate::store::naming::is_timestamp(&name[..name.len() - 5]) => {
+            "points"
+                if name.ends_with(".json")
+                    && crate::store::naming::is_timestamp(&name[..name.len() - 5]) =>
+            {
                 records.push(e.path.clone());
             }
-            "points" if name.ends_with(".xml") && crate::store::naming::is_timestamp(&name[..name.len() - 4]) => {
+            "points"
+                if name.ends_with(".xml")
+                    && crate::store::naming::is_timestamp(&name[..name.len() - 4]) =>
+            {
                 facts.xmls.insert(name[..name.len() - 4].to_string());
             }
             _ => facts.foreign.push(e.path.clone()),
@@ -141,9 +157,10 @@ pub fn gather(far: &Far, domain: &str) -> Result<FarFacts> {
         };
         match parsed {
             Ok(r) => facts.records.push(r),
-            Err(why) => facts
-                .rejected
-                .push((rel.trim_start_matches(&format!("{domain}/")).to_string(), why)),
+            Err(why) => facts.rejected.push((
+                rel.trim_start_matches(&format!("{domain}/")).to_string(),
+                why,
+            )),
         }
     }
     Ok(facts)
@@ -185,7 +202,11 @@ pub fn fetch_point(far: &Far, domain: &str, record: &Record, into: &Path) -> Res
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("cannot create", &path, e))?;
-        log::info!("Fetching '{}' ({})", far.show(&rel), crate::units::human_bytes(f.size));
+        log::info!(
+            "Fetching '{}' ({})",
+            far.show(&rel),
+            crate::units::human_bytes(f.size)
+        );
         let (size, hash) = far.stream(&rel, Some(&mut out))?;
         if size != f.size || hash != f.blake3 {
             return Err(Error::Far(format!(

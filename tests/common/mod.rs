@@ -922,3 +922,169 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, String, u32, u32)> {
         })
         .collect()
 }
+
+/// A throwaway user, an SFTP server on 127.0.0.1 with its own host key and
+/// configuration, and an rclone configuration with a plain and a crypt
+/// remote on it.
+pub struct Sftp {
+    sshd: std::process::Child,
+    pub port: u16,
+    pub config: PathBuf,
+    pub root: PathBuf,
+    user: String,
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Sftp {
+    pub fn start(s: &Scenario, tag: &str) -> Sftp {
+        let dir = s.dir(&format!("sftp-{tag}"));
+        let user = format!("fisync{}{tag}", std::process::id() % 100000);
+        let _ = cmd("userdel", &["-r", &user]);
+        ok(
+            "useradd",
+            &["-M", "-d", "/nonexistent", "-s", "/bin/sh", &user],
+        );
+        // Without PAM, sshd refuses a locked account ('!' as the password).
+        ok("usermod", &["-p", "*", &user]);
+        let root = dir.join("data");
+        std::fs::create_dir(&root).unwrap();
+        ok("chown", &[&user, root.to_str().unwrap()]);
+        let key = dir.join("client_key");
+        ok(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+        );
+        ok(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                dir.join("host_key").to_str().unwrap(),
+            ],
+        );
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        // A port free right now (sshd takes it a moment later).
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("sshd_config");
+        std::fs::write(
+            &conf,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\n\
+                 AuthorizedKeysFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin no\nAllowUsers {user}\n\
+                 Subsystem sftp internal-sftp\n",
+                dir.join("host_key").display(),
+                dir.join("sshd.pid").display(),
+                dir.join("authorized_keys").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let sshd = Sftp::sshd(&dir, &conf, port);
+        let obscured = ok("rclone", &["obscure", "a passphrase only this test knows"]);
+        let config = dir.join("rclone.conf");
+        let wrong = dir.join("wrong_key");
+        ok(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                wrong.to_str().unwrap(),
+            ],
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "[far]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n\
+                 key_file = {}\nknown_hosts_file = \nshell_type = none\n\n\
+                 [vault]\ntype = crypt\nremote = far:{}/crypt\npassword = {}\n\n\
+                 [refused]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n\
+                 key_file = {}\nshell_type = none\n",
+                key.display(),
+                root.display(),
+                obscured.trim(),
+                wrong.display(),
+            ),
+        )
+        .unwrap();
+        Sftp {
+            sshd,
+            port,
+            config,
+            root,
+            user,
+            dir,
+            conf,
+        }
+    }
+
+    fn sshd(dir: &Path, conf: &Path, port: u16) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("sshd.log"))
+            .unwrap();
+        let sshd = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f", conf.to_str().unwrap()])
+            .stderr(log)
+            .spawn()
+            .expect("cannot start sshd (Debian's openssh-server)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd does not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// Starts the server again after `stop`.
+    pub fn restart(&mut self) {
+        self.sshd = Sftp::sshd(&self.dir, &self.conf, self.port);
+    }
+
+    /// fi-backup with this rclone configuration.
+    pub fn fi(&self, s: &Scenario, args: &[&str]) -> std::process::Output {
+        let out = s
+            .command(args)
+            .env("RCLONE_CONFIG", &self.config)
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ fi-backup {}\n  -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        // The sessions sshd forked live on their own.
+        let _ = cmd("pkill", &["-KILL", "-u", &self.user]);
+    }
+}
+
+impl Drop for Sftp {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = cmd("userdel", &[&self.user]);
+    }
+}
