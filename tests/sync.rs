@@ -107,6 +107,18 @@ fn nights_to_a_second_disk_and_far_retention() {
 
     s.fi_ok(&["-C", "-b", b, &dom]);
     let home = fingerprint(&backup);
+    // A dry run says what it would send and writes nothing anywhere.
+    let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("[dry run] send '") && err.contains("1 restore point(s) would be sent"),
+        "{err}"
+    );
+    assert!(
+        names_in(&far_dir).is_empty(),
+        "the dry run wrote nothing there"
+    );
     let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--json"]);
     assert!(out.status.success());
     let first = sync_report(&out.stdout);
@@ -119,8 +131,10 @@ fn nights_to_a_second_disk_and_far_retention() {
     for n in 1..=3u8 {
         night_writes(&dom, n);
         let keep: &[&str] = if n == 3 { &["--keep-last", "2"] } else { &[] };
+        let metrics = s.root.join("fi.prom");
+        let m = metrics.to_str().unwrap();
         let args = [
-            &["-C", "-b", b, "--sync-to", f, "--json"][..],
+            &["-C", "-b", b, "--sync-to", f, "--json", "--metrics", m][..],
             keep,
             &[dom.as_str()][..],
         ]
@@ -150,6 +164,30 @@ fn nights_to_a_second_disk_and_far_retention() {
                 "and merged files"
             );
         }
+        let prom = std::fs::read_to_string(&metrics).unwrap();
+        let labels = format!("{{domain=\"{dom}\",action=\"snapshot-consolidate\"}}");
+        let synced: i64 = prom
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "fi_backup_sync_last_success_timestamp_seconds{labels} "
+                ))
+            })
+            .expect("the last successful sync is a metric")
+            .parse()
+            .unwrap();
+        assert!((chrono::Utc::now().timestamp() - synced).abs() < 120);
+        assert!(
+            prom.contains(&format!(
+                "fi_backup_sync_far_restore_points{labels} {}",
+                n + 1
+            )),
+            "{prom}"
+        );
+        assert!(
+            prom.contains(&format!("fi_backup_sync_sent_bytes{labels} {sent}")),
+            "{prom}"
+        );
         let newest = listed(&s, b, &dom).last().unwrap().clone();
         points.push(newest);
         night_of.push(n);
@@ -374,6 +412,9 @@ fn rclone_over_sftp_plain_and_crypt() {
         assert_eq!(v.as_array().unwrap().len(), 2, "{dest}");
         let out = sftp.fi(&s, &["verify", "--backup-dir", dest]);
         assert!(out.status.success(), "{dest}");
+        let out = sftp.fi(&s, &["verify", "--backup-dir", dest, "--sample", "50%"]);
+        assert!(out.status.success(), "{dest}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("a random sample of about 50%"));
         for (p, n) in points.iter().zip([0u8, 1]) {
             let target = s.root.join(format!(
                 "r-{}-{p}",

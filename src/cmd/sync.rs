@@ -223,11 +223,21 @@ fn sync_inner(
     carry_out(far, dir, domain, &p, lock.as_ref(), opts.dry_run, sync)?;
     let kept = facts.records.len() + p.send.len() - p.drop.len();
     sync.far_points = kept;
+    let kept = if opts.dry_run {
+        format!("{kept} afterwards")
+    } else {
+        kept.to_string()
+    };
     log::info!(
-        "{}{domain}: {} restore point(s) sent to '{}' ({} file(s), {}), {} dropped there, {} \
+        "{}{domain}: {} restore point(s) {} to '{}' ({} file(s), {}), {} dropped there, {} \
          file(s) deleted there; it holds {kept} point(s)",
         if opts.dry_run { "[dry run] " } else { "" },
         p.send.len(),
+        if opts.dry_run {
+            "would be sent"
+        } else {
+            "sent"
+        },
         far.dest,
         sync.files_sent,
         crate::units::human_bytes(sync.bytes_sent),
