@@ -161,6 +161,19 @@ fn full_destination_then_converges() {
         "the partial upload is removed"
     );
     assert_eq!(fingerprint(&backup), home);
+    // The same on the nightly line: the backup stands, the domain's turn
+    // fails naming the sync.
+    guest_write(&dom, 0, 0x11, 1);
+    let out = s.fi(&["-b", &b, "--sync-to", f, &dom]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the backup succeeded; its sync to"), "{err}");
+    assert_eq!(
+        listed(&s, None, &b, &dom).len(),
+        2,
+        "the new point is at home"
+    );
+    assert_eq!(listed(&s, None, f, &dom), Vec::<String>::new());
     ok("mount", &["-o", "remount,size=256m", f]);
     s.fi_ok(&["sync", "--backup-dir", &b, "--to", f]);
     assert_eq!(listed(&s, None, f, &dom), listed(&s, None, &b, &dom));
