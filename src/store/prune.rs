@@ -978,7 +978,7 @@ mod tests {
             name: name.into(),
             format: "qcow2".into(),
             size: 10,
-            blake3: format!("h-{name}"),
+            blake3: blake3::hash(name.as_bytes()).to_hex().to_string(),
             backing: backing.map(str::to_string),
             backing_format: backing.map(|_| "qcow2".to_string()),
             source: format!("/v/{name}"),
