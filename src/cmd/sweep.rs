@@ -189,7 +189,7 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let (dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        let (_dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
         // The new point leaves the host before the prune: its record is
         // then the one the backup wrote, whose lower files the destination
         // already holds, so what the prune merges never has to travel.
@@ -200,14 +200,13 @@ fn process_domain(
                     dry_run: config.dry_run,
                     state_dir: config.state_dir.clone(),
                 };
-                crate::cmd::sync::sync_domain(far, d, name, &opts, dir_lock.as_ref(), report)
-                    .map_err(|e| {
-                        Error::in_domain(
-                            name,
-                            format!("the backup succeeded; its sync to '{}' failed", far.dest),
-                            e,
-                        )
-                    })
+                crate::cmd::sync::sync_domain(far, d, name, &opts, report).map_err(|e| {
+                    Error::in_domain(
+                        name,
+                        format!("the backup succeeded; its sync to '{}' failed", far.dest),
+                        e,
+                    )
+                })
             }
             _ => Ok(()),
         };

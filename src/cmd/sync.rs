@@ -1,14 +1,17 @@
 //! `fi-backup sync` (and `--sync-to` on backup runs): replicate restore
 //! points to another directory or an rclone remote, by difference.
 //!
-//! Per domain: under the backup directory's lock (shared: backups and
-//! prunes wait, other syncs do not) and the destination's lock, read both
-//! sides, plan (`sync::plan`, pure), then carry it out in this order, each
+//! Per domain: under the destination's lock, read both sides, plan
+//! (`sync::plan`, pure), then carry it out in this order, each
 //! step said in a dry run instead: remove an interrupted sync's temporary
 //! objects; for each point to send, oldest first, its missing files, its
 //! XML, then its record (the point exists at the destination exactly when
 //! its record does); then the records of points the far policy drops, and
-//! only then the objects no far record reads. Nothing is written at home.
+//! only then the objects no far record reads. Nothing is written at home,
+//! and no lock is taken there: a backup may start while a long sync runs.
+//! Every file is read through BLAKE3 on its way and must match its record,
+//! so a file a prune changes meanwhile fails its upload (nothing wrong is
+//! ever published) and the next sync sends what is there then.
 
 use crate::cmd::cli::SyncArgs;
 use crate::error::{Error, Result};
@@ -71,7 +74,7 @@ pub fn run(args: &SyncArgs) -> Result<bool> {
         let scope = crate::cmd::logging::Scope::default();
         let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
             DomainDir::new(backup_dir, d)
-                .and_then(|dir| sync_domain(&far, &dir, d, &opts, None, &mut report))
+                .and_then(|dir| sync_domain(&far, &dir, d, &opts, &mut report))
         });
         match result {
             Ok(()) => report.success = true,
@@ -120,15 +123,12 @@ pub fn run(args: &SyncArgs) -> Result<bool> {
     Ok(ok)
 }
 
-/// Syncs one domain's points to `far`. `home_lock` is the backup
-/// directory's lock when the caller (a backup run) holds it; otherwise a
-/// shared lock is taken here.
+/// Syncs one domain's points to `far`.
 pub fn sync_domain(
     far: &Far,
     dir: &DomainDir,
     domain: &str,
     opts: &Options,
-    home_lock: Option<&crate::state::lock::DomainLock>,
     report: &mut DomainReport,
 ) -> Result<()> {
     let mut sync = SyncReport {
@@ -136,7 +136,7 @@ pub fn sync_domain(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let result = sync_inner(far, dir, domain, opts, home_lock, &mut sync);
+    let result = sync_inner(far, dir, domain, opts, &mut sync);
     sync.last_success = last_success(&opts.state_dir, domain, &far.dest.to_string());
     if result.is_ok() && !opts.dry_run {
         let now = chrono::Utc::now().timestamp();
@@ -154,7 +154,6 @@ fn sync_inner(
     dir: &DomainDir,
     domain: &str,
     opts: &Options,
-    home_lock: Option<&crate::state::lock::DomainLock>,
     sync: &mut SyncReport,
 ) -> Result<()> {
     if !dir.points().is_dir() {
@@ -163,10 +162,6 @@ fn sync_inner(
             dir.root.display()
         )));
     }
-    let _shared = match home_lock {
-        Some(_) => None,
-        None => crate::state::lock::share_backup_dir(&dir.root, domain)?,
-    };
     if crate::store::prune::journal_path(dir).exists() {
         return Err(Error::domain(
             domain,

@@ -45,36 +45,6 @@ pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
     })
 }
 
-/// Takes the backup directory's lock shared, for a command that only reads
-/// it (sync): backups and prunes of it wait, other readers do not. Opens the
-/// lock file read-only and never creates it (a reader writes nothing
-/// there); a directory without one (no backup ever ran on it) is read
-/// unlocked.
-pub fn share_backup_dir(root: &Path, domain: &str) -> Result<Option<DomainLock>> {
-    let path = root.join(".lock");
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot open lock file", &path, e)),
-    };
-    match crate::ffi::try_lock_shared(&file) {
-        Ok(true) => Ok(Some(DomainLock { _file: file, path })),
-        Ok(false) => Err(Error::domain(
-            domain,
-            format!(
-                "a backup or a prune (maybe on another host) is using its backup directory \
-                 '{}'; nothing was sent (sync again after it)",
-                root.display()
-            ),
-        )),
-        Err(e) => Err(Error::io("cannot lock", &path, e)),
-    }
-}
-
 /// Opens (creating, 0600, not following symlinks) and locks `path`; None
 /// when another holder has it.
 fn try_lock(path: PathBuf) -> Result<Option<DomainLock>> {

@@ -355,8 +355,9 @@ impl Far {
         let check = |got: &str| -> Result<()> {
             match expect {
                 Some((path, want)) if got != want => Err(Error::Copy(format!(
-                    "'{}' reads with BLAKE3 {got}, its record says {want}: the home copy is \
-                     damaged and was not sent (fi-backup verify names the points it breaks)",
+                    "'{}' reads with BLAKE3 {got}, its record says {want}: it was not sent; \
+                     it is damaged (fi-backup verify names the points it breaks), or a prune \
+                     changed it while it was read (the next sync sends what is there then)",
                     path.display()
                 ))),
                 _ => Ok(()),

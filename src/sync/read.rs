@@ -127,6 +127,9 @@ pub fn gather(far: &Far, domain: &str) -> Result<FarFacts> {
     for e in entries {
         let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
         match dir {
+            // The lock's own refreshes (this run's) are not an interrupted sync's.
+            _ if name.starts_with(TEMP_PREFIX)
+                && name.contains(&format!(".fi-sync-lock.json.{}", std::process::id())) => {}
             _ if name.starts_with(TEMP_PREFIX) => facts.temps.push(e.path.clone()),
             "" if name == ".fi-sync-lock.json" => {}
             "images" if crate::sync::plan::is_object_name(name) => {

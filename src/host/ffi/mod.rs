@@ -22,16 +22,6 @@ pub fn try_lock_exclusive(f: &File) -> io::Result<bool> {
     }
 }
 
-/// `flock(LOCK_SH | LOCK_NB)`: Ok(true) when taken, Ok(false) when an
-/// exclusive holder has it.
-pub fn try_lock_shared(f: &File) -> io::Result<bool> {
-    match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockShared) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Where `lseek(SEEK_DATA)` from `pos` lands.
 pub fn seek_data(f: &File, pos: u64) -> io::Result<u64> {
     Ok(rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos))?)
