@@ -246,16 +246,6 @@ pub fn unused_overlays(
     if dom.is_active()? {
         xmls.push(dom.live_xml()?);
     }
-    let mut used = HashSet::new();
-    for xml in xmls {
-        let facts = crate::domain::parse_domain_xml(&xml)?;
-        for source in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
-            for f in chain::read_chain(source)? {
-                let id = chain::SourceId::read(&f.path)?;
-                used.insert((id.dev, id.ino));
-            }
-        }
-    }
     let present: HashMap<String, (u64, u64)> = ledger
         .overlays
         .iter()
@@ -264,6 +254,30 @@ pub fn unused_overlays(
             Some((o.path.clone(), (id.dev, id.ino)))
         })
         .collect();
+    let mut sources = Vec::new();
+    for xml in &xmls {
+        let facts = crate::domain::parse_domain_xml(xml)?;
+        sources.extend(facts.disks.into_iter().filter_map(|d| d.source));
+    }
+    sources.sort();
+    sources.dedup();
+    // The usual case, every overlay of ours a disk's top (as after -C):
+    // nothing is unused, and no chain needs reading.
+    let tops: HashSet<(u64, u64)> = sources
+        .iter()
+        .filter_map(|s| chain::SourceId::read(s).ok())
+        .map(|id| (id.dev, id.ino))
+        .collect();
+    if present.values().all(|id| tops.contains(id)) {
+        return Ok(Vec::new());
+    }
+    let mut used = HashSet::new();
+    for source in &sources {
+        for f in chain::read_chain(source)? {
+            let id = chain::SourceId::read(&f.path)?;
+            used.insert((id.dev, id.ino));
+        }
+    }
     Ok(ledger
         .unused(&used, &present)
         .into_iter()

@@ -47,10 +47,17 @@ impl Siblings {
                 _ => vec![dom.inactive_xml()],
             };
             let mut unknown = None;
+            // A running domain's persistent definition names the same tops
+            // as its live one (a snapshot moves both): each chain is read
+            // once.
+            let mut read = std::collections::HashSet::new();
             for xml in xmls {
                 match xml.and_then(|x| domain::parse_domain_xml(&x)) {
                     Ok(facts) => {
                         for src in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
+                            if !read.insert(src.clone()) {
+                                continue;
+                            }
                             if let Err(why) = s.add_chain(&facts.uuid, &facts.name, src) {
                                 unknown.get_or_insert(why);
                             }
