@@ -117,7 +117,7 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l dry-run -d
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -l json -d 'Print the report as one JSON document on stdout'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand prune" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
-complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l domain -d 'Only this domain' -r
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l domain -d 'Only these domains (repeat it for several); every domain of the backup directory when absent' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l to -d 'Where to: a directory (another disk, an NFS mount) or rclone:NAME:PATH (a remote of your rclone configuration; a crypt remote encrypts). An empty one is made a destination; one that is not empty must be one already' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-last -d 'Keep the N newest restore points' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand sync" -l keep-hourly -d 'Keep the newest point of each of the N most recent hours that have one' -r

@@ -309,7 +309,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     #[command(flatten)]
-    pub scope: Scope,
+    pub backup: BackupDir,
+    /// Only these domains (repeat it for several); every domain of the
+    /// backup directory when absent
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domains: Vec<String>,
     /// Where to: a directory (another disk, an NFS mount) or
     /// rclone:NAME:PATH (a remote of your rclone configuration; a crypt
     /// remote encrypts). An empty one is made a destination; one that is

@@ -37,7 +37,7 @@ pub struct Options {
 /// Runs `fi-backup sync`; Ok(false) when a domain failed.
 pub fn run(args: &SyncArgs) -> Result<bool> {
     let started = chrono::Local::now();
-    let backup_dir = &args.scope.backup.backup_dir;
+    let backup_dir = &args.backup.backup_dir;
     if read::is_destination(backup_dir) {
         return Err(Error::Usage(format!(
             "'{}' is a sync destination, not a backup directory: sync from the backup \
@@ -58,9 +58,18 @@ pub fn run(args: &SyncArgs) -> Result<bool> {
         state_dir: args.places.state_dir.clone(),
     };
     let far = read::open_to_write(&args.to, backup_dir, args.bwlimit.clone(), args.dry_run)?;
-    let domains = match &args.scope.domain {
-        Some(d) => vec![d.clone()],
-        None => crate::store::record::domains_in(backup_dir)?,
+    let domains = if args.domains.is_empty() {
+        crate::store::record::domains_in(backup_dir)?
+    } else {
+        for d in &args.domains {
+            if !DomainDir::new(backup_dir, d)?.points().is_dir() {
+                return Err(Error::Usage(format!(
+                    "'{}' holds no restore points of '{d}'; nothing was sent",
+                    backup_dir.display()
+                )));
+            }
+        }
+        args.domains.clone()
     };
     let mut reports = Vec::new();
     for d in &domains {

@@ -24,6 +24,11 @@ pub struct DiskFacts {
     pub shareable: bool,
     /// The first `<backingStore>`'s file, as libvirt sees the chain (live XML).
     pub backing: Option<PathBuf>,
+    /// Every file below the source, top first, as libvirt knows the chain
+    /// (a running domain's live XML): only when every link is a file and
+    /// libvirt closed the chain with an empty `<backingStore/>` (it knows
+    /// where it ends); None otherwise (a persistent definition has none).
+    pub known_chain: Option<Vec<PathBuf>>,
     /// A block job's `<mirror>`: None without one, else whether libvirt
     /// considers it ready to pivot (`ready='yes'`).
     pub mirror_ready: Option<bool>,
@@ -101,6 +106,7 @@ impl DiskFacts {
             readonly: false,
             shareable: false,
             backing: None,
+            known_chain: None,
             mirror_ready: None,
             snapshot: None,
         }
@@ -189,9 +195,33 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
             .and_then(|b| b.children().find(|n| n.has_tag_name("source")))
             .and_then(|s| s.attribute("file"))
             .map(PathBuf::from),
+        known_chain: known_chain(disk),
         mirror_ready: child("mirror").map(|m| m.attribute("ready") == Some("yes")),
         snapshot: disk.attribute("snapshot").map(str::to_string),
     })
+}
+
+/// The chain below a disk's source as its `<backingStore>` elements say,
+/// when every link is a file and the last is the empty `<backingStore/>`.
+fn known_chain(disk: roxmltree::Node) -> Option<Vec<PathBuf>> {
+    let mut chain = Vec::new();
+    let mut at = disk;
+    loop {
+        let next = at.children().find(|n| n.has_tag_name("backingStore"))?;
+        if !next.children().any(|n| n.is_element()) && next.attribute("type").is_none() {
+            return Some(chain);
+        }
+        if next.attribute("type") != Some("file") {
+            return None;
+        }
+        let file = next
+            .children()
+            .find(|n| n.has_tag_name("source"))
+            .and_then(|s| s.attribute("file"))
+            .filter(|f| f.starts_with('/'))?;
+        chain.push(PathBuf::from(file));
+        at = next;
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +249,44 @@ mod tests {
         <disk type='network' device='disk'><source protocol='nbd' name='y'>
           <host name='h'/></source><target dev='vdg'/><readonly/></disk>
       </devices></domain>"#;
+
+    /// libvirt's view of the chain is taken only when it is complete.
+    #[test]
+    fn known_chains() {
+        let disk = |inner: &str| {
+            let xml = format!(
+                "<domain><name>d</name><uuid>u</uuid><devices><disk type='file' device='disk'>\
+                 <source file='/v/top'/>{inner}<target dev='vda'/></disk></devices></domain>"
+            );
+            parse_domain_xml(&xml).unwrap().disks[0].known_chain.clone()
+        };
+        let p = |v: &[&str]| Some(v.iter().map(PathBuf::from).collect::<Vec<_>>());
+        let rows: Vec<(&str, Option<Vec<PathBuf>>)> = vec![
+            ("", None),
+            ("<backingStore/>", p(&[])),
+            (
+                "<backingStore type='file'><format type='qcow2'/><source file='/v/b'/>\
+                 <backingStore type='file'><format type='raw'/><source file='/v/a'/>\
+                 <backingStore/></backingStore></backingStore>",
+                p(&["/v/b", "/v/a"]),
+            ),
+            (
+                "<backingStore type='file'><source file='/v/b'/></backingStore>",
+                None,
+            ),
+            (
+                "<backingStore type='block'><source dev='/dev/sdz'/><backingStore/></backingStore>",
+                None,
+            ),
+            (
+                "<backingStore type='file'><source file='rel'/><backingStore/></backingStore>",
+                None,
+            ),
+        ];
+        for (inner, want) in rows {
+            assert_eq!(disk(inner), want, "{inner}");
+        }
+    }
 
     #[test]
     fn finds_disks_and_eligibility() {

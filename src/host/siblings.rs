@@ -54,11 +54,18 @@ impl Siblings {
             for xml in xmls {
                 match xml.and_then(|x| domain::parse_domain_xml(&x)) {
                     Ok(facts) => {
-                        for src in facts.disks.iter().filter_map(|d| d.source.as_ref()) {
+                        for d in &facts.disks {
+                            let Some(src) = d.source.as_ref() else {
+                                continue;
+                            };
                             if !read.insert(src.clone()) {
                                 continue;
                             }
-                            if let Err(why) = s.add_chain(&facts.uuid, &facts.name, src) {
+                            let added = match &d.known_chain {
+                                Some(below) => s.add_known(&facts.uuid, &facts.name, src, below),
+                                None => s.add_chain(&facts.uuid, &facts.name, src),
+                            };
+                            if let Err(why) = added {
                                 unknown.get_or_insert(why);
                             }
                         }
@@ -85,6 +92,23 @@ impl Siblings {
             );
         }
         Ok(s)
+    }
+
+    /// A running domain's chain as libvirt knows it (the files QEMU has
+    /// open): each file's identity read, no qemu-img run.
+    fn add_known(
+        &mut self,
+        uuid: &str,
+        name: &str,
+        top: &Path,
+        below: &[std::path::PathBuf],
+    ) -> Result<(), String> {
+        for f in std::iter::once(top).chain(below.iter().map(|p| p.as_path())) {
+            let id = SourceId::read(f).map_err(|e| format!("'{}': {e}", f.display()))?;
+            self.add(uuid, name, id.dev, id.ino);
+            self.ids.insert((id.dev, id.ino), id);
+        }
+        Ok(())
     }
 
     fn add_chain(&mut self, uuid: &str, name: &str, top: &Path) -> Result<(), String> {
