@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub fn files() -> Vec<(PathBuf, Vec<u8>)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut man = Vec::new();
-    clap_mangen::Man::new(fi_backup::cli::command())
+    clap_mangen::Man::new(fi_backup::cmd::cli::command())
         .section("8")
         .render(&mut man)
         .expect("rendering the man page");
@@ -21,7 +21,12 @@ pub fn files() -> Vec<(PathBuf, Vec<u8>)> {
         (Shell::Fish, "fi-backup.fish"),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut fi_backup::cli::command(), "fi-backup", &mut buf);
+        clap_complete::generate(
+            shell,
+            &mut fi_backup::cmd::cli::command(),
+            "fi-backup",
+            &mut buf,
+        );
         if shell == Shell::Bash {
             // clap_complete 4.6 spells the state of a subcommand of a
             // hyphenated binary two ways (`fi__backup__subcmd__prune` in the

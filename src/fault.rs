@@ -90,7 +90,7 @@ pub fn hold(point: &str) {
 
 fn kill_now(point: &str) -> ! {
     log::error!("injected SIGKILL at {point} ({VAR})");
-    crate::ffi::kill_self();
+    crate::host::ffi::kill_self();
     loop {
         std::thread::park();
     }

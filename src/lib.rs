@@ -14,8 +14,9 @@
 //! - `cmd`: the command line and the commands: the sweep (backup and
 //!   consolidation runs), list, restore, verify; logging and signals.
 //!
-//! Every module is also reachable at the crate's root (`crate::plan`,
-//! `crate::record`, ...). `unsafe` is denied everywhere but in `host::ffi`.
+//! Paths in the code name the folders (`crate::backup::plan`,
+//! `crate::store::record`, ...); there are no aliases at the crate's root.
+//! `unsafe` is denied everywhere but in `host::ffi`.
 
 #![deny(unsafe_code)]
 
@@ -91,11 +92,3 @@ pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod units;
-
-pub use backup::{copy, exec, plan};
-pub use cmd::{cli, config, list, logging, mount, restore, settle, signals, sweep, verify};
-pub use host::ffi::libvirt as blockjob;
-pub use host::{chain, domain, facts, ffi, libvirt, qemu_img, siblings};
-pub use merge::{consolidate, journal};
-pub use state::{adopt, intent, ledger, lock};
-pub use store::{fsutil, naming, prune, record, retention};

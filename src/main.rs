@@ -3,18 +3,20 @@
 #![deny(unsafe_code)]
 
 use clap::Parser;
-use fi_backup::cli::{Cli, Command};
-use fi_backup::config::{Config, Verbosity};
+use fi_backup::cmd::cli::{Cli, Command};
+use fi_backup::cmd::config::{Config, Verbosity};
+use fi_backup::cmd::{list, logging, restore, signals, sweep, verify};
 use fi_backup::error::{Error, Exit};
 use fi_backup::report::{self, RunReport};
-use fi_backup::{adopt, list, logging, prune, restore, signals, sweep, verify};
+use fi_backup::state::adopt;
+use fi_backup::store::prune;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Copy buffers are megabytes; without a fixed threshold glibc raises it
     // after the first free and keeps later buffers in per-thread arenas,
     // which a sweep of many domains turns into tens of MiB never returned.
-    fi_backup::ffi::pin_mmap_threshold();
+    fi_backup::host::ffi::pin_mmap_threshold();
     let cli = Cli::parse();
     let verbosity = if cli.run.debug {
         Verbosity::Debug
@@ -30,11 +32,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::List(args)) => list::run(&args),
         Some(Command::Restore(args)) => match &args.settle {
-            Some(name) => fi_backup::settle::run(&args, name),
+            Some(name) => fi_backup::cmd::settle::run(&args, name),
             None => restore::run(&args),
         },
-        Some(Command::Mount(args)) => fi_backup::mount::mount(&args),
-        Some(Command::Umount(args)) => fi_backup::mount::umount(&args),
+        Some(Command::Mount(args)) => fi_backup::cmd::mount::mount(&args),
+        Some(Command::Umount(args)) => fi_backup::cmd::mount::umount(&args),
         Some(Command::Verify(args)) => verify::run(&args),
         Some(Command::Prune(args)) => prune::run(&args),
         Some(Command::Adopt(args)) => adopt::run(&args),
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
 
 /// The backup run; Ok(false) when some domain failed (or its metrics file
 /// could not be written).
-fn run_sweep(args: fi_backup::cli::RunArgs) -> Result<bool, Error> {
+fn run_sweep(args: fi_backup::cmd::cli::RunArgs) -> Result<bool, Error> {
     let started = chrono::Local::now();
     let config = Config::from_args(args)?;
     let domains = match sweep::run(&config) {

@@ -54,11 +54,11 @@ impl Pool {
 pub fn map<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    let scope = crate::logging::current_scope();
+    let scope = crate::cmd::logging::current_scope();
     std::thread::scope(|s| {
         for _ in 0..width.clamp(1, items.len().max(1)) {
             s.spawn(|| {
-                crate::logging::in_scope(scope.clone(), || loop {
+                crate::cmd::logging::in_scope(scope.clone(), || loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
                     let r = f(item);

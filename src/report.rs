@@ -6,7 +6,7 @@
 //! `write_metrics`, atomic).
 
 use crate::error::{Error, Result};
-use crate::record::{DomainDir, Index};
+use crate::store::record::{DomainDir, Index};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

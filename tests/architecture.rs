@@ -1,10 +1,19 @@
-//! The module graph of src/ has no cycles: a module that uses `crate::x`
-//! depends on x (test modules left out). NUTSNBOLTS.md's module map relies
-//! on it.
+//! The module graph of src/, read from the code's `crate::` paths (grouped
+//! imports `crate::host::{chain, domain}` included; test modules left out):
+//! no cycles, which NUTSNBOLTS.md's module map relies on; paths that name
+//! the folders (`crate::store::record`, never a crate-root alias); and the
+//! planners' layering: a pure planner reaches no libvirt domain, file
+//! system, process, qemu-img or system call.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
+/// The groups (folders) of src/.
+const GROUPS: &[&str] = &["host", "backup", "merge", "state", "store", "sync", "cmd"];
+
+/// Every .rs file of src/ with its module's path below the crate
+/// (`store::record`, `report`; a file of `host/ffi/` is `host::ffi`) and
+/// its code without test modules.
+fn sources() -> Vec<(String, std::path::PathBuf, String)> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     let mut dirs = vec![src];
@@ -18,36 +27,98 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
+    files
+        .into_iter()
+        .map(|p| {
+            let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let parent = p.parent().unwrap();
+            let dir = parent.file_name().unwrap().to_string_lossy().into_owned();
+            let module = if dir == "ffi" {
+                "host::ffi".to_string()
+            } else if GROUPS.contains(&dir.as_str()) {
+                format!("{dir}::{stem}")
+            } else {
+                stem
+            };
+            let text = std::fs::read_to_string(&p).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap().to_string();
+            (module, p, code)
+        })
+        .collect()
+}
+
+/// The modules a `crate::...` path names: the path after `crate::`, read
+/// up to its end, with braces opened (`host::{chain, domain::X}`).
+fn modules_named(rest: &str) -> Vec<String> {
+    fn ident(s: &str) -> (&str, &str) {
+        let n = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        (&s[..n], &s[n..])
+    }
+    fn module_of(first: &str, rest: &str) -> Option<String> {
+        if !GROUPS.contains(&first) {
+            return Some(first.to_string());
+        }
+        let rest = rest.strip_prefix("::")?;
+        let (second, _) = ident(rest);
+        if second.is_empty() {
+            return None;
+        }
+        Some(format!("{first}::{second}"))
+    }
+    let (first, after) = ident(rest);
+    if first.is_empty() {
+        return Vec::new();
+    }
+    if GROUPS.contains(&first) {
+        if let Some(inner) = after.strip_prefix("::{") {
+            // A grouped import inside a group: each item's first name.
+            let body = &inner[..inner.find('}').unwrap_or(inner.len())];
+            return body
+                .split(',')
+                .map(|item| ident(item.trim()).0.to_string())
+                .filter(|n| !n.is_empty() && n != "self")
+                .map(|n| format!("{first}::{n}"))
+                .collect();
+        }
+    }
+    module_of(first, after).into_iter().collect()
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for p in files {
-        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
-        let module = if p.parent().unwrap().ends_with("ffi") {
-            "ffi".to_string()
-        } else {
-            stem
-        };
+    for (module, _, code) in sources() {
         if module == "main" || module == "lib" {
             continue;
         }
-        let text = std::fs::read_to_string(&p).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap();
         let deps = g.entry(module.clone()).or_default();
         for part in code.split("crate::").skip(1) {
-            let name: String = part
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            let name = if name == "blockjob" {
-                "ffi".to_string()
-            } else {
-                name
-            };
-            if !name.is_empty() && name != module {
-                deps.insert(name);
+            for name in modules_named(part) {
+                if name != module {
+                    deps.insert(name);
+                }
             }
         }
     }
     g
+}
+
+#[test]
+fn paths_are_read_as_modules() {
+    let rows: &[(&str, &[&str])] = &[
+        ("store::record::{Index, Record};", &["store::record"]),
+        (
+            "host::{chain, domain::DiskFacts};",
+            &["host::chain", "host::domain"],
+        ),
+        ("host::ffi::libvirt as blockjob;", &["host::ffi"]),
+        ("error::{Error, Result};", &["error"]),
+        ("report::metrics(&r)", &["report"]),
+    ];
+    for (path, want) in rows {
+        assert_eq!(modules_named(path), *want, "{path}");
+    }
 }
 
 #[test]
@@ -82,5 +153,45 @@ fn src_has_no_import_cycles() {
     for n in g.keys() {
         visit(n, &g, &mut Vec::new(), &mut done);
     }
-    assert!(g.len() > 20, "the graph was not read: {g:?}");
+    assert!(g.len() > 30, "the graph was not read: {g:?}");
+    let known: BTreeSet<&String> = g.keys().collect();
+    for (m, deps) in &g {
+        for d in deps {
+            assert!(
+                known.contains(d),
+                "{m} names crate::{d}, which is no module of src/ (a crate-root alias?)"
+            );
+        }
+    }
+}
+
+/// The pure planners: facts in, a plan out.
+#[test]
+fn planners_touch_nothing() {
+    let planners = ["backup/plan.rs", "sync/plan.rs", "store/retention.rs"];
+    let forbidden_modules = [
+        "host::ffi",
+        "host::process",
+        "host::qemu_img",
+        "host::facts",
+        "backup::exec",
+        "sync::far",
+    ];
+    let forbidden_text = ["std::fs", "std::process", "Dom,", "&Dom", "Dom)", "Libvirt"];
+    let g = graph();
+    for (module, path, code) in sources() {
+        let rel = path.to_string_lossy().into_owned();
+        if !planners.iter().any(|p| rel.ends_with(p)) {
+            continue;
+        }
+        for d in g.get(&module).into_iter().flatten() {
+            assert!(
+                !forbidden_modules.contains(&d.as_str()),
+                "{rel} (a planner) uses crate::{d}"
+            );
+        }
+        for t in forbidden_text {
+            assert!(!code.contains(t), "{rel} (a planner) names {t}");
+        }
+    }
 }

@@ -339,7 +339,7 @@ fn second_run_is_locked_out() {
     let mut s = Scenario::new("locked");
     let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
     let uuid = virsh(&["domuuid", &dom]).trim().to_string();
-    let _held = fi_backup::lock::lock_domain(&s.root.join("locks"), &dom, &uuid).unwrap();
+    let _held = fi_backup::state::lock::lock_domain(&s.root.join("locks"), &dom, &uuid).unwrap();
     let backup = s.dir("backup");
     let out = s.fi(&["-b", backup.to_str().unwrap(), &dom]);
     assert!(!out.status.success());
@@ -664,7 +664,7 @@ fn overlay_names_in_use_are_never_reused() {
         let now = chrono::Local::now();
         let mut names = Vec::new();
         for i in seconds {
-            let ts = fi_backup::naming::timestamp(now + chrono::Duration::seconds(i));
+            let ts = fi_backup::store::naming::timestamp(now + chrono::Duration::seconds(i));
             let path = img.join(format!("d.bimg-{ts}"));
             if i % 2 == 0 {
                 std::fs::write(&path, format!("someone else's {i}")).unwrap();

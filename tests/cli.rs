@@ -230,7 +230,7 @@ fn broken_chains_are_refused() {
 #[test]
 fn script_long_options_and_dashed_forms_parse() {
     use clap::Parser;
-    use fi_backup::cli::Cli;
+    use fi_backup::cmd::cli::Cli;
     for argv in [
         vec![
             "fi-backup",
@@ -270,7 +270,7 @@ fn script_long_options_and_dashed_forms_parse() {
 #[test]
 fn long_options_may_be_abbreviated_like_getopt() {
     use clap::Parser;
-    use fi_backup::cli::Cli;
+    use fi_backup::cmd::cli::Cli;
     let cli = Cli::try_parse_from([
         "fi-backup",
         "--back",
@@ -283,7 +283,10 @@ fn long_options_may_be_abbreviated_like_getopt() {
     ])
     .unwrap();
     assert_eq!(cli.run.backup_dir, Some("/x".into()));
-    assert_eq!(cli.run.method, Some(fi_backup::cli::MethodArg::Blockpull));
+    assert_eq!(
+        cli.run.method,
+        Some(fi_backup::cmd::cli::MethodArg::Blockpull)
+    );
     assert!(cli.run.consolidate_only && cli.run.verbose);
     assert_eq!(cli.run.domains, ["d"]);
     // --keep- could be any of six options.

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use fi_backup::copy::{copy, CopyJob};
-use fi_backup::qemu_img;
+use fi_backup::backup::copy::{copy, CopyJob};
+use fi_backup::host::qemu_img;
 
 #[test]
 fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {

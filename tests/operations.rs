@@ -214,7 +214,7 @@ fn json_report_and_metrics_after_a_good_and_a_failed_run() {
     // Night 2: b's lock is held (another run), so b fails; a succeeds.
     guest_write(&a, 0, 0x12, 1);
     let uuid_b = virsh(&["domuuid", &b]).trim().to_string();
-    let held = fi_backup::lock::lock_domain(&s.root.join("locks"), &b, &uuid_b).unwrap();
+    let held = fi_backup::state::lock::lock_domain(&s.root.join("locks"), &b, &uuid_b).unwrap();
     let (code, r2, log) = json_run_umask_077(&s, &["-b", bk, "--json", "--metrics", pr, &a, &b]);
     drop(held);
     assert_eq!(code, Some(1), "{log}");

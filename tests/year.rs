@@ -16,7 +16,7 @@
 mod common;
 
 use common::*;
-use fi_backup::retention::{point_time, select, Policy};
+use fi_backup::store::retention::{point_time, select, Policy};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

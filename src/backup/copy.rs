@@ -11,12 +11,12 @@
 //! order. A check that qemu-img wrote nothing past the header guards this; if
 //! it fails, the file is copied whole, rebased, and hashed by reading it back.
 
-use crate::chain::SourceId;
 use crate::error::{Error, Result};
-use crate::ffi::{self, Advice};
-use crate::fsutil::TempFile;
+use crate::host::chain::SourceId;
+use crate::host::ffi::{self, Advice};
+use crate::host::qemu_img;
 use crate::progress::Bar;
-use crate::qemu_img;
+use crate::store::fsutil::TempFile;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -259,7 +259,7 @@ fn read_pieces(
             .map_err(|e| Error::io("cannot seek in", src_path, e))?
             .min(end);
         while pos < hole {
-            crate::signals::check()?;
+            crate::cmd::signals::check()?;
             let Ok(mut buf) = buffers.recv() else {
                 return Ok(()); // the writer stopped; it reports why
             };

@@ -2,14 +2,14 @@
 //! this module performs the steps, logs each, and on failure says what state
 //! it left.
 
-use crate::copy::{self, Copied, CopyJob};
+use crate::backup::copy::{self, Copied, CopyJob};
+use crate::backup::plan::{Plan, RecordDraft, Step};
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::ledger::{Held, Ledger, Overlay, PointRef};
-use crate::libvirt::{Dom, SnapshotDisk};
-use crate::plan::{Plan, RecordDraft, Step};
+use crate::host::libvirt::{Dom, SnapshotDisk};
 use crate::pool::Pool;
-use crate::record::Record;
+use crate::state::ledger::{Held, Ledger, Overlay, PointRef};
+use crate::store::fsutil;
+use crate::store::record::Record;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -59,7 +59,7 @@ pub fn execute(plan: &Plan, dom: &Dom, opts: &Options) -> Result<Outcome> {
     let mut left: Option<String> = None;
     for step in &plan.steps {
         log::trace!("step for '{}': {step}", plan.domain);
-        let result = crate::signals::check()
+        let result = crate::cmd::signals::check()
             .and_then(|()| run_step(plan, step, dom, opts, &mut copied, &mut outcome));
         if result.is_ok() {
             if let Step::Snapshot { disks, .. } = step {
@@ -110,7 +110,12 @@ fn run_step(
             quiesce_fallback,
             intent,
         } => {
-            crate::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
+            crate::state::intent::record(
+                &opts.state_dir,
+                &plan.domain,
+                &plan.uuid,
+                intent.clone(),
+            )?;
             let started = Instant::now();
             let was_paused = dom.is_paused()?;
             let mut how = how.clone();
@@ -201,8 +206,8 @@ fn run_step(
                 .files
                 .iter()
                 .filter_map(|f| match f {
-                    crate::plan::PlannedFile::Reused(r) => Some(r.size),
-                    crate::plan::PlannedFile::Copied(_) => None,
+                    crate::backup::plan::PlannedFile::Reused(r) => Some(r.size),
+                    crate::backup::plan::PlannedFile::Copied(_) => None,
                 })
                 .sum();
         }
@@ -268,7 +273,7 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
 fn note_point(
     plan: &Plan,
     dir: &std::path::Path,
-    overlays: &[crate::plan::NoteOverlay],
+    overlays: &[crate::backup::plan::NoteOverlay],
     copied: &HashMap<String, Copied>,
     state_dir: &std::path::Path,
 ) -> Result<()> {

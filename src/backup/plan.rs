@@ -6,14 +6,14 @@
 //! still valid (same source identity, same backing copy) is reused, every
 //! other file gets a fresh, never-before-used name in images/.
 
-use crate::chain::{ChainFile, SourceId};
-use crate::copy::CopyJob;
-use crate::domain::{DiskFacts, DomainFacts};
+use crate::backup::copy::CopyJob;
 use crate::error::{Error, Result};
-use crate::ledger::{Base, Held, Intent, PlannedOverlay};
-use crate::libvirt::{SnapshotDisk, SnapshotHow};
-use crate::naming;
-use crate::record::{
+use crate::host::chain::{ChainFile, SourceId};
+use crate::host::domain::{DiskFacts, DomainFacts};
+use crate::host::libvirt::{SnapshotDisk, SnapshotHow};
+use crate::state::ledger::{Base, Held, Intent, PlannedOverlay};
+use crate::store::naming;
+use crate::store::record::{
     DiskRecord, DomainDir, FileRecord, FirmwareFile, FirmwareKind, FirmwareRecord, Index,
     LeftOutRecord, Mode, Record, RECORD_VERSION,
 };
@@ -230,7 +230,10 @@ impl PlannedFile {
     }
 
     /// Its record entry, given what the copies measured (by name).
-    pub fn complete(&self, copied: &HashMap<String, crate::copy::Copied>) -> Result<FileRecord> {
+    pub fn complete(
+        &self,
+        copied: &HashMap<String, crate::backup::copy::Copied>,
+    ) -> Result<FileRecord> {
         match self {
             PlannedFile::Reused(f) => Ok(f.clone()),
             PlannedFile::Copied(c) => {
@@ -259,13 +262,13 @@ impl RecordDraft {
     /// checksum (only the copy can tell them). What a dry run of a prune
     /// after this backup plans with.
     pub fn as_planned(&self) -> Record {
-        let measured: HashMap<String, crate::copy::Copied> = self
+        let measured: HashMap<String, crate::backup::copy::Copied> = self
             .files
             .iter()
             .filter_map(|f| match f {
                 PlannedFile::Copied(c) => Some((
                     c.name.clone(),
-                    crate::copy::Copied {
+                    crate::backup::copy::Copied {
                         size: 0,
                         blake3: String::new(),
                         source_id: SourceId {
@@ -1127,7 +1130,7 @@ impl fmt::Display for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DiskRecord, Mode};
+    use crate::store::record::{DiskRecord, Mode};
 
     const P1: &str = "20260101-000001";
 

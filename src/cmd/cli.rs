@@ -206,8 +206,8 @@ pub struct Keep {
 
 impl Keep {
     /// The retention policy these options give.
-    pub fn policy(&self) -> crate::retention::Policy {
-        crate::retention::Policy {
+    pub fn policy(&self) -> crate::store::retention::Policy {
+        crate::store::retention::Policy {
             last: self.last,
             hourly: self.hourly,
             daily: self.daily,

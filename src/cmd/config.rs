@@ -2,9 +2,9 @@
 //! fi-backup.sh (and a few more) live here, so that nothing is touched when
 //! the command line is wrong.
 
-use crate::cli::{MethodArg, RunArgs};
+use crate::cmd::cli::{MethodArg, RunArgs};
+pub use crate::cmd::logging::Verbosity;
 use crate::error::{Error, Result};
-pub use crate::logging::Verbosity;
 use std::path::{Path, PathBuf};
 
 /// What a run does to each domain.
@@ -60,7 +60,7 @@ pub struct Config {
     /// --commit-through: commit through the user's own snapshot files.
     pub commit_through: bool,
     /// --keep-*: prune each domain's directory after its backup.
-    pub keep: Option<crate::retention::Policy>,
+    pub keep: Option<crate::store::retention::Policy>,
     /// --sync-to: sync each domain's points there after its backup (and prune).
     pub sync_to: Option<String>,
     /// --sync-bwlimit: rclone's bandwidth limit for it.
@@ -207,7 +207,7 @@ impl Config {
     /// shut-off domain with qemu-img), with the lock and state directories
     /// and the libvirt of the restore's command line, and a day for each job
     /// (a settle streams whole disks).
-    pub fn settle(name: &str, places: &crate::cli::Places, connect: &str) -> Config {
+    pub fn settle(name: &str, places: &crate::cmd::cli::Places, connect: &str) -> Config {
         Config {
             action: Action::ConsolidateOnly,
             method: Method::BlockPull,
@@ -287,7 +287,7 @@ fn existing_dir(dir: &Path, what: &str) -> Result<PathBuf> {
     let abs = std::path::absolute(dir)
         .map_err(|e| Error::io(format!("cannot resolve {what}"), dir, e))?;
     // Prove it writable now, rather than find out after a snapshot.
-    match crate::fsutil::TempFile::create(&abs, "probe") {
+    match crate::store::fsutil::TempFile::create(&abs, "probe") {
         Ok(probe) => drop(probe),
         Err(Error::Io { source, .. }) => {
             return usage(&format!(

@@ -1,9 +1,9 @@
 //! `fi-backup list`: the restore points in a backup directory, oldest first,
 //! read from the records (a record that cannot be trusted is reported).
 
-use crate::cli::ListArgs;
+use crate::cmd::cli::ListArgs;
 use crate::error::{Error, Result};
-use crate::record::{DomainDir, Index, Record};
+use crate::store::record::{DomainDir, Index, Record};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -12,12 +12,12 @@ struct Point<'a> {
     uuid: &'a str,
     restore_point: &'a str,
     taken_at: &'a str,
-    mode: crate::record::Mode,
+    mode: crate::store::record::Mode,
     bytes: u64,
     disks: Vec<Disk<'a>>,
     state_file: Option<&'a str>,
-    left_out: &'a [crate::record::LeftOutRecord],
-    firmware: &'a [crate::record::FirmwareRecord],
+    left_out: &'a [crate::store::record::LeftOutRecord],
+    firmware: &'a [crate::store::record::FirmwareRecord],
     /// Domains that read this point in place (an instant restore): prune
     /// keeps it while they do.
     in_use_by: Vec<String>,
@@ -36,13 +36,13 @@ pub fn run(args: &ListArgs) -> Result<bool> {
     }
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
+        None => crate::store::record::domains_in(&args.scope.backup.backup_dir)?,
     };
     // libvirt says which points domains read in place, and which of
     // fi-backup's overlays no disk uses; a list without it still lists.
-    let lv = crate::libvirt::Libvirt::open(&args.libvirt.connect);
+    let lv = crate::host::libvirt::Libvirt::open(&args.libvirt.connect);
     let siblings = match &lv {
-        Ok(lv) => Some(crate::siblings::Siblings::gather(lv)?),
+        Ok(lv) => Some(crate::host::siblings::Siblings::gather(lv)?),
         Err(e) => {
             log::warn!("Which restore points domains read in place is not known: {e}");
             None
@@ -58,8 +58,8 @@ pub fn run(args: &ListArgs) -> Result<bool> {
             clean = false;
         }
         let in_use = match &siblings {
-            Some(s) => crate::prune::in_use(&dir, s)?,
-            None => crate::prune::InUse::new(),
+            Some(s) => crate::store::prune::in_use(&dir, s)?,
+            None => crate::store::prune::InUse::new(),
         };
         indexes.push((index, in_use));
     }
@@ -117,8 +117,8 @@ fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Re
                 .firmware
                 .iter()
                 .map(|f| match f.kind {
-                    crate::record::FirmwareKind::Nvram => "nvram",
-                    crate::record::FirmwareKind::Tpm => "tpm",
+                    crate::store::record::FirmwareKind::Nvram => "nvram",
+                    crate::store::record::FirmwareKind::Tpm => "tpm",
                 })
                 .collect();
             let firmware = if firmware.is_empty() {
@@ -136,8 +136,8 @@ fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Re
                 p.domain,
                 p.restore_point,
                 match p.mode {
-                    crate::record::Mode::Live => "live",
-                    crate::record::Mode::Offline => "offline",
+                    crate::store::record::Mode::Live => "live",
+                    crate::store::record::Mode::Offline => "offline",
                 },
                 crate::units::human_bytes(p.bytes),
                 disks.join(", "),
@@ -152,22 +152,22 @@ fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Re
 /// Says which of fi-backup's overlays of the listed domains no disk uses
 /// any more: only for domains whose ledger this host has.
 fn unused_overlays<'a>(
-    lv: &crate::libvirt::Libvirt,
+    lv: &crate::host::libvirt::Libvirt,
     state: &std::path::Path,
     indexes: impl Iterator<Item = &'a Index>,
 ) {
     for uuid in indexes
         .filter_map(|i| i.records.last().map(|r| r.uuid.as_str()))
-        .filter(|u| crate::ledger::Ledger::path(state, u).is_file())
+        .filter(|u| crate::state::ledger::Ledger::path(state, u).is_file())
     {
         if let Some(Ok(dom)) = lv.name_of_uuid(uuid).map(|name| lv.lookup(&name)) {
-            crate::facts::warn_unused_overlays(&dom, uuid, state);
+            crate::host::facts::warn_unused_overlays(&dom, uuid, state);
         }
     }
 }
 
-fn point<'a>(r: &'a Record, in_use: &crate::prune::InUse) -> Point<'a> {
-    let in_use_by = crate::prune::readers(r, in_use);
+fn point<'a>(r: &'a Record, in_use: &crate::store::prune::InUse) -> Point<'a> {
+    let in_use_by = crate::store::prune::readers(r, in_use);
     Point {
         domain: &r.domain,
         uuid: &r.uuid,

@@ -14,10 +14,10 @@
 //! half way is cleaned up by the next `umount` or `mount` of that
 //! directory.
 
-use crate::cli::{MountArgs, UmountArgs};
+use crate::cmd::cli::{MountArgs, UmountArgs};
 use crate::error::{Error, Result};
 use crate::host::process::{self, os};
-use crate::record::{DomainDir, Index};
+use crate::store::record::{DomainDir, Index};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -86,11 +86,11 @@ fn state_path(state_dir: &Path, mountpoint: &Path) -> PathBuf {
 
 fn save(state_dir: &Path, s: &MountState) -> Result<()> {
     let dir = state_dir.join("mounts");
-    crate::fsutil::ensure_private_dir(state_dir)?;
-    crate::fsutil::ensure_private_dir(&dir)?;
+    crate::store::fsutil::ensure_private_dir(state_dir)?;
+    crate::store::fsutil::ensure_private_dir(&dir)?;
     let text = serde_json::to_string_pretty(s)
         .map_err(|e| Error::Encode(format!("cannot encode the mount state: {e}")))?;
-    let mut tmp = crate::fsutil::TempFile::create(&dir, "mount")?;
+    let mut tmp = crate::store::fsutil::TempFile::create(&dir, "mount")?;
     std::io::Write::write_all(&mut tmp.file, text.as_bytes())
         .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
     tmp.replace(&state_path(state_dir, &s.mountpoint))
@@ -161,8 +161,8 @@ pub fn mount(args: &MountArgs) -> Result<bool> {
         .map_err(|e| Error::io("cannot resolve", &args.backup.backup_dir, e))?;
     let dir = DomainDir::new(&backup_dir, &args.domain)?;
     let index = Index::load(&dir)?;
-    let record = crate::record::pick(&index, &args.domain, args.at.as_deref())?;
-    let disks: Vec<&crate::record::DiskRecord> = record
+    let record = crate::store::record::pick(&index, &args.domain, args.at.as_deref())?;
+    let disks: Vec<&crate::store::record::DiskRecord> = record
         .disks
         .iter()
         .filter(|d| args.disk.as_deref().map_or(true, |t| t == d.target))
@@ -182,7 +182,7 @@ pub fn mount(args: &MountArgs) -> Result<bool> {
         )));
     }
     check_mountpoint(&mountpoint)?;
-    crate::restore::check_present(&dir, record)?;
+    crate::cmd::restore::check_present(&dir, record)?;
     let tools = Tools::find()?;
     let mut state = MountState {
         mountpoint: mountpoint.clone(),

@@ -9,13 +9,13 @@
 //! Nothing in the target is ever overwritten (every name is checked first,
 //! and files are published with link(2)); the backup directory is only read.
 
-use crate::cli::RestoreArgs;
-use crate::copy::CopyJob;
+use crate::backup::copy::CopyJob;
+use crate::cmd::cli::RestoreArgs;
 use crate::error::{Error, Result};
-use crate::fsutil::{self, TempFile};
-use crate::libvirt::Libvirt;
-use crate::qemu_img;
-use crate::record::{DomainDir, FirmwareKind, Index, Record};
+use crate::host::libvirt::Libvirt;
+use crate::host::qemu_img;
+use crate::store::fsutil::{self, TempFile};
+use crate::store::record::{DomainDir, FirmwareKind, Index, Record};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -167,7 +167,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             path.display()
         );
     }
-    let record = crate::record::pick(&index, domain, args.at.as_deref())?;
+    let record = crate::store::record::pick(&index, domain, args.at.as_deref())?;
     let how = match (args.flatten, args.instant) {
         (true, _) => How::Flatten,
         (_, true) => How::Instant,
@@ -269,7 +269,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
              TPM state there; to carry this state over, copy it there while the domain is shut off \
              (it was '{}')",
             tpm_dir(&target, name).display(),
-            crate::domain::SWTPM_STATE_DIR,
+            crate::host::domain::SWTPM_STATE_DIR,
             tpm.source
         );
     }
@@ -443,7 +443,7 @@ fn qemu_user() -> String {
 /// is written, naming the directory in the way.
 fn check_qemu_can_reach(target: &Path, exists: bool) -> Result<()> {
     let user = qemu_user();
-    let Some((uid, gids)) = crate::fsutil::user_ids(&user) else {
+    let Some((uid, gids)) = crate::store::fsutil::user_ids(&user) else {
         log::debug!("QEMU's user '{user}' is unknown here; not checking the target's access");
         return Ok(());
     };
@@ -452,7 +452,7 @@ fn check_qemu_can_reach(target: &Path, exists: bool) -> Result<()> {
         dirs.retain(|d| d.exists());
     }
     for d in dirs.into_iter().rev() {
-        if !crate::fsutil::can_traverse(d, uid, &gids)? {
+        if !crate::store::fsutil::can_traverse(d, uid, &gids)? {
             return Err(Error::Usage(format!(
                 "QEMU (user '{user}') cannot enter '{}', so the restored domain could not open its \
                  images; use a target it can reach (chmod o+x '{}', or another directory); \
@@ -687,7 +687,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
     }
     jobs.extend(plan.firmware.iter().cloned());
     if !jobs.is_empty() {
-        crate::exec::copy_all(
+        crate::backup::exec::copy_all(
             &jobs,
             &crate::pool::Pool::new(crate::pool::DEFAULT_COPY_JOBS),
         )?;
@@ -701,7 +701,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
 fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
     let tmp = TempFile::beside(dest)?;
     qemu_img::create_overlay(&tmp.path, backing, format)?;
-    crate::chain::read_chain(&tmp.path)?;
+    crate::host::chain::read_chain(&tmp.path)?;
     tmp.publish(dest)
 }
 
@@ -1079,7 +1079,7 @@ mod tests {
         assert_eq!(nvram_of(&out).0.as_deref(), Some("/orig/u_VARS.fd"));
     }
 
-    use crate::record::FileRecord;
+    use crate::store::record::FileRecord;
 
     fn record(top_format: &str) -> Record {
         let file = |name: &str, format: &str, backing: Option<&str>| FileRecord {
@@ -1090,7 +1090,7 @@ mod tests {
             backing: backing.map(str::to_string),
             backing_format: backing.map(|_| "raw".to_string()),
             source: format!("/v/{name}"),
-            source_id: crate::chain::SourceId {
+            source_id: crate::host::chain::SourceId {
                 dev: 1,
                 ino: 1,
                 size: 1,
@@ -1105,11 +1105,11 @@ mod tests {
             uuid: "u".into(),
             restore_point: "20260101-000001".into(),
             taken_at: "2026-01-01T00:00:01+00:00".into(),
-            mode: crate::record::Mode::Live,
+            mode: crate::store::record::Mode::Live,
             quiesced: false,
             domain_xml: "20260101-000001.xml".into(),
             state_file: None,
-            disks: vec![crate::record::DiskRecord {
+            disks: vec![crate::store::record::DiskRecord {
                 target: "vda".into(),
                 source: "/v/a".into(),
                 format: "qcow2".into(),
@@ -1122,18 +1122,18 @@ mod tests {
                 file("a.img", "raw", None),
             ],
             firmware: vec![
-                crate::record::FirmwareRecord {
+                crate::store::record::FirmwareRecord {
                     kind: FirmwareKind::Nvram,
                     source: "/var/lib/libvirt/qemu/nvram/web_VARS.fd".into(),
-                    files: vec![crate::record::FirmwareFile {
+                    files: vec![crate::store::record::FirmwareFile {
                         name: "web_VARS.fd.20260101-000001".into(),
                         rel: String::new(),
                     }],
                 },
-                crate::record::FirmwareRecord {
+                crate::store::record::FirmwareRecord {
                     kind: FirmwareKind::Tpm,
                     source: "/var/lib/libvirt/swtpm/u".into(),
-                    files: vec![crate::record::FirmwareFile {
+                    files: vec![crate::store::record::FirmwareFile {
                         name: "tpm.20260101-000001".into(),
                         rel: "tpm2/tpm2-00.permall".into(),
                     }],

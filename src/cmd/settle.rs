@@ -9,10 +9,10 @@
 //! domain's definition loses what the instant restore added (QEMU as root,
 //! fi-backup's metadata), which takes effect at its next start.
 
-use crate::cli::RestoreArgs;
+use crate::cmd::cli::RestoreArgs;
+use crate::cmd::restore::METADATA_NS;
 use crate::error::{Error, Result};
-use crate::libvirt::{Dom, Libvirt};
-use crate::restore::METADATA_NS;
+use crate::host::libvirt::{Dom, Libvirt};
 use std::path::{Path, PathBuf};
 
 /// What an instant restore wrote into a domain's definition.
@@ -100,8 +100,8 @@ pub fn run(args: &RestoreArgs, name: &str) -> Result<bool> {
         mark.point,
         mark.dir.display()
     );
-    let config = crate::config::Config::settle(name, &args.places, &args.libvirt.connect);
-    let reports = crate::sweep::run(&config)?;
+    let config = crate::cmd::config::Config::settle(name, &args.places, &args.libvirt.connect);
+    let reports = crate::cmd::sweep::run(&config)?;
     if let Some(e) = reports.iter().find_map(|r| r.error.as_ref()) {
         return Err(Error::domain(name, format!("not settled: {e}")));
     }
@@ -140,11 +140,11 @@ fn reads_backup(dom: &Dom, dir: &Path) -> Result<Vec<String>> {
     } else {
         dom.inactive_xml()?
     };
-    let facts = crate::domain::parse_domain_xml(&xml)?;
+    let facts = crate::host::domain::parse_domain_xml(&xml)?;
     let mut out = Vec::new();
     for d in &facts.disks {
         let Some(source) = &d.source else { continue };
-        let chain = crate::chain::read_chain(source)?;
+        let chain = crate::host::chain::read_chain(source)?;
         if chain.iter().any(|f| f.path.starts_with(dir)) || chain.len() > 1 {
             out.push(format!(
                 "{} ({} file(s) in its chain)",
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_instant_marker_is_read_and_removed_leaving_the_rest() {
-        let i = crate::restore::Instant {
+        let i = crate::cmd::restore::Instant {
             dir: "/b/web".into(),
             point: "20260101-000001".into(),
         };
@@ -173,7 +173,8 @@ mod tests {
         ] {
             assert_eq!(marker(xml).unwrap(), None);
             let marked =
-                crate::restore::rewrite_domain_xml(xml, &[], None, None, Some(&i), None).unwrap();
+                crate::cmd::restore::rewrite_domain_xml(xml, &[], None, None, Some(&i), None)
+                    .unwrap();
             assert_eq!(
                 marker(&marked).unwrap(),
                 Some(Marker {

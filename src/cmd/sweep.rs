@@ -8,17 +8,17 @@
 //! `DomainReport` (with the warnings of its log scope); `main` turns them
 //! into the summary line, `--json` and `--metrics`.
 
-use crate::config::{Action, Config, Selection};
-use crate::consolidate;
+use crate::backup::exec::{self, Outcome};
+use crate::backup::plan;
+use crate::cmd::config::{Action, Config, Selection};
 use crate::error::{Error, Result};
-use crate::exec::{self, Outcome};
-use crate::ledger::Ledger;
-use crate::libvirt::{Dom, Libvirt};
-use crate::lock;
-use crate::plan;
-use crate::record::DomainDir;
+use crate::host::libvirt::{Dom, Libvirt};
+use crate::host::siblings::Siblings;
+use crate::merge::consolidate;
 use crate::report::{BackupReport, DiskOn, DomainReport, MergeReport, Named};
-use crate::siblings::Siblings;
+use crate::state::ledger::Ledger;
+use crate::state::lock;
+use crate::store::record::DomainDir;
 
 /// Runs the configured action over the selected domains; one report per
 /// domain, in the selection's order.
@@ -67,8 +67,8 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
             ..Default::default()
         };
         // The domain's warnings are its report's, whichever thread logs them.
-        let scope = crate::logging::Scope::default();
-        let result = crate::logging::in_scope(Some(scope.clone()), || {
+        let scope = crate::cmd::logging::Scope::default();
+        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
             process_domain(
                 &lv,
                 name,
@@ -99,7 +99,7 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
 fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
     match selection {
         Selection::Named(args) => {
-            let names = crate::config::domain_names(args, |n| lv.lookup(n).is_ok());
+            let names = crate::cmd::config::domain_names(args, |n| lv.lookup(n).is_ok());
             let missing: Vec<&str> = names
                 .iter()
                 .filter(|n| matches!(lv.lookup(n), Err(Error::NoSuchDomain(_))))
@@ -145,7 +145,7 @@ fn process_domain(
         siblings,
         far,
     } = *wide;
-    crate::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
+    crate::cmd::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
     crate::fault::hold("hold-before-domain");
     let dom = match lv.lookup(name) {
         Ok(dom) => dom,
@@ -177,10 +177,10 @@ fn process_domain(
     }
     let _lock = lock::lock_domain(&config.lock_dir, name, &first.uuid)?;
     if !config.dry_run {
-        crate::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
-        crate::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
+        crate::merge::journal::reconcile(&dom, &first.uuid, &config.state_dir)?;
+        crate::state::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
-    crate::facts::warn_unused_overlays(&dom, &first.uuid, &config.state_dir);
+    crate::host::facts::warn_unused_overlays(&dom, &first.uuid, &config.state_dir);
     if config.action != Action::ConsolidateOnly {
         // The backup directory's own lock (it may be shared with other
         // hosts): no prune runs on it meanwhile. An unfinished prune is
@@ -211,7 +211,7 @@ fn process_domain(
             _ => Ok(()),
         };
         if let (Some(d), Some(policy)) = (&dir, &config.keep) {
-            report.prune = Some(crate::prune::prune_domain(
+            report.prune = Some(crate::store::prune::prune_domain(
                 d,
                 name,
                 policy,
@@ -233,7 +233,7 @@ fn process_domain(
 /// interrupted run left.
 fn lock_dir(dir: &DomainDir, name: &str) -> Result<lock::DomainLock> {
     let l = lock::lock_backup_dir(&dir.root, name)?;
-    crate::prune::finish_unfinished(dir, name).map_err(|e| Error::in_domain(name, "", e))?;
+    crate::store::prune::finish_unfinished(dir, name).map_err(|e| Error::in_domain(name, "", e))?;
     Ok(l)
 }
 
@@ -248,7 +248,10 @@ fn backup_domain(
     pool: &std::sync::Arc<crate::pool::Pool>,
     dir: Option<&DomainDir>,
     report: &mut DomainReport,
-) -> Result<(Option<lock::DomainLock>, Option<crate::record::Record>)> {
+) -> Result<(
+    Option<lock::DomainLock>,
+    Option<crate::store::record::Record>,
+)> {
     let name = &dom.name;
     let mut dir_lock = match dir {
         Some(d) if !config.dry_run && d.root.is_dir() => Some(lock_dir(d, name)?),
@@ -257,11 +260,11 @@ fn backup_domain(
     // Facts are read under the lock: the domain may have changed meanwhile.
     let active = dom.is_active()?;
     let domain = dom.live_facts()?;
-    let facts = crate::facts::gather(dom, domain, active, config)?;
+    let facts = crate::host::facts::gather(dom, domain, active, config)?;
     if !active && config.dump_state_dir.is_some() {
         log::warn!("'{name}' is shut off: there is no memory state to save (-s)");
     }
-    let opts = crate::facts::options(&facts, config)?;
+    let opts = crate::host::facts::options(&facts, config)?;
     let plan = plan::plan_backup(&facts, &opts)?;
     for w in &plan.warnings {
         log::warn!("{w}");
@@ -317,7 +320,7 @@ fn backup_domain(
                 snapshot_ms: outcome.snapshot_ms,
                 ..snapshotted
             });
-            crate::intent::clear(&config.state_dir, name, &plan.uuid)?;
+            crate::state::intent::clear(&config.state_dir, name, &plan.uuid)?;
             say_done(name, &outcome, config);
             Ok((dir_lock, None))
         }
@@ -325,7 +328,7 @@ fn backup_domain(
             // What the failed run created is adopted or removed now, not
             // left for the next run.
             if let Err(s) =
-                crate::intent::settle(dom, &plan.uuid, &config.state_dir, config.timeout)
+                crate::state::intent::settle(dom, &plan.uuid, &config.state_dir, config.timeout)
             {
                 log::warn!("{s}");
             }
@@ -346,7 +349,7 @@ fn consolidate_domain(
     let active = dom.is_active()?;
     let domain = dom.live_facts()?;
     let (disks, _) =
-        crate::facts::disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
+        crate::host::facts::disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
     // A dry run of -C took no snapshot: consolidate the chains it would
     // have left.

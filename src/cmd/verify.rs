@@ -5,11 +5,11 @@
 //! the record says. Every problem names the file and the restore points it
 //! breaks; the exit status is non-zero when there is any.
 
-use crate::cli::VerifyArgs;
+use crate::cmd::cli::VerifyArgs;
 use crate::error::{Error, Result};
-use crate::qemu_img;
-use crate::record::{DomainDir, FileRecord, Index, Record};
+use crate::host::qemu_img;
 use crate::report::{Problem, RunReport, VerifyReport};
+use crate::store::record::{DomainDir, FileRecord, Index, Record};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -27,7 +27,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
     let mut verified = Vec::new();
     let domains = match &args.scope.domain {
         Some(d) => vec![d.clone()],
-        None => crate::record::domains_in(&args.scope.backup.backup_dir)?,
+        None => crate::store::record::domains_in(&args.scope.backup.backup_dir)?,
     };
     let mut clean = true;
     let mut points = 0;
@@ -41,11 +41,11 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         let mut problem = |what: String, breaks: Vec<String>| {
             found.problems.push(Problem { what, breaks });
         };
-        if crate::prune::journal_path(&dir).exists() {
+        if crate::store::prune::journal_path(&dir).exists() {
             let what = format!(
                 "A prune of '{d}' is unfinished ('{}'): its files are being merged, so they are \
                  not checked now; the next prune or backup of '{d}' finishes it",
-                crate::prune::journal_path(&dir).display()
+                crate::store::prune::journal_path(&dir).display()
             );
             log::error!("{what}");
             problem(what, Vec::new());
@@ -61,7 +61,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
             clean = false;
         }
         let records: Vec<&Record> = match &args.at {
-            Some(at) => vec![crate::record::pick(&index, d, Some(at))?],
+            Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
             None => index.records.iter().collect(),
         };
         let report = verify_domain(&dir, &records);
@@ -89,7 +89,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
                 .filter(|v| !v.problems.is_empty())
                 .map(|v| v.domain.clone())
                 .collect(),
-            warnings: crate::logging::warnings(),
+            warnings: crate::cmd::logging::warnings(),
             verified,
             ..crate::report::timed("verify", started)
         })?;
@@ -157,7 +157,8 @@ fn check_file(images: &Path, f: &FileRecord) -> std::result::Result<(), String> 
             f.size
         ));
     }
-    let hash = crate::fsutil::blake3_of(&path).map_err(|e| format!("cannot be read: {e}"))?;
+    let hash =
+        crate::store::fsutil::blake3_of(&path).map_err(|e| format!("cannot be read: {e}"))?;
     if hash != f.blake3 {
         return Err(format!(
             "its BLAKE3 is {hash}, the record says {} (damaged)",

@@ -3,7 +3,7 @@
 //! that tells whether its content may have changed since it was copied.
 
 use crate::error::{Error, Result};
-use crate::qemu_img::{self, ImageInfo};
+use crate::host::qemu_img::{self, ImageInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;

@@ -5,15 +5,15 @@
 //! names are all free). The planners (`plan`, `consolidate::plan`) take
 //! these plain structs and decide; nothing here decides.
 
-use crate::chain;
-use crate::config::Config;
-use crate::domain::DomainFacts;
+use crate::backup::plan::{self, DiskChain, Facts, FirmwareSource, LeftOut, Options};
+use crate::cmd::config::Config;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
-use crate::libvirt::Dom;
-use crate::naming;
-use crate::plan::{self, DiskChain, Facts, FirmwareSource, LeftOut, Options};
-use crate::record::{DomainDir, FirmwareKind, Index};
+use crate::host::chain;
+use crate::host::domain::DomainFacts;
+use crate::host::libvirt::Dom;
+use crate::state::ledger::Ledger;
+use crate::store::naming;
+use crate::store::record::{DomainDir, FirmwareKind, Index};
 use std::time::Duration;
 
 /// The eligible disks with their chains, and the disks left out (each with
@@ -117,7 +117,7 @@ pub fn firmware_sources(domain: &DomainFacts) -> Result<Vec<FirmwareSource>> {
         }
     }
     if domain.tpm_emulator && !domain.uuid.is_empty() {
-        let root = std::path::Path::new(crate::domain::SWTPM_STATE_DIR).join(&domain.uuid);
+        let root = std::path::Path::new(crate::host::domain::SWTPM_STATE_DIR).join(&domain.uuid);
         let mut files = Vec::new();
         let mut dirs = vec![root.clone()];
         while let Some(d) = dirs.pop() {
@@ -236,7 +236,7 @@ pub fn unused_overlays(
     dom: &Dom,
     uuid: &str,
     state_dir: &std::path::Path,
-) -> Result<Vec<(crate::ledger::Overlay, Option<std::path::PathBuf>)>> {
+) -> Result<Vec<(crate::state::ledger::Overlay, Option<std::path::PathBuf>)>> {
     use std::collections::{HashMap, HashSet};
     let ledger = Ledger::load(state_dir, &dom.name, uuid);
     if ledger.overlays.is_empty() {
@@ -256,7 +256,7 @@ pub fn unused_overlays(
         .collect();
     let mut sources = Vec::new();
     for xml in &xmls {
-        let facts = crate::domain::parse_domain_xml(xml)?;
+        let facts = crate::host::domain::parse_domain_xml(xml)?;
         sources.extend(facts.disks.into_iter().filter_map(|d| d.source));
     }
     sources.sort();
@@ -283,7 +283,7 @@ pub fn unused_overlays(
         .into_iter()
         .map(|o| {
             let path = std::path::Path::new(&o.path);
-            let backing = crate::qemu_img::info(path)
+            let backing = crate::host::qemu_img::info(path)
                 .ok()
                 .and_then(|i| i.backing_filename)
                 .map(|b| chain::resolve_backing(path, &b));

@@ -168,13 +168,13 @@ impl Dom {
     }
 
     /// The domain as its live XML describes it (what QEMU uses now).
-    pub fn live_facts(&self) -> Result<crate::domain::DomainFacts> {
-        crate::domain::parse_domain_xml(&self.live_xml()?)
+    pub fn live_facts(&self) -> Result<crate::host::domain::DomainFacts> {
+        crate::host::domain::parse_domain_xml(&self.live_xml()?)
     }
 
     /// The domain as its persistent definition describes it.
-    pub fn persistent_facts(&self) -> Result<crate::domain::DomainFacts> {
-        crate::domain::parse_domain_xml(&self.inactive_xml()?)
+    pub fn persistent_facts(&self) -> Result<crate::host::domain::DomainFacts> {
+        crate::host::domain::parse_domain_xml(&self.inactive_xml()?)
     }
 
     /// The live XML (what QEMU uses now).

@@ -12,9 +12,9 @@
 //! overstates sharing, which only makes consolidation more careful), and a
 //! new overlay is only ever its own domain's top.
 
-use crate::chain::SourceId;
-use crate::domain;
-use crate::libvirt::Libvirt;
+use crate::host::chain::SourceId;
+use crate::host::domain;
+use crate::host::libvirt::Libvirt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -112,7 +112,7 @@ impl Siblings {
     }
 
     fn add_chain(&mut self, uuid: &str, name: &str, top: &Path) -> Result<(), String> {
-        let chain = crate::chain::read_chain(top)
+        let chain = crate::host::chain::read_chain(top)
             .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
         for f in chain {
             let id = SourceId::read(&f.path).map_err(|e| format!("'{}': {e}", f.path.display()))?;

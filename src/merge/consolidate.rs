@@ -16,22 +16,22 @@
 //! the disk stays on its chain and nothing of it is deleted. A shut-off
 //! domain is consolidated offline with qemu-img (`execute_offline`).
 
-use crate::blockjob;
-use crate::chain::ChainFile;
-use crate::config::Method;
-use crate::domain;
+use crate::backup::plan::DiskChain;
+use crate::cmd::config::Method;
 use crate::error::{Error, Result};
-use crate::journal::{Entry, Journal, Link};
-use crate::ledger::{Base, Held, Ledger};
-use crate::libvirt::Dom;
-use crate::naming;
-use crate::plan::DiskChain;
-use crate::siblings::Siblings;
+use crate::host::chain::ChainFile;
+use crate::host::domain;
+use crate::host::ffi::libvirt as blockjob;
+use crate::host::libvirt::Dom;
+use crate::host::siblings::Siblings;
+use crate::merge::journal::{Entry, Journal, Link};
+use crate::state::ledger::{Base, Held, Ledger};
+use crate::store::naming;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use crate::journal::Job;
+pub use crate::merge::journal::Job;
 
 /// What consolidation does to one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,7 +401,7 @@ pub fn after_snapshot(
             let mut d = d.clone();
             if let Some((target, overlay)) = pending.iter().find(|(t, _)| *t == d.disk.target) {
                 // Not on disk yet: an identity no real file has.
-                let id = crate::chain::SourceId {
+                let id = crate::host::chain::SourceId {
                     dev: 0,
                     ino: 0,
                     size: 0,
@@ -417,7 +417,7 @@ pub fn after_snapshot(
                     },
                 );
                 d.disk.source = Some(overlay.clone());
-                ledger.overlays.push(crate::ledger::Overlay {
+                ledger.overlays.push(crate::state::ledger::Overlay {
                     path: overlay.to_string_lossy().into_owned(),
                     target: target.clone(),
                     created: created.to_string(),
@@ -544,7 +544,7 @@ pub fn execute(
     if !alive {
         // QEMU is gone: put back what it may have left half done, now,
         // before anyone starts the domain on it.
-        crate::journal::reconcile(dom, &ledger.uuid, state_dir)?;
+        crate::merge::journal::reconcile(dom, &ledger.uuid, state_dir)?;
         *ledger = Ledger::load(state_dir, &dom.name, &ledger.uuid);
     } else {
         // A failed disk's entry stays unless its job is verifiably gone: if
@@ -663,19 +663,19 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     let step = match p.job {
         Job::CommitBelow => {
             let below = &p.chain[1];
-            crate::qemu_img::commit(&below.path, &below.format, &base.path).and_then(|()| {
+            crate::host::qemu_img::commit(&below.path, &below.format, &base.path).and_then(|()| {
                 crate::fault::kill_point("kill-mid-offline");
                 crate::fault::hold("hold-mid-offline");
                 stopped()?;
-                crate::qemu_img::rebase_unsafe(
+                crate::host::qemu_img::rebase_unsafe(
                     &top.path,
                     &base.path.to_string_lossy(),
                     &base.format,
                 )
             })
         }
-        Job::CommitAll => crate::qemu_img::commit(&top.path, &top.format, &base.path),
-        Job::Pull => crate::qemu_img::pull_into(&top.path),
+        Job::CommitAll => crate::host::qemu_img::commit(&top.path, &top.format, &base.path),
+        Job::Pull => crate::host::qemu_img::pull_into(&top.path),
     };
     step.map_err(fail)?;
     crate::fault::kill_point("kill-after-offline-step");
@@ -686,7 +686,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .find(|f| f.path == p.result)
         .expect("the result is in the chain");
     define_disk(dom, &p.target, result).map_err(fail)?;
-    let now: Vec<PathBuf> = crate::chain::read_chain(&p.result)
+    let now: Vec<PathBuf> = crate::host::chain::read_chain(&p.result)
         .map_err(fail)?
         .into_iter()
         .map(|f| f.path)
@@ -723,7 +723,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     {
         return Ok(());
     }
-    let new = crate::restore::rewrite_domain_xml(
+    let new = crate::cmd::restore::rewrite_domain_xml(
         &xml,
         &[(target.to_string(), image.path.clone(), image.format.clone())],
         None,
@@ -749,7 +749,7 @@ fn offline_chain_now(dom: &Dom, p: &DiskPlan) -> String {
         .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
         .and_then(|d| d.source)
         .unwrap_or_else(|| p.chain[0].path.clone());
-    match crate::qemu_img::backing_chain(&source) {
+    match crate::host::qemu_img::backing_chain(&source) {
         Ok(infos) => {
             let now: Vec<PathBuf> = infos.iter().map(|i| PathBuf::from(&i.filename)).collect();
             format!("the disk is on ({}) as read now", show_paths(&now))
@@ -810,7 +810,7 @@ fn record_bases(
         match (&p.job, &p.next, done) {
             (Job::Pull, _, false) => {}
             (_, _, false) => {
-                let now = crate::chain::SourceId::read(base).ok();
+                let now = crate::host::chain::SourceId::read(base).ok();
                 if ledger
                     .bases
                     .iter()
@@ -827,7 +827,7 @@ fn record_bases(
             }
             (Job::CommitBelow, NextCopy::Incremental { dir, point }, true) => {
                 crate::fault::kill_point("kill-before-equivalence");
-                let id = crate::chain::SourceId::read(base)?;
+                let id = crate::host::chain::SourceId::read(base)?;
                 ledger.set_base(Base {
                     target: p.target.clone(),
                     path: base.to_string_lossy().into_owned(),
@@ -1035,7 +1035,7 @@ fn chain_now(dom: &Dom, p: &DiskPlan) -> String {
             show_chain(&p.chain)
         );
     };
-    match crate::qemu_img::backing_chain(&source) {
+    match crate::host::qemu_img::backing_chain(&source) {
         Ok(infos) => {
             let now: Vec<PathBuf> = infos.iter().map(|i| PathBuf::from(&i.filename)).collect();
             let mut text = format!("the disk is on ({}) as read now", show_paths(&now));
@@ -1085,7 +1085,7 @@ fn wait(
                 ))
             }
         }
-        crate::signals::check()?;
+        crate::cmd::signals::check()?;
         if started.elapsed() >= timeout {
             return Err(Error::Job(format!(
                 "the job did not finish within {} s",
@@ -1151,9 +1151,9 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
             show_backing(expected)
         )));
     }
-    let found = crate::qemu_img::info(&p.result)?
+    let found = crate::host::qemu_img::info(&p.result)?
         .backing_filename
-        .map(|b| crate::chain::resolve_backing(&p.result, &b));
+        .map(|b| crate::host::chain::resolve_backing(&p.result, &b));
     if found.as_deref() != expected {
         return Err(Error::Job(format!(
             "qemu-img finds '{}' on {}, expected {}",
@@ -1213,8 +1213,8 @@ fn show_paths(chain: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::ChainFile;
-    use crate::ledger::Overlay;
+    use crate::host::chain::ChainFile;
+    use crate::state::ledger::Overlay;
 
     fn file(path: &str, ino: u64) -> ChainFile {
         ChainFile::test(path, "qcow2", ino)
@@ -1273,7 +1273,7 @@ mod tests {
     fn noted(l: &mut Ledger, top: &str, below: &[(&str, u64)]) {
         let o = l.overlays.iter_mut().find(|o| o.path == top).unwrap();
         o.created = "20260101-000002".into();
-        o.point = Some(crate::ledger::PointRef {
+        o.point = Some(crate::state::ledger::PointRef {
             dir: "/b/d".into(),
             below: below
                 .iter()

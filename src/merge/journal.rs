@@ -12,12 +12,12 @@
 //! planned deletions are finished, each file checked again against the
 //! overlay ledger (same inode) and against the disk's current chain.
 
-use crate::blockjob;
-use crate::chain::SourceId;
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::ledger::Ledger;
-use crate::libvirt::Dom;
+use crate::host::chain::SourceId;
+use crate::host::ffi::libvirt as blockjob;
+use crate::host::libvirt::Dom;
+use crate::state::ledger::Ledger;
+use crate::store::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -162,7 +162,7 @@ fn check_entry(e: &Entry) -> Option<String> {
                 .components()
                 .any(|c| c == std::path::Component::ParentDir)
     };
-    if let Some(why) = crate::naming::not_plain(&e.target) {
+    if let Some(why) = crate::store::naming::not_plain(&e.target) {
         return Some(format!("disk target '{}': {why}", e.target));
     }
     let paths = std::iter::once(&e.result)
@@ -174,7 +174,7 @@ fn check_entry(e: &Entry) -> Option<String> {
     if let Some(l) = e
         .chain
         .iter()
-        .find(|l| !crate::naming::IMAGE_FORMATS.contains(&l.format.as_str()))
+        .find(|l| !crate::store::naming::IMAGE_FORMATS.contains(&l.format.as_str()))
     {
         return Some(format!("'{}' has no image format ('{}')", l.path, l.format));
     }
@@ -298,7 +298,7 @@ pub fn decide(e: &Entry, f: &Found) -> Decision {
     let backing = f
         .backing
         .as_deref()
-        .map(|b| crate::chain::resolve_backing(Path::new(&e.result), b));
+        .map(|b| crate::host::chain::resolve_backing(Path::new(&e.result), b));
     match e.method {
         Job::Pull if backing.is_some() => return Decision::Interrupted,
         Job::CommitBelow => {
@@ -336,7 +336,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     };
     let source = disk.source.clone();
     let backing = match &source {
-        Some(s) if !job => crate::qemu_img::info(s)?.backing_filename,
+        Some(s) if !job => crate::host::qemu_img::info(s)?.backing_filename,
         _ => None,
     };
     let found = Found {
@@ -375,7 +375,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
                     ),
                 ));
             }
-            crate::qemu_img::rebase_unsafe(top, &backing, &format)?;
+            crate::host::qemu_img::rebase_unsafe(top, &backing, &format)?;
             log::warn!(
                 "Repaired {t} of '{}': QEMU stopped during its blockpull and '{}' had lost the reference to its backing file; it is back on '{backing}' ({format}), and reads as before the pull; nothing was deleted",
                 dom.name,
@@ -395,7 +395,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
 
 fn finish_deletion(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     let t = &e.target;
-    let in_chain: Vec<PathBuf> = crate::chain::read_chain(Path::new(&e.result))?
+    let in_chain: Vec<PathBuf> = crate::host::chain::read_chain(Path::new(&e.result))?
         .into_iter()
         .map(|f| f.path)
         .collect();

@@ -10,13 +10,13 @@
 //! `plan` (pure, table-tested); `run` only reads facts and writes the
 //! ledger.
 
-use crate::chain::ChainFile;
-use crate::cli::AdoptArgs;
+use crate::backup::plan::DiskChain;
+use crate::cmd::cli::AdoptArgs;
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, Overlay};
-use crate::naming;
-use crate::plan::DiskChain;
-use crate::siblings::Siblings;
+use crate::host::chain::ChainFile;
+use crate::host::siblings::Siblings;
+use crate::state::ledger::{Ledger, Overlay};
+use crate::store::naming;
 
 /// What adopt does with one file of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ fn why_not(
 
 /// Runs `fi-backup adopt`; Ok(false) when a domain failed.
 pub fn run(args: &AdoptArgs) -> Result<bool> {
-    let lv = crate::libvirt::Libvirt::open(&args.libvirt.connect)?;
+    let lv = crate::host::libvirt::Libvirt::open(&args.libvirt.connect)?;
     let siblings = Siblings::gather(&lv)?;
     let mut clean = true;
     for name in &args.domains {
@@ -102,15 +102,15 @@ pub fn run(args: &AdoptArgs) -> Result<bool> {
 }
 
 fn adopt_domain(
-    lv: &crate::libvirt::Libvirt,
+    lv: &crate::host::libvirt::Libvirt,
     name: &str,
     args: &AdoptArgs,
     siblings: &Siblings,
 ) -> Result<()> {
     let dom = lv.lookup(name)?;
     let facts = dom.live_facts()?;
-    let _lock = crate::lock::lock_domain(&args.places.lock_dir, name, &facts.uuid)?;
-    let (disks, _) = crate::facts::disk_chains(&facts, false, false)?;
+    let _lock = crate::state::lock::lock_domain(&args.places.lock_dir, name, &facts.uuid)?;
+    let (disks, _) = crate::host::facts::disk_chains(&facts, false, false)?;
     let mut ledger = Ledger::load(&args.places.state_dir, name, &facts.uuid);
     let verdicts = plan(&facts.uuid, &disks, &ledger, siblings);
     let tag = if args.dry_run { "[dry run] " } else { "" };

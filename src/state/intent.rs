@@ -18,8 +18,8 @@
 //!   run meant to record a restore point and did not. Otherwise it is kept.
 
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, Overlay};
-use crate::libvirt::Dom;
+use crate::host::libvirt::Dom;
+use crate::state::ledger::{Ledger, Overlay};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// How often a running domain job is polled.
 const POLL: Duration = Duration::from_millis(100);
 
-pub use crate::ledger::{Intent, PlannedOverlay};
+pub use crate::state::ledger::{Intent, PlannedOverlay};
 
 /// What settling an intent does; decided by `decide`, carried out by `settle`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Settle> {
     if let Some(state) = &intent.state_file {
         // The intent is read from disk: only a file with fi-backup's name
         // for this run's memory state is ever removed on its word.
-        if !crate::naming::is_state_file_of(Path::new(state), &intent.ts) {
+        if !crate::store::naming::is_state_file_of(Path::new(state), &intent.ts) {
             actions.push(Settle::KeepState(
                 state.clone(),
                 "it does not have fi-backup's name for this run's memory state file",
@@ -149,7 +149,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
     let mut in_chain = HashSet::new();
     for disk in &facts.disks {
         if let (Some(source), true) = (&disk.source, disk.kind == "file") {
-            for f in crate::chain::read_chain(source)? {
+            for f in crate::host::chain::read_chain(source)? {
                 in_chain.insert(f.path);
             }
         }
@@ -167,7 +167,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
     for a in actions {
         match a {
             Settle::Adopt(o) => {
-                let id = crate::chain::SourceId::read(Path::new(&o.path))?;
+                let id = crate::host::chain::SourceId::read(Path::new(&o.path))?;
                 log::warn!(
                     "Overlay '{}' ({} of '{}') was made by the unfinished run {}; it is now in fi-backup's ledger",
                     o.path,

@@ -9,9 +9,9 @@
 //! that cannot be read is reported and treated as empty, which only means
 //! that fewer files are deleted.
 
-use crate::chain::SourceId;
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::host::chain::SourceId;
+use crate::store::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -32,7 +32,7 @@ pub fn lock_domain(lock_dir: &Path, name: &str, uuid: &str) -> Result<DomainLock
 /// other too), creating the directory (0700) if needed; fails at once when
 /// another run holds it.
 pub fn lock_backup_dir(root: &Path, domain: &str) -> Result<DomainLock> {
-    crate::fsutil::ensure_private_dir(root)?;
+    crate::store::fsutil::ensure_private_dir(root)?;
     try_lock(root.join(".lock"))?.ok_or_else(|| {
         Error::domain(
             domain,
@@ -57,7 +57,7 @@ fn try_lock(path: PathBuf) -> Result<Option<DomainLock>> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::io("cannot open lock file", &path, e))?;
-    match crate::ffi::try_lock_exclusive(&file) {
+    match crate::host::ffi::try_lock_exclusive(&file) {
         Ok(true) => Ok(Some(DomainLock { _file: file, path })),
         Ok(false) => Ok(None),
         Err(e) => Err(Error::io("cannot lock", &path, e)),

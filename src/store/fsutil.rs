@@ -219,7 +219,7 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
 /// The uid and group ids (primary and supplementary) of `user`, or None
 /// when there is no such user.
 pub fn user_ids(user: &str) -> Option<(u32, Vec<u32>)> {
-    crate::ffi::user_ids(user)
+    crate::host::ffi::user_ids(user)
 }
 
 /// Whether a process of `uid` with groups `gids` may enter directory `dir`

@@ -28,10 +28,10 @@
 //! points plus one.
 
 use crate::error::{Error, Result};
-use crate::ledger::Held;
-use crate::record::{DomainDir, FileRecord, Index, Record};
 use crate::report::{DomainReport, PruneReport, RunReport};
-use crate::retention::{self, Policy, Rule};
+use crate::state::ledger::Held;
+use crate::store::record::{DomainDir, FileRecord, Index, Record};
+use crate::store::retention::{self, Policy, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ pub fn readers(r: &Record, in_use: &InUse) -> Vec<String> {
 
 /// The files of `dir`'s images/ that a defined domain's chains use (by
 /// device and inode), or that an unreadable domain may use, with who.
-pub fn in_use(dir: &DomainDir, siblings: &crate::siblings::Siblings) -> Result<InUse> {
+pub fn in_use(dir: &DomainDir, siblings: &crate::host::siblings::Siblings) -> Result<InUse> {
     let images = dir.images();
     let entries = match std::fs::read_dir(&images) {
         Ok(e) => e,
@@ -120,7 +120,7 @@ pub fn in_use(dir: &DomainDir, siblings: &crate::siblings::Siblings) -> Result<I
     for e in entries {
         let e = e.map_err(|err| Error::io("cannot list", &images, err))?;
         let Ok(m) = e.metadata() else { continue };
-        let users = siblings.others_exact("", &crate::chain::SourceId::of(&m));
+        let users = siblings.others_exact("", &crate::host::chain::SourceId::of(&m));
         if !users.is_empty() {
             out.insert(e.file_name().to_string_lossy().into_owned(), users);
         }
@@ -382,7 +382,7 @@ pub fn rewrite(record: &Record, plan: &PrunePlan, updated: &HashMap<String, File
 }
 
 /// Runs `fi-backup prune`; Ok(false) when some domain failed.
-pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
+pub fn run(args: &crate::cmd::cli::PruneArgs) -> Result<bool> {
     let started = chrono::Local::now();
     let policy = args.keep.policy();
     if !policy.is_set() {
@@ -409,17 +409,17 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
             }
             vec![d.clone()]
         }
-        None => crate::record::domains_in(backup)?,
+        None => crate::store::record::domains_in(backup)?,
     };
     // Which files domains read in place (instant restores): asked of
     // libvirt once; without it that cannot be known, and nothing is pruned.
-    let lv = crate::libvirt::Libvirt::open(&args.libvirt.connect).map_err(|e| {
+    let lv = crate::host::libvirt::Libvirt::open(&args.libvirt.connect).map_err(|e| {
         Error::State(format!(
             "cannot tell whether a domain reads these backups in place (instant restore), so \
              nothing is pruned: {e}"
         ))
     })?;
-    let siblings = crate::siblings::Siblings::gather(&lv)?;
+    let siblings = crate::host::siblings::Siblings::gather(&lv)?;
     let mut failed = Vec::new();
     let mut reports = Vec::new();
     for d in &domains {
@@ -430,13 +430,13 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
             started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
             ..Default::default()
         };
-        let scope = crate::logging::Scope::default();
-        let result = crate::logging::in_scope(Some(scope.clone()), || {
+        let scope = crate::cmd::logging::Scope::default();
+        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
             let dir = DomainDir::new(backup, d)?;
             if args.dry_run {
                 prune_domain(&dir, d, &policy, true, None, &siblings)
             } else {
-                crate::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
+                crate::state::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
                     finish_unfinished(&dir, d)?;
                     prune_domain(&dir, d, &policy, false, None, &siblings)
                 })
@@ -470,7 +470,7 @@ pub fn run(args: &crate::cli::PruneArgs) -> Result<bool> {
             success: failed.is_empty(),
             dry_run: args.dry_run,
             failed: failed.clone(),
-            warnings: crate::logging::warnings(),
+            warnings: crate::cmd::logging::warnings(),
             domains: reports,
             ..crate::report::timed("prune", started)
         })?;
@@ -490,7 +490,7 @@ pub fn prune_domain(
     policy: &Policy,
     dry_run: bool,
     pending: Option<Record>,
-    siblings: &crate::siblings::Siblings,
+    siblings: &crate::host::siblings::Siblings,
 ) -> Result<PruneReport> {
     let mut index = Index::load(dir)?;
     let in_use = in_use(dir, siblings)?;
@@ -662,7 +662,7 @@ fn save_journal(dir: &DomainDir, j: &Journal) -> Result<()> {
     let mut text = serde_json::to_string_pretty(j)
         .map_err(|e| Error::Encode(format!("cannot encode the prune journal: {e}")))?;
     text.push('\n');
-    let mut tmp = crate::fsutil::TempFile::create(&dir.root, "prune")?;
+    let mut tmp = crate::store::fsutil::TempFile::create(&dir.root, "prune")?;
     std::io::Write::write_all(&mut tmp.file, text.as_bytes())
         .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
     tmp.replace(&journal_path(dir))
@@ -697,7 +697,10 @@ pub fn load_journal(dir: &DomainDir) -> Result<Option<Journal>> {
 fn check_journal(j: &Journal) -> std::result::Result<(), String> {
     let p = &j.plan;
     let points = p.kept.iter().map(|(k, _)| k).chain(&p.dropped);
-    if let Some(bad) = points.clone().find(|t| !crate::naming::is_timestamp(t)) {
+    if let Some(bad) = points
+        .clone()
+        .find(|t| !crate::store::naming::is_timestamp(t))
+    {
         return Err(format!("'{bad}' is not a restore point's name"));
     }
     if let Some(both) = p
@@ -713,12 +716,12 @@ fn check_journal(j: &Journal) -> std::result::Result<(), String> {
     {
         return Err("it drops the newest point, which is always kept".into());
     }
-    let name = |n: &str| match crate::naming::not_plain(n) {
+    let name = |n: &str| match crate::store::naming::not_plain(n) {
         Some(why) => Err(format!("file name '{n}': {why}")),
         None if n.starts_with('.') => Err(format!("file name '{n}' starts with a dot")),
         None => Ok(()),
     };
-    let format = |f: &str| match crate::naming::IMAGE_FORMATS.contains(&f) {
+    let format = |f: &str| match crate::store::naming::IMAGE_FORMATS.contains(&f) {
         true => Ok(()),
         false => Err(format!("'{f}' is not an image format")),
     };
@@ -736,7 +739,7 @@ fn check_journal(j: &Journal) -> std::result::Result<(), String> {
             .chain([&r.onto])
             .try_for_each(|n| name(n))?;
         let temp = r.temp.strip_prefix(".fi-prune.").unwrap_or("");
-        if crate::naming::not_plain(&r.temp).is_some() || temp.is_empty() {
+        if crate::store::naming::not_plain(&r.temp).is_some() || temp.is_empty() {
             return Err(format!("'{}' is not a prune's temporary name", r.temp));
         }
         format(&r.onto_format)?;
@@ -803,7 +806,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         //    through the run, which holds the same data there.
         for f in &j.plan.folds {
             let top = &updated_format(&j.plan, &f.run[0])?;
-            crate::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
+            crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
             crate::fault::kill_point("kill-mid-merge");
             let (size, hash) = measure(&at(&f.into))?;
             let new = updated.get_mut(&f.into).expect("described above");
@@ -815,8 +818,8 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         for r in &j.plan.rebases {
             let format = updated_format(&j.plan, &r.old)?;
             remove_if_there(&at(&r.temp))?;
-            let cluster_size = crate::qemu_img::info(&at(&r.old))?.cluster_size;
-            let job = crate::copy::CopyJob {
+            let cluster_size = crate::host::qemu_img::info(&at(&r.old))?.cluster_size;
+            let job = crate::backup::copy::CopyJob {
                 source: at(&r.old),
                 format,
                 cluster_size,
@@ -828,13 +831,13 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
                     .then(|| (r.onto.clone(), r.onto_format.clone())),
                 expected_id: None,
             };
-            let copied = crate::copy::copy(&job)?;
+            let copied = crate::backup::copy::copy(&job)?;
             let (mut size, mut hash) = (copied.size, copied.blake3);
             if !r.carry.is_empty() {
                 // The data of the carried copies goes into the new copy:
                 // a safe rebase copies what differs between the old chain
                 // below it and `onto`.
-                crate::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
+                crate::host::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
                 (size, hash) = measure(&at(&r.temp))?;
             }
             crate::fault::kill_point("kill-after-new-copy");
@@ -842,7 +845,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
             // one, and both read the same data.
             std::fs::rename(at(&r.temp), at(&r.old))
                 .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
-            crate::fsutil::sync_dir(&images)?;
+            crate::store::fsutil::sync_dir(&images)?;
             let new = updated.get_mut(&r.old).expect("described above");
             new.size = size;
             new.blake3 = hash;
@@ -854,7 +857,8 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
                 let mut text = serde_json::to_string_pretty(&new)
                     .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
                 text.push('\n');
-                let mut tmp = crate::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
+                let mut tmp =
+                    crate::store::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
                 std::io::Write::write_all(&mut tmp.file, text.as_bytes())
                     .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
                 tmp.replace(&dir.record_path(&r.restore_point))?;
@@ -890,7 +894,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         remove_if_there(&at(n))?;
         crate::fault::kill_point("kill-mid-prune-deletion");
     }
-    crate::fsutil::sync_dir(&images)?;
+    crate::store::fsutil::sync_dir(&images)?;
     remove_if_there(&journal_path(dir))
 }
 
@@ -940,7 +944,8 @@ fn measure(path: &Path) -> Result<(u64, String)> {
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io("cannot stat", path, e))?
         .len();
-    let hash = crate::fsutil::blake3_of(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let hash =
+        crate::store::fsutil::blake3_of(path).map_err(|e| Error::io("cannot read", path, e))?;
     Ok((size, hash))
 }
 
@@ -970,8 +975,8 @@ fn remove_state_file(path: &Path, domain: &str, point: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::SourceId;
-    use crate::record::{DiskRecord, Mode, RECORD_VERSION};
+    use crate::host::chain::SourceId;
+    use crate::store::record::{DiskRecord, Mode, RECORD_VERSION};
 
     fn file(name: &str, backing: Option<&str>, ino: u64) -> FileRecord {
         FileRecord {
@@ -1254,7 +1259,7 @@ mod tests {
                 );
                 // Every chain still ends on the base and is self-consistent.
                 assert_eq!(r.disks[0].chain.last().unwrap(), "B");
-                crate::record::check_record(
+                crate::store::record::check_record(
                     r,
                     &PathBuf::from(format!("/b/d/points/{}.json", r.restore_point)),
                 )

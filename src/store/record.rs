@@ -12,9 +12,9 @@
 //! its record does. A record lists every file its disks need, with size,
 //! BLAKE3 checksum, format and backing name, so it can be checked on its own.
 
-use crate::chain::SourceId;
 use crate::error::{Error, Result};
-use crate::naming;
+use crate::host::chain::SourceId;
+use crate::store::naming;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ pub struct FileRecord {
     /// reuses such a copy only for exactly that run of live files; empty for
     /// a plain copy of `source`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub holds: Vec<crate::ledger::Held>,
+    pub holds: Vec<crate::state::ledger::Held>,
 }
 
 /// Where one domain's backups live.
@@ -189,11 +189,11 @@ impl DomainDir {
     /// Creates the directories (0700) and removes temporary files an
     /// interrupted run left in them.
     pub fn create(&self) -> Result<()> {
-        crate::fsutil::ensure_private_dir(&self.root)?;
-        crate::fsutil::ensure_private_dir(&self.images())?;
-        crate::fsutil::ensure_private_dir(&self.points())?;
-        crate::fsutil::remove_stale_temps(&self.images())?;
-        crate::fsutil::remove_stale_temps(&self.points())?;
+        crate::store::fsutil::ensure_private_dir(&self.root)?;
+        crate::store::fsutil::ensure_private_dir(&self.images())?;
+        crate::store::fsutil::ensure_private_dir(&self.points())?;
+        crate::store::fsutil::remove_stale_temps(&self.images())?;
+        crate::store::fsutil::remove_stale_temps(&self.points())?;
         Ok(())
     }
 }

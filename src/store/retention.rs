@@ -154,7 +154,7 @@ pub fn select(times: &[NaiveDateTime], policy: &Policy) -> Vec<Option<Rule>> {
 
 /// A restore point's local time from its name (`YYYYMMDD-HHMMSS`).
 pub fn point_time(point: &str) -> Option<NaiveDateTime> {
-    crate::naming::point_time(point)
+    crate::store::naming::point_time(point)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (virDomainBlockCommit, virDomainBlockPull, virDomainGetBlockJobInfo,
 //! virDomainBlockJobAbort). Raw libvirt pointers appear only here;
 //! everything it offers is safe. The rest of the crate calls it
-//! `crate::blockjob`.
+//! `crate::host::ffi::libvirt`.
 
 use crate::error::{Error, Result};
 use std::ffi::CString;

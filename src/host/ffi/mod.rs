@@ -1,6 +1,6 @@
 //! Every system call fi-backup makes beyond std, behind safe functions: the
 //! libvirt calls the `virt` crate does not wrap (`libvirt`, re-exported as
-//! `crate::blockjob`), the ones rustix offers safely (flock, SEEK_DATA and
+//! `crate::host::ffi::libvirt`), the ones rustix offers safely (flock, SEEK_DATA and
 //! SEEK_HOLE, fadvise, kill), and the few libc calls nothing wraps
 //! (sync_file_range, getpwnam/getgrouplist, mallopt). This is the only module
 //! where `unsafe` is allowed (the crate denies it elsewhere); each block says
