@@ -73,11 +73,13 @@ pub mod sync {
 
 /// The command line and the commands.
 pub mod cmd {
+    pub mod adopt;
     pub mod cli;
     pub mod config;
     pub mod list;
     pub mod logging;
     pub mod mount;
+    pub mod prune;
     pub mod restore;
     pub mod settle;
     pub mod signals;

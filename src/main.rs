@@ -5,11 +5,9 @@
 use clap::Parser;
 use fi_backup::cmd::cli::{Cli, Command};
 use fi_backup::cmd::config::{Config, Verbosity};
-use fi_backup::cmd::{list, logging, restore, signals, sweep, verify};
+use fi_backup::cmd::{adopt, list, logging, prune, restore, signals, sweep, verify};
 use fi_backup::error::{Error, Exit};
 use fi_backup::report::{self, RunReport};
-use fi_backup::state::adopt;
-use fi_backup::store::prune;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
