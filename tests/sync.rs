@@ -23,17 +23,7 @@ fn expect(night: u8) -> Vec<(&'static str, Vec<(u8, u64)>)> {
 
 /// A running domain with a qcow2 and a raw disk, its first data written.
 fn domain(s: &mut Scenario) -> String {
-    let dom = s.start(
-        "vm",
-        "img",
-        &[
-            DiskSpec::qcow2("a.qcow2", "vda"),
-            DiskSpec::raw("b.raw", "vdb"),
-        ],
-    );
-    guest_write(&dom, 0, 0x10, 0);
-    guest_write(&dom, 1, 0x20, 0);
-    dom
+    qcow2_and_raw(s)
 }
 
 /// Night n's guest writes.
@@ -221,19 +211,22 @@ fn nights_to_a_second_disk_and_far_retention() {
     // reads every file sent so far (the far side never merges), so the
     // three points go and no file does.
     let far_files = || files_below(&far_dir.join(&dom).join("images")).len();
+    let keep_last_1 = || {
+        let out = s.fi(&[
+            "sync",
+            "--backup-dir",
+            b,
+            "--to",
+            f,
+            "--keep-last",
+            "1",
+            "--json",
+        ]);
+        assert!(out.status.success());
+        sync_report(&out.stdout)
+    };
     let before = far_files();
-    let out = s.fi(&[
-        "sync",
-        "--backup-dir",
-        b,
-        "--to",
-        f,
-        "--keep-last",
-        "1",
-        "--json",
-    ]);
-    assert!(out.status.success());
-    let r = sync_report(&out.stdout);
+    let r = keep_last_1();
     assert_eq!(r["points_dropped"].as_array().unwrap().len(), 3);
     assert_eq!(r["files_deleted"], 0);
     assert_eq!(far_files(), before);
@@ -247,18 +240,7 @@ fn nights_to_a_second_disk_and_far_retention() {
     s.fi_ok(&["-b", b, "--sync-to", f, &dom]);
     let newest = listed(&s, b, &dom).last().unwrap().clone();
     let before = files_below(&far_dir.join(&dom).join("images"));
-    let out = s.fi(&[
-        "sync",
-        "--backup-dir",
-        b,
-        "--to",
-        f,
-        "--keep-last",
-        "1",
-        "--json",
-    ]);
-    assert!(out.status.success());
-    let r = sync_report(&out.stdout);
+    let r = keep_last_1();
     assert_eq!(r["points_dropped"].as_array().unwrap().len(), 2);
     assert_eq!(listed(&s, f, &dom), vec![newest.clone()]);
     let kept: serde_json::Value = serde_json::from_slice(

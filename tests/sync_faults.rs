@@ -11,16 +11,7 @@ use common::*;
 
 /// A running domain with a qcow2 and a raw disk and one restore point.
 fn setup(s: &mut Scenario) -> (String, String) {
-    let dom = s.start(
-        "vm",
-        "img",
-        &[
-            DiskSpec::qcow2("a.qcow2", "vda"),
-            DiskSpec::raw("b.raw", "vdb"),
-        ],
-    );
-    guest_write(&dom, 0, 0x10, 0);
-    guest_write(&dom, 1, 0x20, 0);
+    let dom = qcow2_and_raw(s);
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap().to_string();
     s.fi_ok(&["-b", &b, &dom]);

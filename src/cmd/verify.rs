@@ -82,17 +82,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         log::error!("Verification found problems (see above)");
     }
     if args.json {
-        crate::report::print_json(&RunReport {
-            success: clean,
-            failed: verified
-                .iter()
-                .filter(|v| !v.problems.is_empty())
-                .map(|v| v.domain.clone())
-                .collect(),
-            warnings: crate::cmd::logging::warnings(),
-            verified,
-            ..crate::report::timed("verify", started)
-        })?;
+        print_report(clean, verified, started)?;
     }
     Ok(clean)
 }
@@ -332,17 +322,26 @@ fn run_far(args: &VerifyArgs) -> Result<bool> {
         log::error!("Verification found problems (see above)");
     }
     if args.json {
-        crate::report::print_json(&RunReport {
-            success: clean,
-            failed: verified
-                .iter()
-                .filter(|v| !v.problems.is_empty())
-                .map(|v| v.domain.clone())
-                .collect(),
-            warnings: crate::cmd::logging::warnings(),
-            verified,
-            ..crate::report::timed("verify", started)
-        })?;
+        print_report(clean, verified, started)?;
     }
     Ok(clean)
+}
+
+/// `verify --json`: the run's report.
+fn print_report(
+    clean: bool,
+    verified: Vec<VerifyReport>,
+    started: chrono::DateTime<chrono::Local>,
+) -> Result<()> {
+    crate::report::print_json(&RunReport {
+        success: clean,
+        failed: verified
+            .iter()
+            .filter(|v| !v.problems.is_empty())
+            .map(|v| v.domain.clone())
+            .collect(),
+        warnings: crate::cmd::logging::warnings(),
+        verified,
+        ..crate::report::timed("verify", started)
+    })
 }

@@ -151,6 +151,30 @@ pub struct FileRecord {
     pub holds: Vec<crate::state::ledger::Held>,
 }
 
+impl FileRecord {
+    /// A qcow2 copy as unit tests describe one (its backing qcow2 too).
+    #[cfg(test)]
+    pub fn test(name: &str, size: u64, blake3: String, backing: Option<&str>) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            format: "qcow2".into(),
+            size,
+            blake3,
+            backing: backing.map(str::to_string),
+            backing_format: backing.map(|_| "qcow2".to_string()),
+            source: format!("/src/{name}"),
+            source_id: SourceId {
+                dev: 1,
+                ino: 2,
+                size: 1,
+                mtime_ns: 3,
+            },
+            written_by: "20260101-000000".into(),
+            holds: Vec::new(),
+        }
+    }
+}
+
 /// Where one domain's backups live.
 #[derive(Debug, Clone)]
 pub struct DomainDir {
@@ -548,23 +572,7 @@ mod tests {
     use super::*;
 
     fn file(name: &str, backing: Option<&str>) -> FileRecord {
-        FileRecord {
-            name: name.into(),
-            format: "qcow2".into(),
-            size: 1,
-            blake3: "0".repeat(64),
-            backing: backing.map(str::to_string),
-            backing_format: backing.map(|_| "qcow2".to_string()),
-            source: format!("/src/{name}"),
-            source_id: SourceId {
-                dev: 1,
-                ino: 2,
-                size: 1,
-                mtime_ns: 3,
-            },
-            written_by: "20260101-000000".into(),
-            holds: Vec::new(),
-        }
+        FileRecord::test(name, 1, "0".repeat(64), backing)
     }
 
     fn record() -> Record {

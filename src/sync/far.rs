@@ -195,39 +195,52 @@ impl Far {
     /// Every name (file or directory) right below `rel`; none when it does
     /// not exist.
     pub fn list_top(&self, rel: &str) -> Result<Vec<String>> {
+        self.names_below(rel, false)
+    }
+
+    /// The directories right below `rel`; none when it does not exist.
+    pub fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
+        self.names_below(rel, true)
+    }
+
+    fn names_below(&self, rel: &str, dirs_only: bool) -> Result<Vec<String>> {
+        let mut names = Vec::new();
         match &self.dest {
             Dest::Dir(_) => {
                 let root = self.local(rel);
                 let entries = match std::fs::read_dir(&root) {
                     Ok(e) => e,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
                     Err(e) => return Err(Error::io("cannot list sync destination", &root, e)),
                 };
-                let mut out = Vec::new();
                 for e in entries {
                     let e = e.map_err(|e| Error::io("cannot list", &root, e))?;
-                    out.push(e.file_name().to_string_lossy().into_owned());
+                    if !dirs_only || e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        names.push(e.file_name().to_string_lossy().into_owned());
+                    }
                 }
-                out.sort();
-                Ok(out)
             }
             Dest::Rclone(_) => {
                 let path = self.remote(rel);
-                let out = match self.run_rclone(&["lsjson", "--no-mimetype", "--no-modtime", &path])
-                {
+                let mut args = vec!["lsjson", "--no-mimetype", "--no-modtime"];
+                if dirs_only {
+                    args.push("--dirs-only");
+                }
+                args.push(&path);
+                let out = match self.run_rclone(&args) {
                     Ok(out) => out,
-                    Err(e) if not_found(&e) => return Ok(Vec::new()),
+                    Err(e) if not_found(&e) => return Ok(names),
                     Err(e) => return Err(e),
                 };
-                let mut names: Vec<String> = parse_lsjson(&out)
+                names = parse_lsjson(&out)
                     .map_err(|e| Error::Far(format!("rclone lsjson of '{path}': {e}")))?
                     .into_iter()
                     .map(|e| e.path)
                     .collect();
-                names.sort();
-                Ok(names)
             }
         }
+        names.sort();
+        Ok(names)
     }
 
     /// Small objects `rels` (records), each with its bytes or None when
@@ -273,42 +286,6 @@ impl Far {
         });
         let _ = std::fs::remove_dir_all(&tmp);
         out
-    }
-
-    /// The directories right below `rel`.
-    pub fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
-        match &self.dest {
-            Dest::Dir(_) => {
-                let root = self.local(rel);
-                let mut out = Vec::new();
-                let entries = std::fs::read_dir(&root)
-                    .map_err(|e| Error::io("cannot list sync destination", &root, e))?;
-                for e in entries {
-                    let e = e.map_err(|e| Error::io("cannot list", &root, e))?;
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        out.push(e.file_name().to_string_lossy().into_owned());
-                    }
-                }
-                out.sort();
-                Ok(out)
-            }
-            Dest::Rclone(_) => {
-                let path = self.remote(rel);
-                let out = match self.run_rclone(&["lsjson", "--dirs-only", "--no-mimetype", &path])
-                {
-                    Ok(out) => out,
-                    Err(e) if not_found(&e) => return Ok(Vec::new()),
-                    Err(e) => return Err(e),
-                };
-                let mut names: Vec<String> = parse_lsjson(&out)
-                    .map_err(|e| Error::Far(format!("rclone lsjson of '{path}': {e}")))?
-                    .into_iter()
-                    .map(|e| e.path)
-                    .collect();
-                names.sort();
-                Ok(names)
-            }
-        }
     }
 
     /// The whole object `rel` (small ones: records, the lock); None when it

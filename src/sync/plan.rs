@@ -405,7 +405,6 @@ fn translate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::chain::SourceId;
     use crate::store::record::{DiskRecord, Mode};
 
     fn hash(s: &str) -> String {
@@ -413,23 +412,8 @@ mod tests {
     }
 
     fn file(name: &str, version: &str, backing: Option<&str>) -> FileRecord {
-        FileRecord {
-            name: name.into(),
-            format: "qcow2".into(),
-            size: 100 + name.len() as u64,
-            blake3: hash(&format!("{name}@{version}")),
-            backing: backing.map(str::to_string),
-            backing_format: backing.map(|_| "qcow2".to_string()),
-            source: format!("/src/{name}"),
-            source_id: SourceId {
-                dev: 1,
-                ino: 2,
-                size: 1,
-                mtime_ns: 3,
-            },
-            written_by: "20260101-000000".into(),
-            holds: Vec::new(),
-        }
+        let size = 100 + name.len() as u64;
+        FileRecord::test(name, size, hash(&format!("{name}@{version}")), backing)
     }
 
     /// A one-disk record of `point` whose chain (top first) is `chain`, each

@@ -653,14 +653,7 @@ impl NbdServer {
             .arg(image)
             .spawn()
             .expect("cannot start qemu-nbd");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "qemu-nbd does not listen on {port}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_port(port, "qemu-nbd");
         NbdServer { child, port }
     }
 }
@@ -1042,14 +1035,7 @@ impl Sftp {
             .stderr(log)
             .spawn()
             .expect("cannot start sshd (Debian's openssh-server)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sshd does not listen on {port}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_port(port, "sshd");
         sshd
     }
 
@@ -1086,5 +1072,33 @@ impl Drop for Sftp {
     fn drop(&mut self) {
         self.stop();
         let _ = cmd("userdel", &[&self.user]);
+    }
+}
+
+/// A running domain "vm" with a qcow2 disk (vda) and a raw one (vdb),
+/// 1 MiB of 0x10 written at 0 of vda and of 0x20 at 0 of vdb.
+pub fn qcow2_and_raw(s: &mut Scenario) -> String {
+    let dom = s.start(
+        "vm",
+        "img",
+        &[
+            DiskSpec::qcow2("a.qcow2", "vda"),
+            DiskSpec::raw("b.raw", "vdb"),
+        ],
+    );
+    guest_write(&dom, 0, 0x10, 0);
+    guest_write(&dom, 1, 0x20, 0);
+    dom
+}
+
+/// Waits up to 10 s until something listens on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} does not listen on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
