@@ -35,13 +35,7 @@ fn night_writes(dom: &str, n: u8) {
 /// The restore points listed at `dir` (a backup directory or destination).
 fn listed(s: &Scenario, dir: &str, dom: &str) -> Vec<String> {
     let out = s.fi(&["list", "--backup-dir", dir, "--domain", dom, "--json"]);
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["restore_point"].as_str().unwrap().to_string())
-        .collect()
+    points_of(&out)
 }
 
 /// Restores `point` of `dom` from `from` flat and checks every disk's data.

@@ -25,13 +25,7 @@ fn listed(s: &Scenario, rclone: Option<&Sftp>, dir: &str, dom: &str) -> Vec<Stri
         Some(r) => r.fi(s, &args),
         None => s.fi(&args),
     };
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["restore_point"].as_str().unwrap().to_string())
-        .collect()
+    points_of(&out)
 }
 
 /// The destination lists only complete points (verify reads every file of

@@ -156,6 +156,37 @@ impl Far {
         v
     }
 
+    /// rclone with `args` as a child whose data flows through a pipe (an
+    /// upload's stdin, a download's stdout); its stderr is read by a thread.
+    fn spawn_rclone(
+        &self,
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<(std::process::Child, String, std::thread::JoinHandle<String>)> {
+        let bin = self.rclone.as_ref().expect("rclone for a remote");
+        let args = self.rclone_args(args);
+        let shown = crate::host::process::show_command(bin, &args);
+        log::trace!("running {shown}");
+        let mut child = Command::new(bin)
+            .args(&args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::CommandStart {
+                command: shown.clone(),
+                source,
+            })?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        Ok((child, shown, err_reader))
+    }
+
     fn run_rclone(&self, args: &[&str]) -> Result<Vec<u8>> {
         let bin = self.rclone.as_ref().expect("rclone for a remote");
         crate::host::process::run_bytes(bin, &self.rclone_args(args)).map_err(|e| self.failed(e))
@@ -364,27 +395,12 @@ impl Far {
             }
             Dest::Rclone(_) => {
                 let tmp = tmp_rel(&format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
-                let bin = self.rclone.as_ref().expect("rclone for a remote");
-                let args = self.rclone_args(&["rcat", &self.remote(&tmp)]);
-                let shown = crate::host::process::show_command(bin, &args);
-                log::trace!("running {shown}");
-                let mut child = Command::new(bin)
-                    .args(&args)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|source| Error::CommandStart {
-                        command: shown.clone(),
-                        source,
-                    })?;
+                let (mut child, shown, err_reader) = self.spawn_rclone(
+                    &["rcat", &self.remote(&tmp)],
+                    Stdio::piped(),
+                    Stdio::null(),
+                )?;
                 let mut stdin = child.stdin.take().expect("piped stdin");
-                let stderr = child.stderr.take().expect("piped stderr");
-                let err_reader = std::thread::spawn(move || {
-                    let mut s = String::new();
-                    let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
-                    s
-                });
                 let pumped = pump(src, |_, chunk| stdin.write_all(chunk));
                 drop(stdin);
                 let status = child.wait().map_err(|source| Error::CommandStart {
@@ -438,26 +454,8 @@ impl Far {
                 pump(&mut f, &mut put).map_err(|e| Error::io("cannot read", &path, e))?
             }
             Dest::Rclone(_) => {
-                let bin = self.rclone.as_ref().expect("rclone for a remote");
-                let args = self.rclone_args(&["cat", &self.remote(rel)]);
-                let shown = crate::host::process::show_command(bin, &args);
-                log::trace!("running {shown}");
-                let mut child = Command::new(bin)
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|source| Error::CommandStart {
-                        command: shown.clone(),
-                        source,
-                    })?;
-                let stderr = child.stderr.take().expect("piped stderr");
-                let err_reader = std::thread::spawn(move || {
-                    let mut s = String::new();
-                    let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
-                    s
-                });
+                let (mut child, shown, err_reader) =
+                    self.spawn_rclone(&["cat", &self.remote(rel)], Stdio::null(), Stdio::piped())?;
                 let mut out = child.stdout.take().expect("piped stdout");
                 let pumped = pump(&mut out, &mut put);
                 let status = child.wait().map_err(|source| Error::CommandStart {
