@@ -181,6 +181,8 @@ fn process_domain(
         crate::state::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
     crate::host::facts::warn_unused_overlays(&dom, &first.uuid, &config.state_dir);
+    // The chains the backup read before its snapshot, for the consolidation.
+    let mut before_snapshot = Vec::new();
     if config.action != Action::ConsolidateOnly {
         // The backup directory's own lock (it may be shared with other
         // hosts): no prune runs on it meanwhile. An unfinished prune is
@@ -189,7 +191,8 @@ fn process_domain(
             Some(b) => Some(DomainDir::new(b, name)?),
             None => None,
         };
-        let (_dir_lock, planned) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        let (_dir_lock, planned, read) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
+        before_snapshot = read;
         // The new point leaves the host before the prune: its record is
         // then the one the backup wrote, whose lower files the destination
         // already holds, so what the prune merges never has to travel.
@@ -223,7 +226,7 @@ fn process_domain(
         synced?;
     }
     if config.action != Action::Backup {
-        consolidate_domain(&dom, config, siblings, report)?;
+        consolidate_domain(&dom, config, siblings, &before_snapshot, report)?;
     }
     Ok(())
 }
@@ -251,6 +254,7 @@ fn backup_domain(
 ) -> Result<(
     Option<lock::DomainLock>,
     Option<crate::store::record::Record>,
+    Vec<plan::DiskChain>,
 )> {
     let name = &dom.name;
     let mut dir_lock = match dir {
@@ -298,7 +302,7 @@ fn backup_domain(
             plan::Step::WriteRecord { draft, .. } => Some(draft.as_planned()),
             _ => None,
         });
-        return Ok((None, planned));
+        return Ok((None, planned, Vec::new()));
     }
     // A first backup makes the domain's directory (with its lock) only
     // here, once the plan stands. If the backup then fails, the directory
@@ -322,7 +326,8 @@ fn backup_domain(
             });
             crate::state::intent::clear(&config.state_dir, name, &plan.uuid)?;
             say_done(name, &outcome, config);
-            Ok((dir_lock, None))
+            let read = if active { facts.disks } else { Vec::new() };
+            Ok((dir_lock, None, read))
         }
         Err(e) => {
             // What the failed run created is adopted or removed now, not
@@ -343,13 +348,30 @@ fn consolidate_domain(
     dom: &Dom,
     config: &Config,
     siblings: &Siblings,
+    before_snapshot: &[plan::DiskChain],
     report: &mut DomainReport,
 ) -> Result<()> {
     let name = &dom.name;
     let active = dom.is_active()?;
     let domain = dom.live_facts()?;
-    let (disks, _) =
-        crate::host::facts::disk_chains(&domain, config.action == Action::ConsolidateOnly, false)?;
+    // Right after this run's snapshot the chains are the ones the backup
+    // read under the new tops, when libvirt's live chains say exactly that;
+    // otherwise (or shut off, or a dry run) they are read again.
+    let known = match (active && !config.dry_run, before_snapshot.is_empty()) {
+        (true, false) => crate::host::facts::chains_after_snapshot(before_snapshot, &domain),
+        _ => None,
+    };
+    let disks = match known {
+        Some(d) => d,
+        None => {
+            crate::host::facts::disk_chains(
+                &domain,
+                config.action == Action::ConsolidateOnly,
+                false,
+            )?
+            .0
+        }
+    };
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
     // A dry run of -C took no snapshot: consolidate the chains it would
     // have left.

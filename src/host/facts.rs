@@ -65,6 +65,71 @@ pub fn disk_chains(
     Ok((disks, skipped))
 }
 
+/// The chains of a running domain right after this run's snapshot, from
+/// what is already known: libvirt's live chain of each eligible disk
+/// (`known_chain`) must be exactly the chain the backup read before the
+/// snapshot, under the new top, whose format libvirt names; the files'
+/// formats are the backup's reading, their identities read again (stat).
+/// None when anything differs (a disk more or less, another chain, a chain
+/// libvirt does not close): the caller then reads the chains with qemu-img.
+pub fn chains_after_snapshot(before: &[DiskChain], now: &DomainFacts) -> Option<Vec<DiskChain>> {
+    let planned = paths_after_snapshot(before, now)?;
+    let mut out = Vec::new();
+    for (disk, files) in planned {
+        let mut chain = Vec::new();
+        for (path, format, cluster_size) in files {
+            let id = chain::SourceId::read(&path).ok()?;
+            chain.push(chain::ChainFile {
+                path,
+                format,
+                cluster_size,
+                id,
+            });
+        }
+        out.push(DiskChain { disk, chain });
+    }
+    Some(out)
+}
+
+/// A chain file as `chains_after_snapshot` knows it: path, format, cluster size.
+type KnownFile = (std::path::PathBuf, String, Option<u64>);
+
+/// `chains_after_snapshot`'s decision, pure: per eligible disk of `now`,
+/// its files top first, or None.
+fn paths_after_snapshot(
+    before: &[DiskChain],
+    now: &DomainFacts,
+) -> Option<Vec<(crate::host::domain::DiskFacts, Vec<KnownFile>)>> {
+    let eligible: Vec<&crate::host::domain::DiskFacts> = now
+        .disks
+        .iter()
+        .filter(|d| d.skip_reason().is_none())
+        .collect();
+    if eligible.len() != before.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for d in eligible {
+        let was = before.iter().find(|b| b.disk.target == d.target)?;
+        let top = d.source.clone()?;
+        let below = d.known_chain.as_ref()?;
+        let same = below.len() == was.chain.len()
+            && below.iter().zip(&was.chain).all(|(p, f)| *p == f.path);
+        if !same || d.format.as_deref() != Some("qcow2") || was.chain.iter().any(|f| f.path == top)
+        {
+            return None;
+        }
+        let mut files = vec![(top, "qcow2".to_string(), None)];
+        files.extend(
+            was.chain
+                .iter()
+                .map(|f| (f.path.clone(), f.format.clone(), f.cluster_size)),
+        );
+        out.push((d.clone(), files));
+    }
+    Some(out)
+}
+
 /// Reads chains and the backup directory into facts.
 pub fn gather(dom: &Dom, domain: DomainFacts, active: bool, config: &Config) -> Result<Facts> {
     let (disks, skipped) = disk_chains(&domain, true, true)?;
@@ -324,4 +389,91 @@ pub fn warn_unused_overlays(dom: &Dom, uuid: &str, state_dir: &std::path::Path) 
         );
     }
     unused.len()
+}
+
+#[cfg(test)]
+mod after_snapshot_tests {
+    use super::*;
+    use crate::host::chain::ChainFile;
+    use crate::host::domain::DiskFacts;
+    use std::path::PathBuf;
+
+    fn now(disks: Vec<DiskFacts>) -> DomainFacts {
+        DomainFacts {
+            name: "d".into(),
+            uuid: "u".into(),
+            disks,
+            nvram: None,
+            tpm_emulator: false,
+        }
+    }
+
+    fn live(target: &str, top: &str, below: Option<&[&str]>) -> DiskFacts {
+        let mut d = DiskFacts::test_file_disk(target, std::path::Path::new(top));
+        d.known_chain = below.map(|b| b.iter().map(PathBuf::from).collect());
+        d
+    }
+
+    /// What the backup read before the snapshot: vda on o1 <- base.
+    fn before() -> Vec<DiskChain> {
+        vec![DiskChain::test(vec![
+            ChainFile::test("/i/o1", "qcow2", 2),
+            ChainFile::test("/i/base", "raw", 1),
+        ])]
+    }
+
+    #[test]
+    fn the_known_chain_is_used_only_when_it_is_exactly_the_one_read() {
+        let rows: Vec<(&str, DomainFacts, Option<Vec<&str>>)> = vec![
+            (
+                "the new top over exactly the chain read",
+                now(vec![live("vda", "/i/o2", Some(&["/i/o1", "/i/base"]))]),
+                Some(vec!["/i/o2", "/i/o1", "/i/base"]),
+            ),
+            (
+                "libvirt does not close the chain",
+                now(vec![live("vda", "/i/o2", None)]),
+                None,
+            ),
+            (
+                "another chain below",
+                now(vec![live("vda", "/i/o2", Some(&["/i/o1"]))]),
+                None,
+            ),
+            (
+                "no snapshot happened (the old top)",
+                now(vec![live("vda", "/i/o1", Some(&["/i/base"]))]),
+                None,
+            ),
+            (
+                "a disk more",
+                now(vec![
+                    live("vda", "/i/o2", Some(&["/i/o1", "/i/base"])),
+                    live("vdb", "/i/x", Some(&[])),
+                ]),
+                None,
+            ),
+        ];
+        for (what, facts, want) in rows {
+            let got = paths_after_snapshot(&before(), &facts).map(|v| {
+                v[0].1
+                    .iter()
+                    .map(|(p, _, _)| p.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            });
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "{what}");
+        }
+        let got = paths_after_snapshot(
+            &before(),
+            &now(vec![live("vda", "/i/o2", Some(&["/i/o1", "/i/base"]))]),
+        )
+        .unwrap();
+        let formats: Vec<&str> = got[0].1.iter().map(|(_, f, _)| f.as_str()).collect();
+        assert_eq!(
+            formats,
+            ["qcow2", "qcow2", "raw"],
+            "the formats read before"
+        );
+    }
 }
