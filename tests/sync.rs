@@ -109,6 +109,10 @@ fn nights_to_a_second_disk_and_far_retention() {
     assert_eq!(fingerprint(&backup), home, "sync wrote nothing at home");
     assert_eq!(first["points_sent"].as_array().unwrap().len(), 1);
     assert!(far_dir.join("fi-backup-sync.json").is_file());
+    // A destination is not a backup directory: -b into it is refused.
+    let out = s.fi(&["-b", f, &dom]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a sync destination"));
 
     let mut points = listed(&s, b, &dom);
     let mut night_of = vec![0u8];

@@ -133,6 +133,17 @@ impl Config {
             .as_deref()
             .map(|d| existing_dir(d, "backup directory"))
             .transpose()?;
+        if let Some(d) = backup_dir
+            .as_deref()
+            .filter(|d| crate::sync::read::is_destination(d))
+        {
+            return usage(&format!(
+                "'{}' is a sync destination (it has {}): back up into a backup directory, and \
+                 sync that there",
+                d.display(),
+                crate::sync::read::MARK
+            ));
+        }
         let dump_state_dir = args
             .dump_state_dir
             .as_deref()
