@@ -336,6 +336,30 @@ impl Far {
         }
     }
 
+    /// Writes `bytes` as `rel` only if nothing has that name: Ok(false)
+    /// when something has. A directory destination decides it atomically
+    /// (link(2) of a temporary file); a remote has no such operation every
+    /// backend offers, so there it is a plain write (Ok(true)).
+    pub fn write_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        match &self.dest {
+            Dest::Dir(_) => {
+                let path = self.local(rel);
+                let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                crate::store::fsutil::ensure_private_dir(&parent)?;
+                let mut tmp = TempFile::beside(&path)?;
+                tmp.file
+                    .write_all(bytes)
+                    .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+                match tmp.publish(&path) {
+                    Ok(()) => Ok(true),
+                    Err(Error::Exists(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Dest::Rclone(_) => self.write(rel, bytes).map(|()| true),
+        }
+    }
+
     /// Writes `bytes` as `rel`: a temporary name, then a rename over it.
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
         let mut src = std::io::Cursor::new(bytes);

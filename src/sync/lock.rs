@@ -6,8 +6,10 @@
 //! stale (not refreshed for `STALE_SECS`, or its owner is a process of this
 //! very boot of this host that no longer exists, or of an earlier boot).
 //!
-//! A remote has no atomic "create if absent" that every backend offers, so
-//! taking the lock writes it, waits a moment and reads it back; and before
+//! On a directory a free lock is taken atomically (link(2), which never
+//! replaces). A remote has no atomic "create if absent" that every backend
+//! offers, so there taking the lock writes it, waits a moment and reads it
+//! back; and on both, before
 //! each record it publishes and before anything it deletes, a sync checks
 //! that the lock still carries its token, and stops otherwise.
 
@@ -124,6 +126,7 @@ pub fn take(far: &Far, rel: &str, what: &str) -> Result<FarLock> {
         }),
         None => Verdict::Free,
     };
+    let free = verdict == Verdict::Free;
     match verdict {
         Verdict::Held(owner) => {
             return Err(Error::Far(format!(
@@ -145,9 +148,22 @@ pub fn take(far: &Far, rel: &str, what: &str) -> Result<FarLock> {
         taken: chrono::Local::now().to_rfc3339(),
         refreshed: now(),
     };
-    write(far, rel, &info)?;
-    // Two syncs that found it free at once: the later write wins, and the
-    // earlier one sees it here.
+    let bytes = encode(&info)?;
+    // Taking a free lock never replaces one another sync took meanwhile
+    // (atomic on a directory); stealing a stale one replaces it.
+    let written = if free {
+        far.write_new(rel, &bytes)?
+    } else {
+        far.write(rel, &bytes).map(|()| true)?
+    };
+    if !written {
+        return Err(Error::Far(format!(
+            "another sync of {what} took its lock '{}' just now; nothing was done",
+            far.show(rel)
+        )));
+    }
+    // On a remote, two syncs that found it free at once both write: the
+    // later write wins, and the earlier one sees it here.
     if matches!(far.dest, crate::sync::far::Dest::Rclone(_)) {
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
@@ -163,9 +179,12 @@ pub fn take(far: &Far, rel: &str, what: &str) -> Result<FarLock> {
 }
 
 fn write(far: &Far, rel: &str, info: &LockInfo) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(info)
-        .map_err(|e| Error::Encode(format!("cannot encode the sync lock: {e}")))?;
-    far.write(rel, &bytes)
+    far.write(rel, &encode(info)?)
+}
+
+fn encode(info: &LockInfo) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(info)
+        .map_err(|e| Error::Encode(format!("cannot encode the sync lock: {e}")))
 }
 
 fn now() -> i64 {
