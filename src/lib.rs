@@ -29,6 +29,7 @@ pub mod host {
     pub mod ffi;
     pub mod libvirt;
     pub mod process;
+    pub mod qcow2;
     pub mod qemu_img;
     pub mod siblings;
 }

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use fi_backup::backup::copy::{copy, CopyJob};
 use fi_backup::host::qemu_img;
+use std::path::Path;
 
 #[test]
 fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
@@ -58,5 +59,76 @@ fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
     );
     assert_eq!(a.len(), b.len());
     assert!(a[65536..] == b[65536..]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `qcow2::read` says what `qemu-img info` says of real images: qcow2 v2
+/// (compat=0.10) and v3, cluster sizes from 512 bytes to 2 MiB, no backing,
+/// a relative and an absolute backing reference, a 975-byte one, and a
+/// rebased one; a raw file is refused as not qcow2.
+#[test]
+fn the_qcow2_header_reads_as_qemu_img_info_reads_it() {
+    require_stack();
+    let d = std::env::temp_dir().join(format!("fi-qcow2-header-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    create_image(&d.join("raw.img"), "raw", "8M");
+    // A 975-byte relative reference, through directories (a name is at
+    // most 255 bytes).
+    let long = format!("{0}/{0}/{0}/{0}/l.qcow2", "l".repeat(240));
+    std::fs::create_dir_all(d.join(Path::new(&long).parent().unwrap())).unwrap();
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &p(&long), "8M"],
+    );
+    let raw = p("raw.img");
+    let cases: [(&str, &[&str]); 6] = [
+        ("v2", &["-o", "compat=0.10,cluster_size=512"]),
+        ("v3", &["-o", "cluster_size=2M"]),
+        ("rel", &["-F", "raw", "-b", "raw.img"]),
+        ("abs", &["-F", "raw", "-b", &raw]),
+        ("long", &["-F", "qcow2", "-b", &long]),
+        ("rebased", &["-F", "raw", "-b", "raw.img"]),
+    ];
+    for (name, opts) in &cases {
+        let file = p(name);
+        let mut a = vec!["create", "-q", "-f", "qcow2"];
+        a.extend(opts.iter());
+        a.push(&file);
+        if !opts.contains(&"-b") {
+            a.push("8M");
+        }
+        ok("qemu-img", &a);
+    }
+    ok(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "v3",
+            &p("rebased"),
+        ],
+    );
+    for (name, _) in &cases {
+        let info = qemu_img::info(&d.join(name)).unwrap();
+        let h = fi_backup::host::qcow2::read(&d.join(name)).unwrap();
+        assert_eq!(
+            (Some(h.cluster_size), h.virtual_size, h.backing.clone()),
+            (
+                info.cluster_size,
+                info.virtual_size,
+                info.backing_filename.clone()
+            ),
+            "{name}"
+        );
+    }
+    let e = fi_backup::host::qcow2::read(&d.join("raw.img")).unwrap_err();
+    assert!(e.to_string().contains("not a qcow2"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -1151,12 +1151,22 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
             show_backing(expected)
         )));
     }
-    let found = crate::host::qemu_img::info(&p.result)?
-        .backing_filename
-        .map(|b| crate::host::chain::resolve_backing(&p.result, &b));
+    // The header as written now (what qemu-img info would print); a raw
+    // result has no backing reference.
+    let format = p
+        .chain
+        .iter()
+        .find(|f| f.path == p.result)
+        .map(|f| f.format.as_str());
+    let found = match format {
+        Some("raw") => None,
+        Some("qcow2") => crate::host::qcow2::read(&p.result)?.backing,
+        _ => crate::host::qemu_img::info(&p.result)?.backing_filename,
+    }
+    .map(|b| crate::host::chain::resolve_backing(&p.result, &b));
     if found.as_deref() != expected {
         return Err(Error::Job(format!(
-            "qemu-img finds '{}' on {}, expected {}",
+            "the image's header puts '{}' on {}, expected {}",
             p.result.display(),
             show_backing(found.as_deref()),
             show_backing(expected)

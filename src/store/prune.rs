@@ -721,7 +721,10 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         for r in &j.plan.rebases {
             let format = updated_format(&j.plan, &r.old)?;
             remove_if_there(&at(&r.temp))?;
-            let cluster_size = crate::host::qemu_img::info(&at(&r.old))?.cluster_size;
+            let cluster_size = match format.as_str() {
+                "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
+                _ => None,
+            };
             let job = crate::backup::copy::CopyJob {
                 source: at(&r.old),
                 format,
