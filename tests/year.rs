@@ -35,7 +35,8 @@ fn fi_at(s: &Scenario, when: &str, fault: Option<&str>, args: &[&str]) -> Output
     let mut c = Command::new("faketime");
     c.arg("-f")
         .arg(format!("@{when}"))
-        .arg(env!("CARGO_BIN_EXE_fi-backup"))
+        // FI_BIN: another build, to show what a change did (bench/year).
+        .arg(std::env::var_os("FI_BIN").unwrap_or(env!("CARGO_BIN_EXE_fi-backup").into()))
         .args(args)
         .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
         .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
@@ -146,7 +147,10 @@ fn a_year_of_nights() {
     // after that night's run.
     let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut made: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut seconds = Vec::new();
+    // Each timed night: what it had to do and how long it took.
+    let mut timed: Vec<(u32, u32, bool, f64)> = Vec::new();
+    let mut nightly: Vec<Night> = Vec::new();
+    let mut kept_count: BTreeMap<String, usize> = BTreeMap::new();
     let mut rows = Vec::new();
     let (mut month_time, mut month_start_size, mut peak) = (0.0f64, 0u64, 0u64);
     let start = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
@@ -200,21 +204,36 @@ fn a_year_of_nights() {
                 "night {n}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            seconds.push(took);
+
             month_time += took;
+            timed.push((n, writes, plain, took));
             peak = peak.max(peak_rss_kib(&out.stderr));
         }
         // What each new point must read: the disks as they are now (the
         // guests write only between runs).
+        let mut pruned = 0;
         for d in &doms {
             let seen = made.entry(d.clone()).or_default();
-            for p in point_names(&backup, d) {
+            let now = point_names(&backup, d);
+            let new = now.iter().filter(|p| !seen.contains(p)).count();
+            let before = kept_count.insert(d.clone(), now.len()).unwrap_or(0);
+            pruned += before + new - now.len();
+            for p in now {
                 if !seen.contains(&p) {
                     seen.push(p.clone());
                     let hashes = ["vda", "vdb"].iter().map(|t| live_hash(d, t)).collect();
                     expected.insert((d.clone(), p), hashes);
                 }
             }
+        }
+        if let Some(t) = timed.last_mut().filter(|t| t.0 == n) {
+            nightly.push(Night {
+                n,
+                writes: t.1,
+                plain: t.2,
+                pruned,
+                seconds: t.3,
+            });
         }
         if n % 30 == 0 || n == nights {
             let size = du(&backup);
@@ -327,23 +346,71 @@ fn a_year_of_nights() {
             assert!(referenced.contains(&n), "{d}: '{n}' is read by no point");
         }
     }
-    let last = *seconds.last().unwrap();
     report(&format!(
         "YEAR | {nights} nights over 2 domains (qcow2 + raw each, one a linked clone), {} kept \
          points restored bit-exact (raw BLAKE3 equal to the disks after their night), kept = a \
          fixed point of retention::select, as many and over the same months and last 7 days as \
          one selection of the {} points made, verify clean, live chains <= 2 files (the \
          clone's 3, over its shared base, which and whose sibling are unchanged), no file no \
-         point reads; one run SIGKILLed mid-copy, libvirtd restarted once. Night 2 took {:.2} s, \
-         the last night {:.2} s (not asserted)",
+         point reads; one run SIGKILLed mid-copy, libvirtd restarted once",
         restored,
         made.values().map(Vec::len).sum::<usize>(),
-        seconds.get(1).copied().unwrap_or(0.0),
-        last
     ));
     for r in rows {
         report(&format!("YEAR | {r}"));
     }
+    for r in like_for_like(&nightly) {
+        report(&format!("YEAR | {r}"));
+    }
+}
+
+/// One timed run: its night, the MiB each guest wrote before it, whether
+/// it was a plain `-b`, how many points its prune dropped (both domains),
+/// and its wall time.
+struct Night {
+    n: u32,
+    writes: u32,
+    plain: bool,
+    pruned: usize,
+    seconds: f64,
+}
+
+/// Night 2 against the last, each with the work it had; then nights of
+/// the same work (`-C -b`, 2 MiB written a guest, one point pruned a
+/// domain) early in the run against late in it: what grows with history
+/// alone.
+fn like_for_like(nightly: &[Night]) -> Vec<String> {
+    let say = |n: &Night| {
+        format!(
+            "night {} {:.2} s ({} MiB written a guest, {} point(s) pruned)",
+            n.n, n.seconds, n.writes, n.pruned
+        )
+    };
+    let mut out = Vec::new();
+    if let (Some(second), Some(last)) = (nightly.get(1), nightly.last()) {
+        out.push(format!("{}; {}", say(second), say(last)));
+    }
+    let same: Vec<&Night> = nightly
+        .iter()
+        .filter(|n| !n.plain && n.writes == 2 && n.pruned == 2)
+        .collect();
+    let k = (same.len() / 4).min(20);
+    if k > 0 {
+        let mean = |ns: &[&Night]| ns.iter().map(|n| n.seconds).sum::<f64>() / ns.len() as f64;
+        let (early, late) = (&same[..k], &same[same.len() - k..]);
+        out.push(format!(
+            "same work (-C -b, 2 MiB written a guest, one point pruned a domain): nights {}-{} \
+             {:.3} s a night, nights {}-{} {:.3} s ({:.2} x; not asserted)",
+            early[0].n,
+            early[k - 1].n,
+            mean(early),
+            late[0].n,
+            late[k - 1].n,
+            mean(late),
+            mean(late) / mean(early)
+        ));
+    }
+    out
 }
 
 fn human(b: u64) -> String {
