@@ -24,7 +24,7 @@ use crate::host::domain;
 use crate::host::ffi::libvirt as blockjob;
 use crate::host::libvirt::Dom;
 use crate::host::siblings::Siblings;
-use crate::merge::journal::{Entry, Journal, Link};
+use crate::merge::journal::{self, BaseChange, Entry, Journal, Link, Settlement};
 use crate::state::ledger::{Base, Held, Ledger};
 use crate::store::naming;
 
@@ -508,38 +508,41 @@ pub fn execute(
         .first()
         .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
-    let mut unsettled = Vec::new();
-    let outcomes: Vec<(&DiskPlan, bool)> = plans
+    let settled: Vec<(&DiskPlan, Settlement)> = plans
         .iter()
         .zip(&results)
-        .map(|(p, r)| (p, alive && r.is_ok()))
+        .map(|(p, r)| {
+            // Whether a failed job is verifiably gone from the disk (a
+            // cancel that could not be confirmed leaves it unknown: not).
+            let gone = r.is_err() && matches!(blockjob::job_info(dom.raw(), &p.target), Ok(None));
+            let s = journal::settle_online(p.job, incremental(p), r.is_ok(), alive, gone);
+            (p, s)
+        })
         .collect();
-    record_bases(&dom.name, &outcomes, ledger, state_dir)?;
-    for (p, result) in plans.iter().zip(results) {
+    record_bases(&dom.name, &settled, ledger, state_dir)?;
+    for ((p, s), result) in settled.iter().zip(results) {
         match result {
-            Ok(()) if alive => {
-                delete_ours(dom, p, ledger);
-            }
-            Ok(()) => {
-                log::error!(
-                    "domain '{}': {}: the job finished, but the domain is no longer running; \
-                     its files are settled from the journal below",
-                    dom.name,
-                    p.target
-                );
-                failed.push(p.target.clone());
-                unsettled.push(p.target.clone());
-            }
-            Err(e) => {
-                log::error!("{e}");
-                failed.push(p.target.clone());
-                let gone = matches!(blockjob::job_info(dom.raw(), &p.target), Ok(None));
-                if !alive || !gone {
-                    unsettled.push(p.target.clone());
-                }
-            }
+            Err(e) => log::error!("{e}"),
+            Ok(()) if !alive => log::error!(
+                "domain '{}': {}: the job finished, but the domain is no longer running; \
+                 its files are settled from the journal below",
+                dom.name,
+                p.target
+            ),
+            Ok(()) => {}
+        }
+        if s.delete {
+            delete_ours(dom, p, ledger);
+        }
+        if s.failed {
+            failed.push(p.target.clone());
         }
     }
+    let unsettled: Vec<&str> = settled
+        .iter()
+        .filter(|(_, s)| s.keep_entry)
+        .map(|(p, _)| p.target.as_str())
+        .collect();
     ledger.save(state_dir)?;
     if !alive {
         // QEMU is gone: put back what it may have left half done, now,
@@ -550,7 +553,9 @@ pub fn execute(
         // A failed disk's entry stays unless its job is verifiably gone: if
         // the cancel could not be confirmed (libvirtd gone, say), the next
         // run must know that a job found on the disk is ours.
-        journal.entries.retain(|e| unsettled.contains(&e.target));
+        journal
+            .entries
+            .retain(|e| unsettled.contains(&e.target.as_str()));
         journal.save(state_dir)?;
     }
     outcome(dom, &failed)
@@ -595,28 +600,43 @@ pub fn execute_offline(
         journal.save(state_dir)?;
     }
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
-    let mut outcomes = Vec::new();
+    let mut results = Vec::new();
     for p in &plan.disks {
-        match offline_disk(dom, p) {
-            Ok(()) => outcomes.push((p, true)),
-            Err(e) => {
-                log::error!("{e}");
-                failed.push(p.target.clone());
-                outcomes.push((p, false));
-            }
+        let r = offline_disk(dom, p);
+        if let Err(e) = &r {
+            log::error!("{e}");
         }
+        results.push(r.is_ok());
     }
-    record_bases(&dom.name, &outcomes, ledger, state_dir)?;
-    let done: Vec<&DiskPlan> = outcomes.iter().filter(|o| o.1).map(|o| o.0).collect();
-    if dom.is_active()? {
+    let settle = |started: bool| -> Vec<(&DiskPlan, Settlement)> {
+        plan.disks
+            .iter()
+            .zip(&results)
+            .map(|(p, ok)| {
+                (
+                    p,
+                    journal::settle_offline(p.job, incremental(p), *ok, started),
+                )
+            })
+            .collect()
+    };
+    // What the ledger learns does not depend on whether the domain was
+    // started; what is deleted does, so that is read last, right before.
+    record_bases(&dom.name, &settle(false), ledger, state_dir)?;
+    let started = dom.is_active()?;
+    let settled = settle(started);
+    if started {
         log::error!(
             "domain '{}' was started during its offline consolidation; nothing was deleted",
             dom.name
         );
-        failed.extend(done.iter().map(|p| p.target.clone()));
-    } else {
-        for p in &done {
+    }
+    for (p, s) in &settled {
+        if s.delete {
             delete_ours(dom, p, ledger);
+        }
+        if s.failed {
+            failed.push(p.target.clone());
         }
     }
     ledger.save(state_dir)?;
@@ -793,39 +813,21 @@ fn run_jobs(dom: &Dom, plans: &[DiskPlan], opts: Options) -> Vec<Result<()>> {
     results
 }
 
-/// Updates what the ledger knows of the consolidated disks' bases, and
-/// saves it, before anything is deleted: a base a commit-below left equal
-/// to a restore point is recorded with its identity as read now, right
-/// after the job (the next backup trusts it only while that identity
-/// holds); any other base that changed or left the chain is forgotten, and
-/// so is the base of a commit that failed (it may be partly written).
+/// Updates what the ledger knows of the consolidated disks' bases
+/// (`journal::base_change` decides), and saves it, before anything is
+/// deleted: a base a commit-below left equal to a restore point is recorded
+/// with its identity as read now, right after the job (the next backup
+/// trusts it only while that identity holds).
 fn record_bases(
     domain: &str,
-    outcomes: &[(&DiskPlan, bool)],
+    settled: &[(&DiskPlan, Settlement)],
     ledger: &mut Ledger,
     state_dir: &Path,
 ) -> Result<()> {
-    for (p, done) in outcomes {
+    for (p, s) in settled {
         let base = &p.chain[p.chain.len() - 1].path;
-        match (&p.job, &p.next, done) {
-            (Job::Pull, _, false) => {}
-            (_, _, false) => {
-                let now = crate::host::chain::SourceId::read(base).ok();
-                if ledger
-                    .bases
-                    .iter()
-                    .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
-                {
-                    log::warn!(
-                        "{} of '{domain}': its failed commit wrote part of '{}'; the next backup \
-                         copies it whole",
-                        p.target,
-                        base.display()
-                    );
-                    ledger.forget_base(base);
-                }
-            }
-            (Job::CommitBelow, NextCopy::Incremental { dir, point }, true) => {
+        match (&s.base, &p.next) {
+            (BaseChange::Record, NextCopy::Incremental { dir, point }) => {
                 crate::fault::kill_point("kill-before-equivalence");
                 let id = crate::host::chain::SourceId::read(base)?;
                 ledger.set_base(Base {
@@ -844,15 +846,23 @@ fn record_bases(
                         .collect(),
                 });
             }
-            (Job::Pull, _, true) => {
+            (BaseChange::ForgetBelowTop, _) => {
                 for f in &p.chain[1..] {
                     ledger.forget_base(&f.path);
                 }
             }
-            (_, _, true) => ledger.forget_base(base),
+            (change, _) => {
+                let who = format!("{} of '{domain}': its failed {}", p.target, p.job.name());
+                crate::merge::journal::apply_base_change(change, base, &who, ledger);
+            }
         }
     }
     ledger.save(state_dir)
+}
+
+/// Whether the plan expects the disk's base to equal a restore point.
+fn incremental(p: &DiskPlan) -> bool {
+    matches!(p.next, NextCopy::Incremental { .. })
 }
 
 /// Deletes the disk's planned files (dropping them from the ledger), then

@@ -223,29 +223,112 @@ pub fn reconcile(dom: &Dom, uuid: &str, state_dir: &Path) -> Result<()> {
 }
 
 /// An interrupted commit may have written its base after what the ledger
-/// records of it: a recorded equivalence whose identity is no longer the
-/// base's is forgotten, saying why (the next backup copies the base whole).
-/// One that still matches stays: the base was not written since it was
-/// recorded (the job never started, or the run recorded it after the job).
+/// records of it (`BaseChange::ForgetIfWritten`, the rule a failed commit
+/// of a run follows too).
 fn forget_committed_base(domain: &str, e: &Entry, ledger: &mut Ledger) {
-    if e.method == Job::Pull {
-        return;
-    }
     let Some(base) = e.chain.last() else { return };
-    let base = Path::new(&base.path);
-    let now = SourceId::read(base).ok();
-    if ledger
-        .bases
-        .iter()
-        .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
-    {
-        log::warn!(
-            "{} of '{domain}': its interrupted {} wrote into '{}'; the next backup copies it whole",
-            e.target,
-            e.method.name(),
-            base.display()
-        );
-        ledger.forget_base(base);
+    let change = base_change(e.method, false, false);
+    let why = format!(
+        "{} of '{domain}': its interrupted {}",
+        e.target,
+        e.method.name()
+    );
+    apply_base_change(&change, Path::new(&base.path), &why, ledger);
+}
+
+/// What the ledger learns of a disk's base once its job is over. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseChange {
+    /// Nothing (a pull that failed wrote into no base).
+    Keep,
+    /// The job may have written part of the base: a recorded equivalence
+    /// whose identity is no longer the base's is forgotten (the next backup
+    /// copies the base whole); one that still matches stays (the base was
+    /// not written since it was recorded).
+    ForgetIfWritten,
+    /// A commit-below left the base equal to the restore point the plan
+    /// named: record it, with its identity as read now.
+    Record,
+    /// The base changed or left the chain: forget what is recorded of it.
+    Forget,
+    /// A pull: the files below the top left the chain; forget them all.
+    ForgetBelowTop,
+}
+
+/// The change for a disk whose `job` is over, `done` or not, whose base
+/// the plan expects to equal a restore point (`incremental`). Pure.
+pub fn base_change(job: Job, incremental: bool, done: bool) -> BaseChange {
+    match (job, incremental, done) {
+        (Job::Pull, _, false) => BaseChange::Keep,
+        (_, _, false) => BaseChange::ForgetIfWritten,
+        (Job::CommitBelow, true, true) => BaseChange::Record,
+        (Job::Pull, _, true) => BaseChange::ForgetBelowTop,
+        (_, _, true) => BaseChange::Forget,
+    }
+}
+
+/// Applies the forgetting changes to `ledger` for `base` (`Record` and
+/// `ForgetBelowTop` need more than the base; their caller does them). `who`
+/// starts the warning.
+pub fn apply_base_change(change: &BaseChange, base: &Path, who: &str, ledger: &mut Ledger) {
+    match change {
+        BaseChange::ForgetIfWritten => {
+            let now = SourceId::read(base).ok();
+            if ledger
+                .bases
+                .iter()
+                .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
+            {
+                log::warn!(
+                    "{who} wrote into '{}'; the next backup copies it whole",
+                    base.display()
+                );
+                ledger.forget_base(base);
+            }
+        }
+        BaseChange::Forget => ledger.forget_base(base),
+        BaseChange::Keep | BaseChange::Record | BaseChange::ForgetBelowTop => {}
+    }
+}
+
+/// How one disk of a run settles once its job is over. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// Delete the files the plan named (the disk is verifiably on its
+    /// result in a domain still running, or a shut-off domain that stayed
+    /// shut off).
+    pub delete: bool,
+    /// The run reports the disk as failed.
+    pub failed: bool,
+    /// The journal keeps the disk's entry for the next run to settle.
+    pub keep_entry: bool,
+    /// What the ledger learns of its base.
+    pub base: BaseChange,
+}
+
+/// A running domain's disk: its job `ok` or not, the domain `alive` after
+/// the jobs (its monitor answers), and, after a failure, whether the job is
+/// verifiably `gone` from the disk. A domain that died settles from the
+/// journal (`reconcile`), so every entry stays. Pure.
+pub fn settle_online(job: Job, incremental: bool, ok: bool, alive: bool, gone: bool) -> Settlement {
+    let done = ok && alive;
+    Settlement {
+        delete: done,
+        failed: !done,
+        keep_entry: !done && (!alive || !gone),
+        base: base_change(job, incremental, done),
+    }
+}
+
+/// A shut-off domain's disk: its qemu-img steps `ok` or not, and whether
+/// the domain was `started` meanwhile (then nothing is deleted and the disk
+/// counts as failed). Every entry goes: the steps are over. Pure.
+pub fn settle_offline(job: Job, incremental: bool, ok: bool, started: bool) -> Settlement {
+    Settlement {
+        delete: ok && !started,
+        failed: !ok || started,
+        keep_entry: false,
+        base: base_change(job, incremental, ok),
     }
 }
 
@@ -542,5 +625,162 @@ mod tests {
         let old = r#"{"domain":"d","uuid":"u","entries":[{"target":"vda","method":"blockpull","result":"/a","delete":[]}]}"#;
         let j: Journal = serde_json::from_str(old).unwrap();
         assert!(j.entries[0].chain.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::*;
+
+    #[test]
+    fn how_each_disk_settles_after_its_job() {
+        use BaseChange::*;
+        use Job::*;
+        // job, incremental, ok, alive, gone -> delete, failed, keep_entry, base
+        let online = [
+            (
+                CommitBelow,
+                true,
+                true,
+                true,
+                false,
+                true,
+                false,
+                false,
+                Record,
+            ),
+            (
+                CommitBelow,
+                false,
+                true,
+                true,
+                false,
+                true,
+                false,
+                false,
+                Forget,
+            ),
+            (
+                CommitAll, false, true, true, false, true, false, false, Forget,
+            ),
+            (
+                Pull,
+                false,
+                true,
+                true,
+                false,
+                true,
+                false,
+                false,
+                ForgetBelowTop,
+            ),
+            // The job finished but QEMU died: nothing deleted, the journal
+            // settles it, and the base is not trusted.
+            (
+                CommitBelow,
+                true,
+                true,
+                false,
+                false,
+                false,
+                true,
+                true,
+                ForgetIfWritten,
+            ),
+            (Pull, false, true, false, false, false, true, true, Keep),
+            // Failed, job verifiably gone: the entry goes.
+            (
+                CommitBelow,
+                true,
+                false,
+                true,
+                true,
+                false,
+                true,
+                false,
+                ForgetIfWritten,
+            ),
+            (
+                CommitAll,
+                false,
+                false,
+                true,
+                true,
+                false,
+                true,
+                false,
+                ForgetIfWritten,
+            ),
+            (Pull, false, false, true, true, false, true, false, Keep),
+            // Failed, the job may still be there: the entry stays.
+            (
+                CommitBelow,
+                true,
+                false,
+                true,
+                false,
+                false,
+                true,
+                true,
+                ForgetIfWritten,
+            ),
+            (Pull, false, false, true, false, false, true, true, Keep),
+            // Failed and QEMU gone: the entry stays whatever was read.
+            (
+                CommitAll,
+                false,
+                false,
+                false,
+                true,
+                false,
+                true,
+                true,
+                ForgetIfWritten,
+            ),
+        ];
+        for (job, inc, ok, alive, gone, delete, failed, keep_entry, base) in online {
+            assert_eq!(
+                settle_online(job, inc, ok, alive, gone),
+                Settlement {
+                    delete,
+                    failed,
+                    keep_entry,
+                    base
+                },
+                "{job:?} incremental={inc} ok={ok} alive={alive} gone={gone}"
+            );
+        }
+        // job, incremental, ok, started -> delete, failed, base
+        let offline = [
+            (CommitBelow, true, true, false, true, false, Record),
+            (CommitAll, false, true, false, true, false, Forget),
+            (Pull, false, true, false, true, false, ForgetBelowTop),
+            // Started meanwhile: what the steps did stands in the ledger,
+            // but nothing is deleted and the disk counts as failed.
+            (CommitBelow, true, true, true, false, true, Record),
+            (Pull, false, true, true, false, true, ForgetBelowTop),
+            (
+                CommitBelow,
+                true,
+                false,
+                false,
+                false,
+                true,
+                ForgetIfWritten,
+            ),
+            (Pull, false, false, false, false, true, Keep),
+        ];
+        for (job, inc, ok, started, delete, failed, base) in offline {
+            assert_eq!(
+                settle_offline(job, inc, ok, started),
+                Settlement {
+                    delete,
+                    failed,
+                    keep_entry: false,
+                    base
+                },
+                "{job:?} incremental={inc} ok={ok} started={started}"
+            );
+        }
     }
 }
