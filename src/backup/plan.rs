@@ -557,255 +557,57 @@ fn plan_copies(
     overlays: &HashMap<PathBuf, String>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Step>> {
-    let mut taken: HashSet<String> = existing.names.keys().cloned().collect();
-    // Source path -> (name in images/, format), for files already placed in this run.
-    let mut placed: HashMap<PathBuf, (String, String)> = HashMap::new();
-    let mut jobs = Vec::new();
-    let mut reused = Vec::new();
-    let mut files: Vec<PlannedFile> = Vec::new();
+    let mut placer = Placer {
+        existing,
+        opts,
+        images: dir.images(),
+        taken: existing.names.keys().cloned().collect(),
+        placed: HashMap::new(),
+        jobs: Vec::new(),
+        reused: Vec::new(),
+        files: Vec::new(),
+    };
     let mut disks = Vec::new();
     let mut notes = Vec::new();
     for d in &facts.disks {
-        let mut parent: Option<(String, String)> = None;
-        let mut chain_names = Vec::new();
-        let mut skip = 0;
-        // The file a restore point's copies may stand for (a consolidation
-        // committed into it), and whether they do; nothing below it is
-        // placed when they do.
-        let (stood_at, mut stood) = stood_for(facts, d, dir, existing, &placed);
-        let use_from = match (&stood, stood_at) {
-            (Equivalent::Use { .. }, Some(k)) => k,
-            _ => usize::MAX,
-        };
-        for (depth, file) in d.chain.iter().enumerate().rev() {
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            if depth > use_from {
-                continue;
-            }
-            let is_live_top = facts.active && depth == 0;
-            // A copy prune merged stands for a run of live files at once.
-            let merged = (!placed.contains_key(&file.path))
-                .then(|| {
-                    let usable = if facts.active { depth } else { depth + 1 };
-                    merged_copy(
-                        existing,
-                        &d.chain[depth + 1 - usable..=depth],
-                        parent.as_ref().map(|p| p.0.as_str()),
-                    )
-                })
-                .flatten();
-            if let Some(f) = merged {
-                reused.push(Reused::of(file.path.clone(), f));
-                if !files.iter().any(|x| x.name() == f.name) {
-                    files.push(PlannedFile::Reused(f.clone()));
-                }
-                for covered in &d.chain[depth + 1 - f.holds.len()..=depth] {
-                    placed.insert(covered.path.clone(), (f.name.clone(), f.format.clone()));
-                }
-                chain_names.push(f.name.clone());
-                parent = Some((f.name.clone(), f.format.clone()));
-                skip = f.holds.len() - 1;
-                continue;
-            }
-            let equivalent = if stood_at == Some(depth) {
-                std::mem::replace(&mut stood, Equivalent::None)
-            } else {
-                Equivalent::None
-            };
-            if let Equivalent::Stale(why) = &equivalent {
-                warnings.push(format!(
-                    "disk {}: {why}; it is copied whole, as a new generation (restore points \
-                     are not affected)",
-                    d.disk.target
-                ));
-            }
-            if let Equivalent::Use {
-                point,
-                names,
-                files: held,
-            } = equivalent
-            {
-                reused.push(Reused {
-                    source: file.path.clone(),
-                    name: names[0].clone(),
-                    point,
-                    equal: true,
-                });
-                for f in held {
-                    if !files.iter().any(|x| x.name() == f.name) {
-                        files.push(PlannedFile::Reused(f.clone()));
-                    }
-                }
-                let format = files
-                    .iter()
-                    .find(|f| f.name() == names[0])
-                    .map(|f| f.format().to_string())
-                    .expect("the copy chain's files were just added");
-                chain_names.extend(names.iter().rev().cloned());
-                placed.insert(file.path.clone(), (names[0].clone(), format.clone()));
-                parent = Some((names[0].clone(), format));
-                continue;
-            }
-            let placed_name = if let Some(p) = placed.get(&file.path) {
-                p.0.clone()
-            } else if let Some(fr) = (!is_live_top)
-                .then(|| {
-                    reusable(
-                        existing,
-                        &file.path,
-                        &file.id,
-                        parent.as_ref().map(|p| p.0.as_str()),
-                    )
-                })
-                .flatten()
-            {
-                reused.push(Reused::of(file.path.clone(), fr));
-                files.push(PlannedFile::Reused(fr.clone()));
-                fr.name.clone()
-            } else {
-                let source_name = file_name(&file.path);
-                let new = naming::free_backup_name(&source_name, &opts.ts, &taken);
-                taken.insert(new.clone());
-                jobs.push(CopyJob {
-                    source: file.path.clone(),
-                    format: file.format.clone(),
-                    cluster_size: file.cluster_size,
-                    dest_dir: dir.images(),
-                    name: new.clone(),
-                    backing: parent.clone(),
-                    expected_id: (!is_live_top).then_some(file.id),
-                });
-                files.push(PlannedFile::Copied(NewCopy {
-                    name: new.clone(),
-                    format: file.format.clone(),
-                    backing: parent.clone(),
-                    source: file.path.clone(),
-                    written_by: opts.ts.clone(),
-                }));
-                new
-            };
-            placed.insert(
-                file.path.clone(),
-                (placed_name.clone(), file.format.clone()),
-            );
-            chain_names.push(placed_name.clone());
-            parent = Some((placed_name, file.format.clone()));
-        }
-        chain_names.reverse();
-        let top = &d.chain[0];
-        if let Some((overlay, _)) = overlays.iter().find(|(_, t)| **t == d.disk.target) {
-            let below = d
-                .chain
-                .iter()
-                .map(|f| BelowFile {
-                    path: f.path.clone(),
-                    id: f.id,
-                    name: placed.get(&f.path).map(|p| p.0.clone()).unwrap_or_default(),
-                })
-                .collect();
+        let chain = placer.disk(facts, d, dir, warnings);
+        let overlay = overlays.iter().find(|(_, t)| **t == d.disk.target);
+        if let Some((overlay, _)) = overlay {
             notes.push(NoteOverlay {
                 overlay: overlay.clone(),
-                below,
+                below: d
+                    .chain
+                    .iter()
+                    .map(|f| BelowFile {
+                        path: f.path.clone(),
+                        id: f.id,
+                        name: placer.name_of(&f.path).unwrap_or_default(),
+                    })
+                    .collect(),
             });
         }
+        let top = &d.chain[0];
         disks.push(DiskRecord {
             target: d.disk.target.clone(),
             source: top.path.to_string_lossy().into_owned(),
             format: top.format.clone(),
-            chain: chain_names,
-            overlay: overlays
-                .iter()
-                .find(|(_, t)| **t == d.disk.target)
-                .map(|(p, _)| p.to_string_lossy().into_owned()),
+            chain,
+            overlay: overlay.map(|(p, _)| p.to_string_lossy().into_owned()),
         });
     }
-    // Firmware state: a file reused while its identity is the recorded one,
-    // else copied. A running guest may write it meanwhile (rarely: boot
-    // entries, TPM counters); its copy is then as of the copy.
-    let mut firmware = Vec::new();
-    for fw in &facts.firmware {
-        let mut fw_files = Vec::new();
-        for (rel, path, id) in &fw.files {
-            let name = if let Some(fr) = reusable(existing, path, id, None) {
-                reused.push(Reused::of(path.clone(), fr));
-                files.push(PlannedFile::Reused(fr.clone()));
-                fr.name.clone()
-            } else {
-                let source_name = match fw.kind {
-                    FirmwareKind::Nvram => file_name(path),
-                    FirmwareKind::Tpm => format!("swtpm.{}", rel.replace('/', "_")),
-                };
-                let new = naming::free_backup_name(&source_name, &opts.ts, &taken);
-                taken.insert(new.clone());
-                jobs.push(CopyJob {
-                    source: path.clone(),
-                    format: "raw".into(),
-                    cluster_size: None,
-                    dest_dir: dir.images(),
-                    name: new.clone(),
-                    backing: None,
-                    expected_id: (!facts.active).then_some(*id),
-                });
-                files.push(PlannedFile::Copied(NewCopy {
-                    name: new.clone(),
-                    format: "raw".into(),
-                    backing: None,
-                    source: path.clone(),
-                    written_by: opts.ts.clone(),
-                }));
-                new
-            };
-            fw_files.push(FirmwareFile {
-                name,
-                rel: rel.clone(),
-            });
-        }
-        firmware.push(FirmwareRecord {
-            kind: fw.kind,
-            source: fw.root.to_string_lossy().into_owned(),
-            files: fw_files,
-        });
-    }
+    let firmware = facts
+        .firmware
+        .iter()
+        .map(|fw| placer.firmware(facts, fw))
+        .collect();
     let xml_path = dir.xml_path(&opts.ts);
-    let head = Record {
-        fi_backup_record: RECORD_VERSION,
-        domain: facts.domain.name.clone(),
-        uuid: facts.domain.uuid.clone(),
-        restore_point: opts.ts.clone(),
-        taken_at: opts.taken_at.clone(),
-        mode: if facts.active {
-            Mode::Live
-        } else {
-            Mode::Offline
-        },
-        quiesced: facts.active && opts.quiesce,
-        domain_xml: file_name(&xml_path),
-        state_file: opts
-            .dump_state_dir
-            .as_deref()
-            .filter(|_| facts.active)
-            .map(|d| {
-                state_file(d, &facts.domain.name, &opts.ts)
-                    .to_string_lossy()
-                    .into_owned()
-            }),
-        disks,
-        left_out: facts
-            .skipped
-            .iter()
-            .filter(|l| l.device == "disk")
-            .map(|l| LeftOutRecord {
-                target: l.target.clone(),
-                reason: l.reason.clone(),
-            })
-            .collect(),
-        files: Vec::new(),
-        firmware,
-    };
-    let draft = RecordDraft { head, files };
+    let head = record_head(facts, opts, &xml_path, disks, firmware);
+    let Placer {
+        jobs,
+        reused,
+        files,
+        ..
+    } = placer;
     let mut steps = vec![
         Step::PrepareDir {
             dir: dir.clone(),
@@ -828,7 +630,7 @@ fn plan_copies(
     });
     steps.push(Step::WriteRecord {
         path: dir.record_path(&opts.ts),
-        draft: Box::new(draft),
+        draft: Box::new(RecordDraft { head, files }),
     });
     if !notes.is_empty() {
         notes.sort_by(|a, b| a.overlay.cmp(&b.overlay));
@@ -838,6 +640,333 @@ fn plan_copies(
         });
     }
     Ok(steps)
+}
+
+/// The new record without its files (the executor adds them as the copies
+/// are measured).
+fn record_head(
+    facts: &Facts,
+    opts: &Options,
+    xml_path: &Path,
+    disks: Vec<DiskRecord>,
+    firmware: Vec<FirmwareRecord>,
+) -> Record {
+    Record {
+        fi_backup_record: RECORD_VERSION,
+        domain: facts.domain.name.clone(),
+        uuid: facts.domain.uuid.clone(),
+        restore_point: opts.ts.clone(),
+        taken_at: opts.taken_at.clone(),
+        mode: if facts.active {
+            Mode::Live
+        } else {
+            Mode::Offline
+        },
+        quiesced: facts.active && opts.quiesce,
+        domain_xml: file_name(xml_path),
+        state_file: opts
+            .dump_state_dir
+            .as_deref()
+            .filter(|_| facts.active)
+            .map(|d| {
+                state_file(d, &facts.domain.name, &opts.ts)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
+        disks,
+        left_out: facts
+            .skipped
+            .iter()
+            .filter(|l| l.device == "disk")
+            .map(|l| LeftOutRecord {
+                target: l.target.clone(),
+                reason: l.reason.clone(),
+            })
+            .collect(),
+        files: Vec::new(),
+        firmware,
+    }
+}
+
+/// Where one file of a disk's live chain is found in the new restore
+/// point: the decision `place` makes for each file, bottom up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Placement<'a> {
+    /// A copy prune merged from copies of this file and the files below it
+    /// that it holds: it stands for all of them.
+    Merged(&'a FileRecord),
+    /// A restore point's copies stand for this file (a consolidation
+    /// committed into it and recorded it equal) and for every file below.
+    Equivalent {
+        point: String,
+        names: Vec<String>,
+        files: Vec<&'a FileRecord>,
+    },
+    /// This run placed the file already (two disks share it), as this name.
+    Placed(String),
+    /// An earlier point's copy of this very file, unchanged, onto the same
+    /// copy below.
+    Reused(&'a FileRecord),
+    /// Copied now.
+    Copy,
+}
+
+/// What `place` knows of one file.
+struct Spot<'a, 'c> {
+    /// The disk's live chain, top first.
+    chain: &'c [ChainFile],
+    /// The file's index in it.
+    depth: usize,
+    /// The domain runs: its top is being written.
+    active: bool,
+    /// The name the file below it is placed as (None: it is the bottom).
+    parent: Option<&'c str>,
+    /// The name this run placed the file as already, if it did.
+    placed: Option<&'c str>,
+    /// The equivalence recorded for this file (`stood_for`).
+    equivalent: Equivalent<'a>,
+}
+
+/// Decides where a file is found; the first that holds: a merged copy of
+/// it and the files below (not for a file this run placed), the recorded
+/// equivalence, this run's placement, an unchanged copy (never for a
+/// running domain's top), else a new copy. Pure.
+fn place<'a>(existing: &'a Index, s: Spot<'a, '_>) -> Placement<'a> {
+    let file = &s.chain[s.depth];
+    if s.placed.is_none() {
+        // A running domain's top is never part of a merged copy.
+        let usable = if s.active { s.depth } else { s.depth + 1 };
+        let run = &s.chain[s.depth + 1 - usable..=s.depth];
+        if let Some(f) = merged_copy(existing, run, s.parent) {
+            return Placement::Merged(f);
+        }
+    }
+    if let Equivalent::Use {
+        point,
+        names,
+        files,
+    } = s.equivalent
+    {
+        return Placement::Equivalent {
+            point,
+            names,
+            files,
+        };
+    }
+    if let Some(name) = s.placed {
+        return Placement::Placed(name.to_string());
+    }
+    let live_top = s.active && s.depth == 0;
+    match (!live_top)
+        .then(|| reusable(existing, &file.path, &file.id, s.parent))
+        .flatten()
+    {
+        Some(f) => Placement::Reused(f),
+        None => Placement::Copy,
+    }
+}
+
+/// What `plan_copies` gathers while it places the files.
+struct Placer<'a, 'o> {
+    existing: &'a Index,
+    opts: &'o Options,
+    images: PathBuf,
+    /// Names in images/, there or planned.
+    taken: HashSet<String>,
+    /// Live path -> (name in images/, format) of the files placed so far.
+    placed: HashMap<PathBuf, (String, String)>,
+    jobs: Vec<CopyJob>,
+    reused: Vec<Reused>,
+    files: Vec<PlannedFile>,
+}
+
+impl<'a> Placer<'a, '_> {
+    /// The name `path` is placed as.
+    fn name_of(&self, path: &Path) -> Option<String> {
+        self.placed.get(path).map(|p| p.0.clone())
+    }
+
+    /// An earlier copy joins the record (once).
+    fn keep(&mut self, f: &FileRecord) {
+        if !self.files.iter().any(|x| x.name() == f.name) {
+            self.files.push(PlannedFile::Reused(f.clone()));
+        }
+    }
+
+    /// A new copy of `source` named after `source_name`: its job and its
+    /// place in the record; its name.
+    fn copy(
+        &mut self,
+        source: &Path,
+        source_name: &str,
+        format: &str,
+        cluster_size: Option<u64>,
+        backing: Option<(String, String)>,
+        expected_id: Option<SourceId>,
+    ) -> String {
+        let new = naming::free_backup_name(source_name, &self.opts.ts, &self.taken);
+        self.taken.insert(new.clone());
+        self.jobs.push(CopyJob {
+            source: source.to_path_buf(),
+            format: format.to_string(),
+            cluster_size,
+            dest_dir: self.images.clone(),
+            name: new.clone(),
+            backing: backing.clone(),
+            expected_id,
+        });
+        self.files.push(PlannedFile::Copied(NewCopy {
+            name: new.clone(),
+            format: format.to_string(),
+            backing,
+            source: source.to_path_buf(),
+            written_by: self.opts.ts.clone(),
+        }));
+        new
+    }
+
+    /// Places disk `d`'s chain, bottom up; its copy chain, top first.
+    fn disk(
+        &mut self,
+        facts: &Facts,
+        d: &DiskChain,
+        dir: &DomainDir,
+        warnings: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut parent: Option<(String, String)> = None;
+        let mut names = Vec::new();
+        // The file a restore point's copies may stand for, and whether they
+        // do; nothing below it is placed when they do.
+        let (stood_at, mut stood) = stood_for(facts, d, dir, self.existing, &self.placed);
+        let use_from = match (&stood, stood_at) {
+            (Equivalent::Use { .. }, Some(k)) => k,
+            _ => usize::MAX,
+        };
+        let mut depth = d.chain.len().min(use_from.saturating_add(1));
+        while depth > 0 {
+            depth -= 1;
+            let file = &d.chain[depth];
+            let equivalent = if stood_at == Some(depth) {
+                std::mem::replace(&mut stood, Equivalent::None)
+            } else {
+                Equivalent::None
+            };
+            let stale = match &equivalent {
+                Equivalent::Stale(why) => Some(why.clone()),
+                _ => None,
+            };
+            let placed = self.name_of(&file.path);
+            let placement = place(
+                self.existing,
+                Spot {
+                    chain: &d.chain,
+                    depth,
+                    active: facts.active,
+                    parent: parent.as_ref().map(|p| p.0.as_str()),
+                    placed: placed.as_deref(),
+                    equivalent,
+                },
+            );
+            if let (Some(why), false) = (stale, matches!(placement, Placement::Merged(_))) {
+                warnings.push(format!(
+                    "disk {}: {why}; it is copied whole, as a new generation (restore points \
+                     are not affected)",
+                    d.disk.target
+                ));
+            }
+            let (name, format) = match placement {
+                Placement::Merged(f) => {
+                    self.reused.push(Reused::of(file.path.clone(), f));
+                    self.keep(f);
+                    let covered = &d.chain[depth + 1 - f.holds.len()..=depth];
+                    for c in covered {
+                        self.placed
+                            .insert(c.path.clone(), (f.name.clone(), f.format.clone()));
+                    }
+                    // The files it holds below this one are placed with it.
+                    depth = depth + 1 - f.holds.len();
+                    names.push(f.name.clone());
+                    parent = Some((f.name.clone(), f.format.clone()));
+                    continue;
+                }
+                Placement::Equivalent {
+                    point,
+                    names: held_names,
+                    files,
+                } => {
+                    self.reused.push(Reused {
+                        source: file.path.clone(),
+                        name: held_names[0].clone(),
+                        point,
+                        equal: true,
+                    });
+                    for f in &files {
+                        self.keep(f);
+                    }
+                    let format = files
+                        .iter()
+                        .find(|f| f.name == held_names[0])
+                        .map(|f| f.format.clone())
+                        .expect("a point's copy chain names its files");
+                    names.extend(held_names.iter().skip(1).rev().cloned());
+                    (held_names[0].clone(), format)
+                }
+                Placement::Placed(name) => (name, file.format.clone()),
+                Placement::Reused(f) => {
+                    self.reused.push(Reused::of(file.path.clone(), f));
+                    self.keep(f);
+                    (f.name.clone(), file.format.clone())
+                }
+                Placement::Copy => {
+                    let new = self.copy(
+                        &file.path,
+                        &file_name(&file.path),
+                        &file.format,
+                        file.cluster_size,
+                        parent.clone(),
+                        (!(facts.active && depth == 0)).then_some(file.id),
+                    );
+                    (new, file.format.clone())
+                }
+            };
+            self.placed
+                .insert(file.path.clone(), (name.clone(), format.clone()));
+            names.push(name.clone());
+            parent = Some((name, format));
+        }
+        names.reverse();
+        names
+    }
+
+    /// Firmware state: a file reused while its identity is the recorded
+    /// one, else copied. A running guest may write it meanwhile (rarely:
+    /// boot entries, TPM counters); its copy is then as of the copy.
+    fn firmware(&mut self, facts: &Facts, fw: &FirmwareSource) -> FirmwareRecord {
+        let mut files = Vec::new();
+        for (rel, path, id) in &fw.files {
+            let name = if let Some(f) = reusable(self.existing, path, id, None) {
+                self.reused.push(Reused::of(path.clone(), f));
+                self.keep(f);
+                f.name.clone()
+            } else {
+                let source_name = match fw.kind {
+                    FirmwareKind::Nvram => file_name(path),
+                    FirmwareKind::Tpm => format!("swtpm.{}", rel.replace('/', "_")),
+                };
+                let expected = (!facts.active).then_some(*id);
+                self.copy(path, &source_name, "raw", None, None, expected)
+            };
+            files.push(FirmwareFile {
+                name,
+                rel: rel.clone(),
+            });
+        }
+        FirmwareRecord {
+            kind: fw.kind,
+            source: fw.root.to_string_lossy().into_owned(),
+            files,
+        }
+    }
 }
 
 /// The newest copy that prune merged from copies of exactly the live files
@@ -1481,5 +1610,190 @@ mod tests {
             }
         }
         assert!(d.files.iter().any(|f| matches!(f, PlannedFile::Copied(_))));
+    }
+
+    /// Index P1, plus a merged copy `m` that holds /v/u1 and /v/u2 (base
+    /// side first), backing onto the copy `base`.
+    fn with_merged() -> Index {
+        let mut ix = index();
+        let mut m = file_record("m", Some("base"), "/v/u2", 32);
+        m.holds = vec![
+            Held {
+                path: "/v/u1".into(),
+                id: id(31, 1),
+            },
+            Held {
+                path: "/v/u2".into(),
+                id: id(32, 1),
+            },
+        ];
+        ix.records[0].files.push(m);
+        ix.names.insert("m".into(), 1);
+        ix
+    }
+
+    /// One row a placement: each variant, and where two could apply, which
+    /// wins (restic's archiver tests, in a table).
+    #[test]
+    fn each_file_is_placed_by_the_first_rule_that_holds() {
+        let ov1 = chain_file("/v/ov1", id(11, 1));
+        let base = chain_file("/v/base", id(10, 1));
+        let moved = chain_file("/v/base", id(10, 5));
+        let top = chain_file("/v/ov2", id(12, 1));
+        let (u1, u2) = (
+            chain_file("/v/u1", id(31, 1)),
+            chain_file("/v/u2", id(32, 1)),
+        );
+        let u1_moved = chain_file("/v/u1", id(31, 2));
+        let ix = index();
+        let merged = with_merged();
+        let p1_chain = || Equivalent::Use {
+            point: P1.into(),
+            names: vec!["ov1".into(), "base".into()],
+            files: ix.records[0].files.iter().collect(),
+        };
+        let stale = || Equivalent::Stale("changed".into());
+        type Row<'a> = (
+            &'static str,
+            &'a Index,
+            Vec<ChainFile>,
+            usize,
+            bool,
+            Option<&'static str>,
+            Option<&'static str>,
+            Equivalent<'a>,
+            &'static str,
+        );
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            // case, index, chain (top first), depth, active, parent, placed, equivalence -> placement
+            ("a running domain's top is copied, even unchanged", &ix, vec![ov1.clone(), base.clone()], 0, true, Some("base"), None, Equivalent::None, "copy"),
+            ("a shut-off domain's unchanged top is reused", &ix, vec![ov1.clone(), base.clone()], 0, false, Some("base"), None, Equivalent::None, "reused ov1"),
+            ("an unchanged bottom is reused", &ix, vec![top.clone(), base.clone()], 1, true, None, None, Equivalent::None, "reused base"),
+            ("a bottom written since is copied", &ix, vec![top.clone(), moved.clone()], 1, true, None, None, Equivalent::None, "copy"),
+            ("unchanged, but the copy below it is another: copied", &ix, vec![ov1.clone(), base.clone()], 0, false, Some("base.new"), None, Equivalent::None, "copy"),
+            ("placed by another disk of this run", &ix, vec![top.clone(), base.clone()], 1, true, None, Some("base"), Equivalent::None, "placed base"),
+            ("placed, even when a copy of it is unchanged", &ix, vec![ov1.clone(), base.clone()], 0, false, Some("base"), Some("ov1.x"), Equivalent::None, "placed ov1.x"),
+            ("a recorded equivalence stands for the file", &ix, vec![top.clone(), moved.clone()], 1, true, None, None, p1_chain(), "equivalent ov1"),
+            ("an equivalence outranks this run's placement", &ix, vec![top.clone(), moved.clone()], 1, true, None, Some("b2"), p1_chain(), "equivalent ov1"),
+            ("a stale equivalence: placed as without one (the caller warns)", &ix, vec![top.clone(), moved.clone()], 1, true, None, None, stale(), "copy"),
+            ("a stale equivalence over an unchanged file: reused", &ix, vec![top.clone(), base.clone()], 1, true, None, None, stale(), "reused base"),
+            ("a merged copy stands for the run it holds", &merged, vec![top.clone(), u2.clone(), u1.clone(), base.clone()], 2, true, Some("base"), None, Equivalent::None, "merged m"),
+            ("a merged copy outranks an equivalence", &merged, vec![top.clone(), u2.clone(), u1.clone(), base.clone()], 2, true, Some("base"), None, p1_chain(), "merged m"),
+            ("not merged: the run's files were placed by this run", &merged, vec![top.clone(), u2.clone(), u1.clone(), base.clone()], 2, true, Some("base"), Some("u1.x"), Equivalent::None, "placed u1.x"),
+            ("not merged: a file of the run changed", &merged, vec![top.clone(), u2.clone(), u1_moved.clone(), base.clone()], 2, true, Some("base"), None, Equivalent::None, "copy"),
+            ("not merged: it backs onto another copy", &merged, vec![top.clone(), u2.clone(), u1.clone(), base.clone()], 2, true, Some("other"), None, Equivalent::None, "copy"),
+            ("not merged: a running domain's top is never in a merged copy", &merged, vec![u2.clone(), u1.clone(), base.clone()], 1, true, Some("base"), None, Equivalent::None, "copy"),
+            ("merged on a shut-off domain, its top included", &merged, vec![u2.clone(), u1.clone(), base.clone()], 1, false, Some("base"), None, Equivalent::None, "merged m"),
+        ];
+        for (case, ix, chain, depth, active, parent, placed, equivalent, want) in rows {
+            let got = match place(
+                ix,
+                Spot {
+                    chain: &chain,
+                    depth,
+                    active,
+                    parent,
+                    placed,
+                    equivalent,
+                },
+            ) {
+                Placement::Merged(f) => format!("merged {}", f.name),
+                Placement::Equivalent { names, point, .. } => {
+                    assert_eq!(point, P1, "{case}");
+                    format!("equivalent {}", names[0])
+                }
+                Placement::Placed(n) => format!("placed {n}"),
+                Placement::Reused(f) => format!("reused {}", f.name),
+                Placement::Copy => "copy".into(),
+            };
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    /// Whole plans the placements make: two disks on one base (copied
+    /// once, both chains on it), a shut-off domain with nothing changed
+    /// (no copy at all, every file reused), a merged copy in a chain, and
+    /// firmware reused while unchanged and copied once written.
+    #[test]
+    fn plans_of_shared_bases_offline_domains_merged_copies_and_firmware() {
+        // Two disks of a running domain over one base.
+        let mut f = facts(Vec::new(), index());
+        let mut vdb = DiskChain::test(vec![
+            chain_file("/v/b2", id(40, 1)),
+            chain_file("/v/base", id(10, 5)),
+        ]);
+        vdb.disk.target = "vdb".into();
+        f.disks.push(vdb);
+        let plan = plan_backup(&f, &options()).unwrap();
+        let copied: Vec<String> = copies(&plan).into_iter().map(|c| c.0).collect();
+        assert_eq!(copied, ["/v/base", "/v/ov2", "/v/b2"]);
+        let d = draft(&plan);
+        assert_eq!(d.head.disks[0].chain[1], d.head.disks[1].chain[1]);
+        assert_eq!(d.files.len(), 3);
+        // Shut off, nothing written since P1: every file reused, no copy.
+        let mut f = facts(Vec::new(), index());
+        f.active = false;
+        f.disks[0].chain = vec![
+            chain_file("/v/ov1", id(11, 1)),
+            chain_file("/v/base", id(10, 1)),
+        ];
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert!(copies(&plan).is_empty());
+        let reused: Vec<(String, String)> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Reuse(r) => Some(r),
+                _ => None,
+            })
+            .flatten()
+            .map(|r| (r.source.display().to_string(), r.name.clone()))
+            .collect();
+        assert_eq!(
+            reused,
+            [
+                ("/v/base".to_string(), "base".to_string()),
+                ("/v/ov1".to_string(), "ov1".to_string())
+            ]
+        );
+        assert_eq!(draft(&plan).head.disks[0].chain, ["ov1", "base"]);
+        // A merged copy stands for two live files; only the top is copied.
+        let mut f = facts(Vec::new(), with_merged());
+        f.disks[0].chain = vec![
+            chain_file("/v/ov2", id(12, 1)),
+            chain_file("/v/u2", id(32, 1)),
+            chain_file("/v/u1", id(31, 1)),
+            chain_file("/v/base", id(10, 1)),
+        ];
+        let plan = plan_backup(&f, &options()).unwrap();
+        assert_eq!(
+            copies(&plan),
+            [("/v/ov2".to_string(), Some("m".to_string()))]
+        );
+        assert_eq!(draft(&plan).head.disks[0].chain, ["ov2", "m", "base"]);
+        // Firmware: reused while its identity is the recorded one.
+        let mut ix = index();
+        let mut nvram = file_record("vars.fd", None, "/n/vars.fd", 50);
+        nvram.format = "raw".into();
+        ix.records[0].files.push(nvram);
+        ix.names.insert("vars.fd".into(), 1);
+        for (nvram_id, copied) in [(id(50, 1), false), (id(50, 2), true)] {
+            let mut f = facts(Vec::new(), ix.clone());
+            f.firmware = vec![FirmwareSource {
+                kind: FirmwareKind::Nvram,
+                root: "/n/vars.fd".into(),
+                files: vec![(String::new(), "/n/vars.fd".into(), nvram_id)],
+            }];
+            let plan = plan_backup(&f, &options()).unwrap();
+            let sources: Vec<String> = copies(&plan).into_iter().map(|c| c.0).collect();
+            assert_eq!(
+                sources.contains(&"/n/vars.fd".to_string()),
+                copied,
+                "{nvram_id}"
+            );
+            let fw = &draft(&plan).head.firmware[0];
+            assert_eq!(fw.files[0].name == "vars.fd", !copied, "{nvram_id}");
+        }
     }
 }
