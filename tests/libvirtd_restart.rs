@@ -21,13 +21,13 @@ fn libvirtd_restart_mid_consolidation() {
     ok("pkill", &["-x", "libvirtd"]);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_until("libvirtd exits", 30, || {
+        !cmd("pgrep", &["-x", "libvirtd"]).status.success()
+    });
     ok("libvirtd", &["-d"]);
-    let up = (0..60).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(250));
+    wait_until("libvirtd answers again", 30, || {
         cmd("virsh", &["-c", URI, "version"]).status.success()
     });
-    assert!(up, "libvirtd did not come back");
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
     s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);

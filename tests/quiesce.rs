@@ -12,8 +12,13 @@ use common::*;
 fn quiesced_backup_of_a_writing_guest_is_clean() {
     let mut s = Scenario::new("quiesce");
     let (dom, gdir) = make_test_guest(&mut s, "guest");
-    // Let the guest write for a while.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The guest writes from before its agent answers: the backup below is
+    // taken while it writes.
+    let console =
+        || String::from_utf8_lossy(&std::fs::read(gdir.join("console.log")).unwrap()).into_owned();
+    wait_until("the guest's writer starts", 60, || {
+        console().contains("GUEST: writer started")
+    });
     let backup = s.dir("backup");
     s.fi_ok(&["-q", "-b", backup.to_str().unwrap(), &dom]);
 

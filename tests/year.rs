@@ -96,17 +96,6 @@ fn peak_rss_kib(stderr: &[u8]) -> u64 {
         .expect("the debug log names the peak memory")
 }
 
-fn restart_libvirtd() {
-    ok("pkill", &["-x", "libvirtd"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    ok("libvirtd", &["-d"]);
-    let up = (0..60).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        cmd("virsh", &["-c", URI, "version"]).status.success()
-    });
-    assert!(up, "libvirtd did not come back");
-}
-
 #[test]
 fn a_year_of_nights() {
     let nights: u32 = std::env::var("YEAR_NIGHTS")

@@ -1117,3 +1117,29 @@ pub fn points_of(out: &Output) -> Vec<String> {
         .map(|p| p["restore_point"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Polls `ready` every 50 ms until it holds; fails naming `what` after
+/// `secs` seconds. Readiness instead of a fixed sleep.
+pub fn wait_until(what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Stops libvirtd (SIGTERM) and waits until its process is gone, starts it
+/// again and waits until it answers: a host "reboot" of the daemon.
+pub fn restart_libvirtd() {
+    ok("pkill", &["-x", "libvirtd"]);
+    wait_until("libvirtd exits", 30, || {
+        !cmd("pgrep", &["-x", "libvirtd"]).status.success()
+    });
+    ok("libvirtd", &["-d"]);
+    wait_until("libvirtd answers again", 30, || {
+        cmd("virsh", &["-c", URI, "version"]).status.success()
+    });
+}
