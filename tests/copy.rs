@@ -46,7 +46,7 @@ fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
     assert_eq!(c.blake3, blake3_file(&copied));
     // The new backing does not exist yet: the chain cannot open, but the
     // header names it, relative, with its format.
-    assert!(qemu_img::backing_chain(&copied).is_err());
+    assert!(qemu_img::backing_chain(&copied, "qcow2").is_err());
     let text = ok(
         "qemu-img",
         &["info", "--output=json", copied.to_str().unwrap()],
@@ -116,7 +116,7 @@ fn the_qcow2_header_reads_as_qemu_img_info_reads_it() {
         ],
     );
     for (name, _) in &cases {
-        let info = qemu_img::info(&d.join(name)).unwrap();
+        let info = qemu_img::info(&d.join(name), "qcow2").unwrap();
         let h = fi_backup::host::qcow2::read(&d.join(name)).unwrap();
         assert_eq!(
             (Some(h.cluster_size), h.virtual_size, h.backing.clone()),

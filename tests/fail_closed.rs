@@ -357,3 +357,94 @@ fn an_unplugged_disks_overlay_is_reported_not_forgotten() {
          write; attached again as told, nothing said and the guest reads it",
     );
 }
+
+/// A raw disk whose guest wrote a qcow2 header at its start (a guest that
+/// keeps qcow2 images on a raw disk; written here before the start): QEMU
+/// opens it as raw, as its XML says, and the backup reads its chain with
+/// that format, never a probed one. So the copy holds the disk's bytes as
+/// the guest sees them, and no host file that the header names as its
+/// "backing file" is copied, in a first backup or in a nightly -C -b.
+#[test]
+fn a_raw_disk_holding_a_qcow2_header_is_backed_up_as_raw() {
+    use std::os::unix::fs::FileExt;
+    let mut s = Scenario::new("rawhdr");
+    let img = s.dir("img");
+    let canary = s.root.join("host-secret.txt");
+    std::fs::write(&canary, "a host file that no backup may copy\n".repeat(200)).unwrap();
+    let header = s.root.join("header.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            canary.to_str().unwrap(),
+            header.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    let raw = img.join("data.raw");
+    create_image(&raw, "raw", "32M");
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.write_all_at(&std::fs::read(&header).unwrap(), 0).unwrap();
+    drop(f);
+    let dom = s.start(
+        "vm",
+        "img",
+        &[
+            DiskSpec::qcow2("os.qcow2", "vda"),
+            DiskSpec::raw("data.raw", "vdb"),
+        ],
+    );
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let secret = blake3_file(&canary);
+    for (night, args) in [(1, vec!["-b", b, &dom]), (2, vec!["-C", "-b", b, &dom])] {
+        s.fi_ok(&args);
+        let images = backup.join(&dom).join("images");
+        for n in names_in(&images) {
+            assert_ne!(
+                blake3_file(&images.join(&n)),
+                secret,
+                "night {night}: '{n}' is a copy of the host file the guest's header names"
+            );
+        }
+        let recs = records(&backup, &dom);
+        let rec = recs.last().unwrap();
+        let vdb = rec["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["target"] == "vdb")
+            .unwrap();
+        let base = vdb["chain"].as_array().unwrap().last().unwrap().clone();
+        let base_file = rec["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == base)
+            .unwrap();
+        assert_eq!(base_file["format"], "raw", "night {night}: {vdb}");
+        let t = s.root.join(format!("r{night}"));
+        s.fi_ok(&restore_args(b, &dom, t.to_str().unwrap(), &["--flatten"]));
+        // The restored disk reads exactly the raw file's bytes.
+        ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-U",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                raw.to_str().unwrap(),
+                t.join("vdb.qcow2").to_str().unwrap(),
+            ],
+        );
+    }
+}

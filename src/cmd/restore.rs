@@ -492,17 +492,17 @@ fn tpm_dir(target: &Path, name: &str) -> PathBuf {
 }
 
 /// The cluster size of each qcow2 copy the record's chains use, by name
-/// (qemu-img info; one that cannot be read is left out, and its copy is
-/// then rebased after a whole copy instead of header first).
+/// (from their headers; one that cannot be read is left out, and its copy
+/// is then rebased after a whole copy instead of header first).
 fn cluster_sizes(dir: &DomainDir, record: &Record) -> HashMap<String, u64> {
     record
         .files
         .iter()
         .filter(|f| f.format == "qcow2")
         .filter_map(|f| {
-            let size = qemu_img::info(&dir.images().join(&f.name))
+            let size = crate::host::qcow2::read(&dir.images().join(&f.name))
                 .ok()?
-                .cluster_size?;
+                .cluster_size;
             Some((f.name.clone(), size))
         })
         .collect()
@@ -701,7 +701,7 @@ fn execute(plan: &RestorePlan) -> Result<()> {
 fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
     let tmp = TempFile::beside(dest)?;
     qemu_img::create_overlay(&tmp.path, backing, format)?;
-    crate::host::chain::read_chain(&tmp.path)?;
+    crate::host::chain::read_chain(&tmp.path, "qcow2")?;
     tmp.publish(dest)
 }
 

@@ -144,7 +144,7 @@ fn reads_backup(dom: &Dom, dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for d in &facts.disks {
         let Some(source) = &d.source else { continue };
-        let chain = crate::host::chain::read_chain(source)?;
+        let chain = crate::host::chain::read_chain(source, d.source_format())?;
         if chain.iter().any(|f| f.path.starts_with(dir)) || chain.len() > 1 {
             out.push(format!(
                 "{} ({} file(s) in its chain)",

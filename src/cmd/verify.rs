@@ -117,7 +117,14 @@ pub fn verify_domain(dir: &DomainDir, records: &[&Record]) -> Report {
             }
         }
         for d in &r.disks {
-            if let Err(problem) = check_chain(&dir.images(), &d.chain) {
+            // The top copy's format as recorded (check_record: every chain
+            // name is a recorded file).
+            let format = r
+                .files
+                .iter()
+                .find(|f| f.name == d.chain[0])
+                .map_or("qcow2", |f| f.format.as_str());
+            if let Err(problem) = check_chain(&dir.images(), &d.chain, format) {
                 let what = format!("chain of {} ('{}'): {problem}", d.target, d.chain[0]);
                 report
                     .problems
@@ -163,9 +170,10 @@ fn check_file(images: &Path, f: &FileRecord) -> std::result::Result<(), String> 
 
 /// The chain qemu-img resolves from the top must be exactly the recorded
 /// one, all inside images/.
-fn check_chain(images: &Path, chain: &[String]) -> std::result::Result<(), String> {
+fn check_chain(images: &Path, chain: &[String], format: &str) -> std::result::Result<(), String> {
     let top = images.join(&chain[0]);
-    let infos = qemu_img::backing_chain(&top).map_err(|e| format!("does not resolve: {e}"))?;
+    let infos =
+        qemu_img::backing_chain(&top, format).map_err(|e| format!("does not resolve: {e}"))?;
     let got: Vec<String> = infos
         .iter()
         .enumerate()

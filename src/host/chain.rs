@@ -101,9 +101,10 @@ impl ChainFile {
     }
 }
 
-/// Reads and checks the chain below (and including) `top`, top first.
-pub fn read_chain(top: &Path) -> Result<Vec<ChainFile>> {
-    let infos = qemu_img::backing_chain(top)?;
+/// Reads and checks the chain below (and including) `top`, of format
+/// `format` (never probed: see `qemu_img::backing_chain`), top first.
+pub fn read_chain(top: &Path, format: &str) -> Result<Vec<ChainFile>> {
+    let infos = qemu_img::backing_chain(top, format)?;
     let files = check_chain(top, &infos)?;
     files
         .into_iter()

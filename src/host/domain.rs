@@ -38,6 +38,14 @@ pub struct DiskFacts {
 }
 
 impl DiskFacts {
+    /// The format QEMU opens the source with: the XML's driver type, else
+    /// raw (libvirt no longer probes formats: a disk without a type is
+    /// raw). A chain is read from the source with this format, never a
+    /// probed one.
+    pub fn source_format(&self) -> &str {
+        self.format.as_deref().unwrap_or("raw")
+    }
+
     /// Why this disk is left out of the snapshot, or None when it is taken.
     pub fn skip_reason(&self) -> Option<String> {
         if self.snapshot.as_deref() == Some("no") {

@@ -45,7 +45,7 @@ pub fn disk_chains(
             continue;
         }
         let source = disk.source.as_ref().expect("eligible disks have a source");
-        let chain = chain::read_chain(source)
+        let chain = chain::read_chain(source, disk.source_format())
             .map_err(|e| Error::in_domain(&domain.name, format!("disk {}", disk.target), e))?;
         log::trace!(
             "Chain of {} of '{}': {}",
@@ -322,7 +322,10 @@ pub fn unused_overlays(
     let mut sources = Vec::new();
     for xml in &xmls {
         let facts = crate::host::domain::parse_domain_xml(xml)?;
-        sources.extend(facts.disks.into_iter().filter_map(|d| d.source));
+        sources.extend(facts.disks.into_iter().filter_map(|d| {
+            let format = d.source_format().to_string();
+            d.source.map(|s| (s, format))
+        }));
     }
     sources.sort();
     sources.dedup();
@@ -330,15 +333,15 @@ pub fn unused_overlays(
     // nothing is unused, and no chain needs reading.
     let tops: HashSet<(u64, u64)> = sources
         .iter()
-        .filter_map(|s| chain::SourceId::read(s).ok())
+        .filter_map(|(s, _)| chain::SourceId::read(s).ok())
         .map(|id| (id.dev, id.ino))
         .collect();
     if present.values().all(|id| tops.contains(id)) {
         return Ok(Vec::new());
     }
     let mut used = HashSet::new();
-    for source in &sources {
-        for f in chain::read_chain(source)? {
+    for (source, format) in &sources {
+        for f in chain::read_chain(source, format)? {
             let id = chain::SourceId::read(&f.path)?;
             used.insert((id.dev, id.ino));
         }
@@ -348,7 +351,8 @@ pub fn unused_overlays(
         .into_iter()
         .map(|o| {
             let path = std::path::Path::new(&o.path);
-            let backing = crate::host::qemu_img::info(path)
+            // Overlays fi-backup made: qcow2.
+            let backing = crate::host::qemu_img::info(path, "qcow2")
                 .ok()
                 .and_then(|i| i.backing_filename)
                 .map(|b| chain::resolve_backing(path, &b));

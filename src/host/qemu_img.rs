@@ -129,10 +129,20 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-/// The backing chain of `image`, top first. `-U` because a running QEMU holds
-/// the images open.
-pub fn backing_chain(image: &Path) -> Result<Vec<ImageInfo>> {
-    let mut args = os(&["info", "-U", "--output=json", "--backing-chain"]);
+/// The backing chain of `image` (of format `format`), top first. `-U`
+/// because a running QEMU holds the images open. The top's format is given,
+/// never probed: a raw disk whose guest wrote a qcow2 header at its start
+/// would otherwise read as a qcow2 image over whatever file that header
+/// names. Files below are opened with the format their image records.
+pub fn backing_chain(image: &Path, format: &str) -> Result<Vec<ImageInfo>> {
+    let mut args = os(&[
+        "info",
+        "-U",
+        "--output=json",
+        "--backing-chain",
+        "-f",
+        format,
+    ]);
     args.push(image.into());
     let out = run(&args)?;
     parse_chain_json(&out).map_err(|e| {
@@ -216,9 +226,10 @@ pub fn rebase_safe(image: &Path, backing: &str, backing_format: &str) -> Result<
     rebase(image, backing, backing_format, "-q")
 }
 
-/// One image without its backing chain (`-U`; the backing file is not opened).
-pub fn info(image: &Path) -> Result<ImageInfo> {
-    let mut args = os(&["info", "-U", "--output=json"]);
+/// One image of format `format` (never probed) without its backing chain
+/// (`-U`; the backing file is not opened).
+pub fn info(image: &Path, format: &str) -> Result<ImageInfo> {
+    let mut args = os(&["info", "-U", "--output=json", "-f", format]);
     args.push(image.into());
     let out = run(&args)?;
     serde_json::from_str(&out).map_err(|e| {

@@ -63,7 +63,9 @@ impl Siblings {
                             }
                             let added = match &d.known_chain {
                                 Some(below) => s.add_known(&facts.uuid, &facts.name, src, below),
-                                None => s.add_chain(&facts.uuid, &facts.name, src),
+                                None => {
+                                    s.add_chain(&facts.uuid, &facts.name, src, d.source_format())
+                                }
                             };
                             if let Err(why) = added {
                                 unknown.get_or_insert(why);
@@ -111,8 +113,14 @@ impl Siblings {
         Ok(())
     }
 
-    fn add_chain(&mut self, uuid: &str, name: &str, top: &Path) -> Result<(), String> {
-        let chain = crate::host::chain::read_chain(top)
+    fn add_chain(
+        &mut self,
+        uuid: &str,
+        name: &str,
+        top: &Path,
+        format: &str,
+    ) -> Result<(), String> {
+        let chain = crate::host::chain::read_chain(top, format)
             .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
         for f in chain {
             let id = SourceId::read(&f.path).map_err(|e| format!("'{}': {e}", f.path.display()))?;

@@ -706,7 +706,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .find(|f| f.path == p.result)
         .expect("the result is in the chain");
     define_disk(dom, &p.target, result).map_err(fail)?;
-    let now: Vec<PathBuf> = crate::host::chain::read_chain(&p.result)
+    let now: Vec<PathBuf> = crate::host::chain::read_chain(&p.result, &result.format)
         .map_err(fail)?
         .into_iter()
         .map(|f| f.path)
@@ -763,13 +763,16 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
 
 /// The chain of a shut-off domain's disk as read now, from its top.
 fn offline_chain_now(dom: &Dom, p: &DiskPlan) -> String {
-    let source = dom
+    let (source, format) = dom
         .persistent_facts()
         .ok()
         .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
-        .and_then(|d| d.source)
-        .unwrap_or_else(|| p.chain[0].path.clone());
-    match crate::host::qemu_img::backing_chain(&source) {
+        .and_then(|d| {
+            let format = d.source_format().to_string();
+            d.source.map(|s| (s, format))
+        })
+        .unwrap_or_else(|| (p.chain[0].path.clone(), p.chain[0].format.clone()));
+    match crate::host::qemu_img::backing_chain(&source, &format) {
         Ok(infos) => {
             let now: Vec<PathBuf> = infos.iter().map(|i| PathBuf::from(&i.filename)).collect();
             format!("the disk is on ({}) as read now", show_paths(&now))
@@ -1038,14 +1041,17 @@ fn chain_now(dom: &Dom, p: &DiskPlan) -> String {
         .live_facts()
         .ok()
         .and_then(|f| f.disks.into_iter().find(|d| d.target == p.target))
-        .and_then(|d| d.source);
-    let Some(source) = source else {
+        .and_then(|d| {
+            let format = d.source_format().to_string();
+            d.source.map(|s| (s, format))
+        });
+    let Some((source, format)) = source else {
         return format!(
             "the disk's source cannot be read now; before the job its chain was ({})",
             show_chain(&p.chain)
         );
     };
-    match crate::host::qemu_img::backing_chain(&source) {
+    match crate::host::qemu_img::backing_chain(&source, &format) {
         Ok(infos) => {
             let now: Vec<PathBuf> = infos.iter().map(|i| PathBuf::from(&i.filename)).collect();
             let mut text = format!("the disk is on ({}) as read now", show_paths(&now));
@@ -1167,11 +1173,11 @@ fn confirm(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .chain
         .iter()
         .find(|f| f.path == p.result)
-        .map(|f| f.format.as_str());
+        .map_or("qcow2", |f| f.format.as_str());
     let found = match format {
-        Some("raw") => None,
-        Some("qcow2") => crate::host::qcow2::read(&p.result)?.backing,
-        _ => crate::host::qemu_img::info(&p.result)?.backing_filename,
+        "raw" => None,
+        "qcow2" => crate::host::qcow2::read(&p.result)?.backing,
+        other => crate::host::qemu_img::info(&p.result, other)?.backing_filename,
     }
     .map(|b| crate::host::chain::resolve_backing(&p.result, &b));
     if found.as_deref() != expected {

@@ -419,7 +419,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     };
     let source = disk.source.clone();
     let backing = match &source {
-        Some(s) if !job => crate::host::qemu_img::info(s)?.backing_filename,
+        Some(s) if !job => crate::host::qemu_img::info(s, disk.source_format())?.backing_filename,
         _ => None,
     };
     let found = Found {
@@ -478,7 +478,15 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
 
 fn finish_deletion(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
     let t = &e.target;
-    let in_chain: Vec<PathBuf> = crate::host::chain::read_chain(Path::new(&e.result))?
+    // The result's format as the journal recorded it; a journal of an older
+    // version has none: qcow2, and a raw result then fails the read, which
+    // deletes nothing.
+    let format = e
+        .chain
+        .iter()
+        .find(|l| l.path == e.result)
+        .map_or("qcow2", |l| l.format.as_str());
+    let in_chain: Vec<PathBuf> = crate::host::chain::read_chain(Path::new(&e.result), format)?
         .into_iter()
         .map(|f| f.path)
         .collect();

@@ -149,7 +149,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
     let mut in_chain = HashSet::new();
     for disk in &facts.disks {
         if let (Some(source), true) = (&disk.source, disk.kind == "file") {
-            for f in crate::host::chain::read_chain(source)? {
+            for f in crate::host::chain::read_chain(source, disk.source_format())? {
                 in_chain.insert(f.path);
             }
         }
