@@ -132,3 +132,73 @@ fn the_qcow2_header_reads_as_qemu_img_info_reads_it() {
     assert!(e.to_string().contains("not a qcow2"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A chain read from the files' headers (`read_known_chain`, for a chain
+/// libvirt names) is exactly what `read_chain` reads with qemu-img: qcow2
+/// over qcow2 over raw, with a relative and an absolute reference, and a
+/// lone raw file. A known chain that the headers contradict is read with
+/// qemu-img, so the answer is still the files' own chain.
+#[test]
+fn a_chain_from_the_headers_is_the_chain_qemu_img_reads() {
+    use fi_backup::host::chain::{read_chain, read_known_chain};
+    require_stack();
+    let d = std::env::temp_dir().join(format!("fi-known-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    let p = |n: &str| d.join(n);
+    create_image(&p("base.raw"), "raw", "8M");
+    let s = |x: &Path| x.to_str().unwrap().to_string();
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "../base.raw",
+            &s(&p("sub/mid.qcow2")),
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &s(&p("sub/mid.qcow2")),
+            &s(&p("top.qcow2")),
+        ],
+    );
+    let top = p("top.qcow2");
+    // qemu-img names the raw file through the relative reference as written.
+    let below = vec![p("sub/mid.qcow2"), p("sub/../base.raw")];
+    let by_qemu_img = read_chain(&top, "qcow2").unwrap();
+    assert_eq!(by_qemu_img.len(), 3);
+    assert_eq!(
+        read_known_chain(&top, "qcow2", &below).unwrap(),
+        by_qemu_img
+    );
+    let raw = p("base.raw");
+    assert_eq!(
+        read_known_chain(&raw, "raw", &[]).unwrap(),
+        read_chain(&raw, "raw").unwrap()
+    );
+    // libvirt's chain wrong (a file left out, or the wrong file): qemu-img's.
+    for wrong in [
+        vec![p("sub/mid.qcow2")],
+        vec![p("sub/mid.qcow2"), p("other.raw")],
+    ] {
+        assert_eq!(
+            read_known_chain(&top, "qcow2", &wrong).unwrap(),
+            by_qemu_img
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

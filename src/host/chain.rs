@@ -105,7 +105,107 @@ impl ChainFile {
 /// `format` (never probed: see `qemu_img::backing_chain`), top first.
 pub fn read_chain(top: &Path, format: &str) -> Result<Vec<ChainFile>> {
     let infos = qemu_img::backing_chain(top, format)?;
-    let files = check_chain(top, &infos)?;
+    finish_chain(top, &infos)
+}
+
+/// The chain of a disk whose chain libvirt knows (a running domain's live
+/// XML: the top of `format` and every file `below` it, top first), read
+/// from the files' own qcow2 headers instead of a qemu-img process, when
+/// the headers say exactly that chain; else (another backing reference, a
+/// backing format not recorded, a format other than qcow2 and raw, a
+/// feature bit other than dirty, a file that cannot be read) with qemu-img,
+/// as `read_chain`. The same checks apply to either reading.
+pub fn read_known_chain(top: &Path, format: &str, below: &[PathBuf]) -> Result<Vec<ChainFile>> {
+    let files: Vec<&Path> = std::iter::once(top)
+        .chain(below.iter().map(PathBuf::as_path))
+        .collect();
+    let read = |path: &Path, format: &str| -> Option<Known> {
+        match format {
+            "qcow2" => crate::host::qcow2::read(path).ok().map(Known::Qcow2),
+            "raw" => std::fs::metadata(path).ok().map(|m| Known::Raw(m.len())),
+            _ => None,
+        }
+    };
+    match infos_from_headers(&files, format, read) {
+        Some(infos) => finish_chain(top, &infos),
+        None => {
+            log::debug!(
+                "The headers below '{}' do not say libvirt's chain: qemu-img reads it",
+                top.display()
+            );
+            read_chain(top, format)
+        }
+    }
+}
+
+/// What `infos_from_headers` reads of a file: a qcow2 header, or a raw
+/// file's size.
+#[derive(Debug, Clone)]
+pub enum Known {
+    /// The file's qcow2 header.
+    Qcow2(crate::host::qcow2::Header),
+    /// A raw file of this size.
+    Raw(u64),
+}
+
+/// What qemu-img would say of the chain `files` (top first, the top of
+/// `format`), built from what `read` finds of each file with the format
+/// its upper neighbour records: only when each qcow2 header's backing
+/// reference resolves to exactly the next file and records its format, the
+/// last file has none, and no feature bit but dirty is set. None otherwise.
+/// Pure, given `read`.
+pub fn infos_from_headers(
+    files: &[&Path],
+    format: &str,
+    read: impl Fn(&Path, &str) -> Option<Known>,
+) -> Option<Vec<ImageInfo>> {
+    let mut format = format.to_string();
+    let mut infos = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let next = files.get(i + 1).copied();
+        let filename = path.to_str()?.to_string();
+        let info = match read(path, &format)? {
+            Known::Raw(size) if next.is_none() && format == "raw" => ImageInfo {
+                filename,
+                format: "raw".into(),
+                virtual_size: size,
+                cluster_size: None,
+                backing_filename: None,
+                full_backing_filename: None,
+                backing_format: None,
+                dirty: None,
+            },
+            Known::Qcow2(h) if format == "qcow2" && h.incompatible & !1 == 0 => {
+                let resolved = h.backing.as_deref().map(|b| resolve_backing(path, b));
+                if resolved.as_deref() != next {
+                    return None;
+                }
+                if next.is_some() && h.backing_format.is_none() {
+                    return None;
+                }
+                let info = ImageInfo {
+                    filename,
+                    format: "qcow2".into(),
+                    virtual_size: h.virtual_size,
+                    cluster_size: Some(h.cluster_size),
+                    full_backing_filename: resolved.map(|r| r.to_string_lossy().into_owned()),
+                    backing_filename: h.backing,
+                    backing_format: h.backing_format.clone(),
+                    dirty: None,
+                };
+                format = h.backing_format.unwrap_or_default();
+                info
+            }
+            _ => return None,
+        };
+        infos.push(info);
+    }
+    Some(infos)
+}
+
+/// The checked chain, each file stat'ed (a regular file, its identity).
+fn finish_chain(top: &Path, infos: &[ImageInfo]) -> Result<Vec<ChainFile>> {
+    let files = check_chain(top, infos)?;
     files
         .into_iter()
         .map(|(path, info)| {
@@ -236,5 +336,55 @@ mod tests {
             info("nbd://x", "raw", None),
         ];
         assert!(check_chain(Path::new("/d/a"), &net).is_err());
+    }
+
+    /// One row per way libvirt's chain and the headers can agree or not.
+    #[test]
+    fn a_known_chain_is_taken_from_the_headers_only_when_they_say_it_exactly() {
+        use crate::host::qcow2::Header;
+        let q = |backing: Option<&str>, format: Option<&str>, bits: u64| {
+            Known::Qcow2(Header {
+                version: 3,
+                cluster_size: 65536,
+                virtual_size: 1 << 26,
+                backing: backing.map(str::to_string),
+                backing_format: format.map(str::to_string),
+                incompatible: bits,
+            })
+        };
+        type Files = Vec<(&'static str, Option<Known>)>;
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &str, Files, bool)> = vec![
+            // case, top format, (path, what is read) top first -> taken
+            ("qcow2 over raw, relative", "qcow2", vec![("/v/top", Some(q(Some("base.raw"), Some("raw"), 0))), ("/v/base.raw", Some(Known::Raw(1 << 26)))], true),
+            ("three files, absolute", "qcow2", vec![("/v/top", Some(q(Some("/w/mid"), Some("qcow2"), 0))), ("/w/mid", Some(q(Some("/v/base"), Some("raw"), 0))), ("/v/base", Some(Known::Raw(5)))], true),
+            ("a lone raw top", "raw", vec![("/v/r", Some(Known::Raw(5)))], true),
+            ("a lone qcow2, dirty (lazy refcounts while open)", "qcow2", vec![("/v/q", Some(q(None, None, 1)))], true),
+            ("the header names another file", "qcow2", vec![("/v/top", Some(q(Some("other"), Some("raw"), 0))), ("/v/base", Some(Known::Raw(5)))], false),
+            ("no backing format recorded", "qcow2", vec![("/v/top", Some(q(Some("base"), None, 0))), ("/v/base", Some(Known::Raw(5)))], false),
+            ("an external data file", "qcow2", vec![("/v/q", Some(q(None, None, 4)))], false),
+            ("marked corrupt", "qcow2", vec![("/v/q", Some(q(None, None, 2)))], false),
+            ("libvirt ends the chain, the header goes on", "qcow2", vec![("/v/top", Some(q(Some("base"), Some("raw"), 0)))], false),
+            ("libvirt goes on, the header ends", "qcow2", vec![("/v/top", Some(q(None, None, 0))), ("/v/base", Some(Known::Raw(5)))], false),
+            ("raw with a file below it", "raw", vec![("/v/r", Some(Known::Raw(5))), ("/v/b", Some(Known::Raw(5)))], false),
+            ("a file that cannot be read", "qcow2", vec![("/v/top", Some(q(Some("base"), Some("raw"), 0))), ("/v/base", None)], false),
+            ("a json: backing", "qcow2", vec![("/v/top", Some(q(Some("json:{\"file\":{}}"), Some("raw"), 0))), ("/v/base", Some(Known::Raw(5)))], false),
+            ("the backing recorded as qcow2, libvirt's file raw", "qcow2", vec![("/v/top", Some(q(Some("base"), Some("qcow2"), 0))), ("/v/base", Some(Known::Raw(5)))], false),
+            ("another format", "vmdk", vec![("/v/top", Some(Known::Raw(5)))], false),
+        ];
+        for (case, format, files, taken) in rows {
+            let paths: Vec<&Path> = files.iter().map(|(p, _)| Path::new(*p)).collect();
+            let read = |path: &Path, _: &str| -> Option<Known> {
+                files.iter().find(|(p, _)| Path::new(*p) == path)?.1.clone()
+            };
+            let infos = infos_from_headers(&paths, format, read);
+            assert_eq!(infos.is_some(), taken, "{case}");
+            if let Some(infos) = infos {
+                // What check_chain accepts, as qemu-img's reading would be.
+                let checked = check_chain(paths[0], &infos).unwrap();
+                let got: Vec<&Path> = checked.iter().map(|(p, _)| p.as_path()).collect();
+                assert_eq!(got, paths, "{case}");
+            }
+        }
     }
 }
