@@ -123,16 +123,22 @@ fn run_step(
                 crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
             }
             let mut result = dom.snapshot(disks, &how);
-            if let Err(e) = &result {
-                if how.quiesce && *quiesce_fallback && e.is_agent_unavailable() {
-                    log::warn!(
-                        "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
-                        dom.name
-                    );
-                    how.quiesce = false;
-                    outcome.quiesce_dropped = true;
-                    result = dom.snapshot(disks, &how);
-                }
+            let retry = result.as_ref().err().and_then(|e| {
+                crate::backup::plan::snapshot_retry(
+                    &how,
+                    *quiesce_fallback,
+                    e.is_agent_unavailable(),
+                )
+                .map(|again| (e.to_string(), again))
+            });
+            if let Some((e, again)) = retry {
+                log::warn!(
+                    "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
+                    dom.name
+                );
+                how = again;
+                outcome.quiesce_dropped = true;
+                result = dom.snapshot(disks, &how);
             }
             outcome.snapshot_ms = started.elapsed().as_millis();
             keep_running(dom, was_paused);

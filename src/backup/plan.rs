@@ -392,6 +392,22 @@ impl Plan {
     }
 }
 
+/// The snapshot to try again after the first attempt failed: the same
+/// without quiesce, when quiesce was asked with `--quiesce-fallback` and the
+/// failure says the guest agent is missing, not answering or out of sync
+/// (`agent_unavailable`); None otherwise, and the failure stands. The
+/// record then says the point is not quiesced. Pure.
+pub fn snapshot_retry(
+    how: &SnapshotHow,
+    fallback: bool,
+    agent_unavailable: bool,
+) -> Option<SnapshotHow> {
+    (how.quiesce && fallback && agent_unavailable).then(|| SnapshotHow {
+        quiesce: false,
+        ..how.clone()
+    })
+}
+
 /// Plans the backup of one domain.
 pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
     let name = &facts.domain.name;
@@ -1794,6 +1810,35 @@ mod tests {
             );
             let fw = &draft(&plan).head.firmware[0];
             assert_eq!(fw.files[0].name == "vars.fd", !copied, "{nvram_id}");
+        }
+    }
+
+    /// When a failed snapshot is tried again unquiesced: only with quiesce
+    /// asked, --quiesce-fallback, and the agent unavailable; the memory
+    /// file and live flag stay as planned.
+    #[test]
+    fn a_failed_quiesced_snapshot_is_retried_only_as_asked() {
+        let how = |quiesce: bool| SnapshotHow {
+            quiesce,
+            memory: Some("/s/m".into()),
+            live: true,
+        };
+        // quiesce, --quiesce-fallback, agent unavailable -> retried
+        for (q, fallback, agent, retried) in [
+            (true, true, true, true),
+            (true, true, false, false),
+            (true, false, true, false),
+            (false, true, true, false),
+            (true, false, false, false),
+        ] {
+            let got = snapshot_retry(&how(q), fallback, agent);
+            assert_eq!(got.is_some(), retried, "{q} {fallback} {agent}");
+            if let Some(again) = got {
+                assert_eq!(
+                    (again.quiesce, again.memory, again.live),
+                    (false, how(q).memory, true)
+                );
+            }
         }
     }
 }
