@@ -937,7 +937,23 @@ fn instant_edits(
 /// The byte offset just past an element's start tag.
 fn start_tag_end(xml: &str, node: roxmltree::Node) -> usize {
     let start = node.range().start;
-    start + xml[start..].find('>').map_or(0, |i| i + 1)
+    start + tag_length(&xml[start..])
+}
+
+/// The length of the start tag at the beginning of `text` (through its
+/// `>`): a `>` inside a quoted attribute value does not end it (XML allows
+/// a bare `>` there). 0 when there is no end. Pure.
+fn tag_length(text: &str) -> usize {
+    let mut quote = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '>') => return i + 1,
+            _ => {}
+        }
+    }
+    0
 }
 
 fn escape(s: &str) -> String {
@@ -959,6 +975,42 @@ mod tests {
         <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>\n    \
         <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>\n  \
         </devices>\n</domain>\n";
+
+    #[test]
+    fn a_start_tag_ends_at_its_first_unquoted_angle_bracket() {
+        for (text, len) in [
+            ("<disk type='file'>rest", 18),
+            ("<driver name='qemu'/>x", 21),
+            ("<disk x='a>b' y=\"c>d\">z", 22),
+            ("<disk x=\"it's>\">z", 16),
+            ("<disk x='never closed>", 0),
+        ] {
+            assert_eq!(tag_length(text), len, "{text}");
+        }
+        // A rewrite keeps a '>' inside an attribute where it was.
+        let xml = XML
+            .replace(
+                "<disk type='file' device='disk'>",
+                "<disk type='file' device='disk' note='a>b'>",
+            )
+            .replace("<driver name='qemu' type='raw' cache='none'/>", "");
+        let out = rewrite_domain_xml(
+            &xml,
+            &[("vda".into(), "/r/a.qcow2".into(), "qcow2".into())],
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(
+            out.contains(
+                "<disk type='file' device='disk' note='a>b'><driver name='qemu' type='qcow2'/>"
+            ),
+            "{out}"
+        );
+        roxmltree::Document::parse(&out).unwrap();
+    }
 
     #[test]
     fn disks_point_at_the_restored_images() {
