@@ -684,98 +684,136 @@ pub fn execute(dir: &DomainDir, domain: &str, plan: PrunePlan) -> Result<()> {
 }
 
 fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
-    let images = dir.images();
-    let at = |n: &str| images.join(n);
     if !j.rewritten {
         let index = Index::load(dir)?;
-        // 1. The dropped points stop existing: record first, then its XML
-        //    and memory state.
-        for p in &j.plan.dropped {
-            let record = index.records.iter().find(|r| &r.restore_point == p);
-            remove_if_there(&dir.record_path(p))?;
-            remove_if_there(&dir.xml_path(p))?;
-            if let Some(state) = record.and_then(|r| r.state_file.as_deref()) {
-                remove_state_file(Path::new(state), domain, p)?;
-            }
-            crate::fault::kill_point("kill-after-drop");
-        }
-        let kept: Vec<&Record> = index
-            .records
-            .iter()
-            .filter(|r| j.plan.kept.iter().any(|(p, _)| p == &r.restore_point))
-            .collect();
+        drop_points(dir, domain, &j.plan, &index)?;
         let mut updated = descriptions(&j.plan)?;
-        // 2. Folds, in place: every kept point reads the base copy only
-        //    through the run, which holds the same data there.
-        for f in &j.plan.folds {
-            let top = &updated_format(&j.plan, &f.run[0])?;
-            crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
-            crate::fault::kill_point("kill-mid-merge");
-            let (size, hash) = measure(&at(&f.into))?;
-            let new = updated.get_mut(&f.into).expect("described above");
-            new.size = size;
-            new.blake3 = hash;
-        }
-        // 3. New copies of the kept tops (unreferenced until the records
-        //    are rewritten; a partial one from a killed run is made again).
-        for r in &j.plan.rebases {
-            let format = updated_format(&j.plan, &r.old)?;
-            remove_if_there(&at(&r.temp))?;
-            let cluster_size = match format.as_str() {
-                "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
-                _ => None,
-            };
-            let job = crate::backup::copy::CopyJob {
-                source: at(&r.old),
-                format,
-                cluster_size,
-                dest_dir: images.clone(),
-                name: r.temp.clone(),
-                backing: r
-                    .carry
-                    .is_empty()
-                    .then(|| (r.onto.clone(), r.onto_format.clone())),
-                expected_id: None,
-            };
-            let copied = crate::backup::copy::copy(&job)?;
-            let (mut size, mut hash) = (copied.size, copied.blake3);
-            if !r.carry.is_empty() {
-                // The data of the carried copies goes into the new copy:
-                // a safe rebase copies what differs between the old chain
-                // below it and `onto`.
-                crate::host::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
-                (size, hash) = measure(&at(&r.temp))?;
-            }
-            crate::fault::kill_point("kill-after-new-copy");
-            // Atomic: whoever opens the name reads the old copy or the new
-            // one, and both read the same data.
-            std::fs::rename(at(&r.temp), at(&r.old))
-                .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
-            crate::store::fsutil::sync_dir(&images)?;
-            let new = updated.get_mut(&r.old).expect("described above");
-            new.size = size;
-            new.blake3 = hash;
-        }
-        // 4. The kept records, one by one, each replaced atomically.
-        for r in &kept {
-            let new = rewrite(r, &j.plan, &updated);
-            if &&new != r {
-                let mut text = serde_json::to_string_pretty(&new)
-                    .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
-                text.push('\n');
-                let mut tmp =
-                    crate::store::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
-                std::io::Write::write_all(&mut tmp.file, text.as_bytes())
-                    .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
-                tmp.replace(&dir.record_path(&r.restore_point))?;
-                crate::fault::kill_point("kill-between-records");
-            }
-        }
+        fold(dir, &j.plan, &mut updated)?;
+        new_tops(dir, &j.plan, &mut updated)?;
+        rewrite_kept(dir, &j.plan, &index, &updated)?;
         j.rewritten = true;
         save_journal(dir, &j)?;
     }
-    // 5. Deletions: exactly the plan's, each checked against the records
-    //    on disk now.
+    delete_unread(dir, domain, &j.plan)?;
+    remove_if_there(&journal_path(dir))
+}
+
+/// 1. The dropped points stop existing: record first, then its XML and
+///    memory state.
+fn drop_points(dir: &DomainDir, domain: &str, plan: &PrunePlan, index: &Index) -> Result<()> {
+    for p in &plan.dropped {
+        let record = index.records.iter().find(|r| &r.restore_point == p);
+        remove_if_there(&dir.record_path(p))?;
+        remove_if_there(&dir.xml_path(p))?;
+        if let Some(state) = record.and_then(|r| r.state_file.as_deref()) {
+            remove_state_file(Path::new(state), domain, p)?;
+        }
+        crate::fault::kill_point("kill-after-drop");
+    }
+    Ok(())
+}
+
+/// 2. Folds, in place: every kept point reads the base copy only through
+///    the run, which holds the same data there.
+fn fold(
+    dir: &DomainDir,
+    plan: &PrunePlan,
+    updated: &mut HashMap<String, FileRecord>,
+) -> Result<()> {
+    let at = |n: &str| dir.images().join(n);
+    for f in &plan.folds {
+        let top = &updated_format(plan, &f.run[0])?;
+        crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
+        crate::fault::kill_point("kill-mid-merge");
+        let (size, hash) = measure(&at(&f.into))?;
+        let new = updated.get_mut(&f.into).expect("described above");
+        new.size = size;
+        new.blake3 = hash;
+    }
+    Ok(())
+}
+
+/// 3. New copies of the kept tops (unreferenced until the records are
+///    rewritten; a partial one from a killed run is made again).
+fn new_tops(
+    dir: &DomainDir,
+    plan: &PrunePlan,
+    updated: &mut HashMap<String, FileRecord>,
+) -> Result<()> {
+    let images = dir.images();
+    let at = |n: &str| images.join(n);
+    for r in &plan.rebases {
+        let format = updated_format(plan, &r.old)?;
+        remove_if_there(&at(&r.temp))?;
+        let cluster_size = match format.as_str() {
+            "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
+            _ => None,
+        };
+        let job = crate::backup::copy::CopyJob {
+            source: at(&r.old),
+            format,
+            cluster_size,
+            dest_dir: images.clone(),
+            name: r.temp.clone(),
+            backing: r
+                .carry
+                .is_empty()
+                .then(|| (r.onto.clone(), r.onto_format.clone())),
+            expected_id: None,
+        };
+        let copied = crate::backup::copy::copy(&job)?;
+        let (mut size, mut hash) = (copied.size, copied.blake3);
+        if !r.carry.is_empty() {
+            // The data of the carried copies goes into the new copy: a
+            // safe rebase copies what differs between the old chain below
+            // it and `onto`.
+            crate::host::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
+            (size, hash) = measure(&at(&r.temp))?;
+        }
+        crate::fault::kill_point("kill-after-new-copy");
+        // Atomic: whoever opens the name reads the old copy or the new one,
+        // and both read the same data.
+        std::fs::rename(at(&r.temp), at(&r.old))
+            .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
+        crate::store::fsutil::sync_dir(&images)?;
+        let new = updated.get_mut(&r.old).expect("described above");
+        new.size = size;
+        new.blake3 = hash;
+    }
+    Ok(())
+}
+
+/// 4. The kept records, one by one, each replaced atomically.
+fn rewrite_kept(
+    dir: &DomainDir,
+    plan: &PrunePlan,
+    index: &Index,
+    updated: &HashMap<String, FileRecord>,
+) -> Result<()> {
+    let kept = index
+        .records
+        .iter()
+        .filter(|r| plan.kept.iter().any(|(p, _)| p == &r.restore_point));
+    for r in kept {
+        let new = rewrite(r, plan, updated);
+        if &new != r {
+            let mut text = serde_json::to_string_pretty(&new)
+                .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
+            text.push('\n');
+            let mut tmp = crate::store::fsutil::TempFile::create(&dir.points(), &r.restore_point)?;
+            std::io::Write::write_all(&mut tmp.file, text.as_bytes())
+                .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+            tmp.replace(&dir.record_path(&r.restore_point))?;
+            crate::fault::kill_point("kill-between-records");
+        }
+    }
+    Ok(())
+}
+
+/// 5. Deletions: exactly the plan's, each checked against the records on
+///    disk now.
+fn delete_unread(dir: &DomainDir, domain: &str, plan: &PrunePlan) -> Result<()> {
+    let images = dir.images();
     let index = Index::load(dir)?;
     if !index.rejected.is_empty() {
         return Err(Error::State(format!(
@@ -788,7 +826,7 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
         .collect();
     let present: HashSet<&str> = index.names.keys().map(String::as_str).collect();
-    let (delete, left) = deletions(&j.plan, &present, &referenced)
+    let (delete, left) = deletions(plan, &present, &referenced)
         .map_err(|why| Error::State(format!("prune of '{domain}': {why}; nothing was deleted")))?;
     for n in &left {
         log::warn!(
@@ -797,11 +835,10 @@ fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
         );
     }
     for n in delete {
-        remove_if_there(&at(n))?;
+        remove_if_there(&images.join(n))?;
         crate::fault::kill_point("kill-mid-prune-deletion");
     }
-    crate::store::fsutil::sync_dir(&images)?;
-    remove_if_there(&journal_path(dir))
+    crate::store::fsutil::sync_dir(&images)
 }
 
 /// What step 5 deletes: exactly the plan's names still there, after
