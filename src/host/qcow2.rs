@@ -47,88 +47,94 @@ const MAX_READ: u64 = 2 << 20;
 /// Parses the header at the start of `bytes` (the file's first bytes, at
 /// least up to the end of the backing reference). Pure.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
-    let be32 = |at: usize| -> std::result::Result<u32, String> {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-            .ok_or_else(|| "the file is shorter than a qcow2 header".to_string())
-    };
-    let be64 = |at: usize| -> std::result::Result<u64, String> {
-        bytes
-            .get(at..at + 8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            .ok_or_else(|| "the file is shorter than a qcow2 header".to_string())
-    };
     if bytes.get(0..4) != Some(b"QFI\xfb".as_slice()) {
         return Err("not a qcow2 image (no QFI magic)".into());
     }
-    let version = be32(4)?;
+    let version = be32(bytes, 4)?;
     if !(2..=3).contains(&version) {
         return Err(format!("qcow2 version {version} is not 2 or 3"));
     }
-    let (offset, size) = (be64(8)?, u64::from(be32(16)?));
-    let cluster_bits = be32(20)?;
+    let cluster_bits = be32(bytes, 20)?;
     if !(9..=21).contains(&cluster_bits) {
         return Err(format!("cluster_bits {cluster_bits} is outside 9..=21"));
     }
-    let virtual_size = be64(24)?;
-    let backing = match (offset, size) {
-        (0, _) | (_, 0) => None,
-        (o, s) if s > MAX_BACKING || o.saturating_add(s) > MAX_READ => {
-            return Err(format!(
-                "the backing reference ({s} bytes at {o}) is outside the header's cluster"
-            ))
+    let (incompatible, extensions) = match version {
+        3 => {
+            let length = be32(bytes, 100)?;
+            if length < 104 {
+                return Err(format!("header_length {length} is below 104"));
+            }
+            (be64(bytes, 72)?, u64::from(length))
         }
+        _ => (0, 72),
+    };
+    Ok(Header {
+        version,
+        cluster_size: 1 << cluster_bits,
+        virtual_size: be64(bytes, 24)?,
+        backing: backing_reference(bytes)?,
+        backing_format: backing_format(bytes, extensions),
+        incompatible,
+    })
+}
+
+/// The big-endian u32 at `at`.
+fn be32(bytes: &[u8], at: usize) -> std::result::Result<u32, String> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        .ok_or_else(|| "the file is shorter than a qcow2 header".to_string())
+}
+
+/// The big-endian u64 at `at`.
+fn be64(bytes: &[u8], at: usize) -> std::result::Result<u64, String> {
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| "the file is shorter than a qcow2 header".to_string())
+}
+
+/// The backing reference the header points at (offset 8, size 16), if any.
+fn backing_reference(bytes: &[u8]) -> std::result::Result<Option<String>, String> {
+    match (be64(bytes, 8)?, u64::from(be32(bytes, 16)?)) {
+        (0, _) | (_, 0) => Ok(None),
+        (o, s) if s > MAX_BACKING || o.saturating_add(s) > MAX_READ => Err(format!(
+            "the backing reference ({s} bytes at {o}) is outside the header's cluster"
+        )),
         (o, s) => {
             let b = bytes
                 .get(o as usize..(o + s) as usize)
                 .ok_or_else(|| "the file ends inside its backing reference".to_string())?;
-            Some(
-                String::from_utf8(b.to_vec())
-                    .map_err(|_| "the backing reference is not UTF-8".to_string())?,
-            )
+            String::from_utf8(b.to_vec())
+                .map(Some)
+                .map_err(|_| "the backing reference is not UTF-8".to_string())
         }
-    };
-    let incompatible = if version == 3 { be64(72)? } else { 0 };
-    // Header extensions follow the header: each a type, a length and its
-    // data padded to 8 bytes, up to a type 0. What lies past the bytes
-    // read is unknown, not absent: an extension not found leaves None.
-    let mut at = if version == 3 {
-        let length = be32(100)?;
-        if length < 104 {
-            return Err(format!("header_length {length} is below 104"));
-        }
-        u64::from(length)
-    } else {
-        72
-    };
-    let mut backing_format = None;
-    while let (Ok(kind), Ok(len)) = (be32(at as usize), be32(at as usize + 4)) {
+    }
+}
+
+/// The backing format extension's text. Header extensions follow the
+/// header (from `at`): each a type, a length and its data padded to 8
+/// bytes, up to a type 0. What lies past the bytes read is unknown, not
+/// absent: an extension not found there leaves None.
+fn backing_format(bytes: &[u8], mut at: u64) -> Option<String> {
+    while let (Ok(kind), Ok(len)) = (be32(bytes, at as usize), be32(bytes, at as usize + 4)) {
         let data = at + 8;
         let end = data + u64::from(len);
         match kind {
-            0 => break,
+            0 => return None,
             BACKING_FORMAT_EXT => {
-                backing_format = bytes
+                return bytes
                     .get(data as usize..end as usize)
-                    .and_then(|b| String::from_utf8(b.to_vec()).ok());
-                break;
+                    .and_then(|b| String::from_utf8(b.to_vec()).ok())
             }
             _ => {}
         }
         at = end.div_ceil(8) * 8;
         if at >= MAX_READ {
-            break;
+            return None;
         }
     }
-    Ok(Header {
-        version,
-        cluster_size: 1 << cluster_bits,
-        virtual_size,
-        backing,
-        backing_format,
-        incompatible,
-    })
+    None
 }
 
 /// Reads the header of the qcow2 file at `path`.
