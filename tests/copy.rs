@@ -147,34 +147,11 @@ fn a_chain_from_the_headers_is_the_chain_qemu_img_reads() {
     std::fs::create_dir_all(d.join("sub")).unwrap();
     let p = |n: &str| d.join(n);
     create_image(&p("base.raw"), "raw", "8M");
-    let s = |x: &Path| x.to_str().unwrap().to_string();
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            "../base.raw",
-            &s(&p("sub/mid.qcow2")),
-        ],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            &s(&p("sub/mid.qcow2")),
-            &s(&p("top.qcow2")),
-        ],
+    create_overlay(&p("sub/mid.qcow2"), "../base.raw", "raw");
+    create_overlay(
+        &p("top.qcow2"),
+        p("sub/mid.qcow2").to_str().unwrap(),
+        "qcow2",
     );
     let top = p("top.qcow2");
     // qemu-img names the raw file through the relative reference as written.

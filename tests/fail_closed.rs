@@ -372,21 +372,7 @@ fn a_raw_disk_holding_a_qcow2_header_is_backed_up_as_raw() {
     let canary = s.root.join("host-secret.txt");
     std::fs::write(&canary, "a host file that no backup may copy\n".repeat(200)).unwrap();
     let header = s.root.join("header.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            canary.to_str().unwrap(),
-            header.to_str().unwrap(),
-            "16M",
-        ],
-    );
+    create_overlay(&header, canary.to_str().unwrap(), "raw");
     let raw = img.join("data.raw");
     create_image(&raw, "raw", "32M");
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();

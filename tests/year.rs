@@ -137,7 +137,6 @@ fn a_year_of_nights() {
     let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut made: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Each timed night: what it had to do and how long it took.
-    let mut timed: Vec<(u32, u32, bool, f64)> = Vec::new();
     let mut nightly: Vec<Night> = Vec::new();
     let mut kept_count: BTreeMap<String, usize> = BTreeMap::new();
     let mut rows = Vec::new();
@@ -193,9 +192,7 @@ fn a_year_of_nights() {
                 "night {n}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-
             month_time += took;
-            timed.push((n, writes, plain, took));
             peak = peak.max(peak_rss_kib(&out.stderr));
         }
         // What each new point must read: the disks as they are now (the
@@ -215,13 +212,13 @@ fn a_year_of_nights() {
                 }
             }
         }
-        if let Some(t) = timed.last_mut().filter(|t| t.0 == n) {
+        if !killed {
             nightly.push(Night {
                 n,
-                writes: t.1,
-                plain: t.2,
+                writes,
+                plain,
                 pruned,
-                seconds: t.3,
+                seconds: took,
             });
         }
         if n % 30 == 0 || n == nights {
