@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_fi_backup_global_optspecs
-    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= sync-to= sync-bwlimit= h/help V/version
+    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= overlay-dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= sync-to= sync-bwlimit= h/help V/version
 end
 
 function __fish_fi_backup_needs_command
@@ -28,6 +28,7 @@ complete -c fi-backup -n "__fish_fi_backup_needs_command" -s b -l backup_dir -l 
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s m -l method -d 'Consolidation method' -r -f -a "blockcommit\t'Commit the chain into its base, then pivot to the base'
 blockpull\t'Pull the chain into the top overlay'"
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s s -l dump_state_dir -l dump-state-dir -d 'Save the domain\'s memory state into DIR together with the disk snapshot' -r -F
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -l overlay-dir -d 'Where the snapshot overlays of block-device disks go (in a directory per domain UUID; default: under the state directory)' -r -F
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l metrics -d 'After the run, write Prometheus metrics of each domain to FILE (for node_exporter\'s textfile collector; replaced atomically, mode 0644)' -r -F
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l connect -d 'libvirt connection URI' -r
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l lock-dir -d 'Directory of the per-domain lock files' -r -F

@@ -22,6 +22,7 @@
 
 /// What the machine tells us, and the calls that ask it.
 pub mod host {
+    pub mod access;
     pub mod chain;
     pub mod domain;
     pub mod facts;

@@ -40,6 +40,7 @@ fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
         name: "copy".into(),
         backing: Some(("b.qcow2".into(), "qcow2".into())),
         expected_id: None,
+        above: None,
     };
     let c = copy(&job).unwrap();
     let copied = out.join("copy");

@@ -43,6 +43,9 @@ pub struct CopyJob {
     /// The identity the source must still have; None when it was the active
     /// layer when facts were gathered (its identity is taken at copy time).
     pub expected_id: Option<SourceId>,
+    /// The file directly above the source when it is copied (after the
+    /// snapshot): a block device's witness (see `SourceId`).
+    pub above: Option<PathBuf>,
 }
 
 /// What a copy produced.
@@ -59,9 +62,9 @@ pub struct Copied {
 /// Runs one copy job.
 pub fn copy(job: &CopyJob) -> Result<Copied> {
     let src = File::open(&job.source).map_err(|e| Error::io("cannot open", &job.source, e))?;
-    let id = source_id(&src, &job.source)?;
+    let id = SourceId::in_chain(&job.source, job.above.as_deref())?;
     if let Some(expected) = job.expected_id {
-        if expected != id {
+        if !expected.still(&id) {
             return Err(Error::Copy(format!(
                 "'{}' changed after its chain was read; not copied",
                 job.source.display()
@@ -111,8 +114,8 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
             }
         }
     }
-    let after = source_id(&src, &job.source)?;
-    if after != id {
+    let after = SourceId::in_chain(&job.source, job.above.as_deref())?;
+    if !id.still(&after) {
         return Err(Error::Copy(format!(
             "'{}' changed while it was being copied; the partial copy was removed",
             job.source.display()
@@ -131,13 +134,6 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
         blake3: hasher.finalize().to_hex().to_string(),
         source_id: id,
     })
-}
-
-fn source_id(f: &File, path: &Path) -> Result<SourceId> {
-    Ok(SourceId::of(
-        &f.metadata()
-            .map_err(|e| Error::io("cannot stat", path, e))?,
-    ))
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64> {
@@ -307,8 +303,10 @@ fn write_pieces(
     let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
     for piece in rx {
         if !piece.zero {
-            dst.write_all_at(&piece.buf[..piece.len], piece.pos)
-                .map_err(|e| Error::io("cannot write (pwrite) the copy of", src_path, e))?;
+            for (at, run) in data_runs(&piece.buf[..piece.len]) {
+                dst.write_all_at(run, piece.pos + at as u64)
+                    .map_err(|e| Error::io("cannot write (pwrite) the copy of", src_path, e))?;
+            }
             ffi::writeback(dst, piece.pos, piece.len as u64, false);
             crate::fault::kill_point("kill-mid-copy");
             in_flight.push_back((piece.pos, piece.len));
@@ -333,6 +331,25 @@ fn settle(f: &File, pos: u64, len: usize) {
 
 /// True when every byte is zero. OR-folding 64-byte blocks vectorizes;
 /// data that is not zero usually stops at the first block.
+/// The runs of `buf` to write, with their offsets: every ZEROS-sized block
+/// that is not all zeros, neighbours joined. The blocks left out stay holes
+/// in the copy, so a source that reads zeros (a block device has no holes
+/// to seek over) is copied sparse.
+fn data_runs(buf: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (k, block) in buf.chunks(ZEROS.len()).enumerate() {
+        if is_zero(block) {
+            continue;
+        }
+        let at = k * ZEROS.len();
+        match runs.last_mut() {
+            Some((start, end)) if *end == at => *end = at + block.len(),
+            _ => runs.push((at, at + block.len())),
+        }
+    }
+    runs.into_iter().map(|(a, b)| (a, &buf[a..b])).collect()
+}
+
 fn is_zero(buf: &[u8]) -> bool {
     let mut blocks = buf.chunks_exact(64);
     blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
@@ -410,6 +427,42 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// Which blocks of a chunk are written: rows of (blocks given as
+    /// zero or data, the runs expected as (first block, blocks)).
+    #[test]
+    fn only_blocks_that_are_not_all_zeros_are_written() {
+        const B: usize = 64 << 10;
+        let rows: &[(&str, &[(usize, usize)])] = &[
+            ("", &[]),
+            ("0", &[]),
+            ("000", &[]),
+            ("d", &[(0, 1)]),
+            ("0d0", &[(1, 1)]),
+            ("dd0d", &[(0, 2), (3, 1)]),
+            ("0ddd", &[(1, 3)]),
+            ("d0d0d", &[(0, 1), (2, 1), (4, 1)]),
+        ];
+        for (blocks, want) in rows {
+            let mut buf = vec![0u8; blocks.len() * B];
+            for (k, c) in blocks.chars().enumerate() {
+                if c == 'd' {
+                    // One byte set, at the block's end: the whole block counts.
+                    buf[k * B + B - 1] = 7;
+                }
+            }
+            let got: Vec<(usize, usize)> = data_runs(&buf)
+                .into_iter()
+                .map(|(at, run)| (at / B, run.len() / B))
+                .collect();
+            assert_eq!(got, *want, "{blocks}");
+        }
+        // A short last block is written with its own length.
+        let mut buf = vec![0u8; B + 100];
+        buf[B + 99] = 1;
+        let got: Vec<(usize, usize)> = data_runs(&buf).iter().map(|(a, r)| (*a, r.len())).collect();
+        assert_eq!(got, [(B, 100)]);
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("fi-copy-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -426,6 +479,7 @@ mod tests {
             name: "copy".into(),
             backing: backing.map(|(n, f)| (n.to_string(), f.to_string())),
             expected_id: None,
+            above: None,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::state::ledger::{Held, Ledger, Overlay, PointRef};
 use crate::store::fsutil;
 use crate::store::record::Record;
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 /// What a run did to one domain.
@@ -165,6 +166,7 @@ fn run_step(
             crate::fault::kill_point("kill-after-snapshot");
             crate::fault::hold("hold-after-snapshot");
         }
+        Step::MakeOverlayDir { dir } => make_overlay_dir(dir, &opts.state_dir)?,
         Step::PrepareDir { dir, .. } => dir.create()?,
         Step::CheckDir { dir, sources } => fsutil::check_dir(dir, sources)?,
         Step::Reuse(files) => {
@@ -370,4 +372,54 @@ fn complete_record(draft: &RecordDraft, copied: &HashMap<String, Copied>) -> Res
             .collect::<Result<_>>()?,
         ..draft.head.clone()
     })
+}
+
+/// Makes the directory of a domain's block-device overlays (0711, missing
+/// parents too) and proves QEMU's user can reach it: the state directory
+/// and its overlays/ (fi-backup's own, 0700 when the ledger made them) get
+/// search permission for others (0711: no listing); any other directory in
+/// the way fails the domain before its snapshot, naming the directory.
+fn make_overlay_dir(dir: &Path, state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::NotADirectory(dir.to_path_buf())),
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(|e| Error::io("cannot create the overlay directory", dir, e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| Error::io("cannot set the mode of", dir, e))?;
+            log::info!("Created overlay directory '{}' (0711)", dir.display());
+        }
+    }
+    for own in [state_dir.to_path_buf(), state_dir.join("overlays")] {
+        if !dir.starts_with(&own) {
+            continue;
+        }
+        let meta = std::fs::metadata(&own).map_err(|e| Error::io("cannot stat", &own, e))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(&own, std::fs::Permissions::from_mode(mode | 0o011))
+                .map_err(|e| Error::io("cannot set the mode of", &own, e))?;
+            log::info!(
+                "Made '{}' searchable by QEMU ({:o}: it enters, it cannot list)",
+                own.display(),
+                mode | 0o011
+            );
+        }
+    }
+    if let Some((user, at)) = crate::host::access::qemu_blocked_at(dir, true)? {
+        return Err(Error::Usage(format!(
+            "QEMU (user '{user}') cannot enter '{}', so it could not open the overlays of \
+             block-device disks in '{}'; chmod o+x '{}', or name another directory with \
+             --overlay-dir; nothing was snapshotted",
+            at.display(),
+            dir.display(),
+            at.display()
+        )));
+    }
+    Ok(())
 }

@@ -107,6 +107,23 @@ pub struct Options {
     pub dump_state_dir: Option<PathBuf>,
     /// --live: save memory while the guest runs.
     pub live: bool,
+    /// The directory of this domain's block-device disks' overlays.
+    pub overlay_dir: PathBuf,
+}
+
+/// The overlay a snapshot at `ts` puts on disk `d`: beside its top file
+/// (`naming::overlay_path`), or, when its top is a block device, in
+/// `overlay_dir`, named `<target>-<device name>.bimg-<ts>`.
+pub fn overlay_of(d: &DiskChain, overlay_dir: &Path, ts: &str) -> PathBuf {
+    let top = &d.chain[0];
+    if !top.id.block {
+        return naming::overlay_path(&top.path, ts);
+    }
+    let device = file_name(&top.path);
+    naming::overlay_path(
+        &overlay_dir.join(format!("{}-{device}.img", d.disk.target)),
+        ts,
+    )
 }
 
 /// The memory state file of domain `domain` for run `ts` in `dir`.
@@ -128,6 +145,13 @@ pub enum Step {
         /// What the snapshot will create, recorded before the call (see
         /// `intent`).
         intent: Intent,
+    },
+    /// Make the directory of the domain's block-device overlays (if it is
+    /// missing): owner-only but searchable (0711), so QEMU, which runs as
+    /// another user, can open the overlays libvirt puts in it.
+    MakeOverlayDir {
+        /// The directory.
+        dir: PathBuf,
     },
     /// Make the domain's backup directories (`create`: they are not all
     /// there) and remove temporary files a killed run left in them.
@@ -276,6 +300,7 @@ impl RecordDraft {
                             ino: 0,
                             size: 0,
                             mtime_ns: 0,
+                            block: false,
                         },
                     },
                 )),
@@ -489,7 +514,7 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
         }
         let mut disks = Vec::new();
         for d in &facts.disks {
-            let overlay = naming::overlay_path(&d.chain[0].path, &opts.ts);
+            let overlay = overlay_of(d, &opts.overlay_dir, &opts.ts);
             if let Some(other) = overlays.insert(overlay.clone(), d.disk.target.clone()) {
                 return Err(Error::domain(
                     name,
@@ -537,6 +562,11 @@ pub fn plan_backup(facts: &Facts, opts: &Options) -> Result<Plan> {
                 .as_ref()
                 .map(|(dir, _)| text(&dir.record_path(&opts.ts))),
         };
+        if facts.disks.iter().any(|d| d.chain[0].id.block) {
+            steps.push(Step::MakeOverlayDir {
+                dir: opts.overlay_dir.clone(),
+            });
+        }
         steps.push(Step::Snapshot {
             disks,
             how,
@@ -586,8 +616,8 @@ fn plan_copies(
     let mut disks = Vec::new();
     let mut notes = Vec::new();
     for d in &facts.disks {
-        let chain = placer.disk(facts, d, dir, warnings);
         let overlay = overlays.iter().find(|(_, t)| **t == d.disk.target);
+        let chain = placer.disk(facts, (d, overlay.map(|(p, _)| p.as_path())), dir, warnings);
         if let Some((overlay, _)) = overlay {
             notes.push(NoteOverlay {
                 overlay: overlay.clone(),
@@ -818,7 +848,7 @@ impl<'a> Placer<'a, '_> {
         format: &str,
         cluster_size: Option<u64>,
         backing: Option<(String, String)>,
-        expected_id: Option<SourceId>,
+        (expected_id, above): (Option<SourceId>, Option<PathBuf>),
     ) -> String {
         let new = naming::free_backup_name(source_name, &self.opts.ts, &self.taken);
         self.taken.insert(new.clone());
@@ -830,6 +860,7 @@ impl<'a> Placer<'a, '_> {
             name: new.clone(),
             backing: backing.clone(),
             expected_id,
+            above,
         });
         self.files.push(PlannedFile::Copied(NewCopy {
             name: new.clone(),
@@ -841,11 +872,12 @@ impl<'a> Placer<'a, '_> {
         new
     }
 
-    /// Places disk `d`'s chain, bottom up; its copy chain, top first.
+    /// Places disk `d`'s chain, bottom up (under the snapshot's `overlay`,
+    /// if it takes one); its copy chain, top first.
     fn disk(
         &mut self,
         facts: &Facts,
-        d: &DiskChain,
+        (d, overlay): (&DiskChain, Option<&Path>),
         dir: &DomainDir,
         warnings: &mut Vec<String>,
     ) -> Vec<String> {
@@ -934,13 +966,27 @@ impl<'a> Placer<'a, '_> {
                     (f.name.clone(), file.format.clone())
                 }
                 Placement::Copy => {
+                    if file.id.block && file.id.ino == 0 && !facts.active {
+                        warnings.push(format!(
+                            "disk {}: block device '{}' is copied whole: with no file of ours \
+                             above it, nothing tells whether it changed since an earlier copy",
+                            d.disk.target,
+                            file.path.display()
+                        ));
+                    }
                     let new = self.copy(
                         &file.path,
                         &file_name(&file.path),
                         &file.format,
                         file.cluster_size,
                         parent.clone(),
-                        (!(facts.active && depth == 0)).then_some(file.id),
+                        (
+                            (!(facts.active && depth == 0)).then_some(file.id),
+                            match depth {
+                                0 => overlay.map(Path::to_path_buf),
+                                k => Some(d.chain[k - 1].path.clone()),
+                            },
+                        ),
                     );
                     (new, file.format.clone())
                 }
@@ -970,7 +1016,7 @@ impl<'a> Placer<'a, '_> {
                     FirmwareKind::Tpm => format!("swtpm.{}", rel.replace('/', "_")),
                 };
                 let expected = (!facts.active).then_some(*id);
-                self.copy(path, &source_name, "raw", None, None, expected)
+                self.copy(path, &source_name, "raw", None, None, (expected, None))
             };
             files.push(FirmwareFile {
                 name,
@@ -1186,6 +1232,7 @@ impl Step {
     pub fn kind(&self) -> &'static str {
         match self {
             Step::Snapshot { .. } => "snapshot",
+            Step::MakeOverlayDir { .. } => "overlay-dir",
             Step::PrepareDir { .. } => "create-dirs",
             Step::CheckDir { .. } => "check-dir",
             Step::Copy(_) => "copy",
@@ -1219,6 +1266,11 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
+            Step::MakeOverlayDir { dir } => write!(
+                f,
+                "make '{}' for the overlays of block-device disks, if it is missing",
+                dir.display()
+            ),
             Step::PrepareDir { dir, create: true } => write!(
                 f,
                 "create '{}' with images/ and points/",
@@ -1285,6 +1337,7 @@ mod tests {
             ino,
             size: 1,
             mtime_ns,
+            block: false,
         }
     }
 
@@ -1392,6 +1445,7 @@ mod tests {
             quiesce_fallback: false,
             dump_state_dir: None,
             live: false,
+            overlay_dir: "/state/overlays/u1".into(),
         }
     }
 

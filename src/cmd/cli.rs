@@ -85,6 +85,11 @@ pub struct RunArgs {
     )]
     pub dump_state_dir: Option<PathBuf>,
 
+    /// Where the snapshot overlays of block-device disks go (in a directory
+    /// per domain UUID; default: under the state directory)
+    #[arg(long = "overlay-dir", value_name = "DIR")]
+    pub overlay_dir: Option<PathBuf>,
+
     /// With -s: save memory while the guest runs (no long pause; larger file,
     /// memory a little later than the disks)
     #[arg(long = "live", requires = "dump_state_dir")]

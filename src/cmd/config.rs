@@ -73,6 +73,9 @@ pub struct Config {
     pub live: bool,
     /// -s: where memory state goes.
     pub dump_state_dir: Option<PathBuf>,
+    /// --overlay-dir: where block-device disks' overlays go (a directory
+    /// per domain UUID in it); None: `<state dir>/overlays`.
+    pub overlay_dir: Option<PathBuf>,
     /// -b: the backup directory (absolute).
     pub backup_dir: Option<PathBuf>,
     /// Which domains.
@@ -149,6 +152,11 @@ impl Config {
             .as_deref()
             .map(|d| existing_dir(d, "dump state directory"))
             .transpose()?;
+        let overlay_dir = args
+            .overlay_dir
+            .as_deref()
+            .map(|d| existing_dir(d, "overlay directory"))
+            .transpose()?;
         let selection = selection(args.all_running, &args.domains)?;
         let method = match args.method {
             Some(MethodArg::Blockpull) => Method::BlockPull,
@@ -195,6 +203,7 @@ impl Config {
             quiesce_fallback: args.quiesce_fallback,
             live: args.live,
             dump_state_dir,
+            overlay_dir,
             backup_dir,
             selection,
             verbosity,
@@ -209,6 +218,17 @@ impl Config {
             json: args.json,
             metrics,
         })
+    }
+}
+
+impl Config {
+    /// The directory that takes the overlays of domain `uuid`'s block-device
+    /// disks.
+    pub fn overlay_dir_of(&self, uuid: &str) -> PathBuf {
+        self.overlay_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("overlays"))
+            .join(uuid)
     }
 }
 
@@ -231,6 +251,7 @@ impl Config {
             quiesce_fallback: false,
             live: false,
             dump_state_dir: None,
+            overlay_dir: None,
             backup_dir: None,
             selection: Selection::Named(vec![name.to_string()]),
             verbosity: Verbosity::Normal,

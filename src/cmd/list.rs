@@ -27,6 +27,10 @@ struct Point<'a> {
 struct Disk<'a> {
     target: &'a str,
     files: &'a [String],
+    /// The block device the disk's bottom copy was read from, when it was
+    /// one (its copy is a file: restores write files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block_device: Option<&'a str>,
 }
 
 /// Prints the restore points; Ok(false) when a record was not trusted.
@@ -106,7 +110,14 @@ fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Re
             let disks: Vec<String> = p
                 .disks
                 .iter()
-                .map(|d| format!("{} ({} files)", d.target, d.files.len()))
+                .map(|d| match d.block_device {
+                    None => format!("{} ({} files)", d.target, d.files.len()),
+                    Some(dev) => format!(
+                        "{} ({} files, from block device {dev})",
+                        d.target,
+                        d.files.len()
+                    ),
+                })
                 .collect();
             let left: String = p
                 .left_out
@@ -181,6 +192,12 @@ fn point<'a>(r: &'a Record, in_use: &crate::store::prune::InUse) -> Point<'a> {
             .map(|d| Disk {
                 target: &d.target,
                 files: &d.chain,
+                block_device: d
+                    .chain
+                    .last()
+                    .and_then(|bottom| r.files.iter().find(|f| &f.name == bottom))
+                    .filter(|f| f.source_id.block)
+                    .map(|f| f.source.as_str()),
             })
             .collect(),
         state_file: r.state_file.as_deref(),

@@ -419,50 +419,21 @@ fn check_define_target(lv: &Libvirt, name: &str, in_place: bool, record: &Record
     Ok(())
 }
 
-/// The user QEMU runs as under qemu:///system: qemu.conf's `user`, else
-/// Debian's default.
-fn qemu_user() -> String {
-    std::fs::read_to_string("/etc/libvirt/qemu.conf")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .map(str::trim)
-                .filter(|l| l.starts_with("user"))
-                .filter_map(|l| l.split_once('='))
-                .filter(|(k, _)| k.trim() == "user")
-                .map(|(_, v)| v.trim().trim_matches('"').to_string())
-                .next_back()
-        })
-        .filter(|u| !u.is_empty() && !u.starts_with('+'))
-        .unwrap_or_else(|| "libvirt-qemu".into())
-}
-
 /// A defined domain's images must be reachable by QEMU: every directory
 /// from / down to the target (its nearest existing ancestor when it is to
 /// be created 0711) must let QEMU's user through. Refused before anything
 /// is written, naming the directory in the way.
 fn check_qemu_can_reach(target: &Path, exists: bool) -> Result<()> {
-    let user = qemu_user();
-    let Some((uid, gids)) = crate::store::fsutil::user_ids(&user) else {
-        log::debug!("QEMU's user '{user}' is unknown here; not checking the target's access");
-        return Ok(());
-    };
-    let mut dirs: Vec<&Path> = target.ancestors().collect();
-    if !exists {
-        dirs.retain(|d| d.exists());
+    match crate::host::access::qemu_blocked_at(target, exists)? {
+        None => Ok(()),
+        Some((user, d)) => Err(Error::Usage(format!(
+            "QEMU (user '{user}') cannot enter '{}', so the restored domain could not open its \
+             images; use a target it can reach (chmod o+x '{}', or another directory); \
+             nothing was written",
+            d.display(),
+            d.display()
+        ))),
     }
-    for d in dirs.into_iter().rev() {
-        if !crate::store::fsutil::can_traverse(d, uid, &gids)? {
-            return Err(Error::Usage(format!(
-                "QEMU (user '{user}') cannot enter '{}', so the restored domain could not open its \
-                 images; use a target it can reach (chmod o+x '{}', or another directory); \
-                 nothing was written",
-                d.display(),
-                d.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Creates the target and any missing parents with `mode`.
@@ -598,6 +569,7 @@ pub fn plan(
                 name: names[i].clone(),
                 backing,
                 expected_id: None,
+                above: None,
             });
         }
         disks.push((d.target.clone(), DiskRestore::Chain(jobs)));
@@ -635,6 +607,7 @@ pub fn plan(
                     .into_owned(),
                 backing: None,
                 expected_id: None,
+                above: None,
             });
         }
     }
@@ -764,6 +737,24 @@ pub fn rewrite_domain_xml(
             continue;
         };
         let source = format!("<source file='{}'/>", escape(&new.to_string_lossy()));
+        // A block-device disk (or any other type) restores as a file.
+        if disk.attribute("type").is_some_and(|t| t != "file") {
+            let attrs: String = disk
+                .attributes()
+                .map(|a| {
+                    let v = if a.name() == "type" {
+                        "file"
+                    } else {
+                        a.value()
+                    };
+                    format!(" {}='{}'", a.name(), escape(v))
+                })
+                .collect();
+            edits.push((
+                disk.range().start..start_tag_end(xml, disk),
+                format!("<disk{attrs}>"),
+            ));
+        }
         match disk.children().find(|n| n.has_tag_name("source")) {
             Some(s) => edits.push((s.range(), source)),
             None => edits.push((start_tag_end(xml, disk)..start_tag_end(xml, disk), source)),
@@ -836,6 +827,59 @@ pub fn rewrite_domain_xml(
     }
     if let Some(i) = instant {
         edits.extend(instant_edits(xml, root, i));
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
+    let mut out = xml.to_string();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
+/// The domain XML with disk `target`, whose source is a file, turned into
+/// a block-device disk on that same path (`type='block'`, `<source dev>`):
+/// what a disk committed back into its device is. Other disks and other
+/// attributes are left as they are. Pure.
+pub fn as_block_disk(xml: &str, target: &str) -> Result<String> {
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| Error::Xml(format!("cannot parse the domain XML: {e}")))?;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let disk = doc.descendants().find(|n| {
+        n.has_tag_name("disk")
+            && n.children()
+                .any(|t| t.has_tag_name("target") && t.attribute("dev") == Some(target))
+    });
+    let Some(disk) = disk else {
+        return Err(Error::Xml(format!("the domain XML has no disk {target}")));
+    };
+    let tag = |node: roxmltree::Node, name: &str, rename: (&str, &str, &str)| {
+        let attrs: String = node
+            .attributes()
+            .map(|a| {
+                let (n, v) = if a.name() == rename.0 {
+                    (rename.1, rename.2.to_string())
+                } else {
+                    (a.name(), a.value().to_string())
+                };
+                format!(" {n}='{}'", escape(&v))
+            })
+            .collect();
+        let end = start_tag_end(xml, node);
+        let closing = if xml[..end].ends_with("/>") {
+            "/>"
+        } else {
+            ">"
+        };
+        (node.range().start..end, format!("<{name}{attrs}{closing}"))
+    };
+    edits.push(tag(disk, "disk", ("type", "type", "block")));
+    if disk.attribute("type").is_none() {
+        let (range, text) = edits.pop().expect("just pushed");
+        edits.push((range, text.replacen("<disk", "<disk type='block'", 1)));
+    }
+    for src in disk.children().filter(|n| n.has_tag_name("source")) {
+        let file = src.attribute("file").unwrap_or_default().to_string();
+        edits.push(tag(src, "source", ("file", "dev", &file)));
     }
     edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
     let mut out = xml.to_string();
@@ -1033,6 +1077,52 @@ mod tests {
         assert!(!out.contains("backingStore"));
         assert!(out.contains("<uuid>1234</uuid>") && out.contains("52:54:00:aa:bb:cc"));
         assert!(out.contains("<target dev='hdc' bus='ide'/>"));
+        // A block-device disk becomes a file disk on the restored image,
+        // with or without a driver element.
+        for driver in ["<driver name='qemu' type='raw' cache='none'/>", ""] {
+            let xml = XML
+                .replace("<driver name='qemu' type='raw' cache='none'/>", driver)
+                .replace(
+                    "<disk type='file' device='disk'>",
+                    "<disk type='block' device='disk' model='virtio'>",
+                )
+                .replace("<source file='/old/a.img'/>", "<source dev='/dev/vg/lv'/>");
+            let out = rewrite_domain_xml(
+                &xml,
+                &[("vda".into(), "/r/a.qcow2".into(), "qcow2".into())],
+                None,
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+            let doc = roxmltree::Document::parse(&out).unwrap();
+            let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
+            assert_eq!(disk.attribute("type"), Some("file"), "{out}");
+            assert_eq!(disk.attribute("model"), Some("virtio"), "{out}");
+            let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
+            assert_eq!(src.attribute("file"), Some("/r/a.qcow2"), "{out}");
+            assert_eq!(src.attribute("dev"), None, "{out}");
+            let drv = disk.children().find(|n| n.has_tag_name("driver")).unwrap();
+            assert_eq!(drv.attribute("type"), Some("qcow2"), "{out}");
+        }
+    }
+
+    /// A disk committed back into its device is defined on it again as a
+    /// block-device disk; the other disks are left alone.
+    #[test]
+    fn a_disk_is_turned_back_into_a_block_device_disk() {
+        let xml = XML.replace("<source file='/old/a.img'/>", "<source file='/dev/vg/lv'/>");
+        let out = as_block_disk(&xml, "vda").unwrap();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
+        assert_eq!(disk.attribute("type"), Some("block"), "{out}");
+        assert_eq!(disk.attribute("device"), Some("disk"), "{out}");
+        let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
+        assert_eq!(src.attribute("dev"), Some("/dev/vg/lv"), "{out}");
+        assert_eq!(src.attribute("file"), None, "{out}");
+        assert!(out.contains("<disk type='file' device='cdrom'><target dev='hdc'"));
+        assert!(as_block_disk(&xml, "vdz").is_err());
     }
 
     /// An instant restore's XML runs QEMU as root without relabelling (any
@@ -1147,6 +1237,7 @@ mod tests {
                 ino: 1,
                 size: 1,
                 mtime_ns: 1,
+                block: false,
             },
             written_by: "20260101-000001".into(),
             holds: Vec::new(),

@@ -487,7 +487,7 @@ fn consolidate_domain(
                 "{} of '{name}': the next backup (-b) copies '{}' whole ({}): {why}",
                 p.target,
                 file.display(),
-                crate::units::human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
+                crate::units::human_bytes(crate::host::chain::byte_len(file).unwrap_or(0))
             ),
         }
     }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::host::qemu_img::{self, ImageInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// What identifies a file's content without reading it: device, inode, size
@@ -14,38 +14,178 @@ use std::path::{Path, PathBuf};
 /// same name changes inode. (ctime is left out on purpose: libvirt's DAC
 /// driver chowns images on every start and snapshot, which would force a
 /// full copy of unchanged bases.)
+///
+/// A block device has no such fields: its node's mtime does not move when
+/// the device is written, and its size is not in its inode. Its identity
+/// (`block`) is its device number (`dev`, st_rdev), its length (`size`),
+/// and the file directly above it in the chain, the *witness*: its inode
+/// (`ino`) and a fingerprint of its path, device, inode and birth time
+/// (`mtime_ns`). While the same file sits directly above the device,
+/// nothing but a block job through that file can have written it (the
+/// device is a read-only backing of a running chain); a commit into it
+/// (ours or the admin's) takes that file out of the chain, and a new one
+/// has another birth time. A device with nothing above it (the active
+/// disk) has no witness: its identity is a fresh value that equals no
+/// other reading, so it is never taken as unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceId {
-    /// st_dev.
+    /// st_dev (a block device: its device number, st_rdev).
     pub dev: u64,
-    /// st_ino.
+    /// st_ino (a block device: the witness's inode).
     pub ino: u64,
-    /// st_size.
+    /// st_size (a block device: its length in bytes).
     pub size: u64,
-    /// st_mtime in nanoseconds since the epoch.
+    /// st_mtime in nanoseconds since the epoch (a block device: the
+    /// witness's fingerprint).
     pub mtime_ns: i128,
+    /// The identity of a block device, as above.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 impl SourceId {
-    /// Reads the identity of the file behind `meta`.
+    /// Reads the identity of the file behind `meta` (for a block device:
+    /// its node's, which says nothing of its content; see `in_chain`).
     pub fn of(meta: &std::fs::Metadata) -> SourceId {
         SourceId {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            block: false,
         }
     }
 
-    /// Reads the identity of the file at `path` (following symlinks).
+    /// Reads the identity of the file at `path` (following symlinks), as
+    /// `of`.
     pub fn read(path: &Path) -> Result<SourceId> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
         Ok(SourceId::of(&meta))
     }
+
+    /// The identity of `path` as a file of a chain whose file directly
+    /// above it is `above` (None: it is the top): a regular file's as
+    /// `of`, a block device's with `above` as its witness. Anything else
+    /// is refused.
+    pub fn in_chain(path: &Path, above: Option<&Path>) -> Result<SourceId> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+        if meta.is_file() {
+            return Ok(SourceId::of(&meta));
+        }
+        if !meta.file_type().is_block_device() {
+            return Err(Error::Chain(format!(
+                "'{}' is neither a regular file nor a block device",
+                path.display()
+            )));
+        }
+        let size = byte_len(path)?;
+        let (ino, mtime_ns) = match above.map(witness) {
+            Some(Some(w)) => w,
+            _ => (0, fresh()),
+        };
+        Ok(SourceId {
+            dev: meta.rdev(),
+            ino,
+            size,
+            mtime_ns,
+            block: true,
+        })
+    }
+}
+
+impl SourceId {
+    /// What names the file for telling who uses it: (device, inode) of a
+    /// file; (device number, u64::MAX) of a block device, whichever node or
+    /// witness it is read through.
+    pub fn key(&self) -> (u64, u64) {
+        if self.block {
+            (self.dev, u64::MAX)
+        } else {
+            (self.dev, self.ino)
+        }
+    }
+
+    /// The use key (as `key`) of the file at `path`: a block device's by
+    /// its device number.
+    pub fn key_of(path: &Path) -> Result<(u64, u64)> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+        Ok(if meta.file_type().is_block_device() {
+            (meta.rdev(), u64::MAX)
+        } else {
+            (meta.dev(), meta.ino())
+        })
+    }
+
+    /// Whether `now`, read while or after copying the source, is the
+    /// reading `self` the copy was planned on: equal, or for a block device
+    /// with nothing above it (no witness, no identity to compare), the same
+    /// device at the same length.
+    pub fn still(&self, now: &SourceId) -> bool {
+        if self.block && self.ino == 0 {
+            return now.block && now.ino == 0 && now.dev == self.dev && now.size == self.size;
+        }
+        self == now
+    }
+}
+
+/// A witness's inode and fingerprint: its path, device, inode and birth
+/// time hashed; None when its birth time cannot be read (then nothing
+/// tells a file re-created under the same name and inode apart).
+fn witness(path: &Path) -> Option<(u64, i128)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let born = meta.created().ok()?;
+    let born = born.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let mut h = blake3::Hasher::new();
+    h.update(path.as_os_str().as_encoded_bytes());
+    h.update(&meta.dev().to_le_bytes());
+    h.update(&meta.ino().to_le_bytes());
+    h.update(&born.to_le_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    Some((meta.ino(), i128::from(i64::from_le_bytes(first))))
+}
+
+/// A value no reading has had nor will have: outside i64 (where
+/// fingerprints are), from a clock reading and a counter.
+fn fresh() -> i128 {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    i128::MIN / 2 + i128::try_from(now).unwrap_or(0) * 4096 + i128::from(n % 4096)
+}
+
+/// The length of the image at `path` in bytes: a regular file's size, a
+/// block device's length (its end, found by seeking).
+pub fn byte_len(path: &Path) -> Result<u64> {
+    use std::io::Seek;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    f.seek(std::io::SeekFrom::End(0))
+        .map_err(|e| Error::io("cannot find the length (seek) of", path, e))
 }
 
 impl std::fmt::Display for SourceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.block {
+            return write!(
+                f,
+                "block device {}:{}, {} bytes, {}",
+                ((self.dev >> 8) & 0xfff) | ((self.dev >> 32) & !0xfff),
+                (self.dev & 0xff) | ((self.dev >> 12) & !0xff),
+                self.size,
+                if self.ino == 0 {
+                    "nothing above it".to_string()
+                } else {
+                    format!("under inode {}", self.ino)
+                }
+            );
+        }
         write!(
             f,
             "inode {}:{}, {} bytes, mtime {}.{:09}",
@@ -96,6 +236,7 @@ impl ChainFile {
                 ino,
                 size: 1,
                 mtime_ns: 1,
+                block: false,
             },
         }
     }
@@ -122,7 +263,7 @@ pub fn read_known_chain(top: &Path, format: &str, below: &[PathBuf]) -> Result<V
     let read = |path: &Path, format: &str| -> Option<Known> {
         match format {
             "qcow2" => crate::host::qcow2::read(path).ok().map(Known::Qcow2),
-            "raw" => std::fs::metadata(path).ok().map(|m| Known::Raw(m.len())),
+            "raw" => byte_len(path).ok().map(Known::Raw),
             _ => None,
         }
     };
@@ -206,25 +347,23 @@ pub fn infos_from_headers(
 /// The checked chain, each file stat'ed (a regular file, its identity).
 fn finish_chain(top: &Path, infos: &[ImageInfo]) -> Result<Vec<ChainFile>> {
     let files = check_chain(top, infos)?;
-    files
-        .into_iter()
-        .map(|(path, info)| {
-            let meta = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?;
-            if !meta.is_file() {
-                return Err(Error::Chain(format!(
-                    "'{}' in the chain of '{}' is not a regular file",
-                    path.display(),
-                    top.display()
-                )));
+    let mut out: Vec<ChainFile> = Vec::with_capacity(files.len());
+    for (path, info) in files {
+        let above = out.last().map(|f| f.path.as_path());
+        let id = SourceId::in_chain(&path, above).map_err(|e| match e {
+            Error::Chain(why) => {
+                Error::Chain(format!("{why}, in the chain of '{}'", top.display()))
             }
-            Ok(ChainFile {
-                id: SourceId::of(&meta),
-                path,
-                format: info.format.clone(),
-                cluster_size: info.cluster_size,
-            })
-        })
-        .collect()
+            e => e,
+        })?;
+        out.push(ChainFile {
+            id,
+            path,
+            format: info.format.clone(),
+            cluster_size: info.cluster_size,
+        });
+    }
+    Ok(out)
 }
 
 /// Checks what qemu-img said about a chain: every link is a plain absolute

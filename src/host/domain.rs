@@ -14,7 +14,8 @@ pub struct DiskFacts {
     pub device: String,
     /// file, block, network, volume, dir, nvme, ...
     pub kind: String,
-    /// The source file, when there is one.
+    /// The source: a file (`<source file=...>`) or, for a block disk, a
+    /// device node (`<source dev=...>`), when there is one.
     pub source: Option<PathBuf>,
     /// The driver format (qcow2, raw, ...), when given.
     pub format: Option<String>,
@@ -54,14 +55,14 @@ impl DiskFacts {
         if self.device != "disk" {
             return Some(format!("it is a {} drive", self.device));
         }
-        if self.kind != "file" {
+        if self.kind != "file" && self.kind != "block" {
             return Some(format!(
-                "its source is of type '{}' (only file-backed disks are backed up)",
+                "its source is of type '{}' (only file and block-device disks are backed up)",
                 self.kind
             ));
         }
         if self.source.is_none() {
-            return Some("it has no source file (empty drive)".into());
+            return Some("it has no source (empty drive)".into());
         }
         if self.readonly {
             return Some("it is read-only".into());
@@ -74,14 +75,20 @@ impl DiskFacts {
 
     /// Whether leaving this disk out would make a backup silently
     /// incomplete: a writable data disk that fi-backup cannot copy (network,
-    /// block device, shareable) and that the admin has not opted out with
+    /// volume, shareable) and that the admin has not opted out with
     /// `snapshot='no'`. Such a disk fails the domain's backup.
     pub fn needs_opt_out(&self) -> bool {
         self.skip_reason().is_some()
             && self.snapshot.as_deref() != Some("no")
             && self.device == "disk"
             && !self.readonly
-            && (self.kind != "file" || self.shareable)
+            && ((self.kind != "file" && self.kind != "block") || self.shareable)
+    }
+
+    /// Its source is a block device (`<disk type='block'>`): its snapshot
+    /// overlay goes into the overlay directory, not beside the device.
+    pub fn is_block(&self) -> bool {
+        self.kind == "block"
     }
 }
 
@@ -186,7 +193,7 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
         .to_string();
     let kind = disk.attribute("type").unwrap_or("file").to_string();
     let source = child("source")
-        .and_then(|s| s.attribute("file"))
+        .and_then(|s| s.attribute(source_attribute(&kind)))
         .filter(|f| !f.is_empty())
         .map(PathBuf::from);
     Ok(DiskFacts {
@@ -200,8 +207,12 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
         readonly: child("readonly").is_some(),
         shareable: child("shareable").is_some(),
         backing: child("backingStore")
-            .and_then(|b| b.children().find(|n| n.has_tag_name("source")))
-            .and_then(|s| s.attribute("file"))
+            .and_then(|b| {
+                let attr = source_attribute(b.attribute("type").unwrap_or("file"));
+                b.children()
+                    .find(|n| n.has_tag_name("source"))
+                    .and_then(|s| s.attribute(attr))
+            })
             .map(PathBuf::from),
         known_chain: known_chain(disk),
         mirror_ready: child("mirror").map(|m| m.attribute("ready") == Some("yes")),
@@ -209,8 +220,19 @@ fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
     })
 }
 
+/// The `<source>` attribute that names a disk's source of type `kind`:
+/// `dev` for a block device, `file` otherwise.
+fn source_attribute(kind: &str) -> &'static str {
+    if kind == "block" {
+        "dev"
+    } else {
+        "file"
+    }
+}
+
 /// The chain below a disk's source as its `<backingStore>` elements say,
-/// when every link is a file and the last is the empty `<backingStore/>`.
+/// when every link is a file or a block device and the last is the empty
+/// `<backingStore/>`.
 fn known_chain(disk: roxmltree::Node) -> Option<Vec<PathBuf>> {
     let mut chain = Vec::new();
     let mut at = disk;
@@ -219,13 +241,14 @@ fn known_chain(disk: roxmltree::Node) -> Option<Vec<PathBuf>> {
         if !next.children().any(|n| n.is_element()) && next.attribute("type").is_none() {
             return Some(chain);
         }
-        if next.attribute("type") != Some("file") {
+        let kind = next.attribute("type")?;
+        if kind != "file" && kind != "block" {
             return None;
         }
         let file = next
             .children()
             .find(|n| n.has_tag_name("source"))
-            .and_then(|s| s.attribute("file"))
+            .and_then(|s| s.attribute(source_attribute(kind)))
             .filter(|f| f.starts_with('/'))?;
         chain.push(PathBuf::from(file));
         at = next;
@@ -256,6 +279,8 @@ mod tests {
           <target dev='vdf'/></disk>
         <disk type='network' device='disk'><source protocol='nbd' name='y'>
           <host name='h'/></source><target dev='vdg'/><readonly/></disk>
+        <disk type='network' device='disk'><source protocol='nbd' name='z'>
+          <host name='h'/></source><target dev='vdh'/></disk>
       </devices></domain>"#;
 
     /// libvirt's view of the chain is taken only when it is complete.
@@ -283,7 +308,13 @@ mod tests {
                 None,
             ),
             (
-                "<backingStore type='block'><source dev='/dev/sdz'/><backingStore/></backingStore>",
+                "<backingStore type='block'><format type='raw'/><source dev='/dev/sdz'/>\
+                 <backingStore/></backingStore>",
+                p(&["/dev/sdz"]),
+            ),
+            (
+                "<backingStore type='network'><source protocol='nbd' name='x'/>\
+                 <backingStore/></backingStore>",
                 None,
             ),
             (
@@ -300,9 +331,14 @@ mod tests {
     fn finds_disks_and_eligibility() {
         let f = parse_domain_xml(XML).unwrap();
         assert_eq!(f.name, "web 1");
-        assert_eq!(f.disks.len(), 8);
+        assert_eq!(f.disks.len(), 9);
         let eligible: Vec<_> = f.eligible().map(|d| d.target.as_str()).collect();
-        assert_eq!(eligible, ["vda", "vdd"]);
+        assert_eq!(eligible, ["vda", "vdb", "vdd"]);
+        assert_eq!(
+            f.disks[2].source.as_deref(),
+            Some(std::path::Path::new("/dev/sdz"))
+        );
+        assert!(f.disks[2].is_block() && !f.disks[0].is_block());
         assert_eq!(
             f.disks[0].source.as_deref(),
             Some(std::path::Path::new("/v/a disk.qcow2"))
@@ -315,7 +351,6 @@ mod tests {
         assert_eq!(f.disks[0].mirror_ready, Some(true));
         assert_eq!(f.disks[4].mirror_ready, None);
         assert!(f.disks[1].skip_reason().unwrap().contains("cdrom"));
-        assert!(f.disks[2].skip_reason().unwrap().contains("block"));
         assert!(f.disks[3].skip_reason().unwrap().contains("shareable"));
         assert!(f.disks[5].skip_reason().unwrap().contains("snapshot='no'"));
         assert!(f.disks[6].skip_reason().unwrap().contains("snapshot='no'"));
@@ -327,7 +362,8 @@ mod tests {
             .filter(|d| d.needs_opt_out())
             .map(|d| d.target.as_str())
             .collect();
-        assert_eq!(needs, ["vdb", "vdc"]);
+        assert_eq!(needs, ["vdc", "vdh"]);
+        assert!(f.disks[8].skip_reason().unwrap().contains("'network'"));
     }
 
     #[test]

@@ -74,16 +74,18 @@ pub fn disk_chains(
 /// what is already known: libvirt's live chain of each eligible disk
 /// (`known_chain`) must be exactly the chain the backup read before the
 /// snapshot, under the new top, whose format libvirt names; the files'
-/// formats are the backup's reading, their identities read again (stat).
+/// formats are the backup's reading, their identities read again (stat;
+/// a block device's under the file now above it).
 /// None when anything differs (a disk more or less, another chain, a chain
 /// libvirt does not close): the caller then reads the chains with qemu-img.
 pub fn chains_after_snapshot(before: &[DiskChain], now: &DomainFacts) -> Option<Vec<DiskChain>> {
     let planned = paths_after_snapshot(before, now)?;
     let mut out = Vec::new();
     for (disk, files) in planned {
-        let mut chain = Vec::new();
+        let mut chain: Vec<chain::ChainFile> = Vec::new();
         for (path, format, cluster_size) in files {
-            let id = chain::SourceId::read(&path).ok()?;
+            let above = chain.last().map(|f| f.path.as_path());
+            let id = chain::SourceId::in_chain(&path, above).ok()?;
             chain.push(chain::ChainFile {
                 path,
                 format,
@@ -251,6 +253,7 @@ pub fn options(facts: &Facts, config: &Config) -> Result<Options> {
                 quiesce_fallback: config.quiesce_fallback,
                 dump_state_dir: config.dump_state_dir.clone().filter(|_| facts.active),
                 live: config.live,
+                overlay_dir: config.overlay_dir_of(&facts.domain.uuid),
             });
         }
         log::debug!(
@@ -283,7 +286,7 @@ pub fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> Vec<String> 
     }
     if facts.active {
         for d in &facts.disks {
-            let overlay = naming::overlay_path(&d.chain[0].path, ts);
+            let overlay = plan::overlay_of(d, &config.overlay_dir_of(&facts.domain.uuid), ts);
             if std::fs::symlink_metadata(&overlay).is_ok() {
                 taken.push(format!("'{}'", overlay.display()));
             }

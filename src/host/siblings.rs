@@ -106,9 +106,7 @@ impl Siblings {
         below: &[std::path::PathBuf],
     ) -> Result<(), String> {
         for f in std::iter::once(top).chain(below.iter().map(|p| p.as_path())) {
-            let id = SourceId::read(f).map_err(|e| format!("'{}': {e}", f.display()))?;
-            self.add(uuid, name, id.dev, id.ino);
-            self.ids.insert((id.dev, id.ino), id);
+            self.add_file(uuid, name, f)?;
         }
         Ok(())
     }
@@ -123,9 +121,20 @@ impl Siblings {
         let chain = crate::host::chain::read_chain(top, format)
             .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
         for f in chain {
-            let id = SourceId::read(&f.path).map_err(|e| format!("'{}': {e}", f.path.display()))?;
-            self.add(uuid, name, id.dev, id.ino);
-            self.ids.insert((id.dev, id.ino), id);
+            self.add_file(uuid, name, &f.path)?;
+        }
+        Ok(())
+    }
+
+    /// Records that domain `uuid` uses the file at `path`: a file by its
+    /// device and inode, with its identity; a block device by its device
+    /// number (`SourceId::key`), whatever node names it.
+    fn add_file(&mut self, uuid: &str, name: &str, path: &Path) -> Result<(), String> {
+        let why = |e: crate::error::Error| format!("'{}': {e}", path.display());
+        let key = SourceId::key_of(path).map_err(why)?;
+        self.add(uuid, name, key.0, key.1);
+        if key.1 != u64::MAX {
+            self.ids.insert(key, SourceId::read(path).map_err(why)?);
         }
         Ok(())
     }
@@ -208,6 +217,7 @@ mod tests {
             ino: 10,
             size: 5,
             mtime_ns,
+            block: false,
         };
         let mut s = Siblings::default();
         s.add("b", "reader", 1, 10);

@@ -158,6 +158,13 @@ pub fn plan(
             }
         };
         let shared_with = |f: &ChainFile| users_of(f, uuid, t, disks, siblings);
+        if let Some(why) = pull_from_device(d, ask) {
+            out.refused.push(Refusal {
+                target: t.clone(),
+                why,
+            });
+            continue;
+        }
         if ask.job != Job::Pull {
             if let Some(why) = shared_refusal(&d.chain[1..=floor], &shared_with) {
                 out.refused.push(Refusal {
@@ -171,6 +178,21 @@ pub fn plan(
             .push(disk_plan(d, floor, ask, ledger, &shared_with));
     }
     out
+}
+
+/// Why a blockpull of disk `d` is refused: its chain stands on a block
+/// device, whose whole data a pull would copy into the file on top, leaving
+/// the device (an LV, a LUN) unused while the disk runs on a file.
+fn pull_from_device(d: &DiskChain, ask: Ask) -> Option<String> {
+    let bottom = d.chain.last()?;
+    (ask.job == Job::Pull && bottom.id.block).then(|| {
+        format!(
+            "blockpull would copy the whole block device '{}' into the file '{}' and leave \
+             the device unused; -m blockcommit commits into the device instead",
+            bottom.path.display(),
+            d.chain[0].path.display()
+        )
+    })
 }
 
 /// The index in `d.chain` of the file a commit writes into: the topmost
@@ -228,13 +250,10 @@ fn users_of(
     disks: &[DiskChain],
     siblings: &Siblings,
 ) -> Vec<String> {
-    let mut users = siblings.others(uuid, f.id.dev, f.id.ino);
+    let (dev, ino) = f.id.key();
+    let mut users = siblings.others(uuid, dev, ino);
     for other in disks.iter().filter(|o| o.disk.target != target) {
-        if other
-            .chain
-            .iter()
-            .any(|o| o.id.dev == f.id.dev && o.id.ino == f.id.ino)
-        {
+        if other.chain.iter().any(|o| o.id.key() == f.id.key()) {
             users.push(format!("disk {} of this domain", other.disk.target));
         }
     }
@@ -406,6 +425,7 @@ pub fn after_snapshot(
                     ino: 0,
                     size: 0,
                     mtime_ns: 0,
+                    block: false,
                 };
                 d.chain.insert(
                     0,
@@ -738,12 +758,13 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
         )));
     };
     if disk.source.as_ref() == Some(&image.path)
+        && disk.is_block() == image.id.block
         && disk.backing.is_none()
         && disk.format.as_deref() == Some(image.format.as_str())
     {
         return Ok(());
     }
-    let new = crate::cmd::restore::rewrite_domain_xml(
+    let mut new = crate::cmd::restore::rewrite_domain_xml(
         &xml,
         &[(target.to_string(), image.path.clone(), image.format.clone())],
         None,
@@ -751,6 +772,9 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
         None,
         None,
     )?;
+    if image.id.block {
+        new = crate::cmd::restore::as_block_disk(&new, target)?;
+    }
     dom.redefine(&new)?;
     if dom.is_active()? {
         dom.redefine(&xml)?;
@@ -832,7 +856,10 @@ fn record_bases(
         match (&s.base, &p.next) {
             (BaseChange::Record, NextCopy::Incremental { dir, point }) => {
                 crate::fault::kill_point("kill-before-equivalence");
-                let id = crate::host::chain::SourceId::read(base)?;
+                // A block device's identity is taken under the file now
+                // directly above it: the top, after a commit below it.
+                let above = (p.chain.len() > 1).then(|| p.chain[0].path.as_path());
+                let id = crate::host::chain::SourceId::in_chain(base, above)?;
                 ledger.set_base(Base {
                     target: p.target.clone(),
                     path: base.to_string_lossy().into_owned(),
@@ -1542,6 +1569,47 @@ mod tests {
         }
         let p = &plan_of(&d, &good, &none, Method::BlockPull, false).disks[0];
         assert!(matches!(&p.next, NextCopy::Whole { file, .. } if file == Path::new(T2)));
+    }
+
+    /// A chain on a block device: commits go into the device; a pull is
+    /// refused, naming the device; a device another domain uses (by its
+    /// device number, whatever witness its identity has) is refused too.
+    #[test]
+    fn a_chain_on_a_block_device_commits_into_it_and_is_never_pulled() {
+        let mut dev = ChainFile::test("/dev/vg/lv", "raw", 77);
+        dev.id.block = true;
+        dev.id.dev = 0xfd03;
+        let d = disk(vec![file(T2, 12), file(T1, 10), dev]);
+        let l = ledger(&[(T2, 12), (T1, 10)]);
+        let none = Siblings::default();
+        for all in [false, true] {
+            let p = plan_of(&d, &l, &none, Method::BlockCommit, all);
+            assert!(p.refused.is_empty(), "{p:?}");
+            assert_eq!(
+                p.disks[0].result,
+                PathBuf::from(if all { "/dev/vg/lv" } else { T2 })
+            );
+            assert_eq!(
+                p.disks[0].chain.last().unwrap().path,
+                PathBuf::from("/dev/vg/lv")
+            );
+        }
+        let p = plan_of(&d, &l, &none, Method::BlockPull, false);
+        assert!(p.disks.is_empty(), "{p:?}");
+        let why = &p.refused[0].why;
+        assert!(
+            why.contains("blockpull would copy the whole block device '/dev/vg/lv'")
+                && why.contains("-m blockcommit"),
+            "{why}"
+        );
+        let mut other = Siblings::default();
+        other.add("other-uuid", "sib", 0xfd03, u64::MAX);
+        let p = plan_of(&d, &l, &other, Method::BlockCommit, false);
+        assert!(p.disks.is_empty(), "{p:?}");
+        assert!(
+            p.refused[0].why.contains("'/dev/vg/lv' (used by 'sib')"),
+            "{p:?}"
+        );
     }
 
     #[test]

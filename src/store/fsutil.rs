@@ -112,13 +112,20 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// temporary file (O_EXCL), write, extend it sparsely (ftruncate), fsync,
 /// link it to a second name (publishing), rename that (prune's merges),
 /// unlink both, fsync the directory. Room: the sources' allocated bytes
-/// (a copy writes no more: holes and zero blocks stay holes) and 1 MiB for
-/// the XML and record, against what statvfs says is free to us.
+/// (a copy writes no more: holes and zero blocks stay holes; a block
+/// device counts its whole length, which nothing tells before it is read)
+/// and 1 MiB for the XML and record, against what statvfs says is free to
+/// us.
 pub fn check_dir(dir: &Path, sources: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     let mut need: u64 = 1 << 20;
     for s in sources {
         let m = std::fs::metadata(s).map_err(|e| Error::io("cannot stat (room check)", s, e))?;
-        need += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+        need += if m.file_type().is_block_device() {
+            crate::host::chain::byte_len(s)?
+        } else {
+            std::os::unix::fs::MetadataExt::blocks(&m) * 512
+        };
     }
     let st = rustix::fs::statvfs(dir)
         .map_err(|e| Error::io("cannot read the free space (statvfs) of", dir, e.into()))?;

@@ -760,6 +760,7 @@ fn new_tops(
                 .is_empty()
                 .then(|| (r.onto.clone(), r.onto_format.clone())),
             expected_id: None,
+            above: None,
         };
         let copied = crate::backup::copy::copy(&job)?;
         let (mut size, mut hash) = (copied.size, copied.blake3);
@@ -935,6 +936,7 @@ mod tests {
                 ino,
                 size: 10,
                 mtime_ns: 1,
+                block: false,
             },
             written_by: "20260101-000000".into(),
             holds: Vec::new(),

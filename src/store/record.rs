@@ -168,6 +168,7 @@ impl FileRecord {
                 ino: 2,
                 size: 1,
                 mtime_ns: 3,
+                block: false,
             },
             written_by: "20260101-000000".into(),
             holds: Vec::new(),
