@@ -1437,6 +1437,58 @@ mod tests {
         }
     }
 
+    /// A disk whose top is a block device: running, its overlay goes into
+    /// the overlay directory (made by a step before the snapshot) and the
+    /// device's copy takes that overlay as its witness; shut off, there is
+    /// no snapshot and no witness, and the plan says the device is copied
+    /// whole.
+    #[test]
+    fn a_block_device_top_gets_its_overlay_in_the_overlay_directory() {
+        let mut dev = chain_file("/dev/vg/lv", id(0, 0));
+        dev.format = "raw".into();
+        dev.cluster_size = None;
+        dev.id.block = true;
+        dev.id.dev = 0xfd03;
+        dev.id.size = 1 << 30;
+        for active in [true, false] {
+            let mut f = facts(Vec::new(), Index::default());
+            f.active = active;
+            f.disks = vec![DiskChain::test(vec![dev.clone()])];
+            let p = plan_backup(&f, &options()).unwrap();
+            let overlay = PathBuf::from("/state/overlays/u1/vda-lv.bimg-20260102-000000");
+            let kinds: Vec<&str> = p.steps.iter().map(Step::kind).collect();
+            let jobs: Vec<&CopyJob> = p
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Copy(j) => Some(j),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(jobs.len(), 1, "{kinds:?}");
+            assert_eq!(jobs[0].source, PathBuf::from("/dev/vg/lv"));
+            if active {
+                let at = kinds.iter().position(|k| *k == "overlay-dir").unwrap();
+                assert_eq!(kinds[at + 1], "snapshot", "{kinds:?}");
+                assert_eq!(p.overlays(), [("vda".to_string(), overlay.clone())]);
+                assert_eq!(jobs[0].above.as_deref(), Some(overlay.as_path()));
+                assert_eq!(jobs[0].expected_id, None);
+                assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+            } else {
+                assert!(!kinds.contains(&"overlay-dir") && !kinds.contains(&"snapshot"));
+                assert_eq!(jobs[0].above, None);
+                assert!(
+                    p.warnings
+                        .iter()
+                        .any(|w| w.contains("block device '/dev/vg/lv' is copied whole")),
+                    "{:?}",
+                    p.warnings
+                );
+            }
+        }
+    }
+
     fn options() -> Options {
         Options {
             ts: "20260102-000000".into(),

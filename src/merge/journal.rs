@@ -277,6 +277,19 @@ pub fn apply_base_change(change: &BaseChange, base: &Path, who: &str, ledger: &m
             if ledger
                 .bases
                 .iter()
+                .any(|b| Path::new(&b.path) == base && b.id.block)
+            {
+                // A block device's identity needs the file above it, which
+                // a failed job may have left or not: not told, forgotten.
+                log::warn!(
+                    "{who} may have written into block device '{}' (a device cannot tell); \
+                     the next backup copies it whole",
+                    base.display()
+                );
+                ledger.forget_base(base);
+            } else if ledger
+                .bases
+                .iter()
                 .any(|b| Path::new(&b.path) == base && Some(b.id) != now)
             {
                 log::warn!(
@@ -514,6 +527,42 @@ fn finish_deletion(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a failed job, a recorded base is forgotten when it was written
+    /// (its identity moved) and kept when not; a block device, whose
+    /// identity cannot be read without the file above it, is forgotten.
+    #[test]
+    fn a_base_that_may_have_been_written_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("fi-journal-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("base");
+        std::fs::write(&file, b"data").unwrap();
+        let now = SourceId::read(&file).unwrap();
+        let moved = SourceId {
+            mtime_ns: now.mtime_ns + 1,
+            ..now
+        };
+        let block = SourceId { block: true, ..now };
+        for (id, kept) in [(now, true), (moved, false), (block, false)] {
+            let mut ledger = Ledger {
+                domain: "d".into(),
+                uuid: "u".into(),
+                overlays: Vec::new(),
+                intent: None,
+                bases: vec![crate::state::ledger::Base {
+                    target: "vda".into(),
+                    path: file.to_string_lossy().into_owned(),
+                    id,
+                    dir: "/b/d".into(),
+                    point: "20260101-000000".into(),
+                    below: Vec::new(),
+                }],
+            };
+            apply_base_change(&BaseChange::ForgetIfWritten, &file, "the job", &mut ledger);
+            assert_eq!(ledger.bases.len() == 1, kept, "{id}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn entry(method: Job, result: &str) -> Entry {
         Entry {
