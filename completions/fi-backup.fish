@@ -80,6 +80,7 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -s b -l bac
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l domain -d 'The domain whose restore point is restored' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l at -d 'The restore point (YYYYMMDD-HHMMSS); the latest when absent' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l target -d 'Where the disks (<target dev>.qcow2) and NAME.xml are written' -r -F
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l onto -d 'Write disk DISK onto block device DEVICE (raw, the whole disk; the domain XML then names the device) instead of a file in the target; refused when the device is mounted, held, used by another domain, used by a running one, or smaller than the disk. Repeatable' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l settle -d 'Make domain NAME, instantly restored, stand alone: stream the backup\'s data into its own overlays (one disk at a time, journaled), so that it no longer reads the backup directory; running or shut off' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l define -d 'Define the restored domain in libvirt under this name (fresh UUID, no MACs); the domain\'s own name restores it in place (same UUID; needed to start from a memory state)' -r
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l connect -d 'libvirt connection URI' -r

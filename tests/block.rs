@@ -274,3 +274,123 @@ fn a_shut_off_block_disk_commits_back_into_its_device() {
     virsh(&["start", &dom]);
     assert_guest(&dom, 0, &[(0x61, 4)]);
 }
+
+/// `restore --onto vdb=DEVICE`: refused, with nothing written anywhere, for
+/// a device smaller than the disk, a mounted one, the device the running
+/// domain itself uses, and a disk the point does not hold; then written
+/// onto a device that held other data (every byte of the disk is written,
+/// zeros too), defined under a new name as a block disk on that device,
+/// and started: the device compares equal to the point's disk and the new
+/// guest reads the point's data.
+#[test]
+fn a_point_is_restored_onto_a_block_device() {
+    let mut s = Scenario::new("blockonto");
+    let img = s.dir("img");
+    let file = |name: &str, size: &str| {
+        let p = img.join(name);
+        create_image(&p, "raw", size);
+        p
+    };
+    let a = LoopDevice::attach(&file("a.raw", "32M"));
+    let dom = s.start(
+        "vm",
+        "img",
+        &[DiskSpec::qcow2("d.qcow2", "vda"), block_disk("vdb", &a.0)],
+    );
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 1, 0x71, 4);
+    s.fi_ok(&["-b", b, &dom]);
+    let recs = records(&backup, &dom);
+    let point_top = record_top(&backup, &dom, &recs[0], "vdb");
+    let point_format = bottom_file(&recs[0], "vdb")["format"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(recs[0]["disks"][1]["chain"].as_array().unwrap().len(), 1);
+
+    // Devices: one with other data, one too small, one mounted.
+    let other_file = file("b.raw", "32M");
+    image_write(&other_file, "raw", 0xee, 0);
+    image_write(&other_file, "raw", 0xee, 20);
+    let other = LoopDevice::attach(&other_file);
+    let small = LoopDevice::attach(&file("c.raw", "16M"));
+    let mounted = LoopDevice::attach(&file("m.raw", "32M"));
+    ok("mkfs.ext4", &["-q", &mounted.0]);
+    let mnt = s.dir("mnt");
+    ok("mount", &[&mounted.0, mnt.to_str().unwrap()]);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = cmd("umount", &[self.0.to_str().unwrap()]);
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    let target = s.root.join("restored");
+    let t = target.to_str().unwrap();
+    let hashes =
+        |devs: &[&str]| -> Vec<String> { devs.iter().map(|d| blake3_file(Path::new(d))).collect() };
+    let devices = [&a.0, &other.0, &small.0, &mounted.0].map(|d| d.as_str());
+    let before = hashes(&devices);
+    let refusals = [
+        (
+            format!("vdb={}", small.0),
+            "less than disk vdb of the restore point".to_string(),
+        ),
+        (format!("vdb={}", mounted.0), "is mounted on".to_string()),
+        (format!("vdb={}", a.0), format!("it is used by '{dom}'")),
+        (format!("vdz={}", other.0), "does not hold".to_string()),
+    ];
+    for (onto, says) in &refusals {
+        let out = s.fi(&restore_args(b, &dom, t, &["--onto", onto]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--onto {onto}: {err}");
+        assert!(
+            err.contains(says) && err.contains("nothing was written"),
+            "--onto {onto}: {err}"
+        );
+        assert!(!target.exists(), "--onto {onto} wrote the target");
+        assert_eq!(hashes(&devices), before, "--onto {onto} wrote a device");
+        report(&format!(
+            "restore --onto refused: {says} (exit 2, target and devices unchanged)"
+        ));
+    }
+
+    let new = format!("{dom}-onto");
+    let onto = format!("vdb={}", other.0);
+    s.fi_ok(&restore_args(
+        b,
+        &dom,
+        t,
+        &["--onto", &onto, "--define", &new, "--start"],
+    ));
+    s.adopt(&new);
+    let out = cmd(
+        "qemu-img",
+        &[
+            "compare",
+            "-U",
+            "-f",
+            &point_format,
+            "-F",
+            "raw",
+            point_top.to_str().unwrap(),
+            &other.0,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "the device differs from the point's disk: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!target.join("vdb.qcow2").exists());
+    let xml = virsh(&["dumpxml", "--inactive", &new]);
+    assert!(
+        xml.contains("<disk type='block' device='disk'>")
+            && xml.contains(&format!("<source dev='{}'/>", other.0)),
+        "{xml}"
+    );
+    assert_guest(&new, 1, &[(0x71, 4)]);
+}

@@ -413,13 +413,19 @@ pub struct RestoreArgs {
     /// makes the domain stand alone
     #[arg(long = "instant")]
     pub instant: bool,
+    /// Write disk DISK onto block device DEVICE (raw, the whole disk; the
+    /// domain XML then names the device) instead of a file in the target;
+    /// refused when the device is mounted, held, used by another domain,
+    /// used by a running one, or smaller than the disk. Repeatable
+    #[arg(long = "onto", value_name = "DISK=DEVICE", conflicts_with = "instant")]
+    pub onto: Vec<String>,
     /// Make domain NAME, instantly restored, stand alone: stream the backup's
     /// data into its own overlays (one disk at a time, journaled), so that it
     /// no longer reads the backup directory; running or shut off
     #[arg(
         long = "settle",
         value_name = "NAME",
-        conflicts_with_all = ["instant", "flatten", "define", "start", "at", "backup_dir", "domain", "target"]
+        conflicts_with_all = ["instant", "flatten", "define", "start", "at", "backup_dir", "domain", "target", "onto"]
     )]
     pub settle: Option<String>,
     /// Define the restored domain in libvirt under this name (fresh UUID, no

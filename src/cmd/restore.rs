@@ -35,6 +35,16 @@ pub enum DiskRestore {
         /// The overlay.
         dest: PathBuf,
     },
+    /// Write the disk whose chain has top `source` onto block device
+    /// `device`, raw (`--onto`).
+    Onto {
+        /// The top of the chain in images/.
+        source: PathBuf,
+        /// Its format.
+        format: String,
+        /// The device.
+        device: PathBuf,
+    },
     /// Convert the chain whose top is `source` into one qcow2 image.
     Flatten {
         /// The top of the chain in images/.
@@ -216,7 +226,16 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     }
     let new_name = args.define.as_deref().filter(|_| !in_place);
     let clusters = cluster_sizes(&dir, record);
-    let plan = plan(&dir, record, &target, (&xml_text, &clusters), how, new_name)?;
+    let onto = parse_onto(&args.onto)?;
+    let plan = plan(
+        &dir,
+        record,
+        &target,
+        (&xml_text, &clusters),
+        how,
+        (new_name, &onto),
+    )?;
+    check_onto(&plan, record, &args.libvirt.connect)?;
     let taken: Vec<String> = plan
         .outputs
         .iter()
@@ -251,6 +270,10 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         let out = match d {
             DiskRestore::Chain(jobs) => target.join(&jobs[0].name),
             DiskRestore::Flatten { dest, .. } | DiskRestore::Instant { dest, .. } => dest.clone(),
+            DiskRestore::Onto { device, .. } => {
+                log::info!("Restored {t} onto block device '{}'", device.display());
+                continue;
+            }
         };
         log::info!("Restored {t} as '{}'", out.display());
     }
@@ -314,6 +337,52 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+/// What `--onto` needs before anything is written: each device can take
+/// its disk (`onto_refusal`), where the domains that use it are every
+/// defined domain's chains but the restored domain's own while it is shut
+/// off (a restore in place onto its own LV), read from libvirt.
+fn check_onto(plan: &RestorePlan, record: &Record, connect: &str) -> Result<()> {
+    let onto: Vec<(&String, &PathBuf, &PathBuf, &String)> = plan
+        .disks
+        .iter()
+        .filter_map(|(t, d)| match d {
+            DiskRestore::Onto {
+                source,
+                format,
+                device,
+            } => Some((t, device, source, format)),
+            _ => None,
+        })
+        .collect();
+    if onto.is_empty() {
+        return Ok(());
+    }
+    let lv = Libvirt::open(connect)?;
+    let siblings = crate::host::siblings::Siblings::gather(&lv)?;
+    let own_running = lv
+        .name_of_uuid(&record.uuid)
+        .map(|name| lv.lookup(&name).and_then(|d| d.is_active()))
+        .transpose()?
+        .unwrap_or(false);
+    for (t, device, source, format) in onto {
+        let (dev, ino) = crate::host::chain::SourceId::key_of(device)?;
+        let exempt = if own_running {
+            ""
+        } else {
+            record.uuid.as_str()
+        };
+        let users = siblings.others(exempt, dev, ino);
+        let bytes = qemu_img::info(source, format)?.virtual_size;
+        if let Some(why) = onto_refusal(t, device, bytes, &users)? {
+            return Err(Error::Usage(format!(
+                "cannot restore disk {t} onto '{}': {why}; nothing was written",
+                device.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What an instant restore needs before it writes anything: a local
@@ -487,15 +556,34 @@ pub fn plan(
     target: &Path,
     (xml, clusters): (&str, &HashMap<String, u64>),
     how: How,
-    new_name: Option<&str>,
+    (new_name, onto): (Option<&str>, &[(String, PathBuf)]),
 ) -> Result<RestorePlan> {
+    if let Some((t, _)) = onto
+        .iter()
+        .find(|(t, _)| !record.disks.iter().any(|d| &d.target == t))
+    {
+        let have: Vec<&str> = record.disks.iter().map(|d| d.target.as_str()).collect();
+        return Err(Error::Usage(format!(
+            "--onto names disk {t}, which restore point {} does not hold (it has {}); nothing \
+             was written",
+            record.restore_point,
+            have.join(", ")
+        )));
+    }
     let mut disks = Vec::new();
     let mut outputs = Vec::new();
     let mut sources = Vec::new();
     for d in &record.disks {
         let top_name = format!("{}.qcow2", d.target);
         let dest = target.join(&top_name);
-        sources.push((d.target.clone(), dest.clone(), "qcow2".to_string()));
+        let device = onto
+            .iter()
+            .find(|(t, _)| *t == d.target)
+            .map(|(_, dev)| dev);
+        sources.push(match device {
+            Some(dev) => (d.target.clone(), dev.clone(), "raw".to_string()),
+            None => (d.target.clone(), dest.clone(), "qcow2".to_string()),
+        });
         let top = record
             .files
             .iter()
@@ -507,6 +595,17 @@ pub fn plan(
         // it (instant), or the whole chain converted (flatten; a raw top
         // cannot carry a chain copy's backing).
         let (top_copy, format) = (dir.images().join(&top.name), top.format.clone());
+        if let Some(device) = device {
+            disks.push((
+                d.target.clone(),
+                DiskRestore::Onto {
+                    source: top_copy,
+                    format,
+                    device: device.clone(),
+                },
+            ));
+            continue;
+        }
         let single = match how {
             How::Instant => Some(DiskRestore::Instant {
                 backing: top_copy,
@@ -616,7 +715,7 @@ pub fn plan(
         dir: dir.root.clone(),
         point: record.restore_point.clone(),
     });
-    let xml = rewrite_domain_xml(
+    let mut xml = rewrite_domain_xml(
         xml,
         &sources,
         new_name,
@@ -624,6 +723,9 @@ pub fn plan(
         instant.as_ref(),
         Some(target),
     )?;
+    for (t, _) in onto {
+        xml = as_block_disk(&xml, t)?;
+    }
     let xml_path = target.join(format!("{name}.xml"));
     // A restore in place keeps the recorded name (new_name is None).
     outputs.push(xml_path.clone());
@@ -653,6 +755,11 @@ fn execute(plan: &RestorePlan) -> Result<()> {
                 format,
                 dest,
             } => instant_overlay(backing, format, dest)?,
+            DiskRestore::Onto {
+                source,
+                format,
+                device,
+            } => onto_device(source, format, device)?,
         }
     }
     for d in &plan.dirs {
@@ -676,6 +783,139 @@ fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
     qemu_img::create_overlay(&tmp.path, backing, format)?;
     crate::host::chain::read_chain(&tmp.path, "qcow2")?;
     tmp.publish(dest)
+}
+
+/// The disk whose chain has top `source` written onto `device`, raw, while
+/// the device is held open exclusively (O_EXCL: nothing mounts or claims
+/// it meanwhile), then flushed to it.
+fn onto_device(source: &Path, format: &str, device: &Path) -> Result<()> {
+    let held = open_exclusive(device)?;
+    qemu_img::convert_onto_device(source, format, device)?;
+    held.sync_all()
+        .map_err(|e| Error::io("cannot flush (fsync)", device, e))
+}
+
+/// `device` opened for writing with O_EXCL, which a block device refuses
+/// (EBUSY) while it is mounted or held by device-mapper, md or another
+/// exclusive opener.
+fn open_exclusive(device: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(device)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Error::Usage(format!(
+                    "'{}' is in use (mounted, or held by device-mapper, md or another \
+                     program); nothing was written",
+                    device.display()
+                ))
+            } else {
+                Error::io("cannot open for writing", device, e)
+            }
+        })
+}
+
+/// Why `device` cannot take disk `target` of `bytes` bytes (`--onto`):
+/// not a block device, smaller than the disk, mounted (it or a
+/// partition), held (holders in sysfs), or in use; None when it can.
+/// `users`: the domains that use it that are not the restored domain shut
+/// off. Read-only: nothing is written.
+fn onto_refusal(
+    target: &str,
+    device: &Path,
+    bytes: u64,
+    users: &[String],
+) -> Result<Option<String>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(device).map_err(|e| Error::io("cannot stat", device, e))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(Some("it is not a block device".into()));
+    }
+    let size = crate::host::chain::byte_len(device)?;
+    if size < bytes {
+        return Ok(Some(format!(
+            "it holds {size} bytes ({}), less than disk {target} of the restore point \
+             ({bytes} bytes, {})",
+            crate::units::human_bytes(size),
+            crate::units::human_bytes(bytes)
+        )));
+    }
+    if !users.is_empty() {
+        return Ok(Some(format!("it is used by {}", users.join(", "))));
+    }
+    let rdev = meta.rdev();
+    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", major(rdev), minor(rdev)));
+    let holders: Vec<String> = std::fs::read_dir(sys.join("holders"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !holders.is_empty() {
+        return Ok(Some(format!("it is held by {}", holders.join(", "))));
+    }
+    // The device and its partitions, as major:minor.
+    let mut numbers = vec![format!("{}:{}", major(rdev), minor(rdev))];
+    if let Ok(entries) = std::fs::read_dir(&sys) {
+        for e in entries
+            .flatten()
+            .filter(|e| e.path().join("partition").exists())
+        {
+            if let Ok(dev) = std::fs::read_to_string(e.path().join("dev")) {
+                numbers.push(dev.trim().to_string());
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(m) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && numbers.iter().any(|n| n == f[2])).then(|| f[4].to_string())
+    }) {
+        return Ok(Some(format!(
+            "it (or a partition of it) is mounted on '{m}'"
+        )));
+    }
+    Ok(None)
+}
+
+fn major(dev: u64) -> u64 {
+    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
+}
+
+fn minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & !0xff)
+}
+
+/// `--onto DISK=DEVICE` arguments, checked for shape: a disk name, an
+/// absolute device path, no disk or device twice.
+pub fn parse_onto(args: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for a in args {
+        let Some((t, dev)) = a.split_once('=') else {
+            return Err(Error::Usage(format!(
+                "--onto '{a}' is not DISK=DEVICE (for example vdb=/dev/vg/web-data)"
+            )));
+        };
+        if let Some(why) = crate::store::naming::not_plain(t) {
+            return Err(Error::Usage(format!("--onto '{a}': disk '{t}' {why}")));
+        }
+        let dev = PathBuf::from(dev);
+        if !dev.is_absolute() {
+            return Err(Error::Usage(format!(
+                "--onto '{a}': the device must be an absolute path"
+            )));
+        }
+        if out.iter().any(|(o, d)| o == t || *d == dev) {
+            return Err(Error::Usage(format!(
+                "--onto '{a}': that disk or device is named twice"
+            )));
+        }
+        out.push((t.to_string(), dev));
+    }
+    Ok(out)
 }
 
 /// One standalone qcow2 from a chain: qemu-img convert into a temporary
@@ -1285,6 +1525,72 @@ mod tests {
         }
     }
 
+    /// `--onto`: the named disk is written onto its device (no file in the
+    /// target for it) and the XML names the device as a block disk; the
+    /// other disks restore as files; a disk the point does not hold, or a
+    /// malformed argument, is refused before anything is written.
+    #[test]
+    fn a_disk_restored_onto_a_device() {
+        let dir = DomainDir::new(Path::new("/b"), "web").unwrap();
+        let t = Path::new("/t");
+        let xml = "<domain><name>web</name><uuid>u</uuid><devices>\
+            <disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+            <source dev='/dev/vg/old'/><target dev='vda'/></disk>\
+            </devices></domain>";
+        let clusters: HashMap<String, u64> = HashMap::new();
+        let r = record("qcow2");
+        let onto = parse_onto(&["vda=/dev/vg/new".to_string()]).unwrap();
+        for how in [How::Copy, How::Flatten] {
+            let p = plan(&dir, &r, t, (xml, &clusters), how, (None, &onto)).unwrap();
+            match &p.disks[0].1 {
+                DiskRestore::Onto {
+                    source,
+                    format,
+                    device,
+                } => {
+                    assert_eq!(source, &PathBuf::from("/b/web/images/a.bimg-1"));
+                    assert_eq!(format, "qcow2");
+                    assert_eq!(device, &PathBuf::from("/dev/vg/new"));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                !p.outputs.iter().any(|o| o.starts_with("/t/vda")),
+                "{:?}",
+                p.outputs
+            );
+            assert!(
+                !p.outputs.iter().any(|o| o.starts_with("/dev")),
+                "{:?}",
+                p.outputs
+            );
+            let doc = roxmltree::Document::parse(&p.xml).unwrap();
+            let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
+            assert_eq!(disk.attribute("type"), Some("block"), "{}", p.xml);
+            let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
+            assert_eq!(src.attribute("dev"), Some("/dev/vg/new"), "{}", p.xml);
+            let drv = disk.children().find(|n| n.has_tag_name("driver")).unwrap();
+            assert_eq!(drv.attribute("type"), Some("raw"), "{}", p.xml);
+        }
+        let other = parse_onto(&["vdz=/dev/vg/new".to_string()]).unwrap();
+        let err = plan(&dir, &r, t, (xml, &clusters), How::Copy, (None, &other)).unwrap_err();
+        assert!(err.to_string().contains("--onto names disk vdz"), "{err}");
+        assert!(err.to_string().contains("it has vda"), "{err}");
+        for (arg, says) in [
+            ("vda", "is not DISK=DEVICE"),
+            ("vda=dev/x", "absolute path"),
+            ("../x=/dev/x", "disk '../x'"),
+        ] {
+            let err = parse_onto(&[arg.to_string()]).unwrap_err();
+            assert!(err.to_string().contains(says), "{arg}: {err}");
+        }
+        let twice = ["vda=/dev/a".to_string(), "vdb=/dev/a".to_string()];
+        assert!(parse_onto(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("named twice"));
+    }
+
     /// What comes back where: a chain copied (names by depth, each rebased
     /// onto the next one's new name, header first where the cluster size is
     /// known), or flattened (asked for, or forced by a raw top); firmware
@@ -1363,7 +1669,7 @@ mod tests {
         ];
         for (top, how, new_name, flattened, outputs) in table {
             let r = record(top);
-            let p = plan(&dir, &r, t, (xml, &clusters), how, new_name).unwrap();
+            let p = plan(&dir, &r, t, (xml, &clusters), how, (new_name, &[])).unwrap();
             let mut got: Vec<String> = p.outputs.iter().map(|o| o.display().to_string()).collect();
             let mut want: Vec<String> = outputs.iter().map(|o| o.to_string()).collect();
             got.sort();
@@ -1388,6 +1694,7 @@ mod tests {
                         ("qcow2", &PathBuf::from("/t/vda.qcow2"))
                     );
                 }
+                DiskRestore::Onto { .. } => panic!("no --onto in these rows"),
                 DiskRestore::Chain(jobs) => {
                     assert!(!flattened && how == How::Copy);
                     type Shape<'a> = (&'a str, Option<(String, String)>, Option<u64>);

@@ -249,6 +249,17 @@ pub fn convert_to_qcow2(source: &Path, format: &str, dest: &Path) -> Result<()> 
     run_job(args, format!("qemu-img convert {}", name_of(source)))
 }
 
+/// Writes the disk whose chain has top `source` (of `format`) onto the
+/// block device `device`, raw, every byte of the disk's virtual size
+/// (`-n`: the device exists and is not assumed to read zeros, so zeros are
+/// written too); bytes past that size are left as they are.
+pub fn convert_onto_device(source: &Path, format: &str, device: &Path) -> Result<()> {
+    let mut args = os(&["convert", "-n", "-f", format, "-O", "raw"]);
+    args.push(source.into());
+    args.push(device.into());
+    run_job(args, format!("qemu-img convert onto {}", name_of(device)))
+}
+
 /// Makes `image` (an existing file we own, overwritten) a new empty qcow2
 /// overlay over `backing` (an absolute path) of format `backing_format`,
 /// of its size. qemu-img only reads `backing` (its size and header).
