@@ -394,3 +394,102 @@ fn a_point_is_restored_onto_a_block_device() {
     );
     assert_guest(&new, 1, &[(0x71, 4)]);
 }
+
+/// SIGKILL at each step a block disk goes through: after the overlay
+/// directory is made, after the snapshot, in the middle of the device's
+/// copy, after it (`-b`); in the middle of the commit into the device,
+/// before its equivalence is recorded, in the middle of the deletions
+/// (`-C -b`, second night). After each: the guest runs on a valid chain
+/// that ends on the device and reads every pattern; the next `-C -b`
+/// records a point that reads them and `verify` passes; `-c --commit-all`
+/// then leaves the disk on the device alone, with no overlay left in the
+/// overlay directory, and the device holds every pattern.
+#[test]
+fn sigkill_at_each_block_disk_step_converges() {
+    for (point, night) in [
+        ("kill-after-overlay-dir", 1),
+        ("kill-after-snapshot", 1),
+        ("kill-mid-copy", 1),
+        ("kill-after-copy", 1),
+        ("kill-mid-blockcommit", 2),
+        ("kill-before-equivalence", 2),
+        ("kill-mid-deletion", 2),
+    ] {
+        let mut s = Scenario::new(&format!("bk-{}", &point[5..]));
+        let img = s.dir("img");
+        let lv = img.join("lv.raw");
+        create_image(&lv, "raw", "32M");
+        let dev = LoopDevice::attach(&lv);
+        let dom = s.start("vm", "img", &[block_disk("vda", &dev.0)]);
+        let uuid = virsh(&["domuuid", &dom]).trim().to_string();
+        let overlay_dir = s.root.join("fi-state").join("overlays").join(&uuid);
+        let backup = s.dir("backup");
+        let b = backup.to_str().unwrap();
+        let mut written = vec![(0xa1, 1)];
+        guest_write(&dom, 0, 0xa1, 1);
+        if night == 2 {
+            s.fi_ok(&["-b", b, &dom]);
+            guest_write(&dom, 0, 0xa2, 2);
+            written.push((0xa2, 2));
+            s.fi_ok(&["-b", b, &dom]);
+            guest_write(&dom, 0, 0xa3, 3);
+            written.push((0xa3, 3));
+        }
+        let args: Vec<&str> = if night == 1 {
+            vec!["-b", b, &dom]
+        } else {
+            vec!["-C", "-b", b, &dom]
+        };
+        killed_run(&s, point, &args);
+        assert_eq!(virsh(&["domstate", &dom]).trim(), "running", "{point}");
+        let top = live_sources(&dom)[0].1.clone();
+        let chain = chain_names(Path::new(&top));
+        assert_eq!(chain.last().unwrap(), &dev.0, "{point}: {chain:?}");
+        assert_guest(&dom, 0, &written);
+
+        guest_write(&dom, 0, 0xa9, 9);
+        written.push((0xa9, 9));
+        s.fi_ok(&["-C", "-b", b, &dom]);
+        let recs = records(&backup, &dom);
+        let newest = recs.last().unwrap();
+        let format = bottom_file(newest, "vda")["format"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let top_copy = record_top(&backup, &dom, newest, "vda");
+        let top_format = if newest["disks"][0]["chain"].as_array().unwrap().len() == 1 {
+            format
+        } else {
+            "qcow2".to_string()
+        };
+        assert_image(&top_copy, &top_format, &written);
+        s.fi_ok(&["verify", "--backup-dir", b]);
+        assert!(
+            tree(&backup)
+                .iter()
+                .all(|(p, _)| !p.to_string_lossy().contains(".fi-tmp")),
+            "{point}: a temporary file is left"
+        );
+
+        s.fi_ok(&["-c", "--commit-all", &dom]);
+        assert_eq!(live_sources(&dom)[0].1, dev.0, "{point}");
+        assert!(
+            names_in(&overlay_dir).is_empty(),
+            "{point}: {:?}",
+            names_in(&overlay_dir)
+        );
+        assert_guest(&dom, 0, &written);
+        assert_image(Path::new(&dev.0), "raw", &written);
+        fault_row(
+            &format!("SIGKILL {} (block disk)", &point[5..]),
+            &format!(
+                "guest running on a valid chain ending on the device; next -C -b records a point \
+                 that verifies; -c --commit-all leaves the disk on the device, no overlay left",
+            ),
+            &format!(
+                "{} patterns read from the live disk, the newest point and the device",
+                written.len()
+            ),
+        );
+    }
+}

@@ -30,6 +30,9 @@ struct Shape {
     sibling: Option<String>,
     /// Files that are not ours: must stay; the bool says "byte-identical".
     others: Vec<(PathBuf, bool)>,
+    /// vda is this block device (a loop device, held for the shape's
+    /// life): a blockpull onto it must be refused, naming it.
+    device: Option<LoopDevice>,
 }
 
 impl Shape {
@@ -52,6 +55,7 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
         disks,
         sibling: None,
         others,
+        device: None,
     };
     match which {
         "one" => shape(
@@ -97,6 +101,7 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
                 disks: 1,
                 sibling: Some(sibling),
                 others: vec![(dir.join("base.qcow2"), true), (dir.join("c2.qcow2"), true)],
+                device: None,
             }
         }
         "uefi" => {
@@ -134,6 +139,25 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
             1,
             vec![],
         ),
+        "block" => {
+            let dir = s.dir(which);
+            create_image(&dir.join("lv.raw"), "raw", "64M");
+            let dev = LoopDevice::attach(&dir.join("lv.raw"));
+            let element = format!(
+                "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+                 <source dev='{}'/><target dev='vda' bus='virtio'/></disk>",
+                dev.0
+            );
+            let dom = s.start(
+                "block",
+                which,
+                &[DiskSpec::xml("vda", element), q("b.qcow2", "vdb")],
+            );
+            Shape {
+                device: Some(dev),
+                ..shape("a block device (loop) and a qcow2 disk", dom, 2, vec![])
+            }
+        }
         other => panic!("no shape {other}"),
     }
 }
@@ -194,7 +218,23 @@ fn cell(
         "{} {args:?}: {err}",
         sh.label
     );
-    if refused {
+    if let (true, Some(dev)) = (refused, &sh.device) {
+        assert!(
+            err.contains(&format!(
+                "blockpull would copy the whole block device '{}'",
+                dev.0
+            )) && err.contains("-m blockcommit"),
+            "{err}"
+        );
+        // The other disk (a qcow2 file) is pulled all the same.
+        let vdb = top_of(&sh.dom, "vdb");
+        assert_eq!(
+            chain_names(Path::new(&vdb)).len(),
+            1,
+            "{} {args:?}",
+            sh.label
+        );
+    } else if refused {
         let sibling = sh
             .sibling
             .as_deref()
@@ -212,7 +252,9 @@ fn cell(
     if args.contains(&"-b") {
         check_newest_point(s, sh, backup, written);
     }
-    if refused {
+    if refused && sh.device.is_some() {
+        "refused (block device)".into()
+    } else if refused {
         "refused (shared base)".into()
     } else {
         "ok".into()
@@ -277,6 +319,7 @@ fn configuration_matrix() {
         "user-overlay",
         "transient",
         "spaces",
+        "block",
     ] {
         let sh = build(&mut s, which);
         let backup = s.dir(&format!("backup-{which}"));
@@ -321,7 +364,7 @@ fn configuration_matrix() {
             &mut written,
             3,
             &["-C", "-m", "blockpull", "-b", &b, &d],
-            false,
+            sh.device.is_some(),
         ));
         for (round, method) in [(4, "blockcommit"), (5, "blockpull")] {
             s.fi_ok(&["-b", &b, &d]);
@@ -332,7 +375,7 @@ fn configuration_matrix() {
                 &mut written,
                 round,
                 &["-c", "-m", method, &d],
-                false,
+                sh.device.is_some() && method == "blockpull",
             ));
         }
         // The restores read the newest point: one that holds every round.
@@ -368,7 +411,9 @@ fn configuration_matrix() {
          others' files (sibling disk, shared base, a user's overlay) still there, the sibling's byte-identical; \
          a restored domain runs and reads every pattern. A linked clone's plain blockcommit writes into its own \
          overlay, not the shared base. refused (shared base): exit 1, the refusal names the sibling and \
-         suggests -m blockpull, with the same checks. After -C blockpull a clone shares nothing, so the later \
+         suggests -m blockpull, with the same checks. refused (block device): exit 1, the refusal names the \
+         device and suggests -m blockcommit (a pull would copy the whole device into a file), with the same \
+         checks; the shape's other disk is pulled all the same (its chain is one file). After -C blockpull a clone shares nothing, so the later \
          -c blockcommit is its own business and runs.",
     );
     report(&format!("MATRIX | shape | {}", ops.join(" | ")));

@@ -166,7 +166,10 @@ fn run_step(
             crate::fault::kill_point("kill-after-snapshot");
             crate::fault::hold("hold-after-snapshot");
         }
-        Step::MakeOverlayDir { dir } => make_overlay_dir(dir, &opts.state_dir)?,
+        Step::MakeOverlayDir { dir } => {
+            make_overlay_dir(dir, &opts.state_dir)?;
+            crate::fault::kill_point("kill-after-overlay-dir");
+        }
         Step::PrepareDir { dir, .. } => dir.create()?,
         Step::CheckDir { dir, sources } => fsutil::check_dir(dir, sources)?,
         Step::Reuse(files) => {
