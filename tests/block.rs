@@ -482,14 +482,68 @@ fn sigkill_at_each_block_disk_step_converges() {
         assert_image(Path::new(&dev.0), "raw", &written);
         fault_row(
             &format!("SIGKILL {} (block disk)", &point[5..]),
-            &format!(
-                "guest running on a valid chain ending on the device; next -C -b records a point \
-                 that verifies; -c --commit-all leaves the disk on the device, no overlay left",
-            ),
+            "guest running on a valid chain ending on the device; next -C -b records a point \
+             that verifies; -c --commit-all leaves the disk on the device, no overlay left",
             &format!(
                 "{} patterns read from the live disk, the newest point and the device",
                 written.len()
             ),
         );
     }
+}
+
+/// An LV re-created under its name (here: the disk's source is a symlink,
+/// as /dev/VG/LV is, repointed from one loop device to another, larger
+/// one): the next backup names the change in a [WAR] and copies the new
+/// device whole, and its point restores the new device's data.
+#[test]
+fn a_device_recreated_under_its_name_is_copied_whole_with_a_warning() {
+    let mut s = Scenario::new("blockrecreate");
+    let img = s.dir("img");
+    let first = img.join("lv1.raw");
+    create_image(&first, "raw", "32M");
+    let dev1 = LoopDevice::attach(&first);
+    let link = img.join("vg-lv");
+    std::os::unix::fs::symlink(&dev1.0, &link).unwrap();
+    let l = link.to_str().unwrap();
+    let dom = s.start("vm", "img", &[block_disk("vda", l)]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    guest_write(&dom, 0, 0xb1, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    virsh(&["destroy", &dom]);
+    s.fi_ok(&["-c", "--commit-all", &dom]);
+
+    // The admin re-creates the LV, larger, with other data.
+    let second = img.join("lv2.raw");
+    create_image(&second, "raw", "48M");
+    image_write(&second, "raw", 0xb2, 40);
+    let dev2 = LoopDevice::attach(&second);
+    drop(dev1);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&dev2.0, &link).unwrap();
+    virsh(&["start", &dom]);
+    let log = s.fi_ok(&["-b", b, &dom]);
+    assert!(
+        log.contains(&format!("[WAR] disk vda: '{l}' ")) && log.contains("it is copied whole"),
+        "{log}"
+    );
+    assert!(
+        log.contains("holds 50331648 bytes now, but 33554432 when restore point")
+            || log.contains("(another device under that name)"),
+        "{log}"
+    );
+    let recs = records(&backup, &dom);
+    let newest = recs.last().unwrap();
+    let bottom = bottom_file(newest, "vda");
+    assert_eq!(bottom["size"], 48 << 20, "{bottom}");
+    assert_eq!(bottom["written_by"], newest["restore_point"], "{bottom}");
+    let top = record_top(&backup, &dom, newest, "vda");
+    let format = if newest["disks"][0]["chain"].as_array().unwrap().len() == 1 {
+        "raw"
+    } else {
+        "qcow2"
+    };
+    assert_image(&top, format, &[(0xb2, 40)]);
+    assert!(!image_has(&top, format, 0xb1, 1), "the old device's data");
 }

@@ -966,6 +966,14 @@ impl<'a> Placer<'a, '_> {
                     (f.name.clone(), file.format.clone())
                 }
                 Placement::Copy => {
+                    if let Some(why) = file
+                        .id
+                        .block
+                        .then(|| device_change(self.existing, &file.path, &file.id))
+                        .flatten()
+                    {
+                        warnings.push(format!("disk {}: {why}; it is copied whole", d.disk.target));
+                    }
                     if file.id.block && file.id.ino == 0 && !facts.active {
                         warnings.push(format!(
                             "disk {}: block device '{}' is copied whole: with no file of ours \
@@ -1163,6 +1171,35 @@ fn equivalent<'a>(
         names: disk.chain.clone(),
         files,
     }
+}
+
+/// Why block device `source` (identity `id`) is not the device an earlier
+/// restore point copied from that path: another device number (another
+/// LV re-created under the name, another LUN) or another length (an LV
+/// resized); None when no point copied a device there, or when it is the
+/// same device at the same length.
+fn device_change(existing: &Index, source: &Path, id: &SourceId) -> Option<String> {
+    let path = source.to_string_lossy();
+    let before = existing
+        .files()
+        .rev()
+        .find(|f| f.source == path && f.source_id.block)?;
+    let then = &before.source_id;
+    if then.dev != id.dev {
+        return Some(format!(
+            "'{path}' is block device {} now, but was {} when restore point {} copied it \
+             (another device under that name)",
+            id.device_number(),
+            then.device_number(),
+            before.written_by
+        ));
+    }
+    (then.size != id.size).then(|| {
+        format!(
+            "'{path}' holds {} bytes now, but {} when restore point {} copied it (resized)",
+            id.size, then.size, before.written_by
+        )
+    })
 }
 
 /// The newest earlier copy of `source` that can serve again: same source
@@ -1485,6 +1522,53 @@ mod tests {
                     "{:?}",
                     p.warnings
                 );
+            }
+        }
+    }
+
+    /// A block device copied before is named in a [WAR] when it is another
+    /// device (number) or another length under the same path now; the same
+    /// device, a path never copied from a device, or a file there, is not.
+    #[test]
+    fn a_block_device_changed_under_its_name_is_said() {
+        let mut idx = index();
+        let mut lv = file_record("lv", None, "/dev/vg/lv", 0);
+        lv.source_id = SourceId {
+            dev: (253 << 8) | 3,
+            ino: 40,
+            size: 1 << 30,
+            mtime_ns: 7,
+            block: true,
+        };
+        idx.records[0].files.push(lv.clone());
+        let now = |dev: u64, size: u64| SourceId {
+            dev,
+            ino: 41,
+            size,
+            mtime_ns: 8,
+            block: true,
+        };
+        let rows: Vec<(&str, SourceId, Option<&str>)> = vec![
+            ("/dev/vg/lv", now((253 << 8) | 3, 1 << 30), None),
+            (
+                "/dev/vg/lv",
+                now((253 << 8) | 4, 1 << 30),
+                Some("is block device 253:4 now, but was 253:3 when restore point"),
+            ),
+            (
+                "/dev/vg/lv",
+                now((253 << 8) | 3, 2 << 30),
+                Some("holds 2147483648 bytes now, but 1073741824 when restore point"),
+            ),
+            ("/dev/vg/other", now((253 << 8) | 4, 1 << 30), None),
+            ("/v/base", now((253 << 8) | 4, 1 << 30), None),
+        ];
+        for (path, id, want) in rows {
+            let got = device_change(&idx, Path::new(path), &id);
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.contains(w), "{path}: {g}"),
+                _ => panic!("{path}: {got:?}"),
             }
         }
     }

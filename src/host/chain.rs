@@ -116,6 +116,14 @@ impl SourceId {
         })
     }
 
+    /// A block device's number as `major:minor` (a file's st_dev the same
+    /// way).
+    pub fn device_number(&self) -> String {
+        let major = ((self.dev >> 8) & 0xfff) | ((self.dev >> 32) & !0xfff);
+        let minor = (self.dev & 0xff) | ((self.dev >> 12) & !0xff);
+        format!("{major}:{minor}")
+    }
+
     /// Whether `now`, read while or after copying the source, is the
     /// reading `self` the copy was planned on: equal, or for a block device
     /// with nothing above it (no witness, no identity to compare), the same
@@ -175,9 +183,8 @@ impl std::fmt::Display for SourceId {
         if self.block {
             return write!(
                 f,
-                "block device {}:{}, {} bytes, {}",
-                ((self.dev >> 8) & 0xfff) | ((self.dev >> 32) & !0xfff),
-                (self.dev & 0xff) | ((self.dev >> 12) & !0xff),
+                "block device {}, {} bytes, {}",
+                self.device_number(),
                 self.size,
                 if self.ino == 0 {
                     "nothing above it".to_string()
