@@ -77,7 +77,7 @@ _fi__backup() {
 
     case "${cmd}" in
         fi__backup)
-            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --overlay-dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --sync-to --sync-bwlimit --help --version list restore mount umount verify prune sync adopt help"
+            opts="-b -c -C -m -q -s -d -r -v -h -V --backup-dir --backup_dir --consolidate-only --consolidate_only --consolidate-and-snapshot --consolidate_and_snapshot --method --quiesce --dump-state-dir --dump_state_dir --overlay-dir --live --quiesce-fallback --debug --all-running --all_running --verbose --log-timestamps --dry-run --json --metrics --connect --lock-dir --state-dir --commit-all --commit-through --pull-devices --bandwidth --timeout --jobs --copy-jobs --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --sync-to --sync-bwlimit --help --version list restore mount umount verify prune sync adopt help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_fi_backup_global_optspecs
-    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= overlay-dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= sync-to= sync-bwlimit= h/help V/version
+    string join \n b/backup_dir= c/consolidate_only C/consolidate_and_snapshot m/method= q/quiesce s/dump_state_dir= overlay-dir= live quiesce-fallback d/debug r/all_running v/verbose log-timestamps dry-run json metrics= connect= lock-dir= state-dir= commit-all commit-through pull-devices bandwidth= timeout= jobs= copy-jobs= keep-last= keep-hourly= keep-daily= keep-weekly= keep-monthly= keep-yearly= sync-to= sync-bwlimit= h/help V/version
 end
 
 function __fish_fi_backup_needs_command
@@ -58,6 +58,7 @@ complete -c fi-backup -n "__fish_fi_backup_needs_command" -l dry-run -d 'Show wh
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l json -d 'Print the run\'s report as one JSON document on stdout (logs stay on stderr)'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l commit-all -d 'blockcommit everything, the top overlay included, into the base, and put the disk back on it (fi-backup.sh\'s shape). The next backup then copies the whole base again. Without it, -c and -C commit only the files below the newest overlay, and the next backup stays incremental'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -l commit-through -d 'Let a blockcommit write through files fi-backup did not make (the user\'s own external snapshots) down to the base: each is named, and no longer holds the point in time it was made at. Without it, a commit writes into the newest such file and leaves the older ones'
+complete -c fi-backup -n "__fish_fi_backup_needs_command" -l pull-devices -d 'With -m blockpull: pull a disk standing on a block device (an LV, a LUN) into its file overlay anyway; the disk then runs on that file, which holds the whole device\'s data, and the device is left as it is, unused (without it, such a disk is refused)'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -s V -l version -d 'Print version'
 complete -c fi-backup -n "__fish_fi_backup_needs_command" -a "list" -d 'List the restore points in a backup directory'

@@ -215,7 +215,9 @@ fn a_block_device_disk_is_backed_up_consolidated_and_restored() {
 /// device and defines the disk on the device again as a block disk, so the
 /// domain starts and reads its data; with nothing of ours above it, a
 /// backup then copies the device whole, with a [WAR] that says why; a
-/// blockpull is refused, naming the device, with nothing changed.
+/// blockpull is refused, naming the device, with nothing changed, and done
+/// when asked (`--pull-devices`): the disk then runs on one file and the
+/// device is left as it was.
 #[test]
 fn a_shut_off_block_disk_commits_back_into_its_device() {
     let mut s = Scenario::new("blockoff");
@@ -272,6 +274,17 @@ fn a_shut_off_block_disk_commits_back_into_its_device() {
     );
     assert_image(&record_top(&backup, &dom, last, "vda"), "raw", &[(0x61, 4)]);
     virsh(&["start", &dom]);
+    assert_guest(&dom, 0, &[(0x61, 4)]);
+
+    // Asked for with --pull-devices, the pull is done: the disk runs on a
+    // file holding the whole device's data, and the device is left as it
+    // was.
+    s.fi_ok(&["-b", b, &dom]);
+    let device_before = blake3_file(Path::new(&dev.0));
+    s.fi_ok(&["-c", "-m", "blockpull", "--pull-devices", &dom]);
+    let top = top_of(&dom, "vda");
+    assert_eq!(chain_names(Path::new(&top)), std::slice::from_ref(&top));
+    assert_eq!(blake3_file(Path::new(&dev.0)), device_before);
     assert_guest(&dom, 0, &[(0x61, 4)]);
 }
 

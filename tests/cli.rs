@@ -103,6 +103,28 @@ fn bad_command_lines_are_refused_and_change_nothing() {
             vec!["-b", b, "--commit-all", &dom],
             "--commit-all needs consolidation".to_string(),
         ),
+        (
+            vec!["-c", "--pull-devices", &dom],
+            "--pull-devices is a blockpull option".to_string(),
+        ),
+        (
+            vec!["-b", b, "--overlay-dir", m, &dom],
+            format!("overlay directory '{m}' doesn't exist"),
+        ),
+        (
+            vec![
+                "restore",
+                "--backup-dir",
+                b,
+                "--domain",
+                &dom,
+                "--target",
+                st,
+                "--onto",
+                "vda",
+            ],
+            "--onto 'vda' is not DISK=DEVICE".to_string(),
+        ),
     ];
     for (args, message) in &cases {
         let out = s.fi(args);

@@ -149,6 +149,13 @@ pub struct RunArgs {
     #[arg(long = "commit-through")]
     pub commit_through: bool,
 
+    /// With -m blockpull: pull a disk standing on a block device (an LV, a
+    /// LUN) into its file overlay anyway; the disk then runs on that file,
+    /// which holds the whole device's data, and the device is left as it
+    /// is, unused (without it, such a disk is refused)
+    #[arg(long = "pull-devices")]
+    pub pull_devices: bool,
+
     /// Bandwidth limit of consolidation jobs, MiB/s (0: none)
     #[arg(long = "bandwidth", value_name = "MIB_S", default_value_t = 0)]
     pub bandwidth: u64,

@@ -59,6 +59,8 @@ pub struct Config {
     pub commit_all: bool,
     /// --commit-through: commit through the user's own snapshot files.
     pub commit_through: bool,
+    /// --pull-devices: a blockpull onto a block device is done, not refused.
+    pub pull_devices: bool,
     /// --keep-*: prune each domain's directory after its backup.
     pub keep: Option<crate::store::retention::Policy>,
     /// --sync-to: sync each domain's points there after its backup (and prune).
@@ -191,11 +193,17 @@ impl Config {
                 "--commit-through is a blockcommit option; it cannot go with -m blockpull",
             );
         }
+        if args.pull_devices && (action == Action::Backup || method != Method::BlockPull) {
+            return usage(
+                "--pull-devices is a blockpull option: it needs -c or -C with -m blockpull",
+            );
+        }
         Ok(Config {
             action,
             method,
             commit_all: args.commit_all,
             commit_through: args.commit_through,
+            pull_devices: args.pull_devices,
             keep,
             sync_to: args.sync_to,
             sync_bwlimit: args.sync_bwlimit,
@@ -244,6 +252,7 @@ impl Config {
             method: Method::BlockPull,
             commit_all: false,
             commit_through: false,
+            pull_devices: false,
             keep: None,
             sync_to: None,
             sync_bwlimit: None,

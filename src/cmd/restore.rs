@@ -163,6 +163,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             "restore needs --backup-dir, --domain and --target".into(),
         ));
     };
+    let onto = parse_onto(&args.onto)?;
     if crate::sync::read::is_destination(backup_dir) {
         return run_far(args, backup_dir, domain, target);
     }
@@ -226,7 +227,6 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     }
     let new_name = args.define.as_deref().filter(|_| !in_place);
     let clusters = cluster_sizes(&dir, record);
-    let onto = parse_onto(&args.onto)?;
     let plan = plan(
         &dir,
         record,

@@ -394,6 +394,7 @@ fn consolidate_domain(
         consolidate::Ask {
             job: consolidate::job_for(config.method, config.commit_all),
             through: config.commit_through,
+            pull_devices: config.pull_devices,
         },
     );
     let how = if active {

@@ -128,6 +128,8 @@ pub struct Ask {
     /// `--commit-through`: commit through files fi-backup did not make (the
     /// user's own snapshots) down to the base, invalidating them.
     pub through: bool,
+    /// `--pull-devices`: a pull onto a block device is done, not refused.
+    pub pull_devices: bool,
 }
 
 /// Plans the consolidation of domain `uuid`'s disks, running or shut off.
@@ -185,10 +187,11 @@ pub fn plan(
 /// the device (an LV, a LUN) unused while the disk runs on a file.
 fn pull_from_device(d: &DiskChain, ask: Ask) -> Option<String> {
     let bottom = d.chain.last()?;
-    (ask.job == Job::Pull && bottom.id.block).then(|| {
+    (ask.job == Job::Pull && bottom.id.block && !ask.pull_devices).then(|| {
         format!(
             "blockpull would copy the whole block device '{}' into the file '{}' and leave \
-             the device unused; -m blockcommit commits into the device instead",
+             the device unused; -m blockcommit commits into the device instead \
+             (--pull-devices pulls it all the same)",
             bottom.path.display(),
             d.chain[0].path.display()
         )
@@ -1314,6 +1317,7 @@ mod tests {
         Ask {
             job: job_for(m, all),
             through: false,
+            pull_devices: false,
         }
     }
 
@@ -1463,7 +1467,11 @@ mod tests {
                 std::slice::from_ref(d),
                 &l,
                 &none,
-                Ask { job, through },
+                Ask {
+                    job,
+                    through,
+                    pull_devices: false,
+                },
             );
             let case = format!("{:?} {job:?} through={through}", d.chain[1].path);
             match want {
@@ -1602,6 +1610,17 @@ mod tests {
                 && why.contains("-m blockcommit"),
             "{why}"
         );
+        // Asked for (--pull-devices), the pull is planned: the device is
+        // left, never deleted.
+        let asked = Ask {
+            pull_devices: true,
+            ..ask(Method::BlockPull, false)
+        };
+        let p = plan("u", std::slice::from_ref(&d), &l, &none, asked);
+        assert!(p.refused.is_empty(), "{p:?}");
+        assert_eq!(p.disks[0].delete, [PathBuf::from(T1)]);
+        assert_eq!(p.disks[0].leave.len(), 1, "{p:?}");
+        assert_eq!(p.disks[0].leave[0].0, PathBuf::from("/dev/vg/lv"));
         let mut other = Siblings::default();
         other.add("other-uuid", "sib", 0xfd03, u64::MAX);
         let p = plan_of(&d, &l, &other, Method::BlockCommit, false);
