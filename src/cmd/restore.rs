@@ -167,7 +167,161 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     if crate::sync::read::is_destination(backup_dir) {
         return run_far(args, backup_dir, domain, target);
     }
-    // Absolute: an instant restore's overlays name the copies by this path.
+    let (dir, index) = open_domain_dir(backup_dir, domain)?;
+    let record = crate::store::record::pick(&index, domain, args.at.as_deref())?;
+    let how = How::asked(args);
+    if how == How::Instant {
+        check_instant(&dir, record, &args.libvirt.connect)?;
+    }
+    let Decided {
+        plan,
+        target,
+        target_exists,
+        in_place,
+        lv,
+    } = decide(args, (&dir, record, domain), target, how, &onto)?;
+    if !target_exists {
+        // QEMU (another user) must reach the images of a domain that is
+        // defined: 0711 lets it through without listing the directory.
+        let mode = if args.define.is_some() { 0o711 } else { 0o700 };
+        create_target(&target, mode)?;
+    }
+    log::info!(
+        "Restoring '{domain}' at {} into '{}'{}",
+        plan.restore_point,
+        target.display(),
+        if how == How::Instant {
+            " (instant: over the backup's copies, read in place)"
+        } else {
+            ""
+        }
+    );
+    execute(&plan)?;
+    say_restored(&plan, record, &target, args.define.as_deref());
+    if let (Some(name), Some(lv)) = (&args.define, &lv) {
+        define_and_start(lv, (name, in_place, args.start), &plan, record)?;
+    }
+    if how == How::Instant {
+        say_read_in_place(
+            &plan,
+            &dir,
+            args.define.as_deref().unwrap_or(&record.domain),
+        );
+    }
+    Ok(true)
+}
+
+/// A restore decided, with what its execution needs.
+struct Decided {
+    plan: RestorePlan,
+    /// The target directory, absolute.
+    target: PathBuf,
+    target_exists: bool,
+    /// `--define` names the restored domain itself.
+    in_place: bool,
+    /// libvirt, with `--define`.
+    lv: Option<Libvirt>,
+}
+
+/// Everything checked and planned before anything is written: the target,
+/// the point's domain XML, what `--define` needs, the plan, the `--onto`
+/// devices, and that every output is free.
+fn decide(
+    args: &RestoreArgs,
+    (dir, record, domain): (&DomainDir, &Record, &str),
+    target: &Path,
+    how: How,
+    onto: &[(String, PathBuf)],
+) -> Result<Decided> {
+    let target = std::path::absolute(target)
+        .map_err(|e| Error::io("cannot resolve target directory", target, e))?;
+    if let Some(name) = &args.define {
+        check_define_name(name)?;
+    }
+    let target_exists = target_is_dir(&target)?;
+    let xml_path = dir.points().join(&record.domain_xml);
+    let xml_text = std::fs::read_to_string(&xml_path).map_err(|e| {
+        Error::io(
+            "cannot read the domain XML of the restore point",
+            &xml_path,
+            e,
+        )
+    })?;
+    // Defining under the domain's own name is a restore in place: same UUID
+    // and MACs, and the only way to start from a memory state (libvirt
+    // refuses a state under another UUID).
+    let in_place = args.define.as_deref() == Some(domain);
+    let lv = define_checks(args, record, (&target, target_exists), how, in_place)?;
+    let new_name = args.define.as_deref().filter(|_| !in_place);
+    let clusters = cluster_sizes(dir, record);
+    let plan = plan(
+        dir,
+        record,
+        &target,
+        (&xml_text, &clusters),
+        how,
+        (new_name, onto),
+    )?;
+    check_onto(&plan, record, &args.libvirt.connect)?;
+    check_outputs_free(&plan)?;
+    Ok(Decided {
+        plan,
+        target,
+        target_exists,
+        in_place,
+        lv,
+    })
+}
+
+impl How {
+    /// The way the command line asks for.
+    fn asked(args: &RestoreArgs) -> How {
+        match (args.flatten, args.instant) {
+            (true, _) => How::Flatten,
+            (_, true) => How::Instant,
+            _ => How::Copy,
+        }
+    }
+}
+
+/// An instant restore's [WAR]: what reading the point in place means, and
+/// how to end it.
+fn say_read_in_place(plan: &RestorePlan, dir: &DomainDir, name: &str) {
+    log::warn!(
+        "The restored disks read restore point {} in '{}' in place: while they do, that \
+         point and its files are kept by prune, and QEMU runs as root for this domain. \
+         Make it stand alone with: fi-backup restore --settle {name}",
+        plan.restore_point,
+        dir.root.display(),
+    );
+}
+
+/// With `--define`: libvirt, and what defining needs before anything is
+/// written (a name that is free or the domain's own shut off, and, on the
+/// system connection, a target QEMU's user can reach: an instant restore's
+/// QEMU runs as root and reaches any path). None without `--define`.
+fn define_checks(
+    args: &RestoreArgs,
+    record: &Record,
+    (target, target_exists): (&Path, bool),
+    how: How,
+    in_place: bool,
+) -> Result<Option<Libvirt>> {
+    let Some(name) = &args.define else {
+        return Ok(None);
+    };
+    let lv = Libvirt::open(&args.libvirt.connect)?;
+    check_define_target(&lv, name, in_place, record)?;
+    if args.libvirt.connect == "qemu:///system" && how != How::Instant {
+        check_qemu_can_reach(target, target_exists)?;
+    }
+    Ok(Some(lv))
+}
+
+/// A domain's directory in the backup directory (made absolute: an
+/// instant restore's overlays name the copies by this path) and its index,
+/// each record it cannot trust said with a [WAR].
+fn open_domain_dir(backup_dir: &Path, domain: &str) -> Result<(DomainDir, Index)> {
     let backup_dir = std::path::absolute(backup_dir)
         .map_err(|e| Error::io("cannot resolve backup directory", backup_dir, e))?;
     let dir = DomainDir::new(&backup_dir, domain)?;
@@ -178,104 +332,55 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             path.display()
         );
     }
-    let record = crate::store::record::pick(&index, domain, args.at.as_deref())?;
-    let how = match (args.flatten, args.instant) {
-        (true, _) => How::Flatten,
-        (_, true) => How::Instant,
-        _ => How::Copy,
-    };
-    if how == How::Instant {
-        check_instant(&dir, record, &args.libvirt.connect)?;
+    Ok((dir, index))
+}
+
+/// Whether the target directory exists (a file there is refused).
+fn target_is_dir(target: &Path) -> Result<bool> {
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(Error::Usage(format!(
+            "target '{}' is not a directory; nothing was written",
+            target.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("cannot use target directory", target, e)),
     }
-    let target = std::path::absolute(target)
-        .map_err(|e| Error::io("cannot resolve target directory", target, e))?;
-    if let Some(name) = &args.define {
-        check_define_name(name)?;
-    }
-    let target_exists = match std::fs::metadata(&target) {
-        Ok(m) if m.is_dir() => true,
-        Ok(_) => {
-            return Err(Error::Usage(format!(
-                "target '{}' is not a directory; nothing was written",
-                target.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(Error::io("cannot use target directory", &target, e)),
-    };
-    let xml_text = std::fs::read_to_string(dir.points().join(&record.domain_xml)).map_err(|e| {
-        Error::io(
-            "cannot read the domain XML of the restore point",
-            dir.points().join(&record.domain_xml),
-            e,
-        )
-    })?;
-    // Defining under the domain's own name is a restore in place: same UUID
-    // and MACs, and the only way to start from a memory state (libvirt
-    // refuses a state under another UUID).
-    let in_place = args.define.as_deref() == Some(domain.as_str());
-    let lv = match &args.define {
-        Some(_) => Some(Libvirt::open(&args.libvirt.connect)?),
-        None => None,
-    };
-    if let (Some(name), Some(lv)) = (&args.define, &lv) {
-        check_define_target(lv, name, in_place, record)?;
-        // An instant restore's QEMU runs as root and reaches any path.
-        if args.libvirt.connect == "qemu:///system" && how != How::Instant {
-            check_qemu_can_reach(&target, target_exists)?;
-        }
-    }
-    let new_name = args.define.as_deref().filter(|_| !in_place);
-    let clusters = cluster_sizes(&dir, record);
-    let plan = plan(
-        &dir,
-        record,
-        &target,
-        (&xml_text, &clusters),
-        how,
-        (new_name, &onto),
-    )?;
-    check_onto(&plan, record, &args.libvirt.connect)?;
+}
+
+/// A restore never overwrites: every path it would write must be free.
+fn check_outputs_free(plan: &RestorePlan) -> Result<()> {
     let taken: Vec<String> = plan
         .outputs
         .iter()
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
         .map(|p| format!("'{}'", p.display()))
         .collect();
-    if !taken.is_empty() {
-        return Err(Error::Usage(format!(
-            "the target already has {}; nothing was written (a restore never overwrites)",
-            taken.join(", ")
-        )));
+    if taken.is_empty() {
+        return Ok(());
     }
-    if !target_exists {
-        // QEMU (another user) must reach the images of a domain that is
-        // defined: 0711 lets it through without listing the directory.
-        let mode = if args.define.is_some() { 0o711 } else { 0o700 };
-        create_target(&target, mode)?;
-    }
-    log::info!(
-        "Restoring '{}' at {} into '{}'{}",
-        domain,
-        plan.restore_point,
-        target.display(),
-        if how == How::Instant {
-            " (instant: over the backup's copies, read in place)"
-        } else {
-            ""
-        }
-    );
-    execute(&plan)?;
+    Err(Error::Usage(format!(
+        "the target already has {}; nothing was written (a restore never overwrites)",
+        taken.join(", ")
+    )))
+}
+
+/// Says what the restore wrote where, and what the admin must know: where
+/// the TPM state went (libvirt cannot be pointed at it), the disks the
+/// point does not hold.
+fn say_restored(plan: &RestorePlan, record: &Record, target: &Path, define: Option<&str>) {
     for (t, d) in &plan.disks {
-        let out = match d {
-            DiskRestore::Chain(jobs) => target.join(&jobs[0].name),
-            DiskRestore::Flatten { dest, .. } | DiskRestore::Instant { dest, .. } => dest.clone(),
-            DiskRestore::Onto { device, .. } => {
-                log::info!("Restored {t} onto block device '{}'", device.display());
-                continue;
+        match d {
+            DiskRestore::Chain(jobs) => {
+                log::info!("Restored {t} as '{}'", target.join(&jobs[0].name).display())
             }
-        };
-        log::info!("Restored {t} as '{}'", out.display());
+            DiskRestore::Flatten { dest, .. } | DiskRestore::Instant { dest, .. } => {
+                log::info!("Restored {t} as '{}'", dest.display())
+            }
+            DiskRestore::Onto { device, .. } => {
+                log::info!("Restored {t} onto block device '{}'", device.display())
+            }
+        }
     }
     for fw in &plan.firmware {
         log::info!(
@@ -285,13 +390,13 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
     }
     log::info!("Domain XML: '{}'", plan.xml_path.display());
     if let Some(tpm) = record.firmware.iter().find(|f| f.kind == FirmwareKind::Tpm) {
-        let name = args.define.as_deref().unwrap_or(&record.domain);
+        let name = define.unwrap_or(&record.domain);
         log::warn!(
             "The emulated TPM's state is restored into '{}'. libvirt 9.0 keeps TPM state in \
              {}/<uuid>/ and cannot be pointed elsewhere, so a defined domain starts with its own \
              TPM state there; to carry this state over, copy it there while the domain is shut off \
              (it was '{}')",
-            tpm_dir(&target, name).display(),
+            tpm_dir(target, name).display(),
             crate::host::domain::SWTPM_STATE_DIR,
             tpm.source
         );
@@ -303,40 +408,39 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
             l.reason
         );
     }
-    if let (Some(name), Some(lv)) = (&args.define, &lv) {
-        let dom = lv.define(&plan.xml)?;
-        log::info!("Defined domain '{name}'");
-        match (&record.state_file, args.start) {
-            (Some(state), true) if in_place => {
-                lv.restore_state(Path::new(state), &plan.xml)?;
-                log::info!("Started domain '{name}' from its memory state '{state}'");
-            }
-            (state, true) => {
-                if let Some(state) = state {
-                    log::warn!(
-                        "The restore point has a memory state ('{state}'), but a domain under a new \
-                         name cannot resume it (libvirt requires the original UUID): '{name}' boots \
-                         from its disks. Use --define {} to restore in place.",
-                        domain
-                    );
-                }
-                dom.start()?;
-                log::info!("Started domain '{name}'");
-            }
-            _ => {}
+}
+
+/// Defines the restored domain `name` and, with `start`, starts it: from
+/// the point's memory state when the restore is in place and it has one,
+/// else from its disks (a memory state cannot resume under another UUID).
+fn define_and_start(
+    lv: &Libvirt,
+    (name, in_place, start): (&str, bool, bool),
+    plan: &RestorePlan,
+    record: &Record,
+) -> Result<()> {
+    let dom = lv.define(&plan.xml)?;
+    log::info!("Defined domain '{name}'");
+    match (&record.state_file, start) {
+        (Some(state), true) if in_place => {
+            lv.restore_state(Path::new(state), &plan.xml)?;
+            log::info!("Started domain '{name}' from its memory state '{state}'");
         }
+        (state, true) => {
+            if let Some(state) = state {
+                log::warn!(
+                    "The restore point has a memory state ('{state}'), but a domain under a new \
+                     name cannot resume it (libvirt requires the original UUID): '{name}' boots \
+                     from its disks. Use --define {} to restore in place.",
+                    record.domain
+                );
+            }
+            dom.start()?;
+            log::info!("Started domain '{name}'");
+        }
+        _ => {}
     }
-    if how == How::Instant {
-        log::warn!(
-            "The restored disks read restore point {} in '{}' in place: while they do, that \
-             point and its files are kept by prune, and QEMU runs as root for this domain. \
-             Make it stand alone with: fi-backup restore --settle {}",
-            plan.restore_point,
-            dir.root.display(),
-            args.define.as_deref().unwrap_or(&record.domain)
-        );
-    }
-    Ok(true)
+    Ok(())
 }
 
 /// What `--onto` needs before anything is written: each device can take
@@ -574,127 +678,174 @@ pub fn plan(
     let mut outputs = Vec::new();
     let mut sources = Vec::new();
     for d in &record.disks {
-        let top_name = format!("{}.qcow2", d.target);
-        let dest = target.join(&top_name);
         let device = onto
             .iter()
             .find(|(t, _)| *t == d.target)
             .map(|(_, dev)| dev);
-        sources.push(match device {
-            Some(dev) => (d.target.clone(), dev.clone(), "raw".to_string()),
-            None => (d.target.clone(), dest.clone(), "qcow2".to_string()),
-        });
-        let top = record
-            .files
-            .iter()
-            .find(|f| f.name == d.chain[0])
-            .ok_or_else(|| {
-                Error::Internal(format!("the record does not describe '{}'", d.chain[0]))
-            })?;
-        // One file in the target from the point's top copy: an overlay over
-        // it (instant), or the whole chain converted (flatten; a raw top
-        // cannot carry a chain copy's backing).
-        let (top_copy, format) = (dir.images().join(&top.name), top.format.clone());
-        if let Some(device) = device {
-            disks.push((
-                d.target.clone(),
-                DiskRestore::Onto {
-                    source: top_copy,
-                    format,
-                    device: device.clone(),
-                },
-            ));
-            continue;
-        }
-        let single = match how {
-            How::Instant => Some(DiskRestore::Instant {
-                backing: top_copy,
-                format,
-                dest: dest.clone(),
-            }),
-            How::Copy if top.format == "qcow2" => None,
-            How::Flatten | How::Copy => Some(DiskRestore::Flatten {
-                source: top_copy,
-                format,
-                dest: dest.clone(),
-            }),
-        };
-        if let Some(single) = single {
-            outputs.push(dest);
-            disks.push((d.target.clone(), single));
-            continue;
-        }
-        let names: Vec<String> = d
-            .chain
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let fmt = &record
-                    .files
-                    .iter()
-                    .find(|f| &f.name == n)
-                    .expect("checked record")
-                    .format;
-                if i == 0 {
-                    top_name.clone()
-                } else {
-                    format!("{}.{i}.{fmt}", d.target)
-                }
-            })
-            .collect();
-        let mut jobs = Vec::new();
-        for (i, n) in d.chain.iter().enumerate() {
-            let f = record
-                .files
-                .iter()
-                .find(|f| &f.name == n)
-                .expect("checked record");
-            let source = dir.images().join(n);
-            let cluster_size = clusters.get(n).copied();
-            let backing = d.chain.get(i + 1).map(|b| {
-                let bf = record
-                    .files
-                    .iter()
-                    .find(|f| &f.name == b)
-                    .expect("checked record");
-                (names[i + 1].clone(), bf.format.clone())
-            });
-            outputs.push(target.join(&names[i]));
-            jobs.push(CopyJob {
-                source,
-                format: f.format.clone(),
-                cluster_size,
-                dest_dir: target.to_path_buf(),
-                name: names[i].clone(),
-                backing,
-                expected_id: None,
-                above: None,
-            });
-        }
-        disks.push((d.target.clone(), DiskRestore::Chain(jobs)));
+        let (restore, source, written) =
+            disk_restore(dir, record, d, target, clusters, how, device)?;
+        disks.push((d.target.clone(), restore));
+        sources.push(source);
+        outputs.extend(written);
     }
     let name = new_name.unwrap_or(&record.domain);
-    let mut firmware = Vec::new();
-    let mut dirs = Vec::new();
-    let mut nvram = None;
+    let fw = firmware_restore(dir, record, target, name);
+    outputs.extend(fw.outputs);
+    let instant = (how == How::Instant).then(|| Instant {
+        dir: dir.root.clone(),
+        point: record.restore_point.clone(),
+    });
+    let mut xml = rewrite_domain_xml(
+        xml,
+        &sources,
+        new_name,
+        fw.nvram.as_deref(),
+        instant.as_ref(),
+        Some(target),
+    )?;
+    for (t, _) in onto {
+        xml = as_block_disk(&xml, t)?;
+    }
+    let xml_path = target.join(format!("{name}.xml"));
+    // A restore in place keeps the recorded name (new_name is None).
+    outputs.push(xml_path.clone());
+    Ok(RestorePlan {
+        restore_point: record.restore_point.clone(),
+        disks,
+        xml_path,
+        xml,
+        firmware: fw.jobs,
+        dirs: fw.dirs,
+        outputs,
+    })
+}
+
+/// A disk source the restored XML names: target, path, format.
+type Source = (String, PathBuf, String);
+
+/// How disk `d` of `record` comes back into `target` (onto `device` when
+/// given), the source the XML then names, and the files it writes there.
+/// Pure.
+fn disk_restore(
+    dir: &DomainDir,
+    record: &Record,
+    d: &crate::store::record::DiskRecord,
+    target: &Path,
+    clusters: &HashMap<String, u64>,
+    how: How,
+    device: Option<&PathBuf>,
+) -> Result<(DiskRestore, Source, Vec<PathBuf>)> {
+    let top_name = format!("{}.qcow2", d.target);
+    let dest = target.join(&top_name);
+    let file = |name: &str| {
+        record
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| Error::Internal(format!("the record does not describe '{name}'")))
+    };
+    let top = file(&d.chain[0])?;
+    // One file in the target from the point's top copy: an overlay over
+    // it (instant), or the whole chain converted (flatten; a raw top
+    // cannot carry a chain copy's backing); or the device written.
+    let (top_copy, format) = (dir.images().join(&top.name), top.format.clone());
+    if let Some(device) = device {
+        let source = (d.target.clone(), device.clone(), "raw".to_string());
+        let restore = DiskRestore::Onto {
+            source: top_copy,
+            format,
+            device: device.clone(),
+        };
+        return Ok((restore, source, Vec::new()));
+    }
+    let source = (d.target.clone(), dest.clone(), "qcow2".to_string());
+    let single = match how {
+        How::Instant => Some(DiskRestore::Instant {
+            backing: top_copy,
+            format,
+            dest: dest.clone(),
+        }),
+        How::Copy if top.format == "qcow2" => None,
+        How::Flatten | How::Copy => Some(DiskRestore::Flatten {
+            source: top_copy,
+            format,
+            dest: dest.clone(),
+        }),
+    };
+    if let Some(single) = single {
+        return Ok((single, source, vec![dest]));
+    }
+    // The chain copied: names by depth, each rebased onto the next one's.
+    let mut names = Vec::new();
+    for (i, n) in d.chain.iter().enumerate() {
+        names.push(if i == 0 {
+            top_name.clone()
+        } else {
+            format!("{}.{i}.{}", d.target, file(n)?.format)
+        });
+    }
+    let mut jobs = Vec::new();
+    for (i, n) in d.chain.iter().enumerate() {
+        let backing = match d.chain.get(i + 1) {
+            Some(b) => Some((names[i + 1].clone(), file(b)?.format.clone())),
+            None => None,
+        };
+        jobs.push(CopyJob {
+            source: dir.images().join(n),
+            format: file(n)?.format.clone(),
+            cluster_size: clusters.get(n).copied(),
+            dest_dir: target.to_path_buf(),
+            name: names[i].clone(),
+            backing,
+            expected_id: None,
+            above: None,
+        });
+    }
+    let written = names.iter().map(|n| target.join(n)).collect();
+    Ok((DiskRestore::Chain(jobs), source, written))
+}
+
+/// The firmware state a restore writes: copy jobs, the directories they
+/// need (parents first), every path written, and the restored NVRAM.
+struct FirmwareRestore {
+    jobs: Vec<CopyJob>,
+    dirs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+    nvram: Option<PathBuf>,
+}
+
+/// Where `record`'s firmware state comes back in `target` for domain
+/// `name`: NVRAM as `NAME_VARS.fd`, TPM state under `NAME.swtpm/`. Pure.
+fn firmware_restore(
+    dir: &DomainDir,
+    record: &Record,
+    target: &Path,
+    name: &str,
+) -> FirmwareRestore {
+    let mut out = FirmwareRestore {
+        jobs: Vec::new(),
+        dirs: Vec::new(),
+        outputs: Vec::new(),
+        nvram: None,
+    };
     for fw in &record.firmware {
         for f in &fw.files {
             let dest = match fw.kind {
                 FirmwareKind::Nvram => {
-                    nvram = Some(nvram_path(target, name));
+                    out.nvram = Some(nvram_path(target, name));
                     nvram_path(target, name)
                 }
                 FirmwareKind::Tpm => tpm_dir(target, name).join(&f.rel),
             };
             let parent = dest.parent().expect("below the target").to_path_buf();
             for d in parent.ancestors().take_while(|d| *d != target) {
-                if !dirs.contains(&d.to_path_buf()) {
-                    dirs.push(d.to_path_buf());
-                    outputs.push(d.to_path_buf());
+                if !out.dirs.contains(&d.to_path_buf()) {
+                    out.dirs.push(d.to_path_buf());
+                    out.outputs.push(d.to_path_buf());
                 }
             }
-            outputs.push(dest.clone());
-            firmware.push(CopyJob {
+            out.outputs.push(dest.clone());
+            out.jobs.push(CopyJob {
                 source: dir.images().join(&f.name),
                 format: "raw".into(),
                 cluster_size: None,
@@ -710,34 +861,8 @@ pub fn plan(
             });
         }
     }
-    dirs.sort_by_key(|d| d.components().count());
-    let instant = (how == How::Instant).then(|| Instant {
-        dir: dir.root.clone(),
-        point: record.restore_point.clone(),
-    });
-    let mut xml = rewrite_domain_xml(
-        xml,
-        &sources,
-        new_name,
-        nvram.as_deref(),
-        instant.as_ref(),
-        Some(target),
-    )?;
-    for (t, _) in onto {
-        xml = as_block_disk(&xml, t)?;
-    }
-    let xml_path = target.join(format!("{name}.xml"));
-    // A restore in place keeps the recorded name (new_name is None).
-    outputs.push(xml_path.clone());
-    Ok(RestorePlan {
-        restore_point: record.restore_point.clone(),
-        disks,
-        xml_path,
-        xml,
-        firmware,
-        dirs,
-        outputs,
-    })
+    out.dirs.sort_by_key(|d| d.components().count());
+    out
 }
 
 fn execute(plan: &RestorePlan) -> Result<()> {
