@@ -662,18 +662,7 @@ pub fn plan(
     how: How,
     (new_name, onto): (Option<&str>, &[(String, PathBuf)]),
 ) -> Result<RestorePlan> {
-    if let Some((t, _)) = onto
-        .iter()
-        .find(|(t, _)| !record.disks.iter().any(|d| &d.target == t))
-    {
-        let have: Vec<&str> = record.disks.iter().map(|d| d.target.as_str()).collect();
-        return Err(Error::Usage(format!(
-            "--onto names disk {t}, which restore point {} does not hold (it has {}); nothing \
-             was written",
-            record.restore_point,
-            have.join(", ")
-        )));
-    }
+    check_onto_targets(record, onto)?;
     let mut disks = Vec::new();
     let mut outputs = Vec::new();
     let mut sources = Vec::new();
@@ -718,6 +707,23 @@ pub fn plan(
         dirs: fw.dirs,
         outputs,
     })
+}
+
+/// Every `--onto` disk is one the point holds.
+fn check_onto_targets(record: &Record, onto: &[(String, PathBuf)]) -> Result<()> {
+    let Some((t, _)) = onto
+        .iter()
+        .find(|(t, _)| !record.disks.iter().any(|d| &d.target == t))
+    else {
+        return Ok(());
+    };
+    let have: Vec<&str> = record.disks.iter().map(|d| d.target.as_str()).collect();
+    Err(Error::Usage(format!(
+        "--onto names disk {t}, which restore point {} does not hold (it has {}); nothing \
+         was written",
+        record.restore_point,
+        have.join(", ")
+    )))
 }
 
 /// A disk source the restored XML names: target, path, format.
@@ -775,11 +781,31 @@ fn disk_restore(
     if let Some(single) = single {
         return Ok((single, source, vec![dest]));
     }
-    // The chain copied: names by depth, each rebased onto the next one's.
+    let (jobs, written) = chain_jobs(dir, record, d, target, clusters)?;
+    Ok((DiskRestore::Chain(jobs), source, written))
+}
+
+/// Disk `d`'s chain copied into `target`: `<dev>.qcow2` on `<dev>.1.<fmt>`
+/// and so on by depth, each rebased onto the next one's new name; the jobs
+/// and the files they write. Pure.
+fn chain_jobs(
+    dir: &DomainDir,
+    record: &Record,
+    d: &crate::store::record::DiskRecord,
+    target: &Path,
+    clusters: &HashMap<String, u64>,
+) -> Result<(Vec<CopyJob>, Vec<PathBuf>)> {
+    let file = |name: &str| {
+        record
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| Error::Internal(format!("the record does not describe '{name}'")))
+    };
     let mut names = Vec::new();
     for (i, n) in d.chain.iter().enumerate() {
         names.push(if i == 0 {
-            top_name.clone()
+            format!("{}.qcow2", d.target)
         } else {
             format!("{}.{i}.{}", d.target, file(n)?.format)
         });
@@ -801,8 +827,7 @@ fn disk_restore(
             above: None,
         });
     }
-    let written = names.iter().map(|n| target.join(n)).collect();
-    Ok((DiskRestore::Chain(jobs), source, written))
+    Ok((jobs, names.iter().map(|n| target.join(n)).collect()))
 }
 
 /// The firmware state a restore writes: copy jobs, the directories they
