@@ -110,62 +110,13 @@ fn run_step(
             how,
             quiesce_fallback,
             intent,
-        } => {
-            crate::state::intent::record(
-                &opts.state_dir,
-                &plan.domain,
-                &plan.uuid,
-                intent.clone(),
-            )?;
-            let started = Instant::now();
-            let was_paused = dom.is_paused()?;
-            let mut how = how.clone();
-            if how.memory.is_some() {
-                crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
-            }
-            let mut result = dom.snapshot(disks, &how);
-            let retry = result.as_ref().err().and_then(|e| {
-                crate::backup::plan::snapshot_retry(
-                    &how,
-                    *quiesce_fallback,
-                    e.is_agent_unavailable(),
-                )
-                .map(|again| (e.to_string(), again))
-            });
-            if let Some((e, again)) = retry {
-                log::warn!(
-                    "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
-                    dom.name
-                );
-                how = again;
-                outcome.quiesce_dropped = true;
-                result = dom.snapshot(disks, &how);
-            }
-            outcome.snapshot_ms = started.elapsed().as_millis();
-            keep_running(dom, was_paused);
-            result?;
-            outcome.overlays = disks
-                .iter()
-                .filter(|d| matches!(d, SnapshotDisk::External { .. }))
-                .count();
-            log::debug!(
-                "Snapshot for block devices of '{}' successful ({} ms)",
-                dom.name,
-                outcome.snapshot_ms
-            );
-            if let Some(state) = &how.memory {
-                private(state)?;
-                log::info!(
-                    "Memory state of '{}' saved to '{}' (snapshot call {} ms)",
-                    dom.name,
-                    state.display(),
-                    outcome.snapshot_ms
-                );
-            }
-            record_overlays(plan, disks, &opts.state_dir)?;
-            crate::fault::kill_point("kill-after-snapshot");
-            crate::fault::hold("hold-after-snapshot");
-        }
+        } => snapshot(
+            plan,
+            (disks, how, *quiesce_fallback, intent),
+            dom,
+            opts,
+            outcome,
+        )?,
         Step::MakeOverlayDir { dir } => {
             make_overlay_dir(dir, &opts.state_dir)?;
             crate::fault::kill_point("kill-after-overlay-dir");
@@ -174,22 +125,7 @@ fn run_step(
         Step::CheckDir { dir, sources } => fsutil::check_dir(dir, sources)?,
         Step::Reuse(files) => {
             for r in files {
-                if r.equal {
-                    log::debug!(
-                        "'{}' holds the data of restore point {} (recorded when it was \
-                         consolidated): that point's copies up to '{}' stand for it",
-                        r.source.display(),
-                        r.point,
-                        r.name
-                    );
-                } else {
-                    log::debug!(
-                        "'{}' is unchanged since restore point {}: reusing '{}'",
-                        r.source.display(),
-                        r.point,
-                        r.name
-                    );
-                }
+                say_reused(r);
             }
             outcome.reused = files.len();
         }
@@ -203,30 +139,124 @@ fn run_step(
             }
         }
         Step::WriteXml { path, xml } => fsutil::write_once(path, xml.as_bytes())?,
-        Step::WriteRecord { path, draft } => {
-            let mut record = complete_record(draft, copied)?;
-            if outcome.quiesce_dropped {
-                record.quiesced = false;
-            }
-            let mut text = serde_json::to_string_pretty(&record)
-                .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
-            text.push('\n');
-            fsutil::write_once(path, text.as_bytes())?;
-            outcome.restore_point = Some(record.restore_point.clone());
-            outcome.reused_bytes = draft
-                .files
-                .iter()
-                .filter_map(|f| match f {
-                    crate::backup::plan::PlannedFile::Reused(r) => Some(r.size),
-                    crate::backup::plan::PlannedFile::Copied(_) => None,
-                })
-                .sum();
-        }
+        Step::WriteRecord { path, draft } => write_record(path, draft, copied, outcome)?,
         Step::NotePoint { dir, overlays } => {
             crate::fault::kill_point("kill-before-note");
             note_point(plan, dir, overlays, copied, &opts.state_dir)?;
         }
     }
+    Ok(())
+}
+
+/// The snapshot step: its intent recorded first, the one libvirt call
+/// (tried again unquiesced when `plan::snapshot_retry` says so), the guest
+/// kept running, the memory state made private, the new overlays entered
+/// in the ledger.
+fn snapshot(
+    plan: &Plan,
+    (disks, how, quiesce_fallback, intent): (
+        &[SnapshotDisk],
+        &crate::host::libvirt::SnapshotHow,
+        bool,
+        &crate::state::ledger::Intent,
+    ),
+    dom: &Dom,
+    opts: &Options,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
+    let started = Instant::now();
+    let was_paused = dom.is_paused()?;
+    let mut how = how.clone();
+    if how.memory.is_some() {
+        crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
+    }
+    let mut result = dom.snapshot(disks, &how);
+    let retry = result.as_ref().err().and_then(|e| {
+        crate::backup::plan::snapshot_retry(&how, quiesce_fallback, e.is_agent_unavailable())
+            .map(|again| (e.to_string(), again))
+    });
+    if let Some((e, again)) = retry {
+        log::warn!(
+            "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
+            dom.name
+        );
+        how = again;
+        outcome.quiesce_dropped = true;
+        result = dom.snapshot(disks, &how);
+    }
+    outcome.snapshot_ms = started.elapsed().as_millis();
+    keep_running(dom, was_paused);
+    result?;
+    outcome.overlays = disks
+        .iter()
+        .filter(|d| matches!(d, SnapshotDisk::External { .. }))
+        .count();
+    log::debug!(
+        "Snapshot for block devices of '{}' successful ({} ms)",
+        dom.name,
+        outcome.snapshot_ms
+    );
+    if let Some(state) = &how.memory {
+        private(state)?;
+        log::info!(
+            "Memory state of '{}' saved to '{}' (snapshot call {} ms)",
+            dom.name,
+            state.display(),
+            outcome.snapshot_ms
+        );
+    }
+    record_overlays(plan, disks, &opts.state_dir)?;
+    crate::fault::kill_point("kill-after-snapshot");
+    crate::fault::hold("hold-after-snapshot");
+    Ok(())
+}
+
+/// Says (debug) why an earlier copy serves for a live file.
+fn say_reused(r: &crate::backup::plan::Reused) {
+    if r.equal {
+        log::debug!(
+            "'{}' holds the data of restore point {} (recorded when it was consolidated): \
+             that point's copies up to '{}' stand for it",
+            r.source.display(),
+            r.point,
+            r.name
+        );
+    } else {
+        log::debug!(
+            "'{}' is unchanged since restore point {}: reusing '{}'",
+            r.source.display(),
+            r.point,
+            r.name
+        );
+    }
+}
+
+/// The record step: the draft completed with what the copies measured,
+/// written once (not quiesced after all when the fallback dropped it).
+fn write_record(
+    path: &Path,
+    draft: &RecordDraft,
+    copied: &HashMap<String, Copied>,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let mut record = complete_record(draft, copied)?;
+    if outcome.quiesce_dropped {
+        record.quiesced = false;
+    }
+    let mut text = serde_json::to_string_pretty(&record)
+        .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
+    text.push('\n');
+    fsutil::write_once(path, text.as_bytes())?;
+    outcome.restore_point = Some(record.restore_point.clone());
+    outcome.reused_bytes = draft
+        .files
+        .iter()
+        .filter_map(|f| match f {
+            crate::backup::plan::PlannedFile::Reused(r) => Some(r.size),
+            crate::backup::plan::PlannedFile::Copied(_) => None,
+        })
+        .sum();
     Ok(())
 }
 
