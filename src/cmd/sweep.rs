@@ -354,38 +354,9 @@ fn consolidate_domain(
     let name = &dom.name;
     let active = dom.is_active()?;
     let domain = dom.live_facts()?;
-    // Right after this run's snapshot the chains are the ones the backup
-    // read under the new tops, when libvirt's live chains say exactly that;
-    // otherwise (or shut off, or a dry run) they are read again.
-    let known = match (active && !config.dry_run, before_snapshot.is_empty()) {
-        (true, false) => crate::host::facts::chains_after_snapshot(before_snapshot, &domain),
-        _ => None,
-    };
-    let disks = match known {
-        Some(d) => d,
-        None => {
-            crate::host::facts::disk_chains(
-                &domain,
-                config.action == Action::ConsolidateOnly,
-                false,
-            )?
-            .0
-        }
-    };
+    let disks = consolidation_chains(&domain, active, config, before_snapshot)?;
     let mut ledger = Ledger::load(&config.state_dir, name, &domain.uuid);
-    // A dry run of -C took no snapshot: consolidate the chains it would
-    // have left.
-    let (disks, plan_ledger) = match (&report.backup, config.dry_run) {
-        (Some(b), true) => {
-            let pending: Vec<(String, std::path::PathBuf)> = b
-                .overlays
-                .iter()
-                .map(|o| (o.target.clone(), o.on.clone()))
-                .collect();
-            consolidate::after_snapshot(&disks, &ledger, &pending, "dry run")
-        }
-        _ => (disks, ledger.clone()),
-    };
+    let (disks, plan_ledger) = as_planned(disks, &ledger, report, config.dry_run);
     let plan = consolidate::plan(
         &domain.uuid,
         &disks,
@@ -402,43 +373,8 @@ fn consolidate_domain(
     } else {
         " (shut off: offline, with qemu-img)"
     };
-    for (target, why) in &plan.idle {
-        log::info!("Consolidation of '{name}': {target}: {why}");
-    }
-    for p in plan.disks.iter().filter(|p| !p.invalidated.is_empty()) {
-        log::warn!(
-            "Consolidation of '{name}': {}: --commit-through {} through {}, which fi-backup did \
-             not make: they no longer hold the point in time they were made at",
-            p.target,
-            if config.dry_run {
-                "would commit"
-            } else {
-                "commits"
-            },
-            p.invalidated
-                .iter()
-                .map(|f| format!("'{}'", f.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let named = |list: Vec<(&String, &String)>| -> Vec<Named> {
-        list.into_iter()
-            .map(|(t, w)| Named {
-                target: t.clone(),
-                why: w.clone(),
-            })
-            .collect()
-    };
-    report.consolidation = Some(MergeReport {
-        method: consolidate::job_for(config.method, config.commit_all)
-            .name()
-            .to_string(),
-        offline: !active,
-        idle: named(plan.idle.iter().map(|(t, w)| (t, w)).collect()),
-        refused: named(plan.refused.iter().map(|r| (&r.target, &r.why)).collect()),
-        ..Default::default()
-    });
+    say_planned(name, &plan, config.dry_run);
+    report.consolidation = Some(planned_report(&plan, config, active));
     if plan.disks.is_empty() && plan.refused.is_empty() {
         if plan.idle.is_empty() {
             log::info!(
@@ -466,6 +402,100 @@ fn consolidate_domain(
         merged(dom, active, &plan, m);
     }
     result?;
+    say_consolidated(name, &plan, how);
+    Ok(())
+}
+
+/// The chains and ledger a consolidation plans on: as read, or, in a dry
+/// run of -C (which took no snapshot), as the backup's snapshot would have
+/// left them.
+fn as_planned(
+    disks: Vec<plan::DiskChain>,
+    ledger: &Ledger,
+    report: &DomainReport,
+    dry_run: bool,
+) -> (Vec<plan::DiskChain>, Ledger) {
+    match (&report.backup, dry_run) {
+        (Some(b), true) => {
+            let pending: Vec<(String, std::path::PathBuf)> = b
+                .overlays
+                .iter()
+                .map(|o| (o.target.clone(), o.on.clone()))
+                .collect();
+            consolidate::after_snapshot(&disks, ledger, &pending, "dry run")
+        }
+        _ => (disks, ledger.clone()),
+    }
+}
+
+/// The chains a consolidation works on: right after this run's snapshot,
+/// the ones the backup read under the new tops, when libvirt's live chains
+/// say exactly that; otherwise (or shut off, or a dry run) read again.
+fn consolidation_chains(
+    domain: &crate::host::domain::DomainFacts,
+    active: bool,
+    config: &Config,
+    before_snapshot: &[plan::DiskChain],
+) -> Result<Vec<plan::DiskChain>> {
+    let known = match (active && !config.dry_run, before_snapshot.is_empty()) {
+        (true, false) => crate::host::facts::chains_after_snapshot(before_snapshot, domain),
+        _ => None,
+    };
+    match known {
+        Some(d) => Ok(d),
+        None => Ok(crate::host::facts::disk_chains(
+            domain,
+            config.action == Action::ConsolidateOnly,
+            false,
+        )?
+        .0),
+    }
+}
+
+/// What the plan says before anything runs: disks with nothing to do, and
+/// the user's files a --commit-through commits through.
+fn say_planned(name: &str, plan: &consolidate::DomainPlan, dry_run: bool) {
+    for (target, why) in &plan.idle {
+        log::info!("Consolidation of '{name}': {target}: {why}");
+    }
+    for p in plan.disks.iter().filter(|p| !p.invalidated.is_empty()) {
+        log::warn!(
+            "Consolidation of '{name}': {}: --commit-through {} through {}, which fi-backup did \
+             not make: they no longer hold the point in time they were made at",
+            p.target,
+            if dry_run { "would commit" } else { "commits" },
+            p.invalidated
+                .iter()
+                .map(|f| format!("'{}'", f.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+/// The consolidation's report as planned (what it did is added after).
+fn planned_report(plan: &consolidate::DomainPlan, config: &Config, active: bool) -> MergeReport {
+    let named = |list: Vec<(&String, &String)>| -> Vec<Named> {
+        list.into_iter()
+            .map(|(t, w)| Named {
+                target: t.clone(),
+                why: w.clone(),
+            })
+            .collect()
+    };
+    MergeReport {
+        method: consolidate::job_for(config.method, config.commit_all)
+            .name()
+            .to_string(),
+        offline: !active,
+        idle: named(plan.idle.iter().map(|(t, w)| (t, w)).collect()),
+        refused: named(plan.refused.iter().map(|r| (&r.target, &r.why)).collect()),
+        ..Default::default()
+    }
+}
+
+/// What a consolidation did, and what the next backup copies.
+fn say_consolidated(name: &str, plan: &consolidate::DomainPlan, how: &str) {
     let on: Vec<String> = plan
         .disks
         .iter()
@@ -492,7 +522,6 @@ fn consolidate_domain(
             ),
         }
     }
-    Ok(())
 }
 
 fn say_done(name: &str, o: &Outcome, config: &Config) {
