@@ -175,6 +175,52 @@ pub fn plan(
     ts: &str,
     in_use: &InUse,
 ) -> std::result::Result<PrunePlan, String> {
+    let mut out = PrunePlan::default();
+    let kept = select_points(index, policy, in_use, &mut out)?;
+    out.in_use = in_use.keys().cloned().collect();
+    out.in_use.sort();
+    // Files as the kept records describe them (the newest description).
+    let mut info: HashMap<&str, &FileRecord> = HashMap::new();
+    for r in &kept {
+        for f in &r.files {
+            info.insert(f.name.as_str(), f);
+        }
+    }
+    plan_merges(&kept, in_use, ts, &info, &mut out)?;
+    let mut involved: BTreeSet<&str> = BTreeSet::new();
+    for f in &out.folds {
+        involved.insert(f.into.as_str());
+        involved.extend(f.run.iter().map(String::as_str));
+    }
+    for r in &out.rebases {
+        involved.insert(r.old.as_str());
+        involved.extend(r.carry.iter().map(String::as_str));
+    }
+    for n in involved {
+        let f = info
+            .get(n)
+            .ok_or_else(|| format!("file '{n}' is not described by any kept record"))?;
+        out.described.push((*f).clone());
+    }
+    out.delete = unreferenced(index, &kept, &out.merged_away(), in_use);
+    out.freed = out
+        .delete
+        .iter()
+        .map(|n| index.names[n])
+        .filter(|s| *s != u64::MAX)
+        .sum();
+    Ok(out)
+}
+
+/// The points the policy keeps (and those a domain reads in place), each
+/// with why, and the points dropped, into `out`; the kept records. A record
+/// that cannot be trusted, or a point not named by its time, stops it.
+fn select_points<'a>(
+    index: &'a Index,
+    policy: &Policy,
+    in_use: &InUse,
+    out: &mut PrunePlan,
+) -> std::result::Result<Vec<&'a Record>, String> {
     if let Some((path, why)) = index.rejected.first() {
         return Err(format!(
             "record '{}' cannot be trusted ({why}); it may be the only one that references \
@@ -192,8 +238,7 @@ pub fn plan(
         })?);
     }
     let marks = retention::select(&times, policy);
-    let mut out = PrunePlan::default();
-    let mut kept: Vec<&Record> = Vec::new();
+    let mut kept = Vec::new();
     for (r, m) in index.records.iter().zip(&marks) {
         let users = readers(r, in_use);
         match (m, users.is_empty()) {
@@ -211,18 +256,25 @@ pub fn plan(
             (None, true) => out.dropped.push(r.restore_point.clone()),
         }
     }
-    out.in_use = in_use.keys().cloned().collect();
-    out.in_use.sort();
-    // Files as the kept records describe them (the newest description).
-    let mut info: HashMap<&str, &FileRecord> = HashMap::new();
-    for r in &kept {
-        for f in &r.files {
-            info.insert(f.name.as_str(), f);
-        }
-    }
+    Ok(kept)
+}
+
+/// The merges that take the dropped points' copies out of the kept
+/// chains, into `out`: for each kept top, the run of copies below it that
+/// no kept point exposes and nothing else builds on is folded into the
+/// bottom copy (when the chain ends there) or carried into the top, which
+/// is rebased onto the copy below the run. Nothing a domain reads in place
+/// is merged.
+fn plan_merges(
+    kept: &[&Record],
+    in_use: &InUse,
+    ts: &str,
+    info: &HashMap<&str, &FileRecord>,
+    out: &mut PrunePlan,
+) -> std::result::Result<(), String> {
     let mut exposed: HashSet<&str> = HashSet::new();
     let mut children: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    for r in &kept {
+    for r in kept {
         for d in &r.disks {
             exposed.insert(d.chain[0].as_str());
             for w in d.chain.windows(2) {
@@ -234,7 +286,7 @@ pub fn plan(
         }
     }
     let mut seen: HashSet<&str> = HashSet::new();
-    for r in &kept {
+    for r in kept {
         for d in &r.disks {
             let top = d.chain[0].as_str();
             if !seen.insert(top) {
@@ -282,25 +334,20 @@ pub fn plan(
             });
         }
     }
-    let mut involved: BTreeSet<&str> = BTreeSet::new();
-    for f in &out.folds {
-        involved.insert(f.into.as_str());
-        involved.extend(f.run.iter().map(String::as_str));
-    }
-    for r in &out.rebases {
-        involved.insert(r.old.as_str());
-        involved.extend(r.carry.iter().map(String::as_str));
-    }
-    for n in involved {
-        let f = info
-            .get(n)
-            .ok_or_else(|| format!("file '{n}' is not described by any kept record"))?;
-        out.described.push((*f).clone());
-    }
-    // What the kept records reference once the plan is done.
-    let gone = out.merged_away();
+    Ok(())
+}
+
+/// The names in images/ that no kept record references once the merges
+/// are done (`gone`: the copies merged away) and no domain reads in place,
+/// sorted.
+fn unreferenced(
+    index: &Index,
+    kept: &[&Record],
+    gone: &HashSet<&str>,
+    in_use: &InUse,
+) -> Vec<String> {
     let mut referenced: HashSet<String> = HashSet::new();
-    for r in &kept {
+    for r in kept {
         for d in &r.disks {
             for n in &d.chain {
                 if !gone.contains(n.as_str()) {
@@ -319,13 +366,7 @@ pub fn plan(
         .cloned()
         .collect();
     delete.sort();
-    out.freed = delete
-        .iter()
-        .map(|n| index.names[n])
-        .filter(|s| *s != u64::MAX)
-        .sum();
-    out.delete = delete;
-    Ok(out)
+    delete
 }
 
 fn rule_name(r: Rule) -> String {
