@@ -141,18 +141,7 @@ pub fn plan(
         .iter()
         .filter_map(|(obj, _)| point_of(obj))
         .collect();
-    if !far.rejected.is_empty() {
-        out.held = Some(format!(
-            "the destination holds {} record(s) that cannot be trusted ({}): nothing is \
-             dropped or deleted there until they are removed or repaired",
-            far.rejected.len(),
-            far.rejected
-                .iter()
-                .map(|(o, why)| format!("'{o}': {why}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
+    out.held = held_back(far);
     for p in home_rejected {
         out.not_sent
             .push((p.clone(), "its home record cannot be trusted".into()));
@@ -164,19 +153,7 @@ pub fn plan(
         .filter(|p| !far_bad.contains(*p))
         .collect();
     let all: Vec<&str> = all.into_iter().collect();
-    let keep: Vec<bool> = match policy {
-        Some(p) if p.is_set() => {
-            let times: Vec<_> = all
-                .iter()
-                .map(|p| crate::store::retention::point_time(p).unwrap_or_default())
-                .collect();
-            crate::store::retention::select(&times, p)
-                .into_iter()
-                .map(|r| r.is_some())
-                .collect()
-        }
-        _ => vec![true; all.len()],
-    };
+    let keep = far_keeps(&all, policy);
     // Points travel oldest first, so a home point older than the far
     // side's newest was dropped there (or never taken): not sent again.
     let far_newest = far_by.keys().next_back().copied();
@@ -204,57 +181,116 @@ pub fn plan(
                     .into(),
             )),
             (None, Some(h), true) => {
-                let (record, reuses) = translate(h, &home_by, &held, &present);
-                let mut uploads = Vec::new();
-                for f in &record.files {
-                    let object = object_name(&f.name, &f.blake3);
-                    if present.get(&object) == Some(&f.size) {
-                        continue;
-                    }
-                    present.insert(object.clone(), f.size);
-                    uploads.push(Upload {
-                        name: f.name.clone(),
-                        object,
-                        size: f.size,
-                        blake3: f.blake3.clone(),
-                    });
-                }
-                out.send.push(Send {
-                    point: p.to_string(),
-                    xml: !far.xmls.contains(*p),
-                    record: record.clone(),
-                    uploads,
-                    reuses,
-                });
-                held.insert(p.to_string(), record);
+                let send = send_point(p, h, (&home_by, &held), &mut present, far);
+                held.insert(p.to_string(), send.record.clone());
+                out.send.push(send);
             }
             (None, None, _) => unreachable!("a point from neither side"),
         }
     }
     if out.held.is_none() {
-        let mut stray: Vec<String> = far
-            .xmls
-            .iter()
-            .filter(|p| !held.contains_key(*p) && !far_bad.contains(*p))
-            .cloned()
-            .collect();
-        stray.sort();
-        out.stray_xml = stray;
-        let read: HashSet<String> = held
-            .values()
-            .flat_map(|r| r.files.iter())
-            .map(|f| object_name(&f.name, &f.blake3))
-            .collect();
-        let mut delete: Vec<String> = far
-            .objects
-            .keys()
-            .filter(|o| !read.contains(*o) && is_object_name(o))
-            .cloned()
-            .collect();
-        delete.sort();
-        out.delete = delete;
+        (out.stray_xml, out.delete) = unread_far(far, &held, &far_bad);
     }
     out
+}
+
+/// Why nothing is dropped or deleted at the destination: records there
+/// that cannot be trusted (they may be the only readers of objects).
+fn held_back(far: &FarFacts) -> Option<String> {
+    (!far.rejected.is_empty()).then(|| {
+        format!(
+            "the destination holds {} record(s) that cannot be trusted ({}): nothing is \
+             dropped or deleted there until they are removed or repaired",
+            far.rejected.len(),
+            far.rejected
+                .iter()
+                .map(|(o, why)| format!("'{o}': {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
+/// Which of the points `all` (oldest first) the far policy keeps: every
+/// one without a policy.
+fn far_keeps(all: &[&str], policy: Option<&Policy>) -> Vec<bool> {
+    match policy {
+        Some(p) if p.is_set() => {
+            let times: Vec<_> = all
+                .iter()
+                .map(|p| crate::store::retention::point_time(p).unwrap_or_default())
+                .collect();
+            crate::store::retention::select(&times, p)
+                .into_iter()
+                .map(|r| r.is_some())
+                .collect()
+        }
+        _ => vec![true; all.len()],
+    }
+}
+
+/// Home point `p` (record `h`) sent: its record translated onto the far
+/// side's chains, and the objects it needs that are not there yet (noted
+/// in `present` as they will be).
+fn send_point(
+    p: &str,
+    h: &Record,
+    (home_by, held): (&BTreeMap<&str, &Record>, &BTreeMap<String, Record>),
+    present: &mut HashMap<String, u64>,
+    far: &FarFacts,
+) -> Send {
+    let (record, reuses) = translate(h, home_by, held, present);
+    let mut uploads = Vec::new();
+    for f in &record.files {
+        let object = object_name(&f.name, &f.blake3);
+        if present.get(&object) == Some(&f.size) {
+            continue;
+        }
+        present.insert(object.clone(), f.size);
+        uploads.push(Upload {
+            name: f.name.clone(),
+            object,
+            size: f.size,
+            blake3: f.blake3.clone(),
+        });
+    }
+    Send {
+        point: p.to_string(),
+        xml: !far.xmls.contains(p),
+        record,
+        uploads,
+        reuses,
+    }
+}
+
+/// What no record at the destination reads once the plan is done: the
+/// domain XML of points it no longer holds, and the objects no held record
+/// names (sorted).
+fn unread_far(
+    far: &FarFacts,
+    held: &BTreeMap<String, Record>,
+    far_bad: &BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut stray: Vec<String> = far
+        .xmls
+        .iter()
+        .filter(|p| !held.contains_key(*p) && !far_bad.contains(*p))
+        .cloned()
+        .collect();
+    stray.sort();
+    let read: HashSet<String> = held
+        .values()
+        .flat_map(|r| r.files.iter())
+        .map(|f| object_name(&f.name, &f.blake3))
+        .collect();
+    let mut delete: Vec<String> = far
+        .objects
+        .keys()
+        .filter(|o| !read.contains(*o) && is_object_name(o))
+        .cloned()
+        .collect();
+    delete.sort();
+    (stray, delete)
 }
 
 /// The restore point an object `points/<ts>.json` stands for.
@@ -282,72 +318,21 @@ fn translate(
         let chain = d.chain.clone();
         let mut done = false;
         'below: for i in 1..chain.len() {
-            let suffix = &chain[i..];
             // Newest first: the far chain that is shortest to read.
             for (q, far_q) in far.iter().rev() {
                 let Some(home_q) = home_by.get(q.as_str()) else {
                     continue;
                 };
-                let Some(hd) = home_q.disks.iter().find(|x| x.target == d.target) else {
+                let found = far_suffix(
+                    &d.target,
+                    (&chain, i),
+                    (home_q, far_q),
+                    &files,
+                    (present, &described),
+                );
+                let Some((new_chain, mine)) = found else {
                     continue;
                 };
-                let same = hd.chain.len() == suffix.len()
-                    && hd.chain.iter().zip(suffix).all(|(a, b)| {
-                        a == b
-                            && home_q
-                                .files
-                                .iter()
-                                .find(|f| &f.name == a)
-                                .map(|f| &f.blake3)
-                                == files.get(b.as_str()).map(|f| &f.blake3)
-                    });
-                if !same {
-                    continue;
-                }
-                let Some(fd) = far_q.disks.iter().find(|x| x.target == d.target) else {
-                    continue;
-                };
-                if fd.chain.first() != Some(&chain[i]) {
-                    continue;
-                }
-                let new_chain: Vec<String> =
-                    chain[..i].iter().chain(fd.chain.iter()).cloned().collect();
-                if new_chain.len() > MAX_FAR_CHAIN.max(chain.len()) {
-                    continue;
-                }
-                let unique: HashSet<&String> = new_chain.iter().collect();
-                if unique.len() != new_chain.len() {
-                    continue;
-                }
-                let far_files: Vec<&FileRecord> = fd
-                    .chain
-                    .iter()
-                    .filter_map(|n| far_q.files.iter().find(|f| &f.name == n))
-                    .collect();
-                let complete = far_files.len() == fd.chain.len()
-                    && far_files
-                        .iter()
-                        .all(|f| present.get(&object_name(&f.name, &f.blake3)) == Some(&f.size))
-                    && far_files[0].format == files[chain[i].as_str()].format;
-                if !complete {
-                    continue;
-                }
-                // The upper files as at home, the lower as at the destination.
-                let mut fits = true;
-                let mut mine: Vec<FileRecord> = chain[..i]
-                    .iter()
-                    .map(|n| (*files[n.as_str()]).clone())
-                    .collect();
-                mine.extend(far_files.into_iter().cloned());
-                for f in &mine {
-                    match described.get(&f.name) {
-                        Some(g) if g != f => fits = false,
-                        _ => {}
-                    }
-                }
-                if !fits {
-                    continue;
-                }
                 for f in mine {
                     described.insert(f.name.clone(), f);
                 }
@@ -369,7 +354,82 @@ fn translate(
             }
         }
     }
-    // Files no chain names (firmware state) as at home.
+    out.files = described_files(h, &out, described);
+    let path = std::path::PathBuf::from(format!("{}.json", h.restore_point));
+    if crate::store::record::check_record(&out, &path).is_err() {
+        return (h.clone(), Vec::new());
+    }
+    (out, reuses)
+}
+
+/// Disk `target`'s home chain `chain` with its files from index `i` down
+/// taken from far point `far_q` (home record `home_q`): only when home
+/// point `home_q` has exactly those files below for that disk (same names,
+/// same BLAKE3), the far chain starts with the same file and every one of
+/// its objects is present at its size, the new chain is not longer than
+/// allowed and names no file twice, and no file it names clashes with one
+/// another disk of the point already took (`described`). The new chain and
+/// its files (upper ones as at home, lower ones as at the destination).
+fn far_suffix(
+    target: &str,
+    (chain, i): (&[String], usize),
+    (home_q, far_q): (&Record, &Record),
+    files: &HashMap<&str, &FileRecord>,
+    (present, described): (&HashMap<String, u64>, &HashMap<String, FileRecord>),
+) -> Option<(Vec<String>, Vec<FileRecord>)> {
+    let suffix = &chain[i..];
+    let hd = home_q.disks.iter().find(|x| x.target == target)?;
+    let same = hd.chain.len() == suffix.len()
+        && hd.chain.iter().zip(suffix).all(|(a, b)| {
+            a == b
+                && home_q
+                    .files
+                    .iter()
+                    .find(|f| &f.name == a)
+                    .map(|f| &f.blake3)
+                    == files.get(b.as_str()).map(|f| &f.blake3)
+        });
+    let fd = far_q.disks.iter().find(|x| x.target == target)?;
+    if !same || fd.chain.first() != Some(&chain[i]) {
+        return None;
+    }
+    let new_chain: Vec<String> = chain[..i].iter().chain(fd.chain.iter()).cloned().collect();
+    let unique: HashSet<&String> = new_chain.iter().collect();
+    if new_chain.len() > MAX_FAR_CHAIN.max(chain.len()) || unique.len() != new_chain.len() {
+        return None;
+    }
+    let far_files: Vec<&FileRecord> = fd
+        .chain
+        .iter()
+        .filter_map(|n| far_q.files.iter().find(|f| &f.name == n))
+        .collect();
+    let complete = far_files.len() == fd.chain.len()
+        && far_files
+            .iter()
+            .all(|f| present.get(&object_name(&f.name, &f.blake3)) == Some(&f.size))
+        && far_files[0].format == files[chain[i].as_str()].format;
+    if !complete {
+        return None;
+    }
+    let mut mine: Vec<FileRecord> = chain[..i]
+        .iter()
+        .map(|n| (*files[n.as_str()]).clone())
+        .collect();
+    mine.extend(far_files.into_iter().cloned());
+    let fits = mine
+        .iter()
+        .all(|f| described.get(&f.name).map_or(true, |g| g == f));
+    fits.then_some((new_chain, mine))
+}
+
+/// The translated record's files: each name its chains or firmware state
+/// read, as `described` (files no chain names, firmware state, as at home),
+/// in the home order first, then the destination's files, each once.
+fn described_files(
+    h: &Record,
+    out: &Record,
+    mut described: HashMap<String, FileRecord>,
+) -> Vec<FileRecord> {
     for f in &h.files {
         described.entry(f.name.clone()).or_insert_with(|| f.clone());
     }
@@ -384,7 +444,6 @@ fn translate(
         .filter(|n| chained.contains(n) || firmware.contains(n))
         .cloned()
         .collect();
-    // The home order first, then the destination's files, each once.
     names.sort_by_key(|n| {
         (
             h.files
@@ -394,12 +453,7 @@ fn translate(
             n.clone(),
         )
     });
-    out.files = names.iter().map(|n| described[n].clone()).collect();
-    let path = std::path::PathBuf::from(format!("{}.json", h.restore_point));
-    if crate::store::record::check_record(&out, &path).is_err() {
-        return (h.clone(), Vec::new());
-    }
-    (out, reuses)
+    names.iter().map(|n| described[n].clone()).collect()
 }
 
 #[cfg(test)]
