@@ -6,9 +6,10 @@
 //! The checksum covers the file exactly as published, backing reference
 //! included, and is computed with a single read of the source: when the copy
 //! needs a rebase, the header cluster (the only part `qemu-img rebase -u`
-//! rewrites) is copied first into a sparse file of full length, rebased, read
-//! back and hashed, and the rest of the source is then copied and hashed in
-//! order. A check that qemu-img wrote nothing past the header guards this; if
+//! rewrites) is copied first into a sparse file of full length, rebased (by
+//! `qcow2::rebased_header`, or by qemu-img where that declines), read back
+//! and hashed, and the rest of the source is then copied and hashed in
+//! order. A check that nothing was written past the header guards this; if
 //! it fails, the file is copied whole, rebased, and hashed by reading it back.
 
 use crate::error::{Error, Result};
@@ -165,7 +166,25 @@ fn header_first(
     tmp.file
         .set_len(size)
         .map_err(|e| Error::io("cannot extend (ftruncate)", &tmp.path, e).to_string())?;
-    qemu_img::rebase_unsafe(&tmp.path, backing, format).map_err(|e| e.to_string())?;
+    // The header cluster rewritten here (what `qemu-img rebase -u` writes,
+    // without a process start per copy), else by qemu-img.
+    let mut cluster = vec![0u8; head as usize];
+    tmp.file
+        .read_exact_at(&mut cluster, 0)
+        .map_err(|e| Error::io("cannot read back", &tmp.path, e).to_string())?;
+    match crate::host::qcow2::rebased_header(&cluster, backing, format) {
+        Ok(new) => tmp
+            .file
+            .write_all_at(&new, 0)
+            .map_err(|e| Error::io("cannot write (pwrite)", &tmp.path, e).to_string())?,
+        Err(why) => {
+            log::trace!(
+                "the header of '{}' is rebased by qemu-img ({why})",
+                src_path.display()
+            );
+            qemu_img::rebase_unsafe(&tmp.path, backing, format).map_err(|e| e.to_string())?
+        }
+    }
     if file_len(&tmp.file, &tmp.path).map_err(|e| e.to_string())? != size {
         return Err("qemu-img changed the file's length".into());
     }

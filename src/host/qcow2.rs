@@ -137,6 +137,78 @@ fn backing_format(bytes: &[u8], mut at: u64) -> Option<String> {
     None
 }
 
+/// The header cluster `cluster` (a qcow2 image's first cluster, whole)
+/// with the backing reference `backing` and the backing format `format` in
+/// place of the ones it has: what `qemu-img rebase -u` writes. The header
+/// fields and every other header extension are kept byte for byte; the
+/// backing format extension comes first, then the others, the end marker,
+/// and the reference; the rest of the cluster is zeroed, as QEMU leaves
+/// it. Err (and the caller asks qemu-img) for a version or incompatible
+/// feature bit other than those known here (dirty), extensions that do not
+/// parse, or a result that would not fit in the cluster. Pure.
+pub fn rebased_header(
+    cluster: &[u8],
+    backing: &str,
+    format: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    let h = parse(cluster)?;
+    if h.incompatible & !1 != 0 {
+        return Err(format!("incompatible feature bits {:#x}", h.incompatible));
+    }
+    if (cluster.len() as u64) < h.cluster_size {
+        return Err("fewer bytes than the header's cluster".into());
+    }
+    if backing.is_empty() || backing.len() as u64 > MAX_BACKING || format.is_empty() {
+        return Err(format!(
+            "backing reference '{backing}' ({format}) cannot be written"
+        ));
+    }
+    let header_len = match h.version {
+        3 => be32(cluster, 100)? as usize,
+        _ => 72,
+    };
+    let limit = h.cluster_size as usize;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut at = header_len;
+    loop {
+        let kind = be32(cluster, at)?;
+        let len = be32(cluster, at + 4)? as usize;
+        if kind == 0 {
+            break;
+        }
+        let end = at + 8 + len.div_ceil(8) * 8;
+        if end > limit {
+            return Err("a header extension runs past the header's cluster".into());
+        }
+        if kind != BACKING_FORMAT_EXT {
+            kept.push(&cluster[at..end]);
+        }
+        at = end;
+    }
+    let mut out = cluster[..header_len].to_vec();
+    out.extend_from_slice(&BACKING_FORMAT_EXT.to_be_bytes());
+    out.extend_from_slice(&(format.len() as u32).to_be_bytes());
+    out.extend_from_slice(format.as_bytes());
+    out.resize(out.len().div_ceil(8) * 8, 0);
+    for ext in kept {
+        out.extend_from_slice(ext);
+    }
+    out.extend_from_slice(&[0u8; 8]);
+    let offset = out.len() as u64;
+    out.extend_from_slice(backing.as_bytes());
+    if out.len() > limit {
+        return Err(format!(
+            "the header with backing reference '{backing}' needs {} bytes, more than the \
+             {limit}-byte cluster",
+            out.len()
+        ));
+    }
+    out[8..16].copy_from_slice(&offset.to_be_bytes());
+    out[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    out.resize(limit, 0);
+    Ok(out)
+}
+
 /// Reads the header of the qcow2 file at `path`.
 pub fn read(path: &Path) -> Result<Header> {
     let bad = |why: String| Error::QemuImg(format!("'{}': {why}", path.display()));
@@ -244,6 +316,71 @@ mod tests {
         let mut short = base();
         short[100..104].copy_from_slice(&72u32.to_be_bytes());
         assert!(parse(&short).unwrap_err().contains("header_length 72"));
+    }
+
+    /// The backing reference rewritten in the header cluster: the new
+    /// reference and format read back, every header field and every other
+    /// extension kept byte for byte, the rest of the cluster zero; refused
+    /// where it cannot be done safely here (qemu-img is asked then).
+    #[test]
+    fn a_rebased_header_keeps_everything_but_the_backing_reference() {
+        let feature_table: &[u8] = &[7u8; 48];
+        let mut old = with_extensions(
+            header(3, 16, "", 0),
+            &[(0xE279_2ACA, b"raw"), (0x6803_f857, feature_table)],
+        );
+        // The old reference after the extensions, as qemu-img writes it.
+        old[8..16].copy_from_slice(&0x120u64.to_be_bytes());
+        old[16..20].copy_from_slice(&9u32.to_be_bytes());
+        old[0x120..0x129].copy_from_slice(b"/old/base");
+        old[72..80].copy_from_slice(&1u64.to_be_bytes()); // dirty
+        old[40..48].copy_from_slice(&0x30000u64.to_be_bytes()); // l1_table_offset
+        old.resize(65536, 0);
+        let new = rebased_header(&old, "vda.bimg-20270101-013000", "qcow2").unwrap();
+        assert_eq!(new.len(), 65536);
+        let h = parse(&new).unwrap();
+        assert_eq!(h.backing.as_deref(), Some("vda.bimg-20270101-013000"));
+        assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
+        assert_eq!((h.version, h.cluster_size, h.incompatible), (3, 65536, 1));
+        assert_eq!(new[20..112], old[20..112], "header fields");
+        let table = new
+            .windows(feature_table.len())
+            .position(|w| w == feature_table)
+            .expect("the feature name table is kept");
+        assert_eq!(new[table - 8..table - 4], 0x6803_f857u32.to_be_bytes());
+        let end = (u64::from_be_bytes(new[8..16].try_into().unwrap()) + 24) as usize;
+        assert!(
+            new[end..].iter().all(|&b| b == 0),
+            "the rest of the cluster"
+        );
+        // Rebased again: the same header but for the reference.
+        let again = rebased_header(&new, "x", "raw").unwrap();
+        assert_eq!(parse(&again).unwrap().backing.as_deref(), Some("x"));
+        assert_eq!(
+            parse(&again).unwrap().backing_format.as_deref(),
+            Some("raw")
+        );
+        // Version 2, 512-byte clusters: a reference that does not fit.
+        let mut v2 = header(2, 9, "", 0);
+        v2.truncate(512);
+        assert!(rebased_header(&v2, "short", "qcow2").is_ok());
+        let e = rebased_header(&v2, &"n".repeat(500), "qcow2").unwrap_err();
+        assert!(e.contains("more than the 512-byte cluster"), "{e}");
+        // Refusals: an external data file, fewer bytes than the cluster,
+        // an extension past the cluster, no reference.
+        let mut data_file = old.clone();
+        data_file[72..80].copy_from_slice(&0b100u64.to_be_bytes());
+        assert!(rebased_header(&data_file, "b", "raw")
+            .unwrap_err()
+            .contains("incompatible"));
+        assert!(rebased_header(&old[..4096], "b", "raw").is_err());
+        let mut past = header(3, 12, "", 0);
+        past[112..116].copy_from_slice(&0x2345u32.to_be_bytes());
+        past[116..120].copy_from_slice(&5000u32.to_be_bytes());
+        assert!(rebased_header(&past, "b", "raw")
+            .unwrap_err()
+            .contains("past"));
+        assert!(rebased_header(&old, "", "raw").is_err());
     }
 
     #[test]

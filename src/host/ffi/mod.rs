@@ -86,18 +86,27 @@ pub fn user_ids(user: &str) -> Option<(u32, Vec<u32>)> {
         }
         ((*pw).pw_uid, (*pw).pw_gid)
     };
+    // getgrouplist fails when the buffer is too small and says, in `n`,
+    // how many groups there are: grow the buffer to that and ask again
+    // (a user in more than 256 groups is not cut short).
     let mut groups = vec![0 as libc::gid_t; 256];
-    let mut n = groups.len() as libc::c_int;
-    // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most
-    // that many and sets `n` to the count.
-    let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-    if r < 0 {
-        groups.truncate(0);
-        groups.push(gid);
-    } else {
-        groups.truncate(n.max(0) as usize);
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at
+        // most that many and sets `n` to the count (or the count needed).
+        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let n = usize::try_from(n).unwrap_or(0);
+        if r >= 0 {
+            groups.truncate(n);
+            return Some((uid, groups));
+        }
+        if n <= groups.len() || n > 1 << 20 {
+            // No count to grow to: the primary group alone, which can
+            // only make an access check say no where it could say yes.
+            return Some((uid, vec![gid]));
+        }
+        groups.resize(n, 0);
     }
-    Some((uid, groups))
 }
 
 /// SIGKILLs this process (test fault points): no cleanup at all.
