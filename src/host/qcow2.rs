@@ -7,8 +7,10 @@
 //! QEMU: magic, version, backing_file_offset, backing_file_size,
 //! cluster_bits, incompatible_features, header_length, and the backing
 //! format header extension), read with the same page cache qemu-img would
-//! read them through. Anything else about an image is still asked of
-//! qemu-img.
+//! read them through. One thing is written: a copy's backing reference
+//! (`rebased_header`, what `qemu-img rebase -u` writes), in the backup's
+//! own temporary copy before it is published. Anything else about an
+//! image is still asked of qemu-img.
 
 use crate::error::{Error, Result};
 use std::io::Read;
