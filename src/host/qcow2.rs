@@ -170,23 +170,7 @@ pub fn rebased_header(
         _ => 72,
     };
     let limit = h.cluster_size as usize;
-    let mut kept: Vec<&[u8]> = Vec::new();
-    let mut at = header_len;
-    loop {
-        let kind = be32(cluster, at)?;
-        let len = be32(cluster, at + 4)? as usize;
-        if kind == 0 {
-            break;
-        }
-        let end = at + 8 + len.div_ceil(8) * 8;
-        if end > limit {
-            return Err("a header extension runs past the header's cluster".into());
-        }
-        if kind != BACKING_FORMAT_EXT {
-            kept.push(&cluster[at..end]);
-        }
-        at = end;
-    }
+    let kept = other_extensions(cluster, header_len, limit)?;
     let mut out = cluster[..header_len].to_vec();
     out.extend_from_slice(&BACKING_FORMAT_EXT.to_be_bytes());
     out.extend_from_slice(&(format.len() as u32).to_be_bytes());
@@ -209,6 +193,32 @@ pub fn rebased_header(
     out[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
     out.resize(limit, 0);
     Ok(out)
+}
+
+/// The header extensions from `at` up to the end marker, each whole (type,
+/// length, data and padding), but the backing format one. Err when one
+/// runs past `limit` (the header's cluster) or the bytes end first.
+fn other_extensions(
+    cluster: &[u8],
+    mut at: usize,
+    limit: usize,
+) -> std::result::Result<Vec<&[u8]>, String> {
+    let mut kept = Vec::new();
+    loop {
+        let kind = be32(cluster, at)?;
+        let len = be32(cluster, at + 4)? as usize;
+        if kind == 0 {
+            return Ok(kept);
+        }
+        let end = at + 8 + len.div_ceil(8) * 8;
+        if end > limit {
+            return Err("a header extension runs past the header's cluster".into());
+        }
+        if kind != BACKING_FORMAT_EXT {
+            kept.push(&cluster[at..end]);
+        }
+        at = end;
+    }
 }
 
 /// Reads the header of the qcow2 file at `path`.
