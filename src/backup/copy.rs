@@ -85,35 +85,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
             &job.source,
             &bar,
         )?,
-        Some((name, format)) => {
-            let head = job.cluster_size.unwrap_or(65536).min(id.size);
-            match header_first(&src, &tmp, head, id.size, name, format, &job.source) {
-                Ok(()) => {
-                    hash_range(&tmp.file, 0, head, &mut hasher, &tmp.path)?;
-                    copy_range(
-                        &src,
-                        &tmp.file,
-                        (head, id.size),
-                        &mut Some(&mut hasher),
-                        &job.source,
-                        &bar,
-                    )?;
-                }
-                Err(why) => {
-                    log::trace!(
-                        "header-first rebase of '{}' not possible ({why}); copying whole",
-                        job.source.display()
-                    );
-                    tmp.file
-                        .set_len(0)
-                        .map_err(|e| Error::io("cannot truncate (ftruncate)", &tmp.path, e))?;
-                    copy_range(&src, &tmp.file, (0, id.size), &mut None, &job.source, &bar)?;
-                    qemu_img::rebase_unsafe(&tmp.path, name, format)?;
-                    let len = file_len(&tmp.file, &tmp.path)?;
-                    hash_range(&tmp.file, 0, len, &mut hasher, &tmp.path)?;
-                }
-            }
-        }
+        Some(backing) => copy_rebased(job, (&src, id.size), &tmp, backing, &mut hasher, &bar)?,
     }
     let after = SourceId::in_chain(&job.source, job.above.as_deref())?;
     if !id.still(&after) {
@@ -135,6 +107,47 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
         blake3: hasher.finalize().to_hex().to_string(),
         source_id: id,
     })
+}
+
+/// The copy of a source (`size` bytes) whose backing reference changes
+/// to `name` (of `format`): the header cluster first, rebased, then the
+/// rest, hashed in order as written; when that cannot be done, the whole
+/// file copied, rebased by qemu-img, and hashed by reading it back.
+fn copy_rebased(
+    job: &CopyJob,
+    (src, size): (&File, u64),
+    tmp: &TempFile,
+    (name, format): &(String, String),
+    hasher: &mut blake3::Hasher,
+    bar: &Bar,
+) -> Result<()> {
+    let head = job.cluster_size.unwrap_or(65536).min(size);
+    match header_first(src, tmp, head, size, name, format, &job.source) {
+        Ok(()) => {
+            hash_range(&tmp.file, 0, head, hasher, &tmp.path)?;
+            copy_range(
+                src,
+                &tmp.file,
+                (head, size),
+                &mut Some(hasher),
+                &job.source,
+                bar,
+            )
+        }
+        Err(why) => {
+            log::trace!(
+                "header-first rebase of '{}' not possible ({why}); copying whole",
+                job.source.display()
+            );
+            tmp.file
+                .set_len(0)
+                .map_err(|e| Error::io("cannot truncate (ftruncate)", &tmp.path, e))?;
+            copy_range(src, &tmp.file, (0, size), &mut None, &job.source, bar)?;
+            qemu_img::rebase_unsafe(&tmp.path, name, format)?;
+            let len = file_len(&tmp.file, &tmp.path)?;
+            hash_range(&tmp.file, 0, len, hasher, &tmp.path)
+        }
+    }
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64> {
