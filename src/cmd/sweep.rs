@@ -147,22 +147,7 @@ fn process_domain(
     } = *wide;
     crate::cmd::signals::check().map_err(|e| Error::in_domain(name, "not started", e))?;
     crate::fault::hold("hold-before-domain");
-    let dom = match lv.lookup(name) {
-        Ok(dom) => dom,
-        Err(Error::NoSuchDomain(_)) => {
-            let now = listed_uuid.and_then(|u| lv.name_of_uuid(u));
-            return Err(Error::domain(
-                name,
-                match now {
-                    Some(new) => format!(
-                        "was renamed to '{new}' after the run listed it; skipped (name it on the next run)"
-                    ),
-                    None => "no longer exists (undefined after the run listed it); skipped".into(),
-                },
-            ));
-        }
-        Err(e) => return Err(e),
-    };
+    let dom = look_up(lv, name, listed_uuid)?;
     let first = dom.live_facts()?;
     report.uuid = Some(first.uuid.clone());
     if let Some(uuid) = listed_uuid.filter(|u| *u != first.uuid) {
@@ -184,51 +169,87 @@ fn process_domain(
     // The chains the backup read before its snapshot, for the consolidation.
     let mut before_snapshot = Vec::new();
     if config.action != Action::ConsolidateOnly {
-        // The backup directory's own lock (it may be shared with other
-        // hosts): no prune runs on it meanwhile. An unfinished prune is
-        // finished first.
-        let dir = match &config.backup_dir {
-            Some(b) => Some(DomainDir::new(b, name)?),
-            None => None,
-        };
-        let (_dir_lock, planned, read) = backup_domain(&dom, config, pool, dir.as_ref(), report)?;
-        before_snapshot = read;
-        // The new point leaves the host before the prune: its record is
-        // then the one the backup wrote, whose lower files the destination
-        // already holds, so what the prune merges never has to travel.
-        let synced = match (&dir, far) {
-            (Some(d), Some(far)) => {
-                let opts = crate::cmd::sync::Options {
-                    policy: None,
-                    dry_run: config.dry_run,
-                    state_dir: config.state_dir.clone(),
-                };
-                crate::cmd::sync::sync_domain(far, d, name, &opts, report).map_err(|e| {
-                    Error::in_domain(
-                        name,
-                        format!("the backup succeeded; its sync to '{}' failed", far.dest),
-                        e,
-                    )
-                })
-            }
-            _ => Ok(()),
-        };
-        if let (Some(d), Some(policy)) = (&dir, &config.keep) {
-            report.prune = Some(crate::store::prune::prune_domain(
-                d,
-                name,
-                policy,
-                config.dry_run,
-                planned,
-                siblings,
-            )?);
-        }
-        synced?;
+        before_snapshot = backup_sync_prune(&dom, config, (pool, siblings, far), report)?;
     }
     if config.action != Action::Backup {
         consolidate_domain(&dom, config, siblings, &before_snapshot, report)?;
     }
     Ok(())
+}
+
+/// The domain `name` the run listed (as UUID `listed_uuid`), looked up
+/// again at its turn: one renamed or undefined meanwhile is named as such.
+fn look_up(lv: &Libvirt, name: &str, listed_uuid: Option<&str>) -> Result<Dom> {
+    match lv.lookup(name) {
+        Ok(dom) => Ok(dom),
+        Err(Error::NoSuchDomain(_)) => {
+            let now = listed_uuid.and_then(|u| lv.name_of_uuid(u));
+            Err(Error::domain(
+                name,
+                match now {
+                    Some(new) => format!(
+                        "was renamed to '{new}' after the run listed it; skipped (name it on the next run)"
+                    ),
+                    None => "no longer exists (undefined after the run listed it); skipped".into(),
+                },
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A domain's backup, then (with `--sync-to`) its sync, then (with
+/// `--keep-*`) its prune, under the backup directory's own lock (it may be
+/// shared with other hosts: no prune runs on it meanwhile; an unfinished
+/// one is finished first). The chains the backup read before its snapshot.
+fn backup_sync_prune(
+    dom: &Dom,
+    config: &Config,
+    (pool, siblings, far): (
+        &std::sync::Arc<crate::pool::Pool>,
+        &Siblings,
+        Option<&crate::sync::far::Far>,
+    ),
+    report: &mut DomainReport,
+) -> Result<Vec<plan::DiskChain>> {
+    let name = &dom.name;
+    let dir = match &config.backup_dir {
+        Some(b) => Some(DomainDir::new(b, name)?),
+        None => None,
+    };
+    let (_dir_lock, planned, read) = backup_domain(dom, config, pool, dir.as_ref(), report)?;
+    // The new point leaves the host before the prune: its record is then
+    // the one the backup wrote, whose lower files the destination already
+    // holds, so what the prune merges never has to travel.
+    let synced = match (&dir, far) {
+        (Some(d), Some(far)) => {
+            let opts = crate::cmd::sync::Options {
+                policy: None,
+                dry_run: config.dry_run,
+                state_dir: config.state_dir.clone(),
+            };
+            crate::cmd::sync::sync_domain(far, d, name, &opts, report).map_err(|e| {
+                Error::in_domain(
+                    name,
+                    format!("the backup succeeded; its sync to '{}' failed", far.dest),
+                    e,
+                )
+            })
+        }
+        _ => Ok(()),
+    };
+    if let (Some(d), Some(policy)) = (&dir, &config.keep) {
+        report.prune = Some(crate::store::prune::prune_domain(
+            d,
+            name,
+            policy,
+            config.dry_run,
+            planned,
+            siblings,
+        )?);
+    }
+    synced?;
+    Ok(read)
 }
 
 /// Takes the lock of the domain's backup directory (its own, inside it: no
@@ -262,22 +283,8 @@ fn backup_domain(
         _ => None,
     };
     // Facts are read under the lock: the domain may have changed meanwhile.
-    let active = dom.is_active()?;
-    let domain = dom.live_facts()?;
-    let facts = crate::host::facts::gather(dom, domain, active, config)?;
-    if !active && config.dump_state_dir.is_some() {
-        log::warn!("'{name}' is shut off: there is no memory state to save (-s)");
-    }
-    let opts = crate::host::facts::options(&facts, config)?;
-    let plan = plan::plan_backup(&facts, &opts)?;
-    for w in &plan.warnings {
-        log::warn!("{w}");
-    }
-    log::trace!(
-        "Backup of '{name}' ({}) with timestamp '{}'",
-        if active { "running" } else { "shut off" },
-        opts.ts
-    );
+    let (facts, plan) = facts_and_plan(dom, config)?;
+    let active = facts.active;
     let opts = exec::Options {
         pool: pool.clone(),
         state_dir: config.state_dir.clone(),
@@ -314,16 +321,7 @@ fn backup_domain(
     }
     match exec::execute(&plan, dom, &opts) {
         Ok(outcome) => {
-            report.backup = Some(BackupReport {
-                restore_point: outcome.restore_point.clone(),
-                copied_files: outcome.copied,
-                copied_bytes: outcome.bytes,
-                reused_files: outcome.reused,
-                reused_bytes: outcome.reused_bytes,
-                quiesce_dropped: outcome.quiesce_dropped,
-                snapshot_ms: outcome.snapshot_ms,
-                ..snapshotted
-            });
+            report.backup = Some(done_report(&outcome, snapshotted));
             crate::state::intent::clear(&config.state_dir, name, &plan.uuid)?;
             say_done(name, &outcome, config);
             let read = if active { facts.disks } else { Vec::new() };
@@ -339,6 +337,44 @@ fn backup_domain(
             }
             Err(e)
         }
+    }
+}
+
+/// A domain's backup facts, read now, and its plan (the plan's warnings
+/// said).
+fn facts_and_plan(dom: &Dom, config: &Config) -> Result<(plan::Facts, plan::Plan)> {
+    let name = &dom.name;
+    let active = dom.is_active()?;
+    let domain = dom.live_facts()?;
+    let facts = crate::host::facts::gather(dom, domain, active, config)?;
+    if !active && config.dump_state_dir.is_some() {
+        log::warn!("'{name}' is shut off: there is no memory state to save (-s)");
+    }
+    let opts = crate::host::facts::options(&facts, config)?;
+    let plan = plan::plan_backup(&facts, &opts)?;
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+    log::trace!(
+        "Backup of '{name}' ({}) with timestamp '{}'",
+        if active { "running" } else { "shut off" },
+        opts.ts
+    );
+    Ok((facts, plan))
+}
+
+/// The report of a backup that ran: what its execution measured, over
+/// what the plan said it snapshots.
+fn done_report(outcome: &exec::Outcome, snapshotted: BackupReport) -> BackupReport {
+    BackupReport {
+        restore_point: outcome.restore_point.clone(),
+        copied_files: outcome.copied,
+        copied_bytes: outcome.bytes,
+        reused_files: outcome.reused,
+        reused_bytes: outcome.reused_bytes,
+        quiesce_dropped: outcome.quiesce_dropped,
+        snapshot_ms: outcome.snapshot_ms,
+        ..snapshotted
     }
 }
 
