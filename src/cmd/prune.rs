@@ -17,24 +17,7 @@ pub fn run(args: &crate::cmd::cli::PruneArgs) -> Result<bool> {
         ));
     }
     let backup = &args.scope.backup.backup_dir;
-    if !backup.is_dir() {
-        return Err(Error::Usage(format!(
-            "backup directory '{}' doesn't exist",
-            backup.display()
-        )));
-    }
-    let domains = match &args.scope.domain {
-        Some(d) => {
-            if !backup.join(d).is_dir() {
-                return Err(Error::Usage(format!(
-                    "backup directory '{}' has no domain '{d}'",
-                    backup.display()
-                )));
-            }
-            vec![d.clone()]
-        }
-        None => crate::store::record::domains_in(backup)?,
-    };
+    let domains = domains_to_prune(backup, args.scope.domain.as_deref())?;
     // Which files domains read in place (instant restores): asked of
     // libvirt once; without it that cannot be known, and nothing is pruned.
     let lv = crate::host::libvirt::Libvirt::open(&args.libvirt.connect).map_err(|e| {
@@ -47,38 +30,10 @@ pub fn run(args: &crate::cmd::cli::PruneArgs) -> Result<bool> {
     let mut failed = Vec::new();
     let mut reports = Vec::new();
     for d in &domains {
-        let began = std::time::Instant::now();
-        let mut report = DomainReport {
-            domain: d.clone(),
-            action: "prune",
-            started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-            ..Default::default()
-        };
-        let scope = crate::cmd::logging::Scope::default();
-        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
-            let dir = DomainDir::new(backup, d)?;
-            if args.dry_run {
-                crate::store::prune::prune_domain(&dir, d, &policy, true, None, &siblings)
-            } else {
-                crate::state::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
-                    crate::store::prune::finish_unfinished(&dir, d)?;
-                    crate::store::prune::prune_domain(&dir, d, &policy, false, None, &siblings)
-                })
-            }
-        });
-        match result {
-            Ok(p) => {
-                report.success = true;
-                report.prune = Some(p);
-            }
-            Err(e) => {
-                log::error!("{e}");
-                report.error = Some(e.to_string());
-                failed.push(d.clone());
-            }
+        let report = prune_one(args, backup, d, &policy, &siblings);
+        if !report.success {
+            failed.push(d.clone());
         }
-        report.duration_seconds = began.elapsed().as_secs_f64();
-        report.warnings = std::mem::take(&mut *scope.lock().expect("no thread panics holding it"));
         reports.push(report);
     }
     if !failed.is_empty() {
@@ -100,4 +55,67 @@ pub fn run(args: &crate::cmd::cli::PruneArgs) -> Result<bool> {
         })?;
     }
     Ok(failed.is_empty())
+}
+
+/// The domains a prune of `backup` works on: `domain` (which must have a
+/// directory there), else every domain with restore points.
+fn domains_to_prune(backup: &std::path::Path, domain: Option<&str>) -> Result<Vec<String>> {
+    if !backup.is_dir() {
+        return Err(Error::Usage(format!(
+            "backup directory '{}' doesn't exist",
+            backup.display()
+        )));
+    }
+    match domain {
+        Some(d) if !backup.join(d).is_dir() => Err(Error::Usage(format!(
+            "backup directory '{}' has no domain '{d}'",
+            backup.display()
+        ))),
+        Some(d) => Ok(vec![d.to_string()]),
+        None => crate::store::record::domains_in(backup),
+    }
+}
+
+/// Prunes domain `d`'s directory (under its lock, an unfinished prune
+/// finished first; a dry run takes no lock and changes nothing); its
+/// report, with the warnings said meanwhile.
+fn prune_one(
+    args: &crate::cmd::cli::PruneArgs,
+    backup: &std::path::Path,
+    d: &str,
+    policy: &crate::store::retention::Policy,
+    siblings: &crate::host::siblings::Siblings,
+) -> DomainReport {
+    let began = std::time::Instant::now();
+    let mut report = DomainReport {
+        domain: d.to_string(),
+        action: "prune",
+        started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        ..Default::default()
+    };
+    let scope = crate::cmd::logging::Scope::default();
+    let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
+        let dir = DomainDir::new(backup, d)?;
+        if args.dry_run {
+            crate::store::prune::prune_domain(&dir, d, policy, true, None, siblings)
+        } else {
+            crate::state::lock::lock_backup_dir(&dir.root, d).and_then(|_lock| {
+                crate::store::prune::finish_unfinished(&dir, d)?;
+                crate::store::prune::prune_domain(&dir, d, policy, false, None, siblings)
+            })
+        }
+    });
+    match result {
+        Ok(p) => {
+            report.success = true;
+            report.prune = Some(p);
+        }
+        Err(e) => {
+            log::error!("{e}");
+            report.error = Some(e.to_string());
+        }
+    }
+    report.duration_seconds = began.elapsed().as_secs_f64();
+    report.warnings = std::mem::take(&mut *scope.lock().expect("no thread panics holding it"));
+    report
 }
