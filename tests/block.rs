@@ -7,17 +7,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// The one disk element of a block device `dev` as `target`.
-fn block_disk(target: &str, dev: &str) -> DiskSpec {
-    DiskSpec::xml(
-        target,
-        format!(
-            "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
-             <source dev='{dev}'/><target dev='{target}' bus='virtio'/></disk>"
-        ),
-    )
-}
-
 /// The record's file entry for the bottom copy of `target`.
 fn bottom_file(record: &serde_json::Value, target: &str) -> serde_json::Value {
     let disk = record["disks"]
@@ -73,24 +62,16 @@ fn a_block_device_disk_is_backed_up_consolidated_and_restored() {
     let img = s.dir("img");
     let lv = img.join("lv.raw");
     create_image(&lv, "raw", "64M");
-    let script = s.root.join("gpt");
-    std::fs::write(&script, "label: gpt\n,4M\n,\n").unwrap();
-    let out = std::process::Command::new("sfdisk")
-        .args(["-q", lv.to_str().unwrap()])
-        .stdin(std::fs::File::open(&script).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    partition(&lv, "label: gpt\n,4M\n,\n");
     let dev = LoopDevice::attach(&lv);
     let table = ok("sfdisk", &["--dump", lv.to_str().unwrap()]);
     let dom = s.start(
         "vm",
         "img",
-        &[DiskSpec::qcow2("d.qcow2", "vda"), block_disk("vdb", &dev.0)],
+        &[
+            DiskSpec::qcow2("d.qcow2", "vda"),
+            DiskSpec::block("vdb", &dev.0),
+        ],
     );
     let uuid = virsh(&["domuuid", &dom]).trim().to_string();
     let backup = s.dir("backup");
@@ -225,7 +206,7 @@ fn a_shut_off_block_disk_commits_back_into_its_device() {
     let lv = img.join("lv.raw");
     create_image(&lv, "raw", "32M");
     let dev = LoopDevice::attach(&lv);
-    let dom = s.start("vm", "img", &[block_disk("vda", &dev.0)]);
+    let dom = s.start("vm", "img", &[DiskSpec::block("vda", &dev.0)]);
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
     s.fi_ok(&["-b", b, &dom]);
@@ -308,7 +289,10 @@ fn a_point_is_restored_onto_a_block_device() {
     let dom = s.start(
         "vm",
         "img",
-        &[DiskSpec::qcow2("d.qcow2", "vda"), block_disk("vdb", &a.0)],
+        &[
+            DiskSpec::qcow2("d.qcow2", "vda"),
+            DiskSpec::block("vdb", &a.0),
+        ],
     );
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
@@ -438,7 +422,7 @@ fn sigkill_at_each_block_disk_step_converges() {
         let lv = img.join("lv.raw");
         create_image(&lv, "raw", "32M");
         let dev = LoopDevice::attach(&lv);
-        let dom = s.start("vm", "img", &[block_disk("vda", &dev.0)]);
+        let dom = s.start("vm", "img", &[DiskSpec::block("vda", &dev.0)]);
         let uuid = virsh(&["domuuid", &dom]).trim().to_string();
         let overlay_dir = s.root.join("fi-state").join("overlays").join(&uuid);
         let backup = s.dir("backup");
@@ -524,7 +508,7 @@ fn a_device_recreated_under_its_name_is_copied_whole_with_a_warning() {
     let link = img.join("vg-lv");
     std::os::unix::fs::symlink(&dev1.0, &link).unwrap();
     let l = link.to_str().unwrap();
-    let dom = s.start("vm", "img", &[block_disk("vda", l)]);
+    let dom = s.start("vm", "img", &[DiskSpec::block("vda", l)]);
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
     guest_write(&dom, 0, 0xb1, 1);

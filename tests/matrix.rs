@@ -143,15 +143,10 @@ fn build(s: &mut Scenario, which: &str) -> Shape {
             let dir = s.dir(which);
             create_image(&dir.join("lv.raw"), "raw", "64M");
             let dev = LoopDevice::attach(&dir.join("lv.raw"));
-            let element = format!(
-                "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
-                 <source dev='{}'/><target dev='vda' bus='virtio'/></disk>",
-                dev.0
-            );
             let dom = s.start(
                 "block",
                 which,
-                &[DiskSpec::xml("vda", element), q("b.qcow2", "vdb")],
+                &[DiskSpec::block("vda", &dev.0), q("b.qcow2", "vdb")],
             );
             Shape {
                 device: Some(dev),

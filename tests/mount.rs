@@ -57,18 +57,7 @@ fn build_images(s: &Scenario, img: &Path) -> Vec<(&'static str, Vec<u8>)> {
 
     let b = img.join("b.raw");
     ok("truncate", &["-s", "400M", b.to_str().unwrap()]);
-    let script = s.root.join("gpt");
-    std::fs::write(&script, "label: gpt\n,32M\n,320M\n").unwrap();
-    let out = std::process::Command::new("sfdisk")
-        .args(["-q", b.to_str().unwrap()])
-        .stdin(std::fs::File::open(&script).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    partition(&b, "label: gpt\n,32M\n,320M\n");
     let src_b = s.dir("src-b");
     std::fs::write(src_b.join("one.txt"), b"partition one\n").unwrap();
     let p1 = attach_partition(&b, 1);

@@ -413,20 +413,11 @@ fn complete_record(draft: &RecordDraft, copied: &HashMap<String, Copied>) -> Res
 /// search permission for others (0711: no listing); any other directory in
 /// the way fails the domain before its snapshot, naming the directory.
 fn make_overlay_dir(dir: &Path, state_dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(Error::NotADirectory(dir.to_path_buf())),
-        Err(_) => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(dir)
-                .map_err(|e| Error::io("cannot create the overlay directory", dir, e))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .map_err(|e| Error::io("cannot set the mode of", dir, e))?;
-            log::info!("Created overlay directory '{}' (0711)", dir.display());
-        }
+        Err(_) => fsutil::create_dir_with_mode(dir, 0o711, "overlay directory")?,
     }
     for own in [state_dir.to_path_buf(), state_dir.join("overlays")] {
         if !dir.starts_with(&own) {

@@ -184,7 +184,7 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         // QEMU (another user) must reach the images of a domain that is
         // defined: 0711 lets it through without listing the directory.
         let mode = if args.define.is_some() { 0o711 } else { 0o700 };
-        create_target(&target, mode)?;
+        fsutil::create_dir_with_mode(&target, mode, "target directory")?;
     }
     log::info!(
         "Restoring '{domain}' at {} into '{}'{}",
@@ -609,22 +609,6 @@ fn check_qemu_can_reach(target: &Path, exists: bool) -> Result<()> {
     }
 }
 
-/// Creates the target and any missing parents with `mode`.
-fn create_target(target: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(target)
-        .map_err(|e| Error::io("cannot create target directory", target, e))?;
-    // The umask may have taken bits away.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("cannot set the mode of", target, e))?;
-    log::info!("Created target directory '{}' ({mode:o})", target.display());
-    Ok(())
-}
-
 /// The restored NVRAM of domain `name`.
 fn nvram_path(target: &Path, name: &str) -> PathBuf {
     target.join(format!("{name}_VARS.fd"))
@@ -940,9 +924,18 @@ fn instant_overlay(backing: &Path, format: &str, dest: &Path) -> Result<()> {
 /// it meanwhile), then flushed to it.
 fn onto_device(source: &Path, format: &str, device: &Path) -> Result<()> {
     let held = open_exclusive(device)?;
-    qemu_img::convert_onto_device(source, format, device)?;
-    held.sync_all()
-        .map_err(|e| Error::io("cannot flush (fsync)", device, e))
+    qemu_img::convert_onto_device(source, format, device)
+        .and_then(|()| {
+            held.sync_all()
+                .map_err(|e| Error::io("cannot flush (fsync)", device, e))
+        })
+        .map_err(|e| {
+            Error::Copy(format!(
+                "writing onto '{}' failed, so it may hold part of the restored disk and \
+                 part of what it held before; no domain XML was written: {e}",
+                device.display()
+            ))
+        })
 }
 
 /// `device` opened for writing with O_EXCL, which a block device refuses
@@ -995,8 +988,8 @@ fn onto_refusal(
     if !users.is_empty() {
         return Ok(Some(format!("it is used by {}", users.join(", "))));
     }
-    let rdev = meta.rdev();
-    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", major(rdev), minor(rdev)));
+    let number = crate::host::chain::major_minor(meta.rdev());
+    let sys = PathBuf::from(format!("/sys/dev/block/{number}"));
     let holders: Vec<String> = std::fs::read_dir(sys.join("holders"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -1008,7 +1001,7 @@ fn onto_refusal(
         return Ok(Some(format!("it is held by {}", holders.join(", "))));
     }
     // The device and its partitions, as major:minor.
-    let mut numbers = vec![format!("{}:{}", major(rdev), minor(rdev))];
+    let mut numbers = vec![number];
     if let Ok(entries) = std::fs::read_dir(&sys) {
         for e in entries
             .flatten()
@@ -1029,14 +1022,6 @@ fn onto_refusal(
         )));
     }
     Ok(None)
-}
-
-fn major(dev: u64) -> u64 {
-    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
-}
-
-fn minor(dev: u64) -> u64 {
-    (dev & 0xff) | ((dev >> 12) & !0xff)
 }
 
 /// `--onto DISK=DEVICE` arguments, checked for shape: a disk name, an
@@ -1129,43 +1114,14 @@ pub fn rewrite_domain_xml(
         let source = format!("<source file='{}'/>", escape(&new.to_string_lossy()));
         // A block-device disk (or any other type) restores as a file.
         if disk.attribute("type").is_some_and(|t| t != "file") {
-            let attrs: String = disk
-                .attributes()
-                .map(|a| {
-                    let v = if a.name() == "type" {
-                        "file"
-                    } else {
-                        a.value()
-                    };
-                    format!(" {}='{}'", a.name(), escape(v))
-                })
-                .collect();
-            edits.push((
-                disk.range().start..start_tag_end(xml, disk),
-                format!("<disk{attrs}>"),
-            ));
+            edits.push(retag(xml, disk, "type", ("type", "file")));
         }
         match disk.children().find(|n| n.has_tag_name("source")) {
             Some(s) => edits.push((s.range(), source)),
             None => edits.push((start_tag_end(xml, disk)..start_tag_end(xml, disk), source)),
         }
         match disk.children().find(|n| n.has_tag_name("driver")) {
-            Some(drv) => {
-                let mut attrs: Vec<String> = drv
-                    .attributes()
-                    .filter(|a| a.name() != "type")
-                    .map(|a| format!("{}='{}'", a.name(), escape(a.value())))
-                    .collect();
-                attrs.push(format!("type='{}'", escape(format)));
-                let end = start_tag_end(xml, drv);
-                let self_closing = xml[..end].ends_with("/>");
-                let tag = format!(
-                    "<driver {}{}>",
-                    attrs.join(" "),
-                    if self_closing { "/" } else { "" }
-                );
-                edits.push((drv.range().start..end, tag));
-            }
+            Some(drv) => edits.push(retag(xml, drv, "type", ("type", format))),
             None => {
                 let at = start_tag_end(xml, disk);
                 edits.push((
@@ -1218,12 +1174,51 @@ pub fn rewrite_domain_xml(
     if let Some(i) = instant {
         edits.extend(instant_edits(xml, root, i));
     }
+    Ok(apply_edits(xml, edits))
+}
+
+/// `xml` with each (byte range, text) edit made: from the last to the
+/// first, so that the ranges stay valid (an insertion at a start tag's end
+/// goes after that tag's own replacement).
+fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> String {
     edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
     let mut out = xml.to_string();
     for (range, text) in edits {
         out.replace_range(range, &text);
     }
-    Ok(out)
+    out
+}
+
+/// The start tag of `node` (its byte range and new text) with attribute
+/// `attr` written as `name='value'` in its place, or added last when the
+/// tag has none; every other attribute as it was.
+fn retag(
+    xml: &str,
+    node: roxmltree::Node,
+    attr: &str,
+    (name, value): (&str, &str),
+) -> (std::ops::Range<usize>, String) {
+    let mut attrs = String::new();
+    let mut found = false;
+    for a in node.attributes() {
+        if a.name() == attr {
+            found = true;
+            attrs.push_str(&format!(" {name}='{}'", escape(value)));
+        } else {
+            attrs.push_str(&format!(" {}='{}'", a.name(), escape(a.value())));
+        }
+    }
+    if !found {
+        attrs.push_str(&format!(" {name}='{}'", escape(value)));
+    }
+    let end = start_tag_end(xml, node);
+    let closing = if xml[..end].ends_with("/>") {
+        "/>"
+    } else {
+        ">"
+    };
+    let tag = node.tag_name().name();
+    (node.range().start..end, format!("<{tag}{attrs}{closing}"))
 }
 
 /// The domain XML with disk `target`, whose source is a file, turned into
@@ -1233,7 +1228,6 @@ pub fn rewrite_domain_xml(
 pub fn as_block_disk(xml: &str, target: &str) -> Result<String> {
     let doc = roxmltree::Document::parse(xml)
         .map_err(|e| Error::Xml(format!("cannot parse the domain XML: {e}")))?;
-    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let disk = doc.descendants().find(|n| {
         n.has_tag_name("disk")
             && n.children()
@@ -1242,41 +1236,12 @@ pub fn as_block_disk(xml: &str, target: &str) -> Result<String> {
     let Some(disk) = disk else {
         return Err(Error::Xml(format!("the domain XML has no disk {target}")));
     };
-    let tag = |node: roxmltree::Node, name: &str, rename: (&str, &str, &str)| {
-        let attrs: String = node
-            .attributes()
-            .map(|a| {
-                let (n, v) = if a.name() == rename.0 {
-                    (rename.1, rename.2.to_string())
-                } else {
-                    (a.name(), a.value().to_string())
-                };
-                format!(" {n}='{}'", escape(&v))
-            })
-            .collect();
-        let end = start_tag_end(xml, node);
-        let closing = if xml[..end].ends_with("/>") {
-            "/>"
-        } else {
-            ">"
-        };
-        (node.range().start..end, format!("<{name}{attrs}{closing}"))
-    };
-    edits.push(tag(disk, "disk", ("type", "type", "block")));
-    if disk.attribute("type").is_none() {
-        let (range, text) = edits.pop().expect("just pushed");
-        edits.push((range, text.replacen("<disk", "<disk type='block'", 1)));
-    }
+    let mut edits = vec![retag(xml, disk, "type", ("type", "block"))];
     for src in disk.children().filter(|n| n.has_tag_name("source")) {
-        let file = src.attribute("file").unwrap_or_default().to_string();
-        edits.push(tag(src, "source", ("file", "dev", &file)));
+        let file = src.attribute("file").unwrap_or_default();
+        edits.push(retag(xml, src, "file", ("dev", file)));
     }
-    edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
-    let mut out = xml.to_string();
-    for (range, text) in edits {
-        out.replace_range(range, &text);
-    }
-    Ok(out)
+    Ok(apply_edits(xml, edits))
 }
 
 /// Character devices (serial, console, parallel, channel) of type `file`
@@ -1300,24 +1265,7 @@ fn file_devices(
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned());
             let new = dir.join(format!("{name}.{}", file.unwrap_or_else(|| "log".into())));
-            let attrs: String = src
-                .attributes()
-                .map(|a| {
-                    let v = if a.name() == "path" {
-                        new.to_string_lossy().into_owned()
-                    } else {
-                        a.value().to_string()
-                    };
-                    format!(" {}='{}'", a.name(), escape(&v))
-                })
-                .collect();
-            let end = start_tag_end(xml, src);
-            let closing = if xml[..end].ends_with("/>") {
-                "/>"
-            } else {
-                ">"
-            };
-            edits.push((src.range().start..end, format!("<source{attrs}{closing}")));
+            edits.push(retag(xml, src, "path", ("path", &new.to_string_lossy())));
         }
     }
     edits
@@ -1410,6 +1358,19 @@ mod tests {
         <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>\n  \
         </devices>\n</domain>\n";
 
+    /// `xml` rewritten with vda on the qcow2 image `file`, nothing else asked.
+    fn vda_on(xml: &str, file: &str) -> String {
+        rewrite_domain_xml(
+            xml,
+            &[("vda".into(), file.into(), "qcow2".into())],
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_start_tag_ends_at_its_first_unquoted_angle_bracket() {
         for (text, len) in [
@@ -1428,15 +1389,7 @@ mod tests {
                 "<disk type='file' device='disk' note='a>b'>",
             )
             .replace("<driver name='qemu' type='raw' cache='none'/>", "");
-        let out = rewrite_domain_xml(
-            &xml,
-            &[("vda".into(), "/r/a.qcow2".into(), "qcow2".into())],
-            None,
-            None,
-            None,
-            None,
-        )
-        .unwrap();
+        let out = vda_on(&xml, "/r/a.qcow2");
         assert!(
             out.contains(
                 "<disk type='file' device='disk' note='a>b'><driver name='qemu' type='qcow2'/>"
@@ -1448,15 +1401,7 @@ mod tests {
 
     #[test]
     fn disks_point_at_the_restored_images() {
-        let out = rewrite_domain_xml(
-            XML,
-            &[("vda".into(), "/r/it's.qcow2".into(), "qcow2".into())],
-            None,
-            None,
-            None,
-            None,
-        )
-        .unwrap();
+        let out = vda_on(XML, "/r/it's.qcow2");
         let doc = roxmltree::Document::parse(&out).unwrap();
         let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
         let src = disk.children().find(|n| n.has_tag_name("source")).unwrap();
@@ -1477,15 +1422,7 @@ mod tests {
                     "<disk type='block' device='disk' model='virtio'>",
                 )
                 .replace("<source file='/old/a.img'/>", "<source dev='/dev/vg/lv'/>");
-            let out = rewrite_domain_xml(
-                &xml,
-                &[("vda".into(), "/r/a.qcow2".into(), "qcow2".into())],
-                None,
-                None,
-                None,
-                None,
-            )
-            .unwrap();
+            let out = vda_on(&xml, "/r/a.qcow2");
             let doc = roxmltree::Document::parse(&out).unwrap();
             let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
             assert_eq!(disk.attribute("type"), Some("file"), "{out}");

@@ -119,9 +119,7 @@ impl SourceId {
     /// A block device's number as `major:minor` (a file's st_dev the same
     /// way).
     pub fn device_number(&self) -> String {
-        let major = ((self.dev >> 8) & 0xfff) | ((self.dev >> 32) & !0xfff);
-        let minor = (self.dev & 0xff) | ((self.dev >> 12) & !0xff);
-        format!("{major}:{minor}")
+        major_minor(self.dev)
     }
 
     /// Whether `now`, read while or after copying the source, is the
@@ -134,6 +132,14 @@ impl SourceId {
         }
         self == now
     }
+}
+
+/// A device number (st_dev, st_rdev) as `major:minor`, as sysfs and
+/// /proc/self/mountinfo write it (glibc's encoding of dev_t).
+pub fn major_minor(dev: u64) -> String {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    format!("{major}:{minor}")
 }
 
 /// A witness's inode and fingerprint: its path, device, inode and birth

@@ -192,6 +192,22 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Creates `dir`, and any missing parents, with `mode` (set again after
+/// creation: the umask may have taken bits away); `what` names it in the
+/// error and in the [INF] line.
+pub fn create_dir_with_mode(dir: &Path, mode: u32, what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {what}"), dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("cannot set the mode of", dir, e))?;
+    log::info!("Created {what} '{}' ({mode:o})", dir.display());
+    Ok(())
+}
+
 /// Writes `bytes` to a new file `path` (0600, write-once).
 pub fn write_once(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = TempFile::beside(path)?;

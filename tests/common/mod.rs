@@ -150,6 +150,16 @@ impl DiskSpec {
             device: "xml",
         }
     }
+    /// A raw block-device disk on `dev` (a loop device; an LV on most hosts).
+    pub fn block(target: &str, dev: &str) -> DiskSpec {
+        DiskSpec::xml(
+            target,
+            format!(
+                "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+                 <source dev='{dev}'/><target dev='{target}' bus='virtio'/></disk>"
+            ),
+        )
+    }
     pub fn cdrom(target: &str) -> DiskSpec {
         DiskSpec {
             file: String::new(),
@@ -663,6 +673,31 @@ impl Drop for NbdServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes the partition table `script` (sfdisk's input, e.g.
+/// "label: gpt\n,32M\n") into `image`.
+pub fn partition(image: &Path, script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("sfdisk")
+        .args(["-q", image.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start sfdisk");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk of '{}': {}",
+        image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A loop block device over a file, for the test's lifetime.
