@@ -1032,7 +1032,15 @@ fn failure(dom: &Dom, p: &DiskPlan, cause: Error) -> Error {
     let name = p.job.name();
     // The job's own error stays the cause (its libvirt code with it); what
     // the failure left is read now, after it.
-    let (doing, left) = match still_running(dom, t) {
+    let running = still_running(dom, t);
+    let cancelled = matches!(running, Ok(true)).then(|| cancel(dom, t));
+    // QEMU may have gone while libvirt was still processing its end: what
+    // the cancel met is asked again (libvirt knows by then).
+    let running = match (running, &cancelled) {
+        (Ok(true), Some(_)) => dom.is_active(),
+        (other, _) => other,
+    };
+    let (doing, left) = match running {
         Ok(false) => (
             format!(
                 "{t}: QEMU exited during the {name} of {t} (the domain is shut off now); the \
@@ -1040,13 +1048,14 @@ fn failure(dom: &Dom, p: &DiskPlan, cause: Error) -> Error {
             ),
             format!("{}; nothing was deleted", chain_now(dom, p)),
         ),
-        Ok(true) => {
-            let cancelled = cancel(dom, t);
-            (
-                format!("{t}: {name} failed"),
-                format!("{cancelled}; {}; nothing was deleted", chain_now(dom, p)),
-            )
-        }
+        Ok(true) => (
+            format!("{t}: {name} failed"),
+            format!(
+                "{}; {}; nothing was deleted",
+                cancelled.unwrap_or_default(),
+                chain_now(dom, p)
+            ),
+        ),
         Err(e) => (
             format!("{t}: {name} failed"),
             format!(
