@@ -221,6 +221,121 @@ fn a_header_rebased_here_is_what_qemu_img_rebase_writes() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `qcow2::empty_overlay`, written by `qcow2::create`, is byte for byte
+/// the file `qemu-img create -u` makes of the same shape: cluster sizes of
+/// 4 KiB, 64 KiB and 2 MiB; sizes whose L1 table fills a fraction of a
+/// cluster, one cluster and many; a raw and a qcow2 backing; a
+/// 1000-byte reference. The overlay over a real backing file then reads the
+/// backing's data, `qemu-img check` passes on it, and it takes writes.
+/// Shapes QEMU lays out otherwise (two refcount blocks, a header larger
+/// than its cluster) are declined, never written differently.
+#[test]
+fn an_overlay_made_here_is_the_file_qemu_img_create_makes() {
+    use fi_backup::host::qcow2::{create, empty_overlay, OverlayShape};
+    require_stack();
+    let d = std::env::temp_dir().join(format!("fi-qcow2-overlay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    create_image(&d.join("base.raw"), "raw", "8M");
+    image_write(&d.join("base.raw"), "raw", 0x31, 1);
+    create_image(&d.join("base.qcow2"), "qcow2", "8M");
+    image_write(&d.join("base.qcow2"), "qcow2", 0x32, 2);
+    let long = format!(
+        "{}/{}",
+        d.display(),
+        "l".repeat(1000 - d.to_str().unwrap().len() - 1)
+    );
+    let cases: [(u64, u32, &str, &str); 9] = [
+        (8 << 20, 16, "base.raw", "raw"),
+        (8 << 20, 16, "base.qcow2", "qcow2"),
+        (8 << 20, 12, "base.qcow2", "qcow2"),
+        (8 << 20, 21, "base.raw", "raw"),
+        (1 << 40, 16, "base.raw", "raw"),
+        (10 << 40, 16, "base.raw", "raw"),
+        (100 << 30, 12, "base.raw", "raw"),
+        (3_000_000_000 / 512 * 512, 16, "base.raw", "raw"),
+        (8 << 20, 16, &long, "raw"),
+    ];
+    for (i, (size, bits, backing, format)) in cases.iter().enumerate() {
+        let backing = if backing.starts_with('/') {
+            backing.to_string()
+        } else {
+            p(backing)
+        };
+        let theirs = p(&format!("{i}.theirs"));
+        let ours = p(&format!("{i}.ours"));
+        ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-o",
+                &format!("cluster_size={}", 1u64 << bits),
+                "-F",
+                format,
+                "-b",
+                &backing,
+                &theirs,
+                &size.to_string(),
+            ],
+        );
+        let shape = OverlayShape {
+            size: *size,
+            cluster_bits: *bits,
+            backing: backing.clone(),
+            backing_format: format.to_string(),
+        };
+        create(
+            Path::new(&ours),
+            &empty_overlay(&shape).unwrap(),
+            &d.join("base.raw"),
+        )
+        .unwrap();
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+            "case {i}: {shape:?} differs from qemu-img create's file"
+        );
+        assert!(
+            create(
+                Path::new(&ours),
+                &empty_overlay(&shape).unwrap(),
+                &d.join("base.raw")
+            )
+            .is_err(),
+            "case {i}: created over an existing file"
+        );
+    }
+    // Over a real backing file: its data reads through, check passes, writes land.
+    let o = d.join("0.ours");
+    ok(
+        "qemu-img",
+        &["check", "-q", "-f", "qcow2", o.to_str().unwrap()],
+    );
+    assert_image(&o, "qcow2", &[(0x31, 1)]);
+    image_write(&o, "qcow2", 0x33, 3);
+    ok(
+        "qemu-img",
+        &["check", "-q", "-f", "qcow2", o.to_str().unwrap()],
+    );
+    assert_image(&o, "qcow2", &[(0x31, 1), (0x33, 3)]);
+    assert_image(&d.join("1.ours"), "qcow2", &[(0x32, 2)]);
+    // Layouts QEMU makes otherwise are declined.
+    for (size, bits) in [(2u64 << 40, 12), (1 << 30, 9)] {
+        let shape = OverlayShape {
+            size,
+            cluster_bits: bits,
+            backing: p("base.raw"),
+            backing_format: "raw".into(),
+        };
+        assert!(empty_overlay(&shape).is_err(), "{shape:?} was not declined");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 /// A chain read from the files' headers (`read_known_chain`, for a chain
 /// libvirt names) is exactly what `read_chain` reads with qemu-img: qcow2
 /// over qcow2 over raw, with a relative and an absolute reference, and a

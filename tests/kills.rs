@@ -28,10 +28,16 @@ fn live_chain_is_valid(dom: &str) -> usize {
     chain.len()
 }
 
-/// Backup path: killed after the snapshot, mid-copy, after the copies.
+/// Backup path: killed after fi-backup made the overlays (before libvirt
+/// takes them), after the snapshot, mid-copy, after the copies.
 #[test]
 fn sigkill_during_backup_converges() {
-    for point in ["kill-after-snapshot", "kill-mid-copy", "kill-after-copy"] {
+    for point in [
+        "kill-after-overlays-made",
+        "kill-after-snapshot",
+        "kill-mid-copy",
+        "kill-after-copy",
+    ] {
         let mut s = Scenario::new(&format!("kb-{}", &point[5..]));
         let dom = s.start("vm", "img", &[DiskSpec::qcow2("d.qcow2", "vda")]);
         let backup = s.dir("backup");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A running domain with two disks and a chain of three files each (the
 /// base, two overlays of fi-backup), 17 MiB of data in vda's chain so that a
@@ -243,5 +243,62 @@ fn quiesce_fallback_works_when_libvirtd_speaks_german() {
         "LOCALE | libvirtd under de_DE.UTF-8: -q --quiesce-fallback goes on (exit 0) after \
          \"QEMU Gast-Agent ist nicht konfiguriert\", record quiesced=false, 1 pattern read from the copy; \
          -q alone exits 1",
+    );
+}
+
+/// A host where QEMU cannot open the overlays fi-backup makes: a libvirtd
+/// of user `nobody` (no relabelling) whose disk image belongs to root with
+/// mode 0666, so the overlay made as its owner (root, 0600) is closed to
+/// QEMU. The snapshot onto fi-backup's overlays fails, fi-backup removes
+/// them and takes it again with overlays libvirt makes: exit 0, the live
+/// top is libvirt's file (owned by nobody), no other file is left beside
+/// the image, and the restore point reads the guest's data.
+#[test]
+fn overlays_qemu_cannot_open_are_replaced_by_libvirts_own() {
+    let s = Scenario::new("deny");
+    let de = GermanLibvirtd::start(&s.root.join("de"));
+    let dom = s.dom_name("de");
+    let image = de.start_domain(&dom);
+    ok("chown", &["root:root", image.to_str().unwrap()]);
+    ok("chmod", &["0666", image.to_str().unwrap()]);
+    let hmp = "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P 0x73 0 1M\"";
+    de.virsh(&["qemu-monitor-command", &dom, "--hmp", hmp]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let log = s.fi_ok(&["--connect", &de.uri, "-v", "-b", b, &dom]);
+    assert!(
+        log.contains("is taken again with overlays libvirt makes"),
+        "{log}"
+    );
+    let top = PathBuf::from(
+        de.virsh(&["domblklist", &dom])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("vda").map(|p| p.trim().to_string()))
+            .unwrap(),
+    );
+    assert_ne!(top, image, "no overlay on the disk");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&top).unwrap());
+    assert_eq!(
+        owner, 65534,
+        "the live top is not libvirt's file (owned by nobody)"
+    );
+    let mut names = names_in(image.parent().unwrap());
+    names.sort();
+    let mut want = vec![
+        image.file_name().unwrap().to_string_lossy().into_owned(),
+        top.file_name().unwrap().to_string_lossy().into_owned(),
+    ];
+    want.sort();
+    assert_eq!(names, want, "a file is left beside the image");
+    let rec = &records(&backup, &dom)[0];
+    assert_image(
+        &record_top(&backup, &dom, rec, "vda"),
+        "qcow2",
+        &[(0x73, 0)],
+    );
+    report(
+        "REUSE | QEMU cannot open fi-backup's overlay (libvirtd as nobody, image root 0666): \
+         snapshot taken again with libvirt's overlay (owned by nobody), exit 0, nothing else \
+         left beside the image, 1 pattern read from the copy",
     );
 }

@@ -3,7 +3,7 @@
 //! it left.
 
 use crate::backup::copy::{self, Copied, CopyJob};
-use crate::backup::plan::{Plan, RecordDraft, Step};
+use crate::backup::plan::{Maker, Plan, RecordDraft, Step};
 use crate::error::{Error, Result};
 use crate::host::libvirt::{Dom, SnapshotDisk};
 use crate::pool::Pool;
@@ -110,9 +110,10 @@ fn run_step(
             how,
             quiesce_fallback,
             intent,
+            maker,
         } => snapshot(
             plan,
-            (disks, how, *quiesce_fallback, intent),
+            (disks, how, *quiesce_fallback, intent, maker),
             dom,
             opts,
             outcome,
@@ -148,17 +149,20 @@ fn run_step(
     Ok(())
 }
 
-/// The snapshot step: its intent recorded first, the one libvirt call
-/// (tried again unquiesced when `plan::snapshot_retry` says so), the guest
-/// kept running, the memory state made private, the new overlays entered
-/// in the ledger.
+/// The snapshot step: its intent recorded first, the overlays made when
+/// fi-backup makes them, the one libvirt call (tried again unquiesced when
+/// `plan::snapshot_retry` says so), the guest kept running, the memory
+/// state made private, the new overlays entered in the ledger. Overlays
+/// this step made are in the intent with their identities: when the
+/// snapshot does not take them, settling the intent removes them again.
 fn snapshot(
     plan: &Plan,
-    (disks, how, quiesce_fallback, intent): (
+    (disks, how, quiesce_fallback, intent, maker): (
         &[SnapshotDisk],
         &crate::host::libvirt::SnapshotHow,
         bool,
         &crate::state::ledger::Intent,
+        &Maker,
     ),
     dom: &Dom,
     opts: &Options,
@@ -166,6 +170,20 @@ fn snapshot(
 ) -> Result<()> {
     crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
     let started = Instant::now();
+    let made = make_overlays(maker)?;
+    if !made.is_empty() {
+        // Their identities go into the intent, so that a snapshot that does
+        // not take them (a failure, a kill) has them removed again.
+        let mut with = intent.clone();
+        for o in &mut with.overlays {
+            o.made = made
+                .iter()
+                .find(|(p, _)| *p == Path::new(&o.path))
+                .map(|(_, id)| *id);
+        }
+        crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)?;
+    }
+    crate::fault::kill_point("kill-after-overlays-made");
     let was_paused = dom.is_paused()?;
     let mut how = how.clone();
     if how.memory.is_some() {
@@ -184,6 +202,19 @@ fn snapshot(
         how = again;
         outcome.quiesce_dropped = true;
         result = dom.snapshot(disks, &how);
+    }
+    if let Err(e) = &result {
+        if !made.is_empty() && none_taken(dom, &made) {
+            // Some host QEMU cannot open the files fi-backup made on
+            // (a label or an owner it does not get here): libvirt makes
+            // them, as it always did.
+            log::info!(
+                "{e}; the snapshot of '{}' is taken again with overlays libvirt makes",
+                dom.name
+            );
+            how.reuse = false;
+            result = dom.snapshot(disks, &how);
+        }
     }
     outcome.snapshot_ms = started.elapsed().as_millis();
     keep_running(dom, was_paused);
@@ -210,6 +241,50 @@ fn snapshot(
     crate::fault::kill_point("kill-after-snapshot");
     crate::fault::hold("hold-after-snapshot");
     Ok(())
+}
+
+/// Makes the overlays fi-backup makes (`Maker::FiBackup`), each a new
+/// file; when one cannot be made, the ones made before it are removed and
+/// the step fails before libvirt is called. Returns each with its identity
+/// (device, inode).
+fn make_overlays(maker: &Maker) -> Result<Vec<(&Path, (u64, u64))>> {
+    let Maker::FiBackup(overlays) = maker else {
+        return Ok(Vec::new());
+    };
+    let mut made = Vec::new();
+    for (path, image, top) in overlays {
+        match crate::host::qcow2::create(path, image, top) {
+            Ok(id) => made.push((path.as_path(), (id.dev, id.ino))),
+            Err(e) => {
+                for (p, _) in &made {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// After a snapshot onto overlays fi-backup made failed: whether none of
+/// them is in use (no disk of the domain, its live XML read again, has one
+/// in its chain) and each was removed, being still the very file made and
+/// an empty overlay. Anything else leaves them in place (the intent's
+/// settlement deals with them) and is false.
+fn none_taken(dom: &Dom, made: &[(&Path, (u64, u64))]) -> bool {
+    let Ok(facts) = dom.live_facts() else {
+        return false;
+    };
+    let used = |p: &Path| {
+        facts.disks.iter().any(|d| {
+            d.source.as_deref() == Some(p)
+                || d.backing.as_deref() == Some(p)
+                || d.known_chain.iter().flatten().any(|f| f == p)
+        })
+    };
+    made.iter().all(|(p, id)| {
+        !used(p) && crate::host::qcow2::is_empty_overlay(p, *id) && std::fs::remove_file(p).is_ok()
+    })
 }
 
 /// Says (debug) why an earlier copy serves for a live file.

@@ -62,9 +62,11 @@ pub fn disk_chains(
                 .collect::<Vec<_>>()
                 .join(" <- ")
         );
+        let shape = crate::host::qcow2::overlay_shape(source, disk.source_format(), &chain[0].path);
         disks.push(DiskChain {
             disk: disk.clone(),
             chain,
+            shape,
         });
     }
     Ok((disks, skipped))
@@ -93,7 +95,11 @@ pub fn chains_after_snapshot(before: &[DiskChain], now: &DomainFacts) -> Option<
                 id,
             });
         }
-        out.push(DiskChain { disk, chain });
+        out.push(DiskChain {
+            disk,
+            chain,
+            shape: Err("not read after the snapshot".into()),
+        });
     }
     Some(out)
 }

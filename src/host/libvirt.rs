@@ -270,6 +270,9 @@ impl Dom {
         if how.quiesce {
             flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE;
         }
+        if how.reuse {
+            flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT;
+        }
         self.dom
             .create_snapshot_xml(&xml, flags)
             .map(|_| ())
@@ -286,6 +289,9 @@ pub struct SnapshotHow {
     pub memory: Option<PathBuf>,
     /// Save memory while the guest runs (longer, larger, no long pause).
     pub live: bool,
+    /// The overlays exist already (made by fi-backup): libvirt takes them
+    /// as they are (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT).
+    pub reuse: bool,
 }
 
 /// The `<domainsnapshot>` document: memory (when given) and disks. Pure.

@@ -221,6 +221,255 @@ fn other_extensions(
     }
 }
 
+/// What a new, empty qcow2 overlay on a disk's top says: the shape libvirt
+/// gives the overlays it has QEMU create for a snapshot (blockdev-create,
+/// qcow2 version 3 with 16-bit refcounts), its size and cluster size taken
+/// from the top (`qemuBlockStorageSourceCreateDetectSize`), its backing
+/// reference the top's path as the domain XML names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayShape {
+    /// Guest-visible size in bytes (a multiple of 512).
+    pub size: u64,
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// The backing reference.
+    pub backing: String,
+    /// The backing file's format.
+    pub backing_format: String,
+}
+
+/// An image as the bytes at a few offsets and a length; every other byte
+/// is zero (a hole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The file's length.
+    pub len: u64,
+    /// (offset, bytes), in order, not overlapping.
+    pub pieces: Vec<(u64, Vec<u8>)>,
+}
+
+impl Image {
+    /// The whole file, holes as zeros.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len as usize];
+        for (at, b) in &self.pieces {
+            out[*at as usize..*at as usize + b.len()].copy_from_slice(b);
+        }
+        out
+    }
+}
+
+/// The feature name table QEMU writes into every version 3 header it
+/// creates (type, bit, name): part of the bytes, so that an overlay made
+/// here is the file `qemu-img create` makes.
+const FEATURE_NAMES: [(u8, u8, &str); 8] = [
+    (0, 0, "dirty bit"),
+    (0, 1, "corrupt bit"),
+    (0, 2, "external data file"),
+    (0, 3, "compression type"),
+    (0, 4, "extended L2 entries"),
+    (1, 0, "lazy refcounts"),
+    (2, 0, "bitmaps"),
+    (2, 1, "raw external data"),
+];
+const FEATURE_TABLE_EXT: u32 = 0x6803_F857;
+
+/// The empty overlay of `shape`, byte for byte what `qemu-img create -f
+/// qcow2 -o cluster_size=C -b BACKING -F FORMAT -u FILE SIZE` writes
+/// (QEMU 7.2 to 10.0; tests/copy.rs compares them): the header cluster
+/// (header, backing format and, above 4 KiB clusters, feature name
+/// extensions, the reference),
+/// the refcount table in cluster 1, its one refcount block in cluster 2,
+/// the L1 table from cluster 3, all zero (nothing allocated: every read
+/// goes to the backing file). Err where QEMU lays the file out otherwise
+/// (the header does not fit in one cluster, more than one refcount block)
+/// or the shape is not one QEMU would create (a size of 0 or not a
+/// multiple of 512, a cluster size outside 4 KiB..2 MiB, an empty or
+/// too long reference). Pure.
+pub fn empty_overlay(shape: &OverlayShape) -> std::result::Result<Image, String> {
+    let OverlayShape {
+        size,
+        cluster_bits,
+        backing,
+        backing_format,
+    } = shape;
+    if !(12..=21).contains(cluster_bits) {
+        return Err(format!("cluster_bits {cluster_bits} is outside 12..=21"));
+    }
+    if *size == 0 || size % 512 != 0 {
+        return Err(format!(
+            "a size of {size} bytes is not a positive multiple of 512"
+        ));
+    }
+    if backing.is_empty() || backing.len() as u64 > MAX_BACKING || backing_format.is_empty() {
+        return Err(format!(
+            "backing reference '{backing}' ({backing_format}) cannot be written"
+        ));
+    }
+    let cs = 1u64 << cluster_bits;
+    // An L2 table holds cs / 8 entries, each mapping one cluster.
+    let l1_size = size.div_ceil(cs * (cs / 8));
+    let l1_bytes = l1_size * 8;
+    let used = 3 + l1_bytes.div_ceil(cs);
+    // One refcount block holds cs / 2 16-bit refcounts.
+    if used > cs / 2 || l1_size > u64::from(u32::MAX) {
+        return Err(format!(
+            "{size} bytes need more than one refcount block at {cs}-byte clusters"
+        ));
+    }
+    let mut h = vec![0u8; 112];
+    h[0..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[20..24].copy_from_slice(&cluster_bits.to_be_bytes());
+    h[24..32].copy_from_slice(&size.to_be_bytes());
+    h[36..40].copy_from_slice(&(l1_size as u32).to_be_bytes());
+    h[40..48].copy_from_slice(&(3 * cs).to_be_bytes());
+    h[48..56].copy_from_slice(&cs.to_be_bytes());
+    h[56..60].copy_from_slice(&1u32.to_be_bytes());
+    h[96..100].copy_from_slice(&4u32.to_be_bytes());
+    h[100..104].copy_from_slice(&112u32.to_be_bytes());
+    h.extend_from_slice(&BACKING_FORMAT_EXT.to_be_bytes());
+    h.extend_from_slice(&(backing_format.len() as u32).to_be_bytes());
+    h.extend_from_slice(backing_format.as_bytes());
+    h.resize(h.len().div_ceil(8) * 8, 0);
+    // QEMU leaves the table out of 4 KiB clusters, to keep room for the
+    // reference.
+    if cs > 4096 {
+        h.extend_from_slice(&FEATURE_TABLE_EXT.to_be_bytes());
+        h.extend_from_slice(&(FEATURE_NAMES.len() as u32 * 48).to_be_bytes());
+        for (kind, bit, name) in FEATURE_NAMES {
+            let mut entry = [0u8; 48];
+            entry[0] = kind;
+            entry[1] = bit;
+            entry[2..2 + name.len()].copy_from_slice(name.as_bytes());
+            h.extend_from_slice(&entry);
+        }
+    }
+    h.extend_from_slice(&[0u8; 8]);
+    let offset = h.len() as u64;
+    h.extend_from_slice(backing.as_bytes());
+    if h.len() as u64 > cs {
+        return Err(format!(
+            "the header needs {} bytes, more than a {cs}-byte cluster",
+            h.len()
+        ));
+    }
+    h[8..16].copy_from_slice(&offset.to_be_bytes());
+    h[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    let refcounts: Vec<u8> = (0..used).flat_map(|_| 1u16.to_be_bytes()).collect();
+    Ok(Image {
+        len: 3 * cs + l1_bytes,
+        pieces: vec![
+            (0, h),
+            (cs, (2 * cs).to_be_bytes().to_vec()),
+            (2 * cs, refcounts),
+        ],
+    })
+}
+
+/// The shape of the overlay a snapshot puts on a disk whose source (as the
+/// domain XML names it) is `source`, of `format`, its top file `top`: what
+/// libvirt asks QEMU to create (the top's size and, from a qcow2 top, its
+/// cluster size; 64 KiB over a raw one). Err, with the reason, where
+/// libvirt would ask for more than `empty_overlay` makes (a qcow2 top with
+/// extended L2 entries), for another format, or what cannot be read.
+pub fn overlay_shape(
+    source: &Path,
+    format: &str,
+    top: &Path,
+) -> std::result::Result<OverlayShape, String> {
+    let (size, cluster_bits) = match format {
+        "qcow2" => {
+            let h = read(top).map_err(|e| e.to_string())?;
+            if h.incompatible & (1 << 4) != 0 {
+                return Err("its top has extended L2 entries".into());
+            }
+            (h.virtual_size, h.cluster_size.trailing_zeros())
+        }
+        "raw" => (
+            crate::host::chain::byte_len(top).map_err(|e| e.to_string())?,
+            16,
+        ),
+        f => return Err(format!("its top is {f}")),
+    };
+    Ok(OverlayShape {
+        size,
+        cluster_bits,
+        backing: source
+            .to_str()
+            .ok_or_else(|| "its source path is not UTF-8".to_string())?
+            .to_string(),
+        backing_format: format.to_string(),
+    })
+}
+
+/// Whether the file at `path` has the identity `id` (device, inode) and
+/// is an empty overlay: exactly the bytes `empty_overlay` makes of the
+/// shape its own header gives, so that every read of it goes to its backing
+/// file and removing it loses no data. A file that cannot be read, is not
+/// such an overlay, or is larger than 8 MiB (no empty overlay is) is not.
+pub fn is_empty_overlay(path: &Path, id: (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || (meta.dev(), meta.ino()) != id || meta.len() > 8 << 20 {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(h) = parse(&bytes) else {
+        return false;
+    };
+    let shape = OverlayShape {
+        size: h.virtual_size,
+        cluster_bits: h.cluster_size.trailing_zeros(),
+        backing: h.backing.unwrap_or_default(),
+        backing_format: h.backing_format.unwrap_or_default(),
+    };
+    empty_overlay(&shape)
+        .is_ok_and(|image| image.len == bytes.len() as u64 && image.bytes() == bytes)
+}
+
+/// Creates the empty overlay `image` at `path`: a new file (never one that
+/// exists), 0600 and owned as the file `like` (the top it goes on, which
+/// QEMU opens), its pieces written and the rest left as holes, flushed
+/// with its directory, so that a guest writing into it after the snapshot
+/// never finds it missing after a crash. A file this call began is removed
+/// again when a step fails. Returns the new file's identity.
+pub fn create(path: &Path, image: &Image, like: &Path) -> Result<crate::host::chain::SourceId> {
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+    let owner = std::fs::metadata(like).map_err(|e| Error::io("cannot stat", like, e))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io("cannot create the overlay", path, e))?;
+    let written = std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()))
+        .and_then(|()| {
+            image
+                .pieces
+                .iter()
+                .try_for_each(|(at, b)| f.write_all_at(b, *at))
+        })
+        .and_then(|()| f.set_len(image.len))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| f.metadata());
+    match written {
+        Ok(meta) => {
+            crate::store::fsutil::sync_dir(path.parent().unwrap_or(Path::new("/")))?;
+            Ok(crate::host::chain::SourceId::of(&meta))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(Error::io("cannot write the overlay", path, e))
+        }
+    }
+}
+
 /// Reads the header of the qcow2 file at `path`.
 pub fn read(path: &Path) -> Result<Header> {
     let bad = |why: String| Error::QemuImg(format!("'{}': {why}", path.display()));
@@ -257,6 +506,96 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty overlay's header reads back as its shape (v3, the size,
+    /// the cluster size, the reference and its format), its refcount table
+    /// points at its one block, which counts the header, the table, the
+    /// block and the L1 clusters once each; shapes QEMU would lay out
+    /// otherwise or refuse are declined.
+    #[test]
+    fn an_empty_overlay_reads_back_as_its_shape() {
+        for (size, bits, l1_clusters) in [
+            (8u64 << 20, 16u32, 1u64),
+            (10 << 40, 16, 3),
+            (1 << 30, 21, 1),
+            (100 << 30, 12, 100),
+        ] {
+            let shape = OverlayShape {
+                size,
+                cluster_bits: bits,
+                backing: "/i/base.raw".into(),
+                backing_format: "raw".into(),
+            };
+            let image = empty_overlay(&shape).unwrap();
+            let bytes = image.bytes();
+            let cs = 1u64 << bits;
+            let h = parse(&bytes).unwrap();
+            assert_eq!(
+                (h.version, h.virtual_size, h.cluster_size, h.incompatible),
+                (3, size, cs, 0)
+            );
+            assert_eq!(h.backing.as_deref(), Some("/i/base.raw"));
+            assert_eq!(h.backing_format.as_deref(), Some("raw"));
+            let l1_size = u64::from(be32(&bytes, 36).unwrap());
+            assert_eq!(image.len, 3 * cs + l1_size * 8, "{size} {bits}");
+            assert_eq!(be64(&bytes, cs as usize).unwrap(), 2 * cs);
+            let counted = (0..)
+                .map(|k| {
+                    u16::from_be_bytes([
+                        bytes[(2 * cs) as usize + 2 * k],
+                        bytes[(2 * cs) as usize + 2 * k + 1],
+                    ])
+                })
+                .take_while(|&r| r == 1)
+                .count() as u64;
+            assert_eq!(counted, 3 + l1_clusters, "{size} {bits}");
+        }
+        let ok = OverlayShape {
+            size: 1 << 20,
+            cluster_bits: 16,
+            backing: "/b".into(),
+            backing_format: "raw".into(),
+        };
+        let declined = [
+            OverlayShape {
+                size: 0,
+                ..ok.clone()
+            },
+            OverlayShape {
+                size: 1000,
+                ..ok.clone()
+            },
+            OverlayShape {
+                cluster_bits: 9,
+                ..ok.clone()
+            },
+            OverlayShape {
+                cluster_bits: 22,
+                ..ok.clone()
+            },
+            OverlayShape {
+                backing: String::new(),
+                ..ok.clone()
+            },
+            OverlayShape {
+                backing: "b".repeat(1024),
+                ..ok.clone()
+            },
+            OverlayShape {
+                backing_format: String::new(),
+                ..ok.clone()
+            },
+            OverlayShape {
+                size: 2 << 40,
+                cluster_bits: 12,
+                ..ok.clone()
+            },
+        ];
+        for shape in declined {
+            assert!(empty_overlay(&shape).is_err(), "{shape:?}");
+        }
+        assert!(empty_overlay(&ok).is_ok());
+    }
 
     /// A header of `version` with `cluster_bits`, and `backing` written at
     /// `at` (0: none).

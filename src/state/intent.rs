@@ -12,7 +12,10 @@
 //!   was made by that snapshot (its name carries the run's timestamp, checked
 //!   unused before the call): it goes into the ledger with its inode;
 //! - a planned overlay that exists but is in no chain is reported and left
-//!   alone (not ours to delete on that evidence);
+//!   alone (not ours to delete on that evidence), unless fi-backup made it
+//!   itself before the call (`plan::Maker::FiBackup`; the intent then holds
+//!   its device and inode) and it is still that file and an empty overlay
+//!   (no data in it): then it is removed;
 //! - the planned memory state file is removed when no restore point can use
 //!   it: the snapshot did not complete (no planned overlay in a chain), or the
 //!   run meant to record a restore point and did not. Otherwise it is kept.
@@ -36,6 +39,9 @@ pub enum Settle {
     Adopt(PlannedOverlay),
     /// This planned overlay exists outside every chain: report, leave alone.
     Stray(PlannedOverlay),
+    /// This planned overlay is outside every chain, still the very file
+    /// fi-backup made for the snapshot, and holds no data: remove it.
+    RemoveMade(PlannedOverlay),
     /// Remove the memory state file; the reason.
     RemoveState(String, &'static str),
     /// Keep the memory state file; the reason.
@@ -50,6 +56,10 @@ pub struct Seen<'a> {
     pub in_chain: &'a HashSet<PathBuf>,
     /// Paths the ledger already owns.
     pub owned: &'a HashSet<String>,
+    /// Whether the file at a path has this identity (device, inode) and is
+    /// an empty overlay: exactly the bytes `qcow2::empty_overlay` makes of
+    /// its own header, so that it holds no data.
+    pub empty_made: &'a dyn Fn(&Path, (u64, u64)) -> bool,
 }
 
 /// Decides how to settle `intent`. Pure.
@@ -66,6 +76,8 @@ pub fn decide(intent: &Intent, seen: &Seen) -> Vec<Settle> {
         }
         actions.push(if seen.in_chain.contains(path) {
             Settle::Adopt(o.clone())
+        } else if o.made.is_some_and(|id| (seen.empty_made)(path, id)) {
+            Settle::RemoveMade(o.clone())
         } else {
             Settle::Stray(o.clone())
         });
@@ -162,6 +174,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
             exists: &exists,
             in_chain: &in_chain,
             owned: &owned,
+            empty_made: &crate::host::qcow2::is_empty_overlay,
         },
     );
     for a in actions {
@@ -190,6 +203,16 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
                 intent.ts,
                 dom.name
             ),
+            Settle::RemoveMade(o) => {
+                std::fs::remove_file(&o.path)
+                    .map_err(|e| Error::io("cannot remove", Path::new(&o.path), e))?;
+                log::info!(
+                    "Removed '{}', the empty overlay fi-backup made for the snapshot of run {} of '{}', which did not take it",
+                    o.path,
+                    intent.ts,
+                    dom.name
+                );
+            }
             Settle::RemoveState(path, why) => {
                 if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
                     log::warn!(
@@ -229,10 +252,12 @@ mod tests {
                 PlannedOverlay {
                     target: "vda".into(),
                     path: "/i/a.bimg-20260101-000000".into(),
+                    made: None,
                 },
                 PlannedOverlay {
                     target: "vdb".into(),
                     path: "/i/b.bimg-20260101-000000".into(),
+                    made: None,
                 },
             ],
             state_file: Some("/s/d.statefile-20260101-000000".into()),
@@ -241,16 +266,108 @@ mod tests {
     }
 
     fn run(intent: &Intent, present: &[&str], chain: &[&str], owned: &[&str]) -> Vec<Settle> {
+        run_empty(intent, present, chain, owned, &[])
+    }
+
+    /// As `run`, with `empty`: the paths and identities of files that are
+    /// empty overlays.
+    fn run_empty(
+        intent: &Intent,
+        present: &[&str],
+        chain: &[&str],
+        owned: &[&str],
+        empty: &[(&str, (u64, u64))],
+    ) -> Vec<Settle> {
         let present: HashSet<PathBuf> = present.iter().map(PathBuf::from).collect();
         let exists = |p: &Path| present.contains(p);
+        let empty_made =
+            |p: &Path, id: (u64, u64)| empty.iter().any(|(e, i)| Path::new(e) == p && *i == id);
         decide(
             intent,
             &Seen {
                 exists: &exists,
                 in_chain: &chain.iter().map(PathBuf::from).collect(),
                 owned: &owned.iter().map(|s| s.to_string()).collect(),
+                empty_made: &empty_made,
             },
         )
+    }
+
+    /// An overlay fi-backup made itself is removed only when the snapshot
+    /// did not take it (in no chain), the ledger does not own it, it is the
+    /// file made (same identity) and it holds no data; each condition
+    /// missing keeps it (adopted, owned, or a [WAR] and left in place).
+    #[test]
+    fn an_overlay_fi_backup_made_is_removed_only_while_unused_unchanged_and_empty() {
+        let mut i = intent(None);
+        i.state_file = None;
+        i.overlays[0].made = Some((1, 10));
+        i.overlays[1].made = Some((1, 11));
+        type Row<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [(&'a str, (u64, u64))],
+            [&'a str; 2],
+        );
+        let rows: [Row; 7] = [
+            // Both unused, the very files, empty: removed.
+            (
+                &[A, B],
+                &[],
+                &[(A, (1, 10)), (B, (1, 11))],
+                ["remove", "remove"],
+            ),
+            // The snapshot took them: adopted, never removed.
+            (
+                &[A, B],
+                &[A, B],
+                &[(A, (1, 10)), (B, (1, 11))],
+                ["adopt", "adopt"],
+            ),
+            // Another file now (another inode), or one written: left.
+            (
+                &[A, B],
+                &[],
+                &[(A, (1, 99)), (B, (2, 11))],
+                ["stray", "stray"],
+            ),
+            (&[A, B], &[], &[], ["stray", "stray"]),
+            // Gone already: nothing to do.
+            (&[], &[], &[(A, (1, 10))], ["-", "-"]),
+            // One made, one not yet (killed between them): only the made one.
+            (&[A], &[], &[(A, (1, 10))], ["remove", "-"]),
+            // The ledger owns it: nothing.
+            (
+                &[A, B],
+                &[],
+                &[(A, (1, 10)), (B, (1, 11))],
+                ["owned", "owned"],
+            ),
+        ];
+        for (n, (present, chain, empty, want)) in rows.iter().enumerate() {
+            let owned: &[&str] = if want[0] == "owned" { &[A, B] } else { &[] };
+            let acts = run_empty(&i, present, chain, owned, empty);
+            let got: Vec<&str> = (0..2)
+                .map(|k| {
+                    acts.iter()
+                        .find_map(|a| match a {
+                            Settle::RemoveMade(o) if o == &i.overlays[k] => Some("remove"),
+                            Settle::Adopt(o) if o == &i.overlays[k] => Some("adopt"),
+                            Settle::Stray(o) if o == &i.overlays[k] => Some("stray"),
+                            _ => None,
+                        })
+                        .unwrap_or(if owned.is_empty() { "-" } else { "owned" })
+                })
+                .collect();
+            assert_eq!(got, want, "row {n}");
+        }
+        // An intent without identities (libvirt made the overlays) never removes.
+        let plain = intent(None);
+        let acts = run_empty(&plain, &[A, B], &[], &[], &[(A, (1, 10)), (B, (1, 11))]);
+        assert!(
+            acts.iter().all(|a| !matches!(a, Settle::RemoveMade(_))),
+            "{acts:?}"
+        );
     }
 
     const A: &str = "/i/a.bimg-20260101-000000";

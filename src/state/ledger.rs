@@ -88,6 +88,12 @@ pub struct PlannedOverlay {
     pub target: String,
     /// The overlay's path.
     pub path: String,
+    /// The identity (device, inode) of the file fi-backup made at `path`
+    /// before the call (`plan::Maker::FiBackup`), once made; None when
+    /// libvirt makes it. Only such a file may be removed again, and only
+    /// while it holds no data (`intent::decide`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made: Option<(u64, u64)>,
 }
 
 /// What a snapshot is about to create.
