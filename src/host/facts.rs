@@ -333,20 +333,27 @@ pub fn unused_overlays(
             Some((o.path.clone(), (id.dev, id.ino)))
         })
         .collect();
-    let mut sources = Vec::new();
+    // Each source once, with libvirt's chain below it where the live XML
+    // knows it (then its headers are read instead of running qemu-img).
+    type Known = Option<Vec<std::path::PathBuf>>;
+    let mut sources: std::collections::BTreeMap<(std::path::PathBuf, String), Known> =
+        Default::default();
     for xml in &xmls {
         let facts = crate::host::domain::parse_domain_xml(xml)?;
-        sources.extend(facts.disks.into_iter().filter_map(|d| {
+        for d in facts.disks {
             let format = d.source_format().to_string();
-            d.source.map(|s| (s, format))
-        }));
+            if let Some(s) = d.source {
+                let known = sources.entry((s, format)).or_default();
+                if known.is_none() {
+                    *known = d.known_chain;
+                }
+            }
+        }
     }
-    sources.sort();
-    sources.dedup();
     // The usual case, every overlay of ours a disk's top (as after -C):
     // nothing is unused, and no chain needs reading.
     let tops: HashSet<(u64, u64)> = sources
-        .iter()
+        .keys()
         .filter_map(|(s, _)| chain::SourceId::read(s).ok())
         .map(|id| (id.dev, id.ino))
         .collect();
@@ -354,8 +361,12 @@ pub fn unused_overlays(
         return Ok(Vec::new());
     }
     let mut used = HashSet::new();
-    for (source, format) in &sources {
-        for f in chain::read_chain(source, format)? {
+    for ((source, format), known) in &sources {
+        let chain = match known {
+            Some(below) => chain::read_known_chain(source, format, below)?,
+            None => chain::read_chain(source, format)?,
+        };
+        for f in chain {
             let id = chain::SourceId::read(&f.path)?;
             used.insert((id.dev, id.ino));
         }
