@@ -170,7 +170,18 @@ fn snapshot(
 ) -> Result<()> {
     crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
     let started = Instant::now();
-    let made = make_overlays(maker)?;
+    let mut how = how.clone();
+    let made = match make_overlays(maker) {
+        Ok(made) => made,
+        // A file fi-backup cannot make as planned (an owner it may not give
+        // when it does not run as root, a full directory): libvirt makes
+        // them all, as it always did, and says what stands in its way.
+        Err(e) => {
+            log::info!("{e}; libvirt makes the overlays of '{}'", dom.name);
+            how.reuse = false;
+            Vec::new()
+        }
+    };
     if !made.is_empty() {
         // Their identities go into the intent, so that a snapshot that does
         // not take them (a failure, a kill) has them removed again.
@@ -185,7 +196,6 @@ fn snapshot(
     }
     crate::fault::kill_point("kill-after-overlays-made");
     let was_paused = dom.is_paused()?;
-    let mut how = how.clone();
     if how.memory.is_some() {
         crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
     }
@@ -204,7 +214,8 @@ fn snapshot(
         result = dom.snapshot(disks, &how);
     }
     if let Err(e) = &result {
-        if !made.is_empty() && none_taken(dom, &made) {
+        // A missing guest agent fails any snapshot alike: not retried.
+        if !made.is_empty() && !e.is_agent_unavailable() && none_taken(dom, &made) {
             // Some host QEMU cannot open the files fi-backup made on
             // (a label or an owner it does not get here): libvirt makes
             // them, as it always did.
@@ -245,8 +256,8 @@ fn snapshot(
 
 /// Makes the overlays fi-backup makes (`Maker::FiBackup`), each a new
 /// file; when one cannot be made, the ones made before it are removed and
-/// the step fails before libvirt is called. Returns each with its identity
-/// (device, inode).
+/// the error is returned (libvirt then makes them all). Returns each with
+/// its identity (device, inode).
 fn make_overlays(maker: &Maker) -> Result<Vec<(&Path, (u64, u64))>> {
     let Maker::FiBackup(overlays) = maker else {
         return Ok(Vec::new());
