@@ -95,4 +95,5 @@ pub mod fault;
 pub mod pool;
 pub mod progress;
 pub mod report;
+pub mod steps;
 pub mod units;

@@ -96,7 +96,9 @@ fn nights_to_a_second_disk_and_far_retention() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("[dry run] send '") && err.contains("1 restore point(s) would be sent"),
+        err.contains(&format!("[dry run] '{dom}' at '{f}': would send '"))
+            && err.contains("would publish restore point")
+            && err.contains("1 restore point(s) would be sent"),
         "{err}"
     );
     assert!(

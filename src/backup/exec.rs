@@ -49,32 +49,20 @@ pub struct Options {
 /// Runs `plan` against domain `dom` (with `opts.dry_run`, only says what
 /// each step would do).
 pub fn execute(plan: &Plan, dom: &Dom, opts: &Options) -> Result<Outcome> {
-    if opts.dry_run {
-        for line in plan.steps.iter().flat_map(Step::lines) {
-            log::info!("[dry run] {}: would {line}", plan.domain);
-        }
-        return Ok(Outcome::default());
-    }
     let mut outcome = Outcome::default();
     let mut copied: HashMap<String, Copied> = HashMap::new();
     let mut left: Option<String> = None;
-    for step in &plan.steps {
-        log::trace!("step for '{}': {step}", plan.domain);
-        let result = crate::cmd::signals::check()
-            .and_then(|()| run_step(plan, step, dom, opts, &mut copied, &mut outcome));
-        if result.is_ok() {
-            if let Step::Snapshot { disks, .. } = step {
-                left = Some(after_snapshot_note(disks, &plan.ts));
-            }
+    crate::steps::run(&plan.domain, &plan.steps, opts.dry_run, |step| {
+        run_step(plan, step, dom, opts, &mut copied, &mut outcome)?;
+        if let Step::Snapshot { disks, .. } = step {
+            left = Some(after_snapshot_note(disks, &plan.ts));
         }
-        if let Err(e) = result.and_then(|()| crate::fault::check(&format!("after-{}", step.kind())))
-        {
-            return Err(match left {
-                Some(left) => e.left(&plan.domain, left),
-                None => Error::in_domain(&plan.domain, "", e),
-            });
-        }
-    }
+        crate::fault::check(&format!("after-{}", step.kind()))
+    })
+    .map_err(|e| match &left {
+        Some(left) => e.left(&plan.domain, left.clone()),
+        None => Error::in_domain(&plan.domain, "", e),
+    })?;
     Ok(outcome)
 }
 

@@ -1285,10 +1285,10 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-impl Step {
-    /// What a dry run says of this step: one line, or for copies and
-    /// reuses one line a file.
-    pub fn lines(&self) -> Vec<String> {
+/// What a run says of a step: one line, or for copies and reuses one line
+/// a file.
+impl crate::steps::Said for Step {
+    fn lines(&self) -> Vec<String> {
         match self {
             Step::Copy(jobs) => jobs
                 .iter()
@@ -1323,7 +1323,9 @@ impl Step {
             _ => vec![self.to_string()],
         }
     }
+}
 
+impl Step {
     /// A short name, for fault points and traces.
     pub fn kind(&self) -> &'static str {
         match self {

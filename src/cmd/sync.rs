@@ -251,7 +251,122 @@ fn sync_inner(
     Ok(())
 }
 
-/// The executor: each step said (dry run) or done, in the plan's order.
+/// One step of a domain's sync, as the executor takes it.
+enum Act<'a> {
+    /// Remove an interrupted sync's temporary object.
+    RemoveTemp(String),
+    /// Send a file of `point` (its name in images/, size, far object, BLAKE3).
+    Upload(&'a crate::sync::plan::Upload, String),
+    /// Send a point's domain XML (home file, far object).
+    SendXml(PathBuf, String),
+    /// Publish a point's record (the point, its far object).
+    Publish(&'a crate::sync::plan::Send, String),
+    /// Check that the far lock is still this run's (before removing).
+    CheckLock,
+    /// Remove a dropped point's record or XML (the point, far object).
+    Drop(&'a str, String),
+    /// Remove a point's XML that no record names.
+    RemoveStrayXml(String),
+    /// Delete an object no far point reads.
+    Delete(String),
+    /// Flush the domain's far directory.
+    SyncDir(String),
+}
+
+/// A step and how it is said (silent steps say nothing).
+struct Step<'a> {
+    act: Act<'a>,
+    line: Option<String>,
+}
+
+impl crate::steps::Said for Step<'_> {
+    fn lines(&self) -> Vec<String> {
+        self.line.iter().cloned().collect()
+    }
+}
+
+/// The steps of `p` for `domain`, in the order they are taken: temporary
+/// objects, each point's files, XML and record, then (after the lock is
+/// checked again) the dropped points, stray XML and unread objects, and
+/// the final flush.
+fn steps<'a>(far: &Far, dir: &DomainDir, domain: &str, p: &'a SyncPlan) -> Vec<Step<'a>> {
+    let said = |act: Act<'a>, line: String| Step {
+        act,
+        line: Some(line),
+    };
+    let silent = |act: Act<'a>| Step { act, line: None };
+    let mut out = Vec::new();
+    for t in &p.temps {
+        let rel = format!("{domain}/{t}");
+        let line = format!("remove an interrupted sync's '{}'", far.show(&rel));
+        out.push(said(Act::RemoveTemp(rel), line));
+    }
+    for s in &p.send {
+        for u in &s.uploads {
+            let rel = format!("{domain}/images/{}", u.object);
+            let line = format!(
+                "send '{}' ({}) as '{}'",
+                dir.images().join(&u.name).display(),
+                crate::units::human_bytes(u.size),
+                far.show(&rel)
+            );
+            out.push(said(Act::Upload(u, rel), line));
+        }
+        if s.xml {
+            let xml = dir.points().join(&s.record.domain_xml);
+            let rel = format!("{domain}/points/{}.xml", s.point);
+            let line = format!("send '{}' as '{}'", xml.display(), far.show(&rel));
+            out.push(said(Act::SendXml(xml, rel), line));
+        }
+        let rel = format!("{domain}/points/{}.json", s.point);
+        let line = format!("publish restore point {} as '{}'", s.point, far.show(&rel));
+        out.push(said(Act::Publish(s, rel), line));
+    }
+    if !p.drop.is_empty() {
+        out.push(silent(Act::CheckLock));
+    }
+    for point in &p.drop {
+        for ext in ["json", "xml"] {
+            let rel = format!("{domain}/points/{point}.{ext}");
+            let line = format!("remove '{}' (the far policy drops {point})", far.show(&rel));
+            out.push(said(Act::Drop(point, rel), line));
+        }
+    }
+    if !(p.delete.is_empty() && p.stray_xml.is_empty()) {
+        out.push(silent(Act::CheckLock));
+    }
+    for point in &p.stray_xml {
+        let rel = format!("{domain}/points/{point}.xml");
+        let line = format!("remove '{}' (no record names it)", far.show(&rel));
+        out.push(said(Act::RemoveStrayXml(rel), line));
+    }
+    for o in &p.delete {
+        let rel = format!("{domain}/images/{o}");
+        let line = format!(
+            "delete '{}' (no far restore point reads it)",
+            far.show(&rel)
+        );
+        out.push(said(Act::Delete(rel), line));
+    }
+    out.push(silent(Act::SyncDir(domain.to_string())));
+    out
+}
+
+/// What a step done (or, in a dry run, to be done) adds to the report.
+fn tally(act: &Act, sync: &mut SyncReport) {
+    match act {
+        Act::Upload(..) => sync.files_sent += 1,
+        Act::Publish(s, _) => sync.points_sent.push(s.point.clone()),
+        Act::Drop(point, rel) if rel.ends_with(".xml") => {
+            sync.points_dropped.push(point.to_string())
+        }
+        Act::Delete(_) => sync.files_deleted += 1,
+        _ => {}
+    }
+}
+
+/// The executor: the plan's steps (`steps`) through the one loop
+/// (`crate::steps::run`), each said and, unless `dry_run`, done.
 fn carry_out(
     far: &Far,
     dir: &DomainDir,
@@ -262,112 +377,63 @@ fn carry_out(
     sync: &mut SyncReport,
 ) -> Result<()> {
     let what = format!("'{domain}' at '{}'", far.dest);
-    let step = |line: String| {
-        if dry_run {
-            log::info!("[dry run] {line}");
-        } else {
-            log::debug!("{line}");
-        }
-        !dry_run
-    };
-    let still_ours = || -> Result<()> {
-        match lock {
-            Some(l) => l.check(&what),
-            None => Ok(()),
-        }
-    };
-    for t in &p.temps {
-        if step(format!(
-            "remove an interrupted sync's '{}'",
-            far.show(&format!("{domain}/{t}"))
-        )) {
-            far.delete(&format!("{domain}/{t}"))?;
-        }
-    }
     for s in &p.send {
-        crate::cmd::signals::check()?;
-        for u in &s.uploads {
-            let rel = format!("{domain}/images/{}", u.object);
-            if step(format!(
-                "send '{}' ({}) as '{}'",
-                dir.images().join(&u.name).display(),
-                crate::units::human_bytes(u.size),
-                far.show(&rel)
-            )) {
-                crate::fault::kill_point("kill-sync-before-upload");
-                sync.bytes_sent += far.upload(&dir.images().join(&u.name), &rel, &u.blake3)?;
-                crate::fault::kill_point("kill-sync-after-upload");
-            }
-            sync.files_sent += 1;
-        }
         for (target, q) in &s.reuses {
             log::debug!(
                 "{domain} {}: {target} reads the destination's chain of {q} below its new files",
                 s.point
             );
         }
-        if s.xml {
-            let xml = dir.points().join(&s.record.domain_xml);
-            let rel = format!("{domain}/points/{}.xml", s.point);
-            if step(format!("send '{}' as '{}'", xml.display(), far.show(&rel))) {
-                let bytes = std::fs::read(&xml).map_err(|e| Error::io("cannot read", &xml, e))?;
-                far.write(&rel, &bytes)?;
-                sync.bytes_sent += bytes.len() as u64;
-            }
+    }
+    let steps = steps(far, dir, domain, p);
+    if dry_run {
+        steps.iter().for_each(|s| tally(&s.act, sync));
+    }
+    crate::steps::run(&what, &steps, dry_run, |step| {
+        do_step(far, dir, &step.act, lock, &what, sync)?;
+        tally(&step.act, sync);
+        Ok(())
+    })
+}
+
+/// Does one step of a sync.
+fn do_step(
+    far: &Far,
+    dir: &DomainDir,
+    act: &Act,
+    lock: Option<&crate::sync::lock::FarLock>,
+    what: &str,
+    sync: &mut SyncReport,
+) -> Result<()> {
+    let still_ours = || lock.map_or(Ok(()), |l| l.check(what));
+    match act {
+        Act::RemoveTemp(rel) | Act::RemoveStrayXml(rel) | Act::Delete(rel) => far.delete(rel)?,
+        Act::Upload(u, rel) => {
+            crate::fault::kill_point("kill-sync-before-upload");
+            sync.bytes_sent += far.upload(&dir.images().join(&u.name), rel, &u.blake3)?;
+            crate::fault::kill_point("kill-sync-after-upload");
         }
-        let rel = format!("{domain}/points/{}.json", s.point);
-        if step(format!(
-            "publish restore point {} as '{}'",
-            s.point,
-            far.show(&rel)
-        )) {
+        Act::SendXml(xml, rel) => {
+            let bytes = std::fs::read(xml).map_err(|e| Error::io("cannot read", xml, e))?;
+            far.write(rel, &bytes)?;
+            sync.bytes_sent += bytes.len() as u64;
+        }
+        Act::Publish(s, rel) => {
             let json = serde_json::to_vec_pretty(&s.record)
                 .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
             still_ours()?;
             crate::fault::kill_point("kill-sync-before-record");
-            far.write(&rel, &json)?;
+            far.write(rel, &json)?;
             sync.bytes_sent += json.len() as u64;
         }
-        sync.points_sent.push(s.point.clone());
-    }
-    if !p.drop.is_empty() && !dry_run {
-        still_ours()?;
-    }
-    for point in &p.drop {
-        for ext in ["json", "xml"] {
-            let rel = format!("{domain}/points/{point}.{ext}");
-            if step(format!(
-                "remove '{}' (the far policy drops {point})",
-                far.show(&rel)
-            )) {
-                far.delete(&rel)?;
-                crate::fault::kill_point("kill-sync-mid-drop");
-            }
+        Act::CheckLock => still_ours()?,
+        Act::Drop(_, rel) => {
+            far.delete(rel)?;
+            crate::fault::kill_point("kill-sync-mid-drop");
         }
-        sync.points_dropped.push(point.clone());
-    }
-    if !(dry_run || p.delete.is_empty() && p.stray_xml.is_empty()) {
-        still_ours()?;
-    }
-    for point in &p.stray_xml {
-        let rel = format!("{domain}/points/{point}.xml");
-        if step(format!("remove '{}' (no record names it)", far.show(&rel))) {
-            far.delete(&rel)?;
-        }
-    }
-    for o in &p.delete {
-        let rel = format!("{domain}/images/{o}");
-        if step(format!(
-            "delete '{}' (no far restore point reads it)",
-            far.show(&rel)
-        )) {
-            far.delete(&rel)?;
-        }
-        sync.files_deleted += 1;
-    }
-    if !dry_run {
-        far.sync_dir(&format!("{domain}/images"))
-            .or_else(|_| far.sync_dir(domain))?;
+        Act::SyncDir(domain) => far
+            .sync_dir(&format!("{domain}/images"))
+            .or_else(|_| far.sync_dir(domain))?,
     }
     Ok(())
 }
