@@ -279,6 +279,18 @@ fn orphans_damaged_records_and_dry_runs() {
         log.contains("[dry run] prune of") && log.contains("remove 2"),
         "{log}"
     );
+    // Each step the real run would take is said, through the same loop.
+    let all = points(&backup, &dom);
+    for p in &all[..all.len() - 1] {
+        assert!(
+            log.contains(&format!("[dry run] prune of '{dom}': would remove {p}")),
+            "{p}: {log}"
+        );
+    }
+    assert!(
+        log.contains(&format!("[dry run] prune of '{dom}': would delete '")),
+        "{log}"
+    );
     assert_eq!(
         snapshot_tree(&backup),
         before,

@@ -467,35 +467,6 @@ pub fn prune_domain(
     for (p, rule) in &plan.kept {
         say(format!("{tag}prune of '{domain}': keep {p} ({rule})"));
     }
-    for p in &plan.dropped {
-        say(format!("{tag}prune of '{domain}': remove {p}"));
-    }
-    for f in &plan.folds {
-        say(format!(
-            "{tag}prune of '{domain}': merge {} into '{}'",
-            f.run
-                .iter()
-                .map(|n| format!("'{n}'"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            f.into
-        ));
-    }
-    for r in &plan.rebases {
-        say(format!(
-            "{tag}prune of '{domain}': '{}' replaced by a copy of it backing onto '{}'{}",
-            r.old,
-            r.onto,
-            if r.carry.is_empty() {
-                String::new()
-            } else {
-                format!(", taking in {}", r.carry.join(", "))
-            }
-        ));
-    }
-    for n in &plan.delete {
-        say(format!("{tag}prune of '{domain}': delete '{n}'"));
-    }
     let summary =
         format!(
         "keep {} point(s) ({}), remove {}{}, merge {} file(s), delete {} file(s), freeing about {}",
@@ -530,6 +501,7 @@ pub fn prune_domain(
         dry_run,
     };
     if dry_run {
+        say_dry_run(domain, &plan)?;
         log::info!("[dry run] prune of '{domain}' ({policy}) would {summary}");
         return Ok(report);
     }
@@ -724,19 +696,122 @@ pub fn execute(dir: &DomainDir, domain: &str, plan: PrunePlan) -> Result<()> {
     carry_out(dir, domain, j)
 }
 
-fn carry_out(dir: &DomainDir, domain: &str, mut j: Journal) -> Result<()> {
+/// The steps of a prune, in order (a journal whose records are rewritten
+/// has only the deletions left). Each says what it does to the directory.
+enum Phase<'a> {
+    /// 1. The dropped points stop existing.
+    Drop(&'a PrunePlan),
+    /// 2. Folds into base copies.
+    Fold(&'a PrunePlan),
+    /// 3. New copies of kept tops.
+    NewTops(&'a PrunePlan),
+    /// 4. The kept records rewritten; the journal says so.
+    RewriteKept(&'a PrunePlan),
+    /// 5. Deletions, then the journal removed.
+    Delete(&'a PrunePlan),
+}
+
+/// The phases left of journal `j`.
+fn phases(j: &Journal) -> Vec<Phase<'_>> {
+    let p = &j.plan;
+    let mut out = Vec::new();
     if !j.rewritten {
-        let index = Index::load(dir)?;
-        drop_points(dir, domain, &j.plan, &index)?;
-        let mut updated = descriptions(&j.plan)?;
-        fold(dir, &j.plan, &mut updated)?;
-        new_tops(dir, &j.plan, &mut updated)?;
-        rewrite_kept(dir, &j.plan, &index, &updated)?;
-        j.rewritten = true;
-        save_journal(dir, &j)?;
+        out.extend([
+            Phase::Drop(p),
+            Phase::Fold(p),
+            Phase::NewTops(p),
+            Phase::RewriteKept(p),
+        ]);
     }
-    delete_unread(dir, domain, &j.plan)?;
-    remove_if_there(&journal_path(dir))
+    out.push(Phase::Delete(p));
+    out
+}
+
+impl crate::steps::Said for Phase<'_> {
+    fn lines(&self) -> Vec<String> {
+        match self {
+            Phase::Drop(p) => p.dropped.iter().map(|d| format!("remove {d}")).collect(),
+            Phase::Fold(p) => p
+                .folds
+                .iter()
+                .map(|f| {
+                    format!(
+                        "merge {} into '{}'",
+                        f.run
+                            .iter()
+                            .map(|n| format!("'{n}'"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        f.into
+                    )
+                })
+                .collect(),
+            Phase::NewTops(p) => p
+                .rebases
+                .iter()
+                .map(|r| {
+                    format!(
+                        "replace '{}' by a copy of it backing onto '{}'{}",
+                        r.old,
+                        r.onto,
+                        if r.carry.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", taking in {}", r.carry.join(", "))
+                        }
+                    )
+                })
+                .collect(),
+            Phase::RewriteKept(p) if p.folds.is_empty() && p.rebases.is_empty() => Vec::new(),
+            Phase::RewriteKept(_) => {
+                vec!["rewrite the kept records that read a merged or replaced file".into()]
+            }
+            Phase::Delete(p) => p.delete.iter().map(|n| format!("delete '{n}'")).collect(),
+        }
+    }
+}
+
+/// Says each phase of `plan` as a dry run (what `execute` would do).
+pub fn say_dry_run(domain: &str, plan: &PrunePlan) -> Result<()> {
+    let j = Journal {
+        plan: plan.clone(),
+        rewritten: false,
+    };
+    crate::steps::run(&format!("prune of '{domain}'"), &phases(&j), true, |_| {
+        Ok(())
+    })
+}
+
+/// Runs the phases left of journal `j` through the one executor loop; the
+/// journal is saved as rewritten once the kept records are, before any
+/// deletion.
+fn carry_out(dir: &DomainDir, domain: &str, j: Journal) -> Result<()> {
+    let mut index = None;
+    let mut updated = HashMap::new();
+    let who = format!("prune of '{domain}'");
+    crate::steps::run(&who, &phases(&j), false, |phase| match phase {
+        Phase::Drop(p) => {
+            drop_points(dir, domain, p, index.insert(Index::load(dir)?))?;
+            updated = descriptions(p)?;
+            Ok(())
+        }
+        Phase::Fold(p) => fold(dir, p, &mut updated),
+        Phase::NewTops(p) => new_tops(dir, p, &mut updated),
+        Phase::RewriteKept(p) => {
+            rewrite_kept(dir, p, index.as_ref().expect("loaded by Drop"), &updated)?;
+            save_journal(
+                dir,
+                &Journal {
+                    plan: (*p).clone(),
+                    rewritten: true,
+                },
+            )
+        }
+        Phase::Delete(p) => {
+            delete_unread(dir, domain, p)?;
+            remove_if_there(&journal_path(dir))
+        }
+    })
 }
 
 /// 1. The dropped points stop existing: record first, then its XML and
