@@ -159,62 +159,13 @@ fn snapshot(
     crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
     let started = Instant::now();
     let mut how = how.clone();
-    let made = match make_overlays(maker) {
-        Ok(made) => made,
-        // A file fi-backup cannot make as planned (an owner it may not give
-        // when it does not run as root, a full directory): libvirt makes
-        // them all, as it always did, and says what stands in its way.
-        Err(e) => {
-            log::info!("{e}; libvirt makes the overlays of '{}'", dom.name);
-            how.reuse = false;
-            Vec::new()
-        }
-    };
-    if !made.is_empty() {
-        // Their identities go into the intent, so that a snapshot that does
-        // not take them (a failure, a kill) has them removed again.
-        let mut with = intent.clone();
-        for o in &mut with.overlays {
-            o.made = made
-                .iter()
-                .find(|(p, _)| *p == Path::new(&o.path))
-                .map(|(_, id)| *id);
-        }
-        crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)?;
-    }
+    let made = make_and_note(plan, intent, maker, opts, &mut how, &dom.name)?;
     crate::fault::kill_point("kill-after-overlays-made");
     let was_paused = dom.is_paused()?;
     if how.memory.is_some() {
         crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
     }
-    let mut result = dom.snapshot(disks, &how);
-    let retry = result.as_ref().err().and_then(|e| {
-        crate::backup::plan::snapshot_retry(&how, quiesce_fallback, e.is_agent_unavailable())
-            .map(|again| (e.to_string(), again))
-    });
-    if let Some((e, again)) = retry {
-        log::warn!(
-            "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
-            dom.name
-        );
-        how = again;
-        outcome.quiesce_dropped = true;
-        result = dom.snapshot(disks, &how);
-    }
-    if let Err(e) = &result {
-        // A missing guest agent fails any snapshot alike: not retried.
-        if !made.is_empty() && !e.is_agent_unavailable() && none_taken(dom, &made) {
-            // Some host QEMU cannot open the files fi-backup made on
-            // (a label or an owner it does not get here): libvirt makes
-            // them, as it always did.
-            log::info!(
-                "{e}; the snapshot of '{}' is taken again with overlays libvirt makes",
-                dom.name
-            );
-            how.reuse = false;
-            result = dom.snapshot(disks, &how);
-        }
-    }
+    let result = take(dom, disks, &mut how, quiesce_fallback, &made, outcome);
     outcome.snapshot_ms = started.elapsed().as_millis();
     keep_running(dom, was_paused);
     result?;
@@ -240,6 +191,82 @@ fn snapshot(
     crate::fault::kill_point("kill-after-snapshot");
     crate::fault::hold("hold-after-snapshot");
     Ok(())
+}
+
+/// The overlays fi-backup makes, made, and their identities written into
+/// the intent (so that a snapshot that does not take them, a failure or a
+/// kill, has them removed again). When one cannot be made (an owner it may
+/// not give when it does not run as root, a full directory), libvirt makes
+/// them all, as it always did (`how.reuse` is cleared), and the reason is
+/// said.
+fn make_and_note<'a>(
+    plan: &Plan,
+    intent: &crate::state::ledger::Intent,
+    maker: &'a Maker,
+    opts: &Options,
+    how: &mut crate::host::libvirt::SnapshotHow,
+    domain: &str,
+) -> Result<Vec<(&'a Path, (u64, u64))>> {
+    let made = match make_overlays(maker) {
+        Ok(made) => made,
+        Err(e) => {
+            log::info!("{e}; libvirt makes the overlays of '{domain}'");
+            how.reuse = false;
+            return Ok(Vec::new());
+        }
+    };
+    if !made.is_empty() {
+        let mut with = intent.clone();
+        for o in &mut with.overlays {
+            o.made = made
+                .iter()
+                .find(|(p, _)| *p == Path::new(&o.path))
+                .map(|(_, id)| *id);
+        }
+        crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)?;
+    }
+    Ok(made)
+}
+
+/// The libvirt call, tried again unquiesced when `plan::snapshot_retry`
+/// says so, and again with overlays libvirt makes when the call onto the
+/// overlays fi-backup `made` failed for another reason than a missing guest
+/// agent and none of them was taken (`none_taken`: some host's QEMU cannot
+/// open them, a label or an owner it does not get there). `how` ends as
+/// the last call was made.
+fn take(
+    dom: &Dom,
+    disks: &[SnapshotDisk],
+    how: &mut crate::host::libvirt::SnapshotHow,
+    quiesce_fallback: bool,
+    made: &[(&Path, (u64, u64))],
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let mut result = dom.snapshot(disks, how);
+    let retry = result.as_ref().err().and_then(|e| {
+        crate::backup::plan::snapshot_retry(how, quiesce_fallback, e.is_agent_unavailable())
+            .map(|again| (e.to_string(), again))
+    });
+    if let Some((e, again)) = retry {
+        log::warn!(
+            "{e}; --quiesce-fallback: taking the snapshot of '{}' without quiesce",
+            dom.name
+        );
+        *how = again;
+        outcome.quiesce_dropped = true;
+        result = dom.snapshot(disks, how);
+    }
+    if let Err(e) = &result {
+        if !made.is_empty() && !e.is_agent_unavailable() && none_taken(dom, made) {
+            log::info!(
+                "{e}; the snapshot of '{}' is taken again with overlays libvirt makes",
+                dom.name
+            );
+            how.reuse = false;
+            result = dom.snapshot(disks, how);
+        }
+    }
+    result
 }
 
 /// Makes the overlays fi-backup makes (`Maker::FiBackup`), each a new

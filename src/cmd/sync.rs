@@ -302,25 +302,7 @@ fn steps<'a>(far: &Far, dir: &DomainDir, domain: &str, p: &'a SyncPlan) -> Vec<S
         out.push(said(Act::RemoveTemp(rel), line));
     }
     for s in &p.send {
-        for u in &s.uploads {
-            let rel = format!("{domain}/images/{}", u.object);
-            let line = format!(
-                "send '{}' ({}) as '{}'",
-                dir.images().join(&u.name).display(),
-                crate::units::human_bytes(u.size),
-                far.show(&rel)
-            );
-            out.push(said(Act::Upload(u, rel), line));
-        }
-        if s.xml {
-            let xml = dir.points().join(&s.record.domain_xml);
-            let rel = format!("{domain}/points/{}.xml", s.point);
-            let line = format!("send '{}' as '{}'", xml.display(), far.show(&rel));
-            out.push(said(Act::SendXml(xml, rel), line));
-        }
-        let rel = format!("{domain}/points/{}.json", s.point);
-        let line = format!("publish restore point {} as '{}'", s.point, far.show(&rel));
-        out.push(said(Act::Publish(s, rel), line));
+        out.extend(send_steps(far, dir, domain, s));
     }
     if !p.drop.is_empty() {
         out.push(silent(Act::CheckLock));
@@ -349,6 +331,45 @@ fn steps<'a>(far: &Far, dir: &DomainDir, domain: &str, p: &'a SyncPlan) -> Vec<S
         out.push(said(Act::Delete(rel), line));
     }
     out.push(silent(Act::SyncDir(domain.to_string())));
+    out
+}
+
+/// The steps that send point `s`: its files, its XML, then its record.
+fn send_steps<'a>(
+    far: &Far,
+    dir: &DomainDir,
+    domain: &str,
+    s: &'a crate::sync::plan::Send,
+) -> Vec<Step<'a>> {
+    let mut out = Vec::new();
+    for u in &s.uploads {
+        let rel = format!("{domain}/images/{}", u.object);
+        let line = format!(
+            "send '{}' ({}) as '{}'",
+            dir.images().join(&u.name).display(),
+            crate::units::human_bytes(u.size),
+            far.show(&rel)
+        );
+        out.push(Step {
+            act: Act::Upload(u, rel),
+            line: Some(line),
+        });
+    }
+    if s.xml {
+        let xml = dir.points().join(&s.record.domain_xml);
+        let rel = format!("{domain}/points/{}.xml", s.point);
+        let line = format!("send '{}' as '{}'", xml.display(), far.show(&rel));
+        out.push(Step {
+            act: Act::SendXml(xml, rel),
+            line: Some(line),
+        });
+    }
+    let rel = format!("{domain}/points/{}.json", s.point);
+    let line = format!("publish restore point {} as '{}'", s.point, far.show(&rel));
+    out.push(Step {
+        act: Act::Publish(s, rel),
+        line: Some(line),
+    });
     out
 }
 

@@ -307,6 +307,31 @@ pub fn timestamp_taken(facts: &Facts, config: &Config, ts: &str) -> Vec<String> 
     taken
 }
 
+/// A disk source and its format, with libvirt's chain below it if known.
+type Sources =
+    std::collections::BTreeMap<(std::path::PathBuf, String), Option<Vec<std::path::PathBuf>>>;
+
+/// Each disk source the domain XMLs `xmls` name, once, with its format and
+/// libvirt's chain below it where a live XML knows it (then its headers are
+/// read instead of running qemu-img).
+fn sources_of(xmls: &[String]) -> Result<Sources> {
+    let mut sources = std::collections::BTreeMap::new();
+    for xml in xmls {
+        let facts = crate::host::domain::parse_domain_xml(xml)?;
+        for d in facts.disks {
+            let format = d.source_format().to_string();
+            if let Some(s) = d.source {
+                let known: &mut Option<Vec<std::path::PathBuf>> =
+                    sources.entry((s, format)).or_default();
+                if known.is_none() {
+                    *known = d.known_chain;
+                }
+            }
+        }
+    }
+    Ok(sources)
+}
+
 /// The overlays fi-backup made for domain `uuid` that no chain of its disks
 /// uses any more (a disk detached after its snapshot), each with the file
 /// it backs onto. Err when a chain of the domain cannot be read: then it
@@ -333,23 +358,7 @@ pub fn unused_overlays(
             Some((o.path.clone(), (id.dev, id.ino)))
         })
         .collect();
-    // Each source once, with libvirt's chain below it where the live XML
-    // knows it (then its headers are read instead of running qemu-img).
-    type Known = Option<Vec<std::path::PathBuf>>;
-    let mut sources: std::collections::BTreeMap<(std::path::PathBuf, String), Known> =
-        Default::default();
-    for xml in &xmls {
-        let facts = crate::host::domain::parse_domain_xml(xml)?;
-        for d in facts.disks {
-            let format = d.source_format().to_string();
-            if let Some(s) = d.source {
-                let known = sources.entry((s, format)).or_default();
-                if known.is_none() {
-                    *known = d.known_chain;
-                }
-            }
-        }
-    }
+    let sources = sources_of(&xmls)?;
     // The usual case, every overlay of ours a disk's top (as after -C):
     // nothing is unused, and no chain needs reading.
     let tops: HashSet<(u64, u64)> = sources

@@ -317,6 +317,30 @@ pub fn empty_overlay(shape: &OverlayShape) -> std::result::Result<Image, String>
             "{size} bytes need more than one refcount block at {cs}-byte clusters"
         ));
     }
+    let h = header_cluster(shape, l1_size)?;
+    let refcounts: Vec<u8> = (0..used).flat_map(|_| 1u16.to_be_bytes()).collect();
+    Ok(Image {
+        len: 3 * cs + l1_bytes,
+        pieces: vec![
+            (0, h),
+            (cs, (2 * cs).to_be_bytes().to_vec()),
+            (2 * cs, refcounts),
+        ],
+    })
+}
+
+/// The header cluster's bytes of `empty_overlay` (up to the end of the
+/// reference): the version 3 header, the backing format extension, the
+/// feature name table above 4 KiB clusters, the end marker, the reference.
+/// Err when they do not fit in one cluster. Pure.
+fn header_cluster(shape: &OverlayShape, l1_size: u64) -> std::result::Result<Vec<u8>, String> {
+    let OverlayShape {
+        size,
+        cluster_bits,
+        backing,
+        backing_format,
+    } = shape;
+    let cs = 1u64 << cluster_bits;
     let mut h = vec![0u8; 112];
     h[0..4].copy_from_slice(b"QFI\xfb");
     h[4..8].copy_from_slice(&3u32.to_be_bytes());
@@ -356,15 +380,7 @@ pub fn empty_overlay(shape: &OverlayShape) -> std::result::Result<Image, String>
     }
     h[8..16].copy_from_slice(&offset.to_be_bytes());
     h[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
-    let refcounts: Vec<u8> = (0..used).flat_map(|_| 1u16.to_be_bytes()).collect();
-    Ok(Image {
-        len: 3 * cs + l1_bytes,
-        pieces: vec![
-            (0, h),
-            (cs, (2 * cs).to_be_bytes().to_vec()),
-            (2 * cs, refcounts),
-        ],
-    })
+    Ok(h)
 }
 
 /// The shape of the overlay a snapshot puts on a disk whose source (as the

@@ -136,27 +136,7 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
     let Some(intent) = ledger.intent.clone() else {
         return Ok(());
     };
-    let started = Instant::now();
-    while dom.job_active()? {
-        if started.elapsed() >= timeout {
-            return Err(Error::domain(
-                &dom.name,
-                format!(
-                    "a domain job is still running after {} s; the snapshot of run {} cannot be settled yet",
-                    timeout.as_secs(),
-                    intent.ts
-                ),
-            ));
-        }
-        if started.elapsed() < POLL {
-            log::info!(
-                "Waiting for the domain job of '{}' (the snapshot of run {} may still be finishing)",
-                dom.name,
-                intent.ts
-            );
-        }
-        std::thread::sleep(POLL);
-    }
+    wait_for_domain_job(dom, &intent.ts, timeout)?;
     let facts = dom.live_facts()?;
     let mut in_chain = HashSet::new();
     for disk in &facts.disks {
@@ -178,67 +158,101 @@ pub fn settle(dom: &Dom, uuid: &str, state_dir: &Path, timeout: Duration) -> Res
         },
     );
     for a in actions {
-        match a {
-            Settle::Adopt(o) => {
-                let id = crate::host::chain::SourceId::read(Path::new(&o.path))?;
-                log::warn!(
-                    "Overlay '{}' ({} of '{}') was made by the unfinished run {}; it is now in fi-backup's ledger",
-                    o.path,
-                    o.target,
-                    dom.name,
-                    intent.ts
-                );
-                ledger.overlays.push(Overlay {
-                    path: o.path,
-                    target: o.target,
-                    created: intent.ts.clone(),
-                    dev: id.dev,
-                    ino: id.ino,
-                    point: None,
-                });
-            }
-            Settle::Stray(o) => log::warn!(
-                "'{}' has the name of an overlay the unfinished run {} of '{}' planned, but no disk uses it; left in place",
-                o.path,
-                intent.ts,
-                dom.name
-            ),
-            Settle::RemoveMade(o) => {
-                std::fs::remove_file(&o.path)
-                    .map_err(|e| Error::io("cannot remove", Path::new(&o.path), e))?;
-                log::info!(
-                    "Removed '{}', the empty overlay fi-backup made for the snapshot of run {} of '{}', which did not take it",
-                    o.path,
-                    intent.ts,
-                    dom.name
-                );
-            }
-            Settle::RemoveState(path, why) => {
-                if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                    log::warn!(
-                        "'{path}' of run {} of '{}' is not a regular file; left in place",
-                        intent.ts,
-                        dom.name
-                    );
-                    continue;
-                }
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
-                log::warn!(
-                    "Removed memory state '{path}' of run {} of '{}': {why}",
-                    intent.ts,
-                    dom.name
-                );
-            }
-            Settle::KeepState(path, why) => log::info!(
-                "Memory state '{path}' of run {} of '{}' is kept: {why}",
-                intent.ts,
-                dom.name
-            ),
-        }
+        apply(a, dom, &intent.ts, &mut ledger)?;
     }
     ledger.intent = None;
     ledger.save(state_dir)
+}
+
+/// Carries out one settlement of the intent of run `ts` of `dom`.
+fn apply(a: Settle, dom: &Dom, ts: &str, ledger: &mut Ledger) -> Result<()> {
+    match a {
+        Settle::Adopt(o) => {
+            let id = crate::host::chain::SourceId::read(Path::new(&o.path))?;
+            log::warn!(
+                "Overlay '{}' ({} of '{}') was made by the unfinished run {}; it is now in fi-backup's ledger",
+                o.path,
+                o.target,
+                dom.name,
+                ts
+            );
+            ledger.overlays.push(Overlay {
+                path: o.path,
+                target: o.target,
+                created: ts.to_string(),
+                dev: id.dev,
+                ino: id.ino,
+                point: None,
+            });
+        }
+        Settle::Stray(o) => log::warn!(
+            "'{}' has the name of an overlay the unfinished run {} of '{}' planned, but no disk uses it; left in place",
+            o.path,
+            ts,
+            dom.name
+        ),
+        Settle::RemoveMade(o) => {
+            std::fs::remove_file(&o.path)
+                .map_err(|e| Error::io("cannot remove", Path::new(&o.path), e))?;
+            log::info!(
+                "Removed '{}', the empty overlay fi-backup made for the snapshot of run {} of '{}', which did not take it",
+                o.path,
+                ts,
+                dom.name
+            );
+        }
+        Settle::RemoveState(path, why) => {
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                log::warn!(
+                    "'{path}' of run {} of '{}' is not a regular file; left in place",
+                    ts,
+                    dom.name
+                );
+                return Ok(());
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
+            log::warn!(
+                "Removed memory state '{path}' of run {} of '{}': {why}",
+                ts,
+                dom.name
+            );
+        }
+        Settle::KeepState(path, why) => log::info!(
+            "Memory state '{path}' of run {} of '{}' is kept: {why}",
+            ts,
+            dom.name
+        ),
+    }
+    Ok(())
+}
+
+/// Waits, up to `timeout`, while libvirt still runs a domain job (the
+/// snapshot of run `ts`, killed a moment ago, which libvirt finishes on its
+/// own).
+fn wait_for_domain_job(dom: &Dom, ts: &str, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    while dom.job_active()? {
+        if started.elapsed() >= timeout {
+            return Err(Error::domain(
+                &dom.name,
+                format!(
+                    "a domain job is still running after {} s; the snapshot of run {} cannot be settled yet",
+                    timeout.as_secs(),
+                    ts
+                ),
+            ));
+        }
+        if started.elapsed() < POLL {
+            log::info!(
+                "Waiting for the domain job of '{}' (the snapshot of run {} may still be finishing)",
+                dom.name,
+                ts
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
