@@ -38,19 +38,7 @@ pub struct Options {
 pub fn run(args: &SyncArgs) -> Result<bool> {
     let started = chrono::Local::now();
     let backup_dir = &args.backup.backup_dir;
-    if read::is_destination(backup_dir) {
-        return Err(Error::Usage(format!(
-            "'{}' is a sync destination, not a backup directory: sync from the backup \
-             directory given to -b",
-            backup_dir.display()
-        )));
-    }
-    if !backup_dir.is_dir() {
-        return Err(Error::Usage(format!(
-            "backup directory '{}' does not exist",
-            backup_dir.display()
-        )));
-    }
+    check_source(backup_dir)?;
     let policy = args.keep.policy();
     let opts = Options {
         policy: policy.is_set().then_some(policy),
@@ -58,44 +46,10 @@ pub fn run(args: &SyncArgs) -> Result<bool> {
         state_dir: args.places.state_dir.clone(),
     };
     let far = read::open_to_write(&args.to, backup_dir, args.bwlimit.clone(), args.dry_run)?;
-    let domains = if args.domains.is_empty() {
-        crate::store::record::domains_in(backup_dir)?
-    } else {
-        for d in &args.domains {
-            if !DomainDir::new(backup_dir, d)?.points().is_dir() {
-                return Err(Error::Usage(format!(
-                    "'{}' holds no restore points of '{d}'; nothing was sent",
-                    backup_dir.display()
-                )));
-            }
-        }
-        args.domains.clone()
-    };
+    let domains = domains_to_sync(backup_dir, &args.domains)?;
     let mut reports = Vec::new();
     for d in &domains {
-        let t0 = chrono::Local::now();
-        let mut report = DomainReport {
-            domain: d.clone(),
-            action: "sync",
-            started_at: t0.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-            ..Default::default()
-        };
-        let scope = crate::cmd::logging::Scope::default();
-        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
-            DomainDir::new(backup_dir, d)
-                .and_then(|dir| sync_domain(&far, &dir, d, &opts, &mut report))
-        });
-        match result {
-            Ok(()) => report.success = true,
-            Err(e) => {
-                let e = Error::in_domain(d, "sync", e);
-                log::error!("{e}");
-                report.error = Some(e.to_string());
-            }
-        }
-        report.warnings = std::mem::take(&mut *scope.lock().expect("no panics holding it"));
-        report.duration_seconds = (chrono::Local::now() - t0).num_milliseconds() as f64 / 1000.0;
-        reports.push(report);
+        reports.push(sync_one(&far, backup_dir, d, &opts));
         if crate::cmd::signals::requested().is_some() {
             break;
         }
@@ -132,6 +86,106 @@ pub fn run(args: &SyncArgs) -> Result<bool> {
     Ok(ok)
 }
 
+/// Refuses a source that is a sync destination or no directory.
+fn check_source(backup_dir: &Path) -> Result<()> {
+    if read::is_destination(backup_dir) {
+        return Err(Error::Usage(format!(
+            "'{}' is a sync destination, not a backup directory: sync from the backup \
+             directory given to -b",
+            backup_dir.display()
+        )));
+    }
+    if !backup_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "backup directory '{}' does not exist",
+            backup_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The domains to sync: those named (each must have restore points in
+/// `backup_dir`), else every domain there.
+fn domains_to_sync(backup_dir: &Path, named: &[String]) -> Result<Vec<String>> {
+    if named.is_empty() {
+        return crate::store::record::domains_in(backup_dir);
+    }
+    for d in named {
+        if !DomainDir::new(backup_dir, d)?.points().is_dir() {
+            return Err(Error::Usage(format!(
+                "'{}' holds no restore points of '{d}'; nothing was sent",
+                backup_dir.display()
+            )));
+        }
+    }
+    Ok(named.to_vec())
+}
+
+/// Syncs domain `d`, its warnings and any error in its report.
+fn sync_one(far: &Far, backup_dir: &Path, d: &str, opts: &Options) -> DomainReport {
+    let t0 = chrono::Local::now();
+    let mut report = DomainReport {
+        domain: d.to_string(),
+        action: "sync",
+        started_at: t0.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        ..Default::default()
+    };
+    let scope = crate::cmd::logging::Scope::default();
+    let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
+        DomainDir::new(backup_dir, d).and_then(|dir| sync_domain(far, &dir, d, opts, &mut report))
+    });
+    match result {
+        Ok(()) => report.success = true,
+        Err(e) => {
+            let e = Error::in_domain(d, "sync", e);
+            log::error!("{e}");
+            report.error = Some(e.to_string());
+        }
+    }
+    report.warnings = std::mem::take(&mut *scope.lock().expect("no panics holding it"));
+    report.duration_seconds = (chrono::Local::now() - t0).num_milliseconds() as f64 / 1000.0;
+    report
+}
+
+/// The home directory's index, and the points whose records cannot be
+/// trusted (each said with a [WAR]: they are not sent). Err when it holds
+/// no restore points, or a prune of it is unfinished (its files are being
+/// merged).
+fn home_points(dir: &DomainDir, domain: &str) -> Result<(Index, Vec<String>)> {
+    if !dir.points().is_dir() {
+        return Err(Error::Usage(format!(
+            "'{}' holds no restore points of '{domain}'",
+            dir.root.display()
+        )));
+    }
+    if crate::store::prune::journal_path(dir).exists() {
+        return Err(Error::domain(
+            domain,
+            format!(
+                "a prune of its backup directory is unfinished ('{}'): its files are being \
+                 merged; the next prune or backup of '{domain}' finishes it, sync after that",
+                crate::store::prune::journal_path(dir).display()
+            ),
+        ));
+    }
+    let index = Index::load(dir)?;
+    let rejected = index
+        .rejected
+        .iter()
+        .map(|(p, why)| {
+            log::warn!(
+                "Record '{}' is not trusted and is not sent: {why}",
+                p.display()
+            );
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    Ok((index, rejected))
+}
+
 /// Syncs one domain's points to `far`.
 pub fn sync_domain(
     far: &Far,
@@ -165,37 +219,7 @@ fn sync_inner(
     opts: &Options,
     sync: &mut SyncReport,
 ) -> Result<()> {
-    if !dir.points().is_dir() {
-        return Err(Error::Usage(format!(
-            "'{}' holds no restore points of '{domain}'",
-            dir.root.display()
-        )));
-    }
-    if crate::store::prune::journal_path(dir).exists() {
-        return Err(Error::domain(
-            domain,
-            format!(
-                "a prune of its backup directory is unfinished ('{}'): its files are being \
-                 merged; the next prune or backup of '{domain}' finishes it, sync after that",
-                crate::store::prune::journal_path(dir).display()
-            ),
-        ));
-    }
-    let index = Index::load(dir)?;
-    let home_rejected: Vec<String> = index
-        .rejected
-        .iter()
-        .map(|(p, why)| {
-            log::warn!(
-                "Record '{}' is not trusted and is not sent: {why}",
-                p.display()
-            );
-            p.file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let (index, home_rejected) = home_points(dir, domain)?;
     let what = format!("'{domain}' at '{}'", far.dest);
     let lock = if opts.dry_run {
         None

@@ -515,7 +515,7 @@ pub fn execute(
     let plans = &plan.disks;
     // Journal first: a run killed from here on is finished or undone by the
     // next one (journal::reconcile).
-    let mut journal = Journal {
+    let journal = Journal {
         domain: dom.name.clone(),
         uuid: ledger.uuid.clone(),
         entries: plans.iter().map(|p| journal_entry(p, false)).collect(),
@@ -531,17 +531,7 @@ pub fn execute(
         .first()
         .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
     let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
-    let settled: Vec<(&DiskPlan, Settlement)> = plans
-        .iter()
-        .zip(&results)
-        .map(|(p, r)| {
-            // Whether a failed job is verifiably gone from the disk (a
-            // cancel that could not be confirmed leaves it unknown: not).
-            let gone = r.is_err() && matches!(blockjob::job_info(dom.raw(), &p.target), Ok(None));
-            let s = journal::settle_online(p.job, incremental(p), r.is_ok(), alive, gone);
-            (p, s)
-        })
-        .collect();
+    let settled = settle_all(dom, plans, &results, alive);
     record_bases(&dom.name, &settled, ledger, state_dir)?;
     for ((p, s), result) in settled.iter().zip(results) {
         match result {
@@ -567,21 +557,53 @@ pub fn execute(
         .map(|(p, _)| p.target.as_str())
         .collect();
     ledger.save(state_dir)?;
+    finish_journal(dom, journal, &unsettled, alive, ledger, state_dir)?;
+    outcome(dom, &failed)
+}
+
+/// Each disk's settlement (`journal::settle_online`) from its job's result.
+fn settle_all<'a>(
+    dom: &Dom,
+    plans: &'a [DiskPlan],
+    results: &[Result<()>],
+    alive: bool,
+) -> Vec<(&'a DiskPlan, Settlement)> {
+    plans
+        .iter()
+        .zip(results)
+        .map(|(p, r)| {
+            // Whether a failed job is verifiably gone from the disk (a
+            // cancel that could not be confirmed leaves it unknown: not).
+            let gone = r.is_err() && matches!(blockjob::job_info(dom.raw(), &p.target), Ok(None));
+            let s = journal::settle_online(p.job, incremental(p), r.is_ok(), alive, gone);
+            (p, s)
+        })
+        .collect()
+}
+
+/// After the jobs: with QEMU gone, what it may have left half done is put
+/// back now from the journal, before anyone starts the domain on it;
+/// otherwise the journal keeps only the `unsettled` disks' entries (a
+/// failed disk's entry stays unless its job is verifiably gone: if the
+/// cancel could not be confirmed, libvirtd gone say, the next run must know
+/// that a job found on the disk is ours).
+fn finish_journal(
+    dom: &Dom,
+    mut journal: Journal,
+    unsettled: &[&str],
+    alive: bool,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+) -> Result<()> {
     if !alive {
-        // QEMU is gone: put back what it may have left half done, now,
-        // before anyone starts the domain on it.
         crate::merge::journal::reconcile(dom, &ledger.uuid, state_dir)?;
         *ledger = Ledger::load(state_dir, &dom.name, &ledger.uuid);
-    } else {
-        // A failed disk's entry stays unless its job is verifiably gone: if
-        // the cancel could not be confirmed (libvirtd gone, say), the next
-        // run must know that a job found on the disk is ours.
-        journal
-            .entries
-            .retain(|e| unsettled.contains(&e.target.as_str()));
-        journal.save(state_dir)?;
+        return Ok(());
     }
-    outcome(dom, &failed)
+    journal
+        .entries
+        .retain(|e| unsettled.contains(&e.target.as_str()));
+    journal.save(state_dir)
 }
 
 /// Ok, or the error naming the disks that failed or were refused.

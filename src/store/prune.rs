@@ -467,39 +467,8 @@ pub fn prune_domain(
     for (p, rule) in &plan.kept {
         say(format!("{tag}prune of '{domain}': keep {p} ({rule})"));
     }
-    let summary =
-        format!(
-        "keep {} point(s) ({}), remove {}{}, merge {} file(s), delete {} file(s), freeing about {}",
-        plan.kept.len(),
-        plan.kept.iter().map(|(p, r)| format!("{p} {r}")).collect::<Vec<_>>().join(", "),
-        plan.dropped.len(),
-        if plan.dropped.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", plan.dropped.join(", "))
-        },
-        plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
-            + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>(),
-        plan.delete.len(),
-        crate::units::human_bytes(plan.freed)
-    );
-    let report = PruneReport {
-        policy: policy.to_string(),
-        kept: plan
-            .kept
-            .iter()
-            .map(|(p, rule)| crate::report::Named {
-                target: p.clone(),
-                why: rule.to_string(),
-            })
-            .collect(),
-        removed: plan.dropped.clone(),
-        deleted_files: plan.delete.len(),
-        merged_files: plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
-            + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>(),
-        freed_bytes: plan.freed,
-        dry_run,
-    };
+    let summary = summary(&plan);
+    let report = report_of(&plan, policy, dry_run);
     if dry_run {
         say_dry_run(domain, &plan)?;
         log::info!("[dry run] prune of '{domain}' ({policy}) would {summary}");
@@ -512,6 +481,54 @@ pub fn prune_domain(
     execute(dir, domain, plan).map_err(|e| Error::in_domain(domain, "prune", e))?;
     log::info!("Prune of '{domain}' ({policy}) done: {summary}");
     Ok(report)
+}
+
+/// The one line that sums up `plan`.
+fn summary(plan: &PrunePlan) -> String {
+    format!(
+        "keep {} point(s) ({}), remove {}{}, merge {} file(s), delete {} file(s), freeing about {}",
+        plan.kept.len(),
+        plan.kept
+            .iter()
+            .map(|(p, r)| format!("{p} {r}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.dropped.len(),
+        if plan.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", plan.dropped.join(", "))
+        },
+        merged_files(plan),
+        plan.delete.len(),
+        crate::units::human_bytes(plan.freed)
+    )
+}
+
+/// The files `plan` merges: folded runs and carried files.
+fn merged_files(plan: &PrunePlan) -> usize {
+    plan.folds.iter().map(|f| f.run.len()).sum::<usize>()
+        + plan.rebases.iter().map(|r| r.carry.len()).sum::<usize>()
+}
+
+/// The report of `plan` under `policy`.
+fn report_of(plan: &PrunePlan, policy: &Policy, dry_run: bool) -> PruneReport {
+    PruneReport {
+        policy: policy.to_string(),
+        kept: plan
+            .kept
+            .iter()
+            .map(|(p, rule)| crate::report::Named {
+                target: p.clone(),
+                why: rule.to_string(),
+            })
+            .collect(),
+        removed: plan.dropped.clone(),
+        deleted_files: plan.delete.len(),
+        merged_files: merged_files(plan),
+        freed_bytes: plan.freed,
+        dry_run,
+    }
 }
 
 /// The description of a kept top's new copy.
