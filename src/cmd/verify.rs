@@ -231,95 +231,26 @@ fn run_far(args: &VerifyArgs) -> Result<bool> {
             (x as f64) / (u64::MAX as f64) < share
         }
     };
-    let (mut clean, mut points, mut read_back, mut needed) = (true, 0, 0, 0);
+    let mut tally = Tally::default();
     let mut verified = Vec::new();
     for d in &domains {
-        let mut found = VerifyReport {
-            domain: d.clone(),
-            ..Default::default()
-        };
-        let facts = crate::sync::read::gather(&far, d)?;
-        let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (rel, why) in &facts.rejected {
-            problems.insert(
-                format!(
-                    "Record '{}' cannot be trusted: {why}",
-                    far.show(&format!("{d}/{rel}"))
-                ),
-                Vec::new(),
-            );
-        }
-        let index = Index {
-            records: facts.records.clone(),
-            ..Index::default()
-        };
-        let records: Vec<&Record> = match &args.at {
-            Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
-            None => index.records.iter().collect(),
-        };
-        let mut seen: HashMap<String, Option<String>> = HashMap::new();
-        for r in &records {
-            if !facts.xmls.contains(&r.restore_point) {
-                problems
-                    .entry(format!(
-                        "'{}': missing",
-                        far.show(&format!("{d}/points/{}.xml", r.restore_point))
-                    ))
-                    .or_default()
-                    .push(r.restore_point.clone());
-            }
-            for f in &r.files {
-                let object = crate::sync::plan::object_name(&f.name, &f.blake3);
-                let rel = format!("{d}/images/{object}");
-                let verdict = seen.entry(object.clone()).or_insert_with(|| {
-                    needed += 1;
-                    match facts.objects.get(&object) {
-                        None => Some("missing".to_string()),
-                        Some(&size) if size != f.size => Some(format!(
-                            "is {size} bytes, the record says {} (truncated or replaced)",
-                            f.size
-                        )),
-                        Some(_) if !chosen(&object) => None,
-                        Some(_) => {
-                            read_back += 1;
-                            match far.stream(&rel, None) {
-                                Ok((_, hash)) if hash == f.blake3 => None,
-                                Ok((_, hash)) => Some(format!(
-                                    "its BLAKE3 is {hash}, the record says {} (damaged)",
-                                    f.blake3
-                                )),
-                                Err(e) => Some(format!("cannot be read: {e}")),
-                            }
-                        }
-                    }
-                });
-                if let Some(problem) = verdict {
-                    problems
-                        .entry(format!("'{}' ({}): {problem}", far.show(&rel), f.name))
-                        .or_default()
-                        .push(r.restore_point.clone());
-                }
-            }
-        }
-        points += records.len();
-        for (what, breaks) in problems {
-            if breaks.is_empty() {
-                log::error!("{what}");
-            } else {
-                log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
-            }
-            found.problems.push(Problem { what, breaks });
-            clean = false;
-        }
-        found.points = records.len();
-        found.files = seen.len();
-        verified.push(found);
+        verified.push(verify_far_domain(
+            &far,
+            d,
+            args.at.as_deref(),
+            &chosen,
+            &mut tally,
+        )?);
     }
+    let clean = verified.iter().all(|v| v.problems.is_empty());
     if clean {
         log::info!(
-            "Verified {points} restore point(s) at '{}': all {needed} file(s) present at their \
-             recorded sizes; {read_back} read back, every one matching its BLAKE3{}",
+            "Verified {} restore point(s) at '{}': all {} file(s) present at their \
+             recorded sizes; {} read back, every one matching its BLAKE3{}",
+            tally.points,
             far.dest,
+            tally.needed,
+            tally.read_back,
             if share < 1.0 {
                 format!(" (a random sample of about {}%)", share * 100.0)
             } else {
@@ -333,6 +264,128 @@ fn run_far(args: &VerifyArgs) -> Result<bool> {
         print_report(clean, verified, started)?;
     }
     Ok(clean)
+}
+
+/// What a far verification counted: restore points, files needed, files
+/// read back.
+#[derive(Default)]
+struct Tally {
+    points: usize,
+    needed: usize,
+    read_back: usize,
+}
+
+/// Verifies domain `d`'s points at `far` (the one at `at`, or all): every
+/// record trusted, its XML there, each file it reads there at its recorded
+/// size and, when `chosen`, read back to its BLAKE3. Each problem is said,
+/// with the points it breaks.
+fn verify_far_domain(
+    far: &crate::sync::far::Far,
+    d: &str,
+    at: Option<&str>,
+    chosen: &dyn Fn(&str) -> bool,
+    tally: &mut Tally,
+) -> Result<VerifyReport> {
+    let facts = crate::sync::read::gather(far, d)?;
+    let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (rel, why) in &facts.rejected {
+        problems.insert(
+            format!(
+                "Record '{}' cannot be trusted: {why}",
+                far.show(&format!("{d}/{rel}"))
+            ),
+            Vec::new(),
+        );
+    }
+    let index = Index {
+        records: facts.records.clone(),
+        ..Index::default()
+    };
+    let records: Vec<&Record> = match at {
+        Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
+        None => index.records.iter().collect(),
+    };
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
+    for r in &records {
+        if !facts.xmls.contains(&r.restore_point) {
+            problems
+                .entry(format!(
+                    "'{}': missing",
+                    far.show(&format!("{d}/points/{}.xml", r.restore_point))
+                ))
+                .or_default()
+                .push(r.restore_point.clone());
+        }
+        for f in &r.files {
+            let object = crate::sync::plan::object_name(&f.name, &f.blake3);
+            let rel = format!("{d}/images/{object}");
+            let verdict = seen.entry(object.clone()).or_insert_with(|| {
+                tally.needed += 1;
+                object_verdict(
+                    far,
+                    facts.objects.get(&object).copied(),
+                    f,
+                    &rel,
+                    chosen(&object),
+                    tally,
+                )
+            });
+            if let Some(problem) = verdict {
+                problems
+                    .entry(format!("'{}' ({}): {problem}", far.show(&rel), f.name))
+                    .or_default()
+                    .push(r.restore_point.clone());
+            }
+        }
+    }
+    tally.points += records.len();
+    let mut found = VerifyReport {
+        domain: d.to_string(),
+        points: records.len(),
+        files: seen.len(),
+        ..Default::default()
+    };
+    for (what, breaks) in problems {
+        if breaks.is_empty() {
+            log::error!("{what}");
+        } else {
+            log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
+        }
+        found.problems.push(Problem { what, breaks });
+    }
+    Ok(found)
+}
+
+/// What is wrong with far object `rel` (of `size` there, if it is) holding
+/// file `f`: missing, another size, or, read back when `read`, another
+/// BLAKE3; None when nothing is.
+fn object_verdict(
+    far: &crate::sync::far::Far,
+    size: Option<u64>,
+    f: &crate::store::record::FileRecord,
+    rel: &str,
+    read: bool,
+    tally: &mut Tally,
+) -> Option<String> {
+    match size {
+        None => Some("missing".to_string()),
+        Some(size) if size != f.size => Some(format!(
+            "is {size} bytes, the record says {} (truncated or replaced)",
+            f.size
+        )),
+        Some(_) if !read => None,
+        Some(_) => {
+            tally.read_back += 1;
+            match far.stream(rel, None) {
+                Ok((_, hash)) if hash == f.blake3 => None,
+                Ok((_, hash)) => Some(format!(
+                    "its BLAKE3 is {hash}, the record says {} (damaged)",
+                    f.blake3
+                )),
+                Err(e) => Some(format!("cannot be read: {e}")),
+            }
+        }
+    }
 }
 
 /// `verify --json`: the run's report.
