@@ -305,8 +305,39 @@ fn verify_far_domain(
         Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
         None => index.records.iter().collect(),
     };
+    let seen = check_records(far, d, &records, &facts, chosen, tally, &mut problems);
+    tally.points += records.len();
+    let mut found = VerifyReport {
+        domain: d.to_string(),
+        points: records.len(),
+        files: seen,
+        ..Default::default()
+    };
+    for (what, breaks) in problems {
+        if breaks.is_empty() {
+            log::error!("{what}");
+        } else {
+            log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
+        }
+        found.problems.push(Problem { what, breaks });
+    }
+    Ok(found)
+}
+
+/// Checks each of `records` of domain `d` against what `far` holds (its
+/// XML, each file once: `object_verdict`), adding each problem with the
+/// points it breaks to `problems`. Returns how many files were checked.
+fn check_records(
+    far: &crate::sync::far::Far,
+    d: &str,
+    records: &[&Record],
+    facts: &crate::sync::plan::FarFacts,
+    chosen: &dyn Fn(&str) -> bool,
+    tally: &mut Tally,
+    problems: &mut BTreeMap<String, Vec<String>>,
+) -> usize {
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
-    for r in &records {
+    for r in records {
         if !facts.xmls.contains(&r.restore_point) {
             problems
                 .entry(format!(
@@ -338,22 +369,7 @@ fn verify_far_domain(
             }
         }
     }
-    tally.points += records.len();
-    let mut found = VerifyReport {
-        domain: d.to_string(),
-        points: records.len(),
-        files: seen.len(),
-        ..Default::default()
-    };
-    for (what, breaks) in problems {
-        if breaks.is_empty() {
-            log::error!("{what}");
-        } else {
-            log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
-        }
-        found.problems.push(Problem { what, breaks });
-    }
-    Ok(found)
+    seen.len()
 }
 
 /// What is wrong with far object `rel` (of `size` there, if it is) holding

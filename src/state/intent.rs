@@ -201,29 +201,25 @@ fn apply(a: Settle, dom: &Dom, ts: &str, ledger: &mut Ledger) -> Result<()> {
                 dom.name
             );
         }
-        Settle::RemoveState(path, why) => {
-            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                log::warn!(
-                    "'{path}' of run {} of '{}' is not a regular file; left in place",
-                    ts,
-                    dom.name
-                );
-                return Ok(());
-            }
-            std::fs::remove_file(&path)
-                .map_err(|e| Error::io("cannot remove", Path::new(&path), e))?;
-            log::warn!(
-                "Removed memory state '{path}' of run {} of '{}': {why}",
-                ts,
-                dom.name
-            );
-        }
+        Settle::RemoveState(path, why) => remove_state(&path, why, &dom.name, ts)?,
         Settle::KeepState(path, why) => log::info!(
             "Memory state '{path}' of run {} of '{}' is kept: {why}",
             ts,
             dom.name
         ),
     }
+    Ok(())
+}
+
+/// Removes memory state file `path` of run `ts` of `domain` (`why`), only
+/// when it is a regular file; otherwise it is left, with a [WAR].
+fn remove_state(path: &str, why: &str, domain: &str, ts: &str) -> Result<()> {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        log::warn!("'{path}' of run {ts} of '{domain}' is not a regular file; left in place");
+        return Ok(());
+    }
+    std::fs::remove_file(path).map_err(|e| Error::io("cannot remove", Path::new(path), e))?;
+    log::warn!("Removed memory state '{path}' of run {ts} of '{domain}': {why}");
     Ok(())
 }
 
