@@ -116,39 +116,8 @@ impl Config {
         } else {
             Verbosity::Normal
         };
-        let action = match (args.consolidate_only, args.consolidate_and_snapshot) {
-            (true, true) => return usage("-c or -C already specified"),
-            (true, false) => Action::ConsolidateOnly,
-            (false, true) => Action::SnapshotAndConsolidate,
-            (false, false) => Action::Backup,
-        };
-        if action != Action::Backup {
-            if args.quiesce {
-                return usage("consolidation (-c | -C) and quiesce (-q) are not compatible");
-            }
-            if args.dump_state_dir.is_some() {
-                return usage("consolidation (-c | -C) and dump state (-s) are not compatible");
-            }
-        }
-        if args.dump_state_dir.is_some() && args.quiesce {
-            return usage("dump state (-s) and quiesce (-q) are not compatible");
-        }
-        let backup_dir = args
-            .backup_dir
-            .as_deref()
-            .map(|d| existing_dir(d, "backup directory"))
-            .transpose()?;
-        if let Some(d) = backup_dir
-            .as_deref()
-            .filter(|d| crate::sync::read::is_destination(d))
-        {
-            return usage(&format!(
-                "'{}' is a sync destination (it has {}): back up into a backup directory, and \
-                 sync that there",
-                d.display(),
-                crate::sync::read::MARK
-            ));
-        }
+        let action = action_of(&args)?;
+        let backup_dir = backup_dir_of(&args)?;
         let dump_state_dir = args
             .dump_state_dir
             .as_deref()
@@ -166,38 +135,9 @@ impl Config {
         };
         let keep = args.keep.policy();
         let keep = keep.is_set().then_some(keep);
-        if keep.is_some() && (args.backup_dir.is_none() || action == Action::ConsolidateOnly) {
-            return usage(
-                "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
-            );
-        }
-        if args.sync_to.is_some()
-            && (args.backup_dir.is_none() || action == Action::ConsolidateOnly)
-        {
-            return usage(
-                "--sync-to sends each domain's restore points after its backup: it needs -b (and no -c)",
-            );
-        }
+        check_after_backup(&args, action, keep.is_some())?;
         let metrics = args.metrics.as_deref().map(metrics_file).transpose()?;
-        if args.commit_all && action == Action::Backup {
-            return usage("--commit-all needs consolidation (-c | -C)");
-        }
-        if args.commit_all && method == Method::BlockPull {
-            return usage("--commit-all is a blockcommit option; it cannot go with -m blockpull");
-        }
-        if args.commit_through && action == Action::Backup {
-            return usage("--commit-through needs consolidation (-c | -C)");
-        }
-        if args.commit_through && method == Method::BlockPull {
-            return usage(
-                "--commit-through is a blockcommit option; it cannot go with -m blockpull",
-            );
-        }
-        if args.pull_devices && (action == Action::Backup || method != Method::BlockPull) {
-            return usage(
-                "--pull-devices is a blockpull option: it needs -c or -C with -m blockpull",
-            );
-        }
+        check_consolidation(&args, action, method)?;
         Ok(Config {
             action,
             method,
@@ -297,6 +237,88 @@ fn metrics_file(file: &Path) -> Result<PathBuf> {
         ));
     }
     Ok(abs)
+}
+
+/// The -b directory, which must exist and not be a sync destination.
+fn backup_dir_of(args: &RunArgs) -> Result<Option<PathBuf>> {
+    let backup_dir = args
+        .backup_dir
+        .as_deref()
+        .map(|d| existing_dir(d, "backup directory"))
+        .transpose()?;
+    if let Some(d) = backup_dir
+        .as_deref()
+        .filter(|d| crate::sync::read::is_destination(d))
+    {
+        return usage(&format!(
+            "'{}' is a sync destination (it has {}): back up into a backup directory, and \
+             sync that there",
+            d.display(),
+            crate::sync::read::MARK
+        ));
+    }
+    Ok(backup_dir)
+}
+
+/// -b, -c or -C from the flags, refusing the combinations fi-backup.sh
+/// refused (both, and consolidation or -s with -q, -s with -c or -C).
+fn action_of(args: &RunArgs) -> Result<Action> {
+    let action = match (args.consolidate_only, args.consolidate_and_snapshot) {
+        (true, true) => return usage("-c or -C already specified"),
+        (true, false) => Action::ConsolidateOnly,
+        (false, true) => Action::SnapshotAndConsolidate,
+        (false, false) => Action::Backup,
+    };
+    if action != Action::Backup {
+        if args.quiesce {
+            return usage("consolidation (-c | -C) and quiesce (-q) are not compatible");
+        }
+        if args.dump_state_dir.is_some() {
+            return usage("consolidation (-c | -C) and dump state (-s) are not compatible");
+        }
+    }
+    if args.dump_state_dir.is_some() && args.quiesce {
+        return usage("dump state (-s) and quiesce (-q) are not compatible");
+    }
+    Ok(action)
+}
+
+/// --keep-* (`keep`) and --sync-to act after a backup: they need -b and
+/// no -c.
+fn check_after_backup(args: &RunArgs, action: Action, keep: bool) -> Result<()> {
+    let backs_up = args.backup_dir.is_some() && action != Action::ConsolidateOnly;
+    if keep && !backs_up {
+        return usage(
+            "--keep-* prunes the backup directory after each backup: it needs -b (and no -c)",
+        );
+    }
+    if args.sync_to.is_some() && !backs_up {
+        return usage(
+            "--sync-to sends each domain's restore points after its backup: it needs -b (and no -c)",
+        );
+    }
+    Ok(())
+}
+
+/// The consolidation options need consolidation (-c or -C) and the method
+/// they belong to.
+fn check_consolidation(args: &RunArgs, action: Action, method: Method) -> Result<()> {
+    if args.commit_all && action == Action::Backup {
+        return usage("--commit-all needs consolidation (-c | -C)");
+    }
+    if args.commit_all && method == Method::BlockPull {
+        return usage("--commit-all is a blockcommit option; it cannot go with -m blockpull");
+    }
+    if args.commit_through && action == Action::Backup {
+        return usage("--commit-through needs consolidation (-c | -C)");
+    }
+    if args.commit_through && method == Method::BlockPull {
+        return usage("--commit-through is a blockcommit option; it cannot go with -m blockpull");
+    }
+    if args.pull_devices && (action == Action::Backup || method != Method::BlockPull) {
+        return usage("--pull-devices is a blockpull option: it needs -c or -C with -m blockpull");
+    }
+    Ok(())
 }
 
 fn usage<T>(message: &str) -> Result<T> {
