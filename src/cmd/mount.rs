@@ -138,49 +138,14 @@ fn owned_below(s: &MountState) -> bool {
 
 /// Runs `fi-backup mount`.
 pub fn mount(args: &MountArgs) -> Result<bool> {
-    if crate::sync::read::is_destination(&args.backup.backup_dir) {
-        return Err(Error::Usage(format!(
-            "'{}' is a sync destination: mount reads a point's copies in place, from a backup \
-             directory; restore the point from the destination (--flatten) and read that",
-            args.backup.backup_dir.display()
-        )));
-    }
-    let mountpoint = std::path::absolute(&args.mountpoint)
-        .map_err(|e| Error::io("cannot resolve", &args.mountpoint, e))?;
+    let mountpoint = free_mountpoint(args)?;
     let state_dir = &args.places.state_dir;
-    if let Some(old) = load(state_dir, &mountpoint)? {
-        log::warn!(
-            "'{}' has an earlier mount of restore point {} (a killed run, or never unmounted): \
-             undoing it first",
-            mountpoint.display(),
-            old.point
-        );
-        teardown(state_dir, old)?;
-    }
     let backup_dir = std::path::absolute(&args.backup.backup_dir)
         .map_err(|e| Error::io("cannot resolve", &args.backup.backup_dir, e))?;
     let dir = DomainDir::new(&backup_dir, &args.domain)?;
     let index = Index::load(&dir)?;
     let record = crate::store::record::pick(&index, &args.domain, args.at.as_deref())?;
-    let disks: Vec<&crate::store::record::DiskRecord> = record
-        .disks
-        .iter()
-        .filter(|d| args.disk.as_deref().map_or(true, |t| t == d.target))
-        .collect();
-    if disks.is_empty() {
-        return Err(Error::Usage(format!(
-            "restore point {} of '{}' has no disk {}; it has {}; nothing was mounted",
-            record.restore_point,
-            args.domain,
-            args.disk.as_deref().unwrap_or("?"),
-            record
-                .disks
-                .iter()
-                .map(|d| d.target.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    let disks = disks_to_mount(record, &args.domain, args.disk.as_deref())?;
     check_mountpoint(&mountpoint)?;
     crate::cmd::restore::check_present(&dir, record)?;
     let tools = Tools::find()?;
@@ -212,6 +177,72 @@ pub fn mount(args: &MountArgs) -> Result<bool> {
             });
         }
     }
+    say_mounted(&state);
+    log::info!(
+        "Restore point {} of '{}' is shown read-only under '{}'; fi-backup umount '{}' undoes it",
+        record.restore_point,
+        args.domain,
+        mountpoint.display(),
+        mountpoint.display()
+    );
+    Ok(true)
+}
+
+/// The mount point, absolute, with an earlier mount there undone (a killed
+/// run, or one never unmounted). Err for a sync destination: mount reads
+/// copies in place, from a backup directory.
+fn free_mountpoint(args: &MountArgs) -> Result<PathBuf> {
+    if crate::sync::read::is_destination(&args.backup.backup_dir) {
+        return Err(Error::Usage(format!(
+            "'{}' is a sync destination: mount reads a point's copies in place, from a backup \
+             directory; restore the point from the destination (--flatten) and read that",
+            args.backup.backup_dir.display()
+        )));
+    }
+    let mountpoint = std::path::absolute(&args.mountpoint)
+        .map_err(|e| Error::io("cannot resolve", &args.mountpoint, e))?;
+    if let Some(old) = load(&args.places.state_dir, &mountpoint)? {
+        log::warn!(
+            "'{}' has an earlier mount of restore point {} (a killed run, or never unmounted): \
+             undoing it first",
+            mountpoint.display(),
+            old.point
+        );
+        teardown(&args.places.state_dir, old)?;
+    }
+    Ok(mountpoint)
+}
+
+/// The disks of `record` to mount: `disk`, or all. Err naming the disks
+/// the point has when it has no such disk.
+fn disks_to_mount<'a>(
+    record: &'a crate::store::record::Record,
+    domain: &str,
+    disk: Option<&str>,
+) -> Result<Vec<&'a crate::store::record::DiskRecord>> {
+    let disks: Vec<&crate::store::record::DiskRecord> = record
+        .disks
+        .iter()
+        .filter(|d| disk.map_or(true, |t| t == d.target))
+        .collect();
+    if disks.is_empty() {
+        return Err(Error::Usage(format!(
+            "restore point {} of '{domain}' has no disk {}; it has {}; nothing was mounted",
+            record.restore_point,
+            disk.unwrap_or("?"),
+            record
+                .disks
+                .iter()
+                .map(|d| d.target.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(disks)
+}
+
+/// Says, for each disk mounted, its raw disk file and its file systems.
+fn say_mounted(state: &MountState) {
     for d in &state.disks {
         log::info!(
             "{}: raw disk '{}'{}",
@@ -231,14 +262,6 @@ pub fn mount(args: &MountArgs) -> Result<bool> {
             }
         );
     }
-    log::info!(
-        "Restore point {} of '{}' is shown read-only under '{}'; fi-backup umount '{}' undoes it",
-        record.restore_point,
-        args.domain,
-        mountpoint.display(),
-        mountpoint.display()
-    );
-    Ok(true)
 }
 
 /// Runs `fi-backup umount`.
@@ -316,6 +339,34 @@ fn mount_disk(
     source: &Path,
     format: &str,
 ) -> Result<()> {
+    let image = export_disk(tools, state_dir, state, target, source, format)?;
+    let whole = attach(tools, state_dir, state, &image, None)?;
+    crate::fault::kill_point("kill-mid-mount");
+    let mut found = vec![(whole, None)];
+    if probe(tools, &found[0].0)?.is_none() {
+        for (n, offset, size) in partitions(tools, &image)? {
+            let dev = attach(tools, state_dir, state, &image, Some((offset, size)))?;
+            found.push((dev, Some(n)));
+        }
+    }
+    for (dev, partition) in found {
+        mount_file_system(tools, state_dir, state, (target, &image), &dev, partition)?;
+    }
+    Ok(())
+}
+
+/// Exports disk `target` (its chain's top `source`, of `format`) read-only
+/// as the file `<mountpoint>/<target>.img`, through a qemu-storage-daemon
+/// FUSE export; each thing made is saved in the mount's state first.
+/// Returns the file.
+fn export_disk(
+    tools: &Tools,
+    state_dir: &Path,
+    state: &mut MountState,
+    target: &str,
+    source: &Path,
+    format: &str,
+) -> Result<PathBuf> {
     let image = state.mountpoint.join(format!("{target}.img"));
     state.disks.push(DiskMount {
         target: target.to_string(),
@@ -363,61 +414,63 @@ fn mount_disk(
             image.display()
         )));
     }
-    let whole = attach(tools, state_dir, state, &image, None)?;
-    crate::fault::kill_point("kill-mid-mount");
-    let mut found = vec![(whole, None)];
-    if probe(tools, &found[0].0)?.is_none() {
-        for (n, offset, size) in partitions(tools, &image)? {
-            let dev = attach(tools, state_dir, state, &image, Some((offset, size)))?;
-            found.push((dev, Some(n)));
+    Ok(image)
+}
+
+/// Mounts the file system on loop device `dev` (the whole disk `target`
+/// exported as `image`, or its `partition`) read-only, when it has one
+/// fi-backup mounts; otherwise says where the raw disk is ([WAR]).
+fn mount_file_system(
+    tools: &Tools,
+    state_dir: &Path,
+    state: &mut MountState,
+    (target, image): (&str, &Path),
+    dev: &str,
+    partition: Option<u32>,
+) -> Result<()> {
+    let Some(fstype) = probe(tools, dev)? else {
+        return Ok(());
+    };
+    let part = partition
+        .map(|n| format!(" partition {n}"))
+        .unwrap_or_default();
+    let Some(options) = mount_options(&fstype) else {
+        log::warn!(
+            "{target}{part}: file system '{fstype}' is not one fi-backup mounts; the raw disk is \
+             at '{}'",
+            image.display()
+        );
+        return Ok(());
+    };
+    let at = fs_dir(&state.mountpoint, target, partition);
+    for d in [state.mountpoint.join(target), at.clone()] {
+        if !d.exists() {
+            std::fs::create_dir(&d).map_err(|e| Error::io("cannot create", &d, e))?;
+            state.disks.last_mut().expect("pushed above").dirs.push(d);
+            save(state_dir, state)?;
         }
     }
-    for (dev, partition) in found {
-        let Some(fstype) = probe(tools, &dev)? else {
-            continue;
-        };
-        let Some(options) = mount_options(&fstype) else {
+    let mut m = os(&["-t", &fstype, "-o", options, dev]);
+    m.push(at.clone().into());
+    match process::run(&tools.mount, &m) {
+        Ok(_) => {
+            state
+                .disks
+                .last_mut()
+                .expect("pushed above")
+                .mounts
+                .push(at);
+            save(state_dir, state)
+        }
+        Err(e) => {
             log::warn!(
-                "{target}{}: file system '{fstype}' is not one fi-backup mounts; the raw disk is \
-                 at '{}'",
-                partition
-                    .map(|n| format!(" partition {n}"))
-                    .unwrap_or_default(),
+                "{target}{part}: the {fstype} file system cannot be mounted read-only ({e}); the \
+                 raw disk is at '{}'",
                 image.display()
             );
-            continue;
-        };
-        let at = fs_dir(&state.mountpoint, target, partition);
-        for d in [state.mountpoint.join(target), at.clone()] {
-            if !d.exists() {
-                std::fs::create_dir(&d).map_err(|e| Error::io("cannot create", &d, e))?;
-                state.disks.last_mut().expect("pushed above").dirs.push(d);
-                save(state_dir, state)?;
-            }
-        }
-        let mut m = os(&["-t", &fstype, "-o", options, &dev]);
-        m.push(at.clone().into());
-        match process::run(&tools.mount, &m) {
-            Ok(_) => {
-                state
-                    .disks
-                    .last_mut()
-                    .expect("pushed above")
-                    .mounts
-                    .push(at);
-                save(state_dir, state)?;
-            }
-            Err(e) => {
-                log::warn!(
-                "{target}{}: the {fstype} file system cannot be mounted read-only ({e}); the raw \
-                 disk is at '{}'",
-                partition.map(|n| format!(" partition {n}")).unwrap_or_default(),
-                image.display()
-            )
-            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// A read-only loop device over `image`, whole or (offset, size) bytes of
