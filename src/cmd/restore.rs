@@ -1099,7 +1099,39 @@ pub fn rewrite_domain_xml(
         ))
     })?;
     let root = doc.root_element();
-    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let mut edits = disk_edits(xml, root, sources);
+    edits.extend(nvram_edits(root, new_name, nvram));
+    if let Some(name) = new_name {
+        for n in root.children().filter(|n| n.has_tag_name("name")) {
+            edits.push((n.range(), format!("<name>{}</name>", escape(name))));
+        }
+        for n in root.children().filter(|n| n.has_tag_name("uuid")) {
+            edits.push((n.range(), String::new()));
+        }
+        for iface in root.descendants().filter(|n| n.has_tag_name("interface")) {
+            for m in iface.children().filter(|n| n.has_tag_name("mac")) {
+                edits.push((m.range(), String::new()));
+            }
+        }
+        if let Some(dir) = files_dir {
+            edits.extend(file_devices(xml, root, name, dir));
+        }
+    }
+    if let Some(i) = instant {
+        edits.extend(instant_edits(xml, root, i));
+    }
+    Ok(apply_edits(xml, edits))
+}
+
+/// The edits that put each disk of `sources` (target, new file, format)
+/// on its new file: a file disk, its source and driver type, no
+/// `<backingStore>` (libvirt reads the chain from the files).
+fn disk_edits(
+    xml: &str,
+    root: roxmltree::Node,
+    sources: &[(String, PathBuf, String)],
+) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut edits = Vec::new();
     for disk in root.descendants().filter(|n| n.has_tag_name("disk")) {
         let Some(target) = disk
             .children()
@@ -1134,6 +1166,18 @@ pub fn rewrite_domain_xml(
             edits.push((b.range(), String::new()));
         }
     }
+    edits
+}
+
+/// The edits of `<os><nvram>`: the restored file `nvram`; without one, for
+/// a domain under a new name, an empty element, so that libvirt makes a
+/// fresh one from the template under that name, never the original's.
+fn nvram_edits(
+    root: roxmltree::Node,
+    new_name: Option<&str>,
+    nvram: Option<&Path>,
+) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut edits = Vec::new();
     let os_nvram = root
         .children()
         .filter(|n| n.has_tag_name("os"))
@@ -1148,33 +1192,11 @@ pub fn rewrite_domain_xml(
                 let text = escape(&path.to_string_lossy());
                 edits.push((n.range(), format!("<nvram{attrs}>{text}</nvram>")));
             }
-            // A restore point without NVRAM (the file did not exist yet):
-            // libvirt makes a fresh one from the template, under the new
-            // domain's own name, never the original's.
             None if new_name.is_some() => edits.push((n.range(), format!("<nvram{attrs}/>"))),
             None => {}
         }
     }
-    if let Some(name) = new_name {
-        for n in root.children().filter(|n| n.has_tag_name("name")) {
-            edits.push((n.range(), format!("<name>{}</name>", escape(name))));
-        }
-        for n in root.children().filter(|n| n.has_tag_name("uuid")) {
-            edits.push((n.range(), String::new()));
-        }
-        for iface in root.descendants().filter(|n| n.has_tag_name("interface")) {
-            for m in iface.children().filter(|n| n.has_tag_name("mac")) {
-                edits.push((m.range(), String::new()));
-            }
-        }
-        if let Some(dir) = files_dir {
-            edits.extend(file_devices(xml, root, name, dir));
-        }
-    }
-    if let Some(i) = instant {
-        edits.extend(instant_edits(xml, root, i));
-    }
-    Ok(apply_edits(xml, edits))
+    edits
 }
 
 /// `xml` with each (byte range, text) edit made: from the last to the
