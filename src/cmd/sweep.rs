@@ -53,45 +53,50 @@ pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
         )?),
         _ => None,
     };
+    let wide = RunWide {
+        pool: &pool,
+        siblings: &siblings,
+        far: far.as_ref(),
+    };
     let reports = crate::pool::map(&listed, config.jobs, |(name, uuid)| {
-        let started = std::time::Instant::now();
-        let mut report = DomainReport {
-            domain: name.clone(),
-            uuid: uuid.clone(),
-            action: match config.action {
-                Action::Backup => "backup",
-                Action::ConsolidateOnly => "consolidate",
-                Action::SnapshotAndConsolidate => "snapshot-consolidate",
-            },
-            started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-            ..Default::default()
-        };
-        // The domain's warnings are its report's, whichever thread logs them.
-        let scope = crate::cmd::logging::Scope::default();
-        let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
-            process_domain(
-                &lv,
-                name,
-                uuid.as_deref(),
-                config,
-                &RunWide {
-                    pool: &pool,
-                    siblings: &siblings,
-                    far: far.as_ref(),
-                },
-                &mut report,
-            )
-        });
-        if let Err(e) = &result {
-            log::error!("{e}");
-            report.error = Some(e.to_string());
-        }
-        report.success = result.is_ok();
-        report.duration_seconds = started.elapsed().as_secs_f64();
-        report.warnings = std::mem::take(&mut *scope.lock().expect("no worker panics holding it"));
-        report
+        domain_report(&lv, name, uuid.as_deref(), config, &wide)
     });
     Ok(reports)
+}
+
+/// Runs domain `name` (listed with `uuid`) and returns its report: its
+/// error, its time, and its warnings, whichever thread logged them.
+fn domain_report(
+    lv: &Libvirt,
+    name: &str,
+    uuid: Option<&str>,
+    config: &Config,
+    wide: &RunWide,
+) -> DomainReport {
+    let started = std::time::Instant::now();
+    let mut report = DomainReport {
+        domain: name.to_string(),
+        uuid: uuid.map(str::to_string),
+        action: match config.action {
+            Action::Backup => "backup",
+            Action::ConsolidateOnly => "consolidate",
+            Action::SnapshotAndConsolidate => "snapshot-consolidate",
+        },
+        started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        ..Default::default()
+    };
+    let scope = crate::cmd::logging::Scope::default();
+    let result = crate::cmd::logging::in_scope(Some(scope.clone()), || {
+        process_domain(lv, name, uuid, config, wide, &mut report)
+    });
+    if let Err(e) = &result {
+        log::error!("{e}");
+        report.error = Some(e.to_string());
+    }
+    report.success = result.is_ok();
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    report.warnings = std::mem::take(&mut *scope.lock().expect("no worker panics holding it"));
+    report
 }
 
 /// The domain names a selection stands for. Every named domain must exist:
@@ -290,17 +295,7 @@ fn backup_domain(
         state_dir: config.state_dir.clone(),
         dry_run: config.dry_run,
     };
-    // The report's disks and overlays are the plan's: the snapshot makes
-    // all of them or none.
-    let snapshotted = BackupReport {
-        disks: plan.overlays().into_iter().map(|(t, _)| t).collect(),
-        overlays: plan
-            .overlays()
-            .into_iter()
-            .map(|(target, on)| DiskOn { target, on })
-            .collect(),
-        ..Default::default()
-    };
+    let snapshotted = snapshot_report(&plan);
     if config.dry_run {
         exec::execute(&plan, dom, &opts)?;
         report.backup = Some(snapshotted);
@@ -319,17 +314,39 @@ fn backup_domain(
     if let (Some(d), None) = (dir, &dir_lock) {
         dir_lock = Some(lock_dir(d, name)?);
     }
-    match exec::execute(&plan, dom, &opts) {
-        Ok(outcome) => {
-            report.backup = Some(done_report(&outcome, snapshotted));
-            crate::state::intent::clear(&config.state_dir, name, &plan.uuid)?;
-            say_done(name, &outcome, config);
-            let read = if active { facts.disks } else { Vec::new() };
-            Ok((dir_lock, None, read))
-        }
+    let outcome = run_backup(dom, &plan, &opts, config)?;
+    report.backup = Some(done_report(&outcome, snapshotted));
+    crate::state::intent::clear(&config.state_dir, name, &plan.uuid)?;
+    say_done(name, &outcome, config);
+    let read = if active { facts.disks } else { Vec::new() };
+    Ok((dir_lock, None, read))
+}
+
+/// The report's disks and overlays as planned: the snapshot makes all of
+/// them or none.
+fn snapshot_report(plan: &plan::Plan) -> BackupReport {
+    BackupReport {
+        disks: plan.overlays().into_iter().map(|(t, _)| t).collect(),
+        overlays: plan
+            .overlays()
+            .into_iter()
+            .map(|(target, on)| DiskOn { target, on })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Runs the backup `plan`; what a failed run created is adopted or removed
+/// now (`intent::settle`), not left for the next run.
+fn run_backup(
+    dom: &Dom,
+    plan: &plan::Plan,
+    opts: &exec::Options,
+    config: &Config,
+) -> Result<exec::Outcome> {
+    match exec::execute(plan, dom, opts) {
+        Ok(outcome) => Ok(outcome),
         Err(e) => {
-            // What the failed run created is adopted or removed now, not
-            // left for the next run.
             if let Err(s) =
                 crate::state::intent::settle(dom, &plan.uuid, &config.state_dir, config.timeout)
             {
