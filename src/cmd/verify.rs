@@ -29,53 +29,16 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         Some(d) => vec![d.clone()],
         None => crate::store::record::domains_in(&args.scope.backup.backup_dir)?,
     };
-    let mut clean = true;
-    let mut points = 0;
-    let mut files = 0;
     for d in &domains {
-        let dir = DomainDir::new(&args.scope.backup.backup_dir, d)?;
-        let mut found = VerifyReport {
-            domain: d.clone(),
-            ..Default::default()
-        };
-        let mut problem = |what: String, breaks: Vec<String>| {
-            found.problems.push(Problem { what, breaks });
-        };
-        if crate::store::prune::journal_path(&dir).exists() {
-            let what = format!(
-                "A prune of '{d}' is unfinished ('{}'): its files are being merged, so they are \
-                 not checked now; the next prune or backup of '{d}' finishes it",
-                crate::store::prune::journal_path(&dir).display()
-            );
-            log::error!("{what}");
-            problem(what, Vec::new());
-            verified.push(found);
-            clean = false;
-            continue;
-        }
-        let index = Index::load(&dir)?;
-        for (path, why) in &index.rejected {
-            let what = format!("Record '{}' cannot be trusted: {why}", path.display());
-            log::error!("{what}");
-            problem(what, Vec::new());
-            clean = false;
-        }
-        let records: Vec<&Record> = match &args.at {
-            Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
-            None => index.records.iter().collect(),
-        };
-        let report = verify_domain(&dir, &records);
-        points += records.len();
-        files += report.checked;
-        for (what, broken) in &report.problems {
-            log::error!("{what}; breaks restore point(s) {}", broken.join(", "));
-            problem(what.clone(), broken.clone());
-            clean = false;
-        }
-        found.points = records.len();
-        found.files = report.checked;
-        verified.push(found);
+        verified.push(verify_home_domain(
+            &args.scope.backup.backup_dir,
+            d,
+            args.at.as_deref(),
+        )?);
     }
+    let clean = verified.iter().all(|v| v.problems.is_empty());
+    let points: usize = verified.iter().map(|v| v.points).sum();
+    let files: usize = verified.iter().map(|v| v.files).sum();
     if clean {
         log::info!("Verified {points} restore point(s), {files} file(s): all good");
     } else {
@@ -85,6 +48,55 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         print_report(clean, verified, started)?;
     }
     Ok(clean)
+}
+
+/// Verifies domain `d`'s points in `backup_dir` (the one at `at`, or all):
+/// every record trusted, every file there at its recorded size and BLAKE3.
+/// Each problem is said. While a prune of the domain is unfinished its
+/// files are not checked, and that is the problem reported.
+fn verify_home_domain(backup_dir: &Path, d: &str, at: Option<&str>) -> Result<VerifyReport> {
+    let dir = DomainDir::new(backup_dir, d)?;
+    let mut found = VerifyReport {
+        domain: d.to_string(),
+        ..Default::default()
+    };
+    let mut problem = |what: String, breaks: Vec<String>| {
+        if breaks.is_empty() {
+            log::error!("{what}");
+        } else {
+            log::error!("{what}; breaks restore point(s) {}", breaks.join(", "));
+        }
+        found.problems.push(Problem { what, breaks });
+    };
+    if crate::store::prune::journal_path(&dir).exists() {
+        problem(
+            format!(
+                "A prune of '{d}' is unfinished ('{}'): its files are being merged, so they are \
+                 not checked now; the next prune or backup of '{d}' finishes it",
+                crate::store::prune::journal_path(&dir).display()
+            ),
+            Vec::new(),
+        );
+        return Ok(found);
+    }
+    let index = Index::load(&dir)?;
+    for (path, why) in &index.rejected {
+        problem(
+            format!("Record '{}' cannot be trusted: {why}", path.display()),
+            Vec::new(),
+        );
+    }
+    let records: Vec<&Record> = match at {
+        Some(at) => vec![crate::store::record::pick(&index, d, Some(at))?],
+        None => index.records.iter().collect(),
+    };
+    let report = verify_domain(&dir, &records);
+    for (what, broken) in report.problems {
+        problem(what, broken);
+    }
+    found.points = records.len();
+    found.files = report.checked;
+    Ok(found)
 }
 
 /// What verifying one domain found.
