@@ -376,85 +376,84 @@ impl Far {
     }
 
     fn put(&self, src: &mut dyn Read, rel: &str, expect: Option<(&Path, &str)>) -> Result<u64> {
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let tmp_rel = |t: &str| {
-            if dir.is_empty() {
-                t.to_string()
-            } else {
-                format!("{dir}/{t}")
-            }
-        };
-        let check = |got: &str| -> Result<()> {
-            match expect {
-                Some((path, want)) if got != want => Err(Error::Copy(format!(
-                    "'{}' reads with BLAKE3 {got}, its record says {want}: it was not sent; \
-                     it is damaged (fi-backup verify names the points it breaks), or a prune \
-                     changed it while it was read (the next sync sends what is there then)",
-                    path.display()
-                ))),
-                _ => Ok(()),
-            }
-        };
         match &self.dest {
-            Dest::Dir(_) => {
-                let final_path = self.local(rel);
-                let parent = final_path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                crate::store::fsutil::ensure_private_dir(&parent)?;
-                let mut tmp = TempFile::create(&parent, name)?;
-                let (sent, hash) = pump(src, |off, chunk| {
-                    if chunk.iter().all(|&b| b == 0) {
-                        return Ok(());
-                    }
-                    tmp.file.seek(SeekFrom::Start(off))?;
-                    tmp.file.write_all(chunk)
-                })
-                .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
-                tmp.file
-                    .set_len(sent)
-                    .map_err(|e| Error::io("cannot extend (ftruncate)", &tmp.path, e))?;
-                check(&hash)?;
-                crate::fault::check("sync-before-rename")?;
-                tmp.replace(&final_path)?;
-                Ok(sent)
-            }
-            Dest::Rclone(_) => {
-                let tmp = tmp_rel(&format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
-                let (mut child, shown, err_reader) = self.spawn_rclone(
-                    &["rcat", &self.remote(&tmp)],
-                    Stdio::piped(),
-                    Stdio::null(),
-                )?;
-                let mut stdin = child.stdin.take().expect("piped stdin");
-                let pumped = pump(src, |_, chunk| stdin.write_all(chunk));
-                drop(stdin);
-                let status = child.wait().map_err(|source| Error::CommandStart {
-                    command: shown.clone(),
-                    source,
-                })?;
-                let stderr = err_reader.join().unwrap_or_default();
-                let (sent, hash) = match (pumped, status.success()) {
-                    (Ok(v), true) => v,
-                    (pumped, _) => {
-                        let _ = self.delete(&tmp);
-                        return Err(self.failed(Error::CommandFailed {
-                            command: shown,
-                            status: status.to_string(),
-                            stderr: match pumped {
-                                Err(e) => format!("{} (writing to it: {e})", stderr.trim()),
-                                Ok(_) => stderr,
-                            },
-                        }));
-                    }
-                };
-                if let Err(e) = check(&hash) {
-                    let _ = self.delete(&tmp);
-                    return Err(e);
-                }
-                crate::fault::check("sync-before-rename")?;
-                self.run_rclone(&["moveto", &self.remote(&tmp), &self.remote(rel)])?;
-                Ok(sent)
-            }
+            Dest::Dir(_) => self.put_dir(src, rel, expect),
+            Dest::Rclone(_) => self.put_rclone(src, rel, expect),
         }
+    }
+
+    /// `put` into a directory: a temporary file beside the object (all-zero
+    /// chunks as holes), checked, then renamed.
+    fn put_dir(&self, src: &mut dyn Read, rel: &str, expect: Option<(&Path, &str)>) -> Result<u64> {
+        let name = rel.rsplit_once('/').map_or(rel, |(_, n)| n);
+        let final_path = self.local(rel);
+        let parent = final_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        crate::store::fsutil::ensure_private_dir(&parent)?;
+        let mut tmp = TempFile::create(&parent, name)?;
+        let (sent, hash) = pump(src, |off, chunk| {
+            if chunk.iter().all(|&b| b == 0) {
+                return Ok(());
+            }
+            tmp.file.seek(SeekFrom::Start(off))?;
+            tmp.file.write_all(chunk)
+        })
+        .map_err(|e| Error::io("cannot write", &tmp.path, e))?;
+        tmp.file
+            .set_len(sent)
+            .map_err(|e| Error::io("cannot extend (ftruncate)", &tmp.path, e))?;
+        check_hash(expect, &hash)?;
+        crate::fault::check("sync-before-rename")?;
+        tmp.replace(&final_path)?;
+        Ok(sent)
+    }
+
+    /// `put` to an rclone remote: `rclone rcat` into a temporary object
+    /// beside it, checked, then `rclone moveto`; a temporary object of a
+    /// failed or refused upload is deleted.
+    fn put_rclone(
+        &self,
+        src: &mut dyn Read,
+        rel: &str,
+        expect: Option<(&Path, &str)>,
+    ) -> Result<u64> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let temp_name = format!("{TEMP_PREFIX}{name}.{}", std::process::id());
+        let tmp = if dir.is_empty() {
+            temp_name
+        } else {
+            format!("{dir}/{temp_name}")
+        };
+        let (mut child, shown, err_reader) =
+            self.spawn_rclone(&["rcat", &self.remote(&tmp)], Stdio::piped(), Stdio::null())?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let pumped = pump(src, |_, chunk| stdin.write_all(chunk));
+        drop(stdin);
+        let status = child.wait().map_err(|source| Error::CommandStart {
+            command: shown.clone(),
+            source,
+        })?;
+        let stderr = err_reader.join().unwrap_or_default();
+        let (sent, hash) = match (pumped, status.success()) {
+            (Ok(v), true) => v,
+            (pumped, _) => {
+                let _ = self.delete(&tmp);
+                return Err(self.failed(Error::CommandFailed {
+                    command: shown,
+                    status: status.to_string(),
+                    stderr: match pumped {
+                        Err(e) => format!("{} (writing to it: {e})", stderr.trim()),
+                        Ok(_) => stderr,
+                    },
+                }));
+            }
+        };
+        if let Err(e) = check_hash(expect, &hash) {
+            let _ = self.delete(&tmp);
+            return Err(e);
+        }
+        crate::fault::check("sync-before-rename")?;
+        self.run_rclone(&["moveto", &self.remote(&tmp), &self.remote(rel)])?;
+        Ok(sent)
     }
 
     /// Reads the object `rel` through BLAKE3, writing it into `into` when
@@ -544,6 +543,21 @@ fn private_temp_dir() -> Result<PathBuf> {
         .create(&dir)
         .map_err(|e| Error::io("cannot create", &dir, e))?;
     Ok(dir)
+}
+
+/// Err when a file read with BLAKE3 `got` is not what its record says
+/// (`expect`: the file and the recorded BLAKE3): damaged, or changed by a
+/// prune while it was read.
+fn check_hash(expect: Option<(&Path, &str)>, got: &str) -> Result<()> {
+    match expect {
+        Some((path, want)) if got != want => Err(Error::Copy(format!(
+            "'{}' reads with BLAKE3 {got}, its record says {want}: it was not sent; \
+             it is damaged (fi-backup verify names the points it breaks), or a prune \
+             changed it while it was read (the next sync sends what is there then)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Reads `src` to its end in chunks through BLAKE3, handing each chunk and
