@@ -456,7 +456,8 @@ pub fn prune_domain(
     let plan = plan(&index, policy, &ts, &in_use)
         .map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
     let tag = if dry_run { "[dry run] " } else { "" };
-    // A dry run says all of it; a real run says the details with -v.
+    // A dry run says all of it; a real run says the kept points with -v
+    // and its steps (the one executor loop) with -d.
     let say = |line: String| {
         if dry_run {
             log::info!("{line}");
