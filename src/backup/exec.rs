@@ -223,7 +223,16 @@ fn make_and_note<'a>(
                 .find(|(p, _)| *p == Path::new(&o.path))
                 .map(|(_, id)| *id);
         }
-        crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)?;
+        if let Err(e) =
+            crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)
+        {
+            // Not noted, so nothing would ever remove them: they are ours
+            // and nothing uses them yet.
+            for (p, _) in &made {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
     }
     Ok(made)
 }
