@@ -7,7 +7,7 @@ use crate::backup::plan::{Maker, Plan, RecordDraft, Step};
 use crate::error::{Error, Result};
 use crate::host::libvirt::{Dom, SnapshotDisk};
 use crate::pool::Pool;
-use crate::state::ledger::{Held, Ledger, Overlay, PointRef};
+use crate::state::ledger::{Held, Intent, Ledger, Overlay, PointRef};
 use crate::store::fsutil;
 use crate::store::record::Record;
 use std::collections::HashMap;
@@ -149,7 +149,7 @@ fn snapshot(
         &[SnapshotDisk],
         &crate::host::libvirt::SnapshotHow,
         bool,
-        &crate::state::ledger::Intent,
+        &Intent,
         &Maker,
     ),
     dom: &Dom,
@@ -159,13 +159,20 @@ fn snapshot(
     crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, intent.clone())?;
     let started = Instant::now();
     let mut how = how.clone();
-    let made = make_and_note(plan, intent, maker, opts, &mut how, &dom.name)?;
+    let noted = make_and_note(plan, intent, maker, opts, &mut how, &dom.name)?;
     crate::fault::kill_point("kill-after-overlays-made");
     let was_paused = dom.is_paused()?;
     if how.memory.is_some() {
         crate::fault::kill_later("kill-mid-dump", std::time::Duration::from_millis(30));
     }
-    let result = take(dom, disks, &mut how, quiesce_fallback, &made, outcome);
+    let result = take(
+        dom,
+        disks,
+        &mut how,
+        quiesce_fallback,
+        noted.as_ref(),
+        outcome,
+    );
     outcome.snapshot_ms = started.elapsed().as_millis();
     keep_running(dom, was_paused);
     result?;
@@ -199,47 +206,48 @@ fn snapshot(
 /// not give when it does not run as root, a full directory), libvirt makes
 /// them all, as it always did (`how.reuse` is cleared), and the reason is
 /// said.
-fn make_and_note<'a>(
+fn make_and_note(
     plan: &Plan,
-    intent: &crate::state::ledger::Intent,
-    maker: &'a Maker,
+    intent: &Intent,
+    maker: &Maker,
     opts: &Options,
     how: &mut crate::host::libvirt::SnapshotHow,
     domain: &str,
-) -> Result<Vec<(&'a Path, (u64, u64))>> {
+) -> Result<Option<Intent>> {
     let made = match make_overlays(maker) {
         Ok(made) => made,
         Err(e) => {
             log::info!("{e}; libvirt makes the overlays of '{domain}'");
             how.reuse = false;
-            return Ok(Vec::new());
+            return Ok(None);
         }
     };
-    if !made.is_empty() {
-        let mut with = intent.clone();
-        for o in &mut with.overlays {
-            o.made = made
-                .iter()
-                .find(|(p, _)| *p == Path::new(&o.path))
-                .map(|(_, id)| *id);
-        }
-        if let Err(e) =
-            crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, with)
-        {
-            // Not noted, so nothing would ever remove them: they are ours
-            // and nothing uses them yet.
-            for (p, _) in &made {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e);
-        }
+    if made.is_empty() {
+        return Ok(None);
     }
-    Ok(made)
+    let mut noted = intent.clone();
+    for o in &mut noted.overlays {
+        o.made = made
+            .iter()
+            .find(|(p, _)| *p == Path::new(&o.path))
+            .map(|(_, id)| *id);
+    }
+    if let Err(e) =
+        crate::state::intent::record(&opts.state_dir, &plan.domain, &plan.uuid, noted.clone())
+    {
+        // Not noted, so nothing would ever remove them: they are ours and
+        // nothing uses them yet.
+        for (p, _) in &made {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    Ok(Some(noted))
 }
 
 /// The libvirt call, tried again unquiesced when `plan::snapshot_retry`
 /// says so, and again with overlays libvirt makes when the call onto the
-/// overlays fi-backup `made` failed for another reason than a missing guest
+/// overlays fi-backup made (`noted`) failed for another reason than a missing guest
 /// agent and none of them was taken (`none_taken`: some host's QEMU cannot
 /// open them, a label or an owner it does not get there). `how` ends as
 /// the last call was made.
@@ -248,7 +256,7 @@ fn take(
     disks: &[SnapshotDisk],
     how: &mut crate::host::libvirt::SnapshotHow,
     quiesce_fallback: bool,
-    made: &[(&Path, (u64, u64))],
+    noted: Option<&Intent>,
     outcome: &mut Outcome,
 ) -> Result<()> {
     let mut result = dom.snapshot(disks, how);
@@ -266,7 +274,8 @@ fn take(
         result = dom.snapshot(disks, how);
     }
     if let Err(e) = &result {
-        if !made.is_empty() && !e.is_agent_unavailable() && none_taken(dom, made) {
+        // A missing guest agent fails any snapshot alike: not retried.
+        if !e.is_agent_unavailable() && noted.is_some_and(|n| none_taken(dom, n)) {
             log::info!(
                 "{e}; the snapshot of '{}' is taken again with overlays libvirt makes",
                 dom.name
@@ -301,25 +310,47 @@ fn make_overlays(maker: &Maker) -> Result<Vec<(&Path, (u64, u64))>> {
     Ok(made)
 }
 
-/// After a snapshot onto overlays fi-backup made failed: whether none of
-/// them is in use (no disk of the domain, its live XML read again, has one
-/// in its chain) and each was removed, being still the very file made and
-/// an empty overlay. Anything else leaves them in place (the intent's
-/// settlement deals with them) and is false.
-fn none_taken(dom: &Dom, made: &[(&Path, (u64, u64))]) -> bool {
+/// After a snapshot onto the overlays fi-backup made (their identities in
+/// `noted`) failed: whether the intent's own rule (`intent::decide`, with
+/// the domain's live XML read again) removes every one of them (no disk
+/// uses it, it is still the very file made and an empty overlay), and each
+/// was removed. Otherwise nothing is removed here and it is false (the
+/// intent's settlement deals with them).
+fn none_taken(dom: &Dom, noted: &Intent) -> bool {
+    use crate::state::intent::{decide, Seen, Settle};
     let Ok(facts) = dom.live_facts() else {
         return false;
     };
-    let used = |p: &Path| {
-        facts.disks.iter().any(|d| {
-            d.source.as_deref() == Some(p)
-                || d.backing.as_deref() == Some(p)
-                || d.known_chain.iter().flatten().any(|f| f == p)
+    let in_chain: std::collections::HashSet<std::path::PathBuf> = facts
+        .disks
+        .iter()
+        .flat_map(|d| {
+            d.source
+                .iter()
+                .chain(d.backing.iter())
+                .chain(d.known_chain.iter().flatten())
+                .cloned()
         })
-    };
-    made.iter().all(|(p, id)| {
-        !used(p) && crate::host::qcow2::is_empty_overlay(p, *id) && std::fs::remove_file(p).is_ok()
-    })
+        .collect();
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let actions = decide(
+        noted,
+        &Seen {
+            exists: &exists,
+            in_chain: &in_chain,
+            owned: &Default::default(),
+            empty_made: &crate::host::qcow2::is_empty_overlay,
+        },
+    );
+    let remove: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Settle::RemoveMade(o) => Some(o.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    remove.len() == noted.overlays.iter().filter(|o| o.made.is_some()).count()
+        && remove.iter().all(|p| std::fs::remove_file(p).is_ok())
 }
 
 /// Says (debug) why an earlier copy serves for a live file.

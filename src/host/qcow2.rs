@@ -334,18 +334,13 @@ pub fn empty_overlay(shape: &OverlayShape) -> std::result::Result<Image, String>
 /// feature name table above 4 KiB clusters, the end marker, the reference.
 /// Err when they do not fit in one cluster. Pure.
 fn header_cluster(shape: &OverlayShape, l1_size: u64) -> std::result::Result<Vec<u8>, String> {
-    let OverlayShape {
-        size,
-        cluster_bits,
-        backing,
-        backing_format,
-    } = shape;
-    let cs = 1u64 << cluster_bits;
+    let (backing, backing_format) = (&shape.backing, &shape.backing_format);
+    let cs = 1u64 << shape.cluster_bits;
     let mut h = vec![0u8; 112];
     h[0..4].copy_from_slice(b"QFI\xfb");
     h[4..8].copy_from_slice(&3u32.to_be_bytes());
-    h[20..24].copy_from_slice(&cluster_bits.to_be_bytes());
-    h[24..32].copy_from_slice(&size.to_be_bytes());
+    h[20..24].copy_from_slice(&shape.cluster_bits.to_be_bytes());
+    h[24..32].copy_from_slice(&shape.size.to_be_bytes());
     h[36..40].copy_from_slice(&(l1_size as u32).to_be_bytes());
     h[40..48].copy_from_slice(&(3 * cs).to_be_bytes());
     h[48..56].copy_from_slice(&cs.to_be_bytes());

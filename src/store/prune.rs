@@ -729,11 +729,10 @@ enum Phase<'a> {
     Delete(&'a PrunePlan),
 }
 
-/// The phases left of journal `j`.
-fn phases(j: &Journal) -> Vec<Phase<'_>> {
-    let p = &j.plan;
+/// The phases of plan `p` left to do (`rewritten`: only the deletions).
+fn phases(p: &PrunePlan, rewritten: bool) -> Vec<Phase<'_>> {
     let mut out = Vec::new();
-    if !j.rewritten {
+    if !rewritten {
         out.extend([
             Phase::Drop(p),
             Phase::Fold(p),
@@ -791,13 +790,8 @@ impl crate::steps::Said for Phase<'_> {
 
 /// Says each phase of `plan` as a dry run (what `execute` would do).
 pub fn say_dry_run(domain: &str, plan: &PrunePlan) -> Result<()> {
-    let j = Journal {
-        plan: plan.clone(),
-        rewritten: false,
-    };
-    crate::steps::run(&format!("prune of '{domain}'"), &phases(&j), true, |_| {
-        Ok(())
-    })
+    let who = format!("prune of '{domain}'");
+    crate::steps::run(&who, &phases(plan, false), true, |_| Ok(()))
 }
 
 /// Runs the phases left of journal `j` through the one executor loop; the
@@ -807,29 +801,34 @@ fn carry_out(dir: &DomainDir, domain: &str, j: Journal) -> Result<()> {
     let mut index = None;
     let mut updated = HashMap::new();
     let who = format!("prune of '{domain}'");
-    crate::steps::run(&who, &phases(&j), false, |phase| match phase {
-        Phase::Drop(p) => {
-            drop_points(dir, domain, p, index.insert(Index::load(dir)?))?;
-            updated = descriptions(p)?;
-            Ok(())
-        }
-        Phase::Fold(p) => fold(dir, p, &mut updated),
-        Phase::NewTops(p) => new_tops(dir, p, &mut updated),
-        Phase::RewriteKept(p) => {
-            rewrite_kept(dir, p, index.as_ref().expect("loaded by Drop"), &updated)?;
-            save_journal(
-                dir,
-                &Journal {
-                    plan: (*p).clone(),
-                    rewritten: true,
-                },
-            )
-        }
-        Phase::Delete(p) => {
-            delete_unread(dir, domain, p)?;
-            remove_if_there(&journal_path(dir))
-        }
-    })
+    crate::steps::run(
+        &who,
+        &phases(&j.plan, j.rewritten),
+        false,
+        |phase| match phase {
+            Phase::Drop(p) => {
+                drop_points(dir, domain, p, index.insert(Index::load(dir)?))?;
+                updated = descriptions(p)?;
+                Ok(())
+            }
+            Phase::Fold(p) => fold(dir, p, &mut updated),
+            Phase::NewTops(p) => new_tops(dir, p, &mut updated),
+            Phase::RewriteKept(p) => {
+                rewrite_kept(dir, p, index.as_ref().expect("loaded by Drop"), &updated)?;
+                save_journal(
+                    dir,
+                    &Journal {
+                        plan: (*p).clone(),
+                        rewritten: true,
+                    },
+                )
+            }
+            Phase::Delete(p) => {
+                delete_unread(dir, domain, p)?;
+                remove_if_there(&journal_path(dir))
+            }
+        },
+    )
 }
 
 /// 1. The dropped points stop existing: record first, then its XML and
