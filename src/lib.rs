@@ -25,6 +25,7 @@ pub mod host {
     pub mod access;
     pub mod chain;
     pub mod domain;
+    pub mod domxml;
     pub mod facts;
     #[allow(unsafe_code)]
     pub mod ffi;

@@ -1,9 +1,11 @@
 //! The module graph of src/, read from the code's `crate::` paths (grouped
 //! imports `crate::host::{chain, domain}` included; test modules left out):
 //! no cycles, which NUTSNBOLTS.md's module map relies on; paths that name
-//! the folders (`crate::store::record`, never a crate-root alias); and the
+//! the folders (`crate::store::record`, never a crate-root alias); the
 //! planners' layering: a pure planner reaches no libvirt domain, file
-//! system, process, qemu-img or system call.
+//! system, process, qemu-img or system call; the commands on top: nothing
+//! below `cmd/` calls a command; and one module that reads and writes the
+//! domain XML.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -171,6 +173,7 @@ fn planners_touch_nothing() {
     let planners = ["backup/plan.rs", "sync/plan.rs", "store/retention.rs"];
     let forbidden_modules = [
         "host::ffi",
+        "host::libvirt",
         "host::process",
         "host::qemu_img",
         "host::facts",
@@ -194,4 +197,40 @@ fn planners_touch_nothing() {
             assert!(!code.contains(t), "{rel} (a planner) names {t}");
         }
     }
+}
+
+/// Commands are the top layer: below `cmd/`, code names only the
+/// process-wide parts that live there (the signal flag, the log scope, the
+/// parsed configuration), never a command (restore, settle, sweep, ...).
+#[test]
+fn nothing_below_the_commands_calls_one() {
+    let shared = ["cmd::signals", "cmd::logging", "cmd::config"];
+    let g = graph();
+    let mut seen = 0;
+    for (module, deps) in &g {
+        if module.starts_with("cmd::") || module == "main" {
+            continue;
+        }
+        for d in deps.iter().filter(|d| d.starts_with("cmd::")) {
+            seen += 1;
+            assert!(
+                shared.contains(&d.as_str()),
+                "{module} (below cmd/) uses crate::{d}, a command"
+            );
+        }
+    }
+    assert!(seen > 0, "no use of cmd/ from below was read: {g:?}");
+}
+
+/// The domain XML is parsed and written in `host::domxml` only: one parser
+/// setup, one escape, one way of editing an element.
+#[test]
+fn one_module_reads_and_writes_the_domain_xml() {
+    let mut readers = Vec::new();
+    for (module, _, code) in sources() {
+        if code.contains("roxmltree") {
+            readers.push(module);
+        }
+    }
+    assert_eq!(readers, ["host::domxml"], "modules that parse XML");
 }

@@ -5,7 +5,8 @@
 use crate::backup::copy::{self, Copied, CopyJob};
 use crate::backup::plan::{Maker, Plan, RecordDraft, Step};
 use crate::error::{Error, Result};
-use crate::host::libvirt::{Dom, SnapshotDisk};
+use crate::host::domxml::SnapshotDisk;
+use crate::host::libvirt::Dom;
 use crate::pool::Pool;
 use crate::state::ledger::{Held, Intent, Ledger, Overlay, PointRef};
 use crate::store::fsutil;
@@ -147,7 +148,7 @@ fn snapshot(
     plan: &Plan,
     (disks, how, quiesce_fallback, intent, maker): (
         &[SnapshotDisk],
-        &crate::host::libvirt::SnapshotHow,
+        &crate::host::domxml::SnapshotHow,
         bool,
         &Intent,
         &Maker,
@@ -211,7 +212,7 @@ fn make_and_note(
     intent: &Intent,
     maker: &Maker,
     opts: &Options,
-    how: &mut crate::host::libvirt::SnapshotHow,
+    how: &mut crate::host::domxml::SnapshotHow,
     domain: &str,
 ) -> Result<Option<Intent>> {
     let made = match make_overlays(maker) {
@@ -254,7 +255,7 @@ fn make_and_note(
 fn take(
     dom: &Dom,
     disks: &[SnapshotDisk],
-    how: &mut crate::host::libvirt::SnapshotHow,
+    how: &mut crate::host::domxml::SnapshotHow,
     quiesce_fallback: bool,
     noted: Option<&Intent>,
     outcome: &mut Outcome,

@@ -10,7 +10,7 @@ use crate::backup::copy::CopyJob;
 use crate::error::{Error, Result};
 use crate::host::chain::{ChainFile, SourceId};
 use crate::host::domain::{DiskFacts, DomainFacts};
-use crate::host::libvirt::{SnapshotDisk, SnapshotHow};
+use crate::host::domxml::{SnapshotDisk, SnapshotHow};
 use crate::host::qcow2::{Image, OverlayShape};
 use crate::state::ledger::{Base, Held, Intent, PlannedOverlay};
 use crate::store::naming;

@@ -1,8 +1,7 @@
 //! Domain facts: the disks of a domain as its XML describes them, and which of
-//! them a disk-only snapshot can take. Pure parsing; the XML comes from libvirt
-//! through `libvirt`.
+//! them a disk-only snapshot can take. Pure; `domxml` reads them from the XML
+//! that libvirt gives (`host::libvirt`).
 
-use crate::error::{Error, Result};
 use std::path::PathBuf;
 
 /// One `<disk>` of a domain.
@@ -139,125 +138,10 @@ impl DomainFacts {
 /// in libvirt 9.0.
 pub const SWTPM_STATE_DIR: &str = "/var/lib/libvirt/swtpm";
 
-/// Parses a domain XML document (as `virDomainGetXMLDesc` returns it).
-pub fn parse_domain_xml(xml: &str) -> Result<DomainFacts> {
-    let doc = roxmltree::Document::parse(xml)
-        .map_err(|e| Error::Xml(format!("cannot parse the domain XML: {e}")))?;
-    let root = doc.root_element();
-    if !root.has_tag_name("domain") {
-        return Err(Error::Xml(format!(
-            "domain XML has root <{}>, expected <domain>",
-            root.tag_name().name()
-        )));
-    }
-    let text_of = |tag: &str| {
-        root.children()
-            .find(|n| n.has_tag_name(tag))
-            .and_then(|n| n.text())
-            .map(|t| t.trim().to_string())
-    };
-    let name = text_of("name").ok_or_else(|| Error::Xml("domain XML has no <name>".into()))?;
-    let uuid = text_of("uuid").unwrap_or_default();
-    let mut disks = Vec::new();
-    if let Some(devices) = root.children().find(|n| n.has_tag_name("devices")) {
-        for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
-            disks.push(parse_disk(&name, disk)?);
-        }
-    }
-    let nvram = root
-        .children()
-        .find(|n| n.has_tag_name("os"))
-        .and_then(|os| os.children().find(|n| n.has_tag_name("nvram")))
-        .and_then(|n| n.text())
-        .map(|t| PathBuf::from(t.trim()))
-        .filter(|p| p.is_absolute());
-    let tpm_emulator = root
-        .descendants()
-        .filter(|n| n.has_tag_name("tpm"))
-        .flat_map(|t| t.children().filter(|n| n.has_tag_name("backend")))
-        .any(|b| b.attribute("type") == Some("emulator"));
-    Ok(DomainFacts {
-        name,
-        uuid,
-        disks,
-        nvram,
-        tpm_emulator,
-    })
-}
-
-fn parse_disk(domain: &str, disk: roxmltree::Node) -> Result<DiskFacts> {
-    let child = |tag: &str| disk.children().find(|n| n.has_tag_name(tag));
-    let target = child("target")
-        .and_then(|t| t.attribute("dev"))
-        .ok_or_else(|| Error::domain(domain, "a <disk> has no <target dev=...>"))?
-        .to_string();
-    let kind = disk.attribute("type").unwrap_or("file").to_string();
-    let source = child("source")
-        .and_then(|s| s.attribute(source_attribute(&kind)))
-        .filter(|f| !f.is_empty())
-        .map(PathBuf::from);
-    Ok(DiskFacts {
-        target,
-        device: disk.attribute("device").unwrap_or("disk").to_string(),
-        kind,
-        source,
-        format: child("driver")
-            .and_then(|d| d.attribute("type"))
-            .map(str::to_string),
-        readonly: child("readonly").is_some(),
-        shareable: child("shareable").is_some(),
-        backing: child("backingStore")
-            .and_then(|b| {
-                let attr = source_attribute(b.attribute("type").unwrap_or("file"));
-                b.children()
-                    .find(|n| n.has_tag_name("source"))
-                    .and_then(|s| s.attribute(attr))
-            })
-            .map(PathBuf::from),
-        known_chain: known_chain(disk),
-        mirror_ready: child("mirror").map(|m| m.attribute("ready") == Some("yes")),
-        snapshot: disk.attribute("snapshot").map(str::to_string),
-    })
-}
-
-/// The `<source>` attribute that names a disk's source of type `kind`:
-/// `dev` for a block device, `file` otherwise.
-fn source_attribute(kind: &str) -> &'static str {
-    if kind == "block" {
-        "dev"
-    } else {
-        "file"
-    }
-}
-
-/// The chain below a disk's source as its `<backingStore>` elements say,
-/// when every link is a file or a block device and the last is the empty
-/// `<backingStore/>`.
-fn known_chain(disk: roxmltree::Node) -> Option<Vec<PathBuf>> {
-    let mut chain = Vec::new();
-    let mut at = disk;
-    loop {
-        let next = at.children().find(|n| n.has_tag_name("backingStore"))?;
-        if !next.children().any(|n| n.is_element()) && next.attribute("type").is_none() {
-            return Some(chain);
-        }
-        let kind = next.attribute("type")?;
-        if kind != "file" && kind != "block" {
-            return None;
-        }
-        let file = next
-            .children()
-            .find(|n| n.has_tag_name("source"))
-            .and_then(|s| s.attribute(source_attribute(kind)))
-            .filter(|f| f.starts_with('/'))?;
-        chain.push(PathBuf::from(file));
-        at = next;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::domxml::parse_domain_xml;
 
     const XML: &str = r#"<domain type='qemu'>
       <name>web 1</name><uuid>0b3a</uuid>

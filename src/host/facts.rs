@@ -317,7 +317,7 @@ type Sources =
 fn sources_of(xmls: &[String]) -> Result<Sources> {
     let mut sources = std::collections::BTreeMap::new();
     for xml in xmls {
-        let facts = crate::host::domain::parse_domain_xml(xml)?;
+        let facts = crate::host::domxml::parse_domain_xml(xml)?;
         for d in facts.disks {
             let format = d.source_format().to_string();
             if let Some(s) = d.source {

@@ -2,7 +2,7 @@
 //! reading their XML, and the atomic disk-only snapshot. No virsh.
 
 use crate::error::{Error, Result};
-use std::path::PathBuf;
+use crate::host::domxml::{snapshot_xml, SnapshotDisk, SnapshotHow};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
@@ -17,15 +17,6 @@ pub struct Dom {
     dom: Domain,
     /// Its name.
     pub name: String,
-}
-
-/// One disk of a snapshot request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SnapshotDisk {
-    /// Take this disk into a new qcow2 overlay at the path.
-    External { target: String, overlay: PathBuf },
-    /// Leave this disk out.
-    Skip { target: String },
 }
 
 impl Libvirt {
@@ -169,12 +160,12 @@ impl Dom {
 
     /// The domain as its live XML describes it (what QEMU uses now).
     pub fn live_facts(&self) -> Result<crate::host::domain::DomainFacts> {
-        crate::host::domain::parse_domain_xml(&self.live_xml()?)
+        crate::host::domxml::parse_domain_xml(&self.live_xml()?)
     }
 
     /// The domain as its persistent definition describes it.
     pub fn persistent_facts(&self) -> Result<crate::host::domain::DomainFacts> {
-        crate::host::domain::parse_domain_xml(&self.inactive_xml()?)
+        crate::host::domxml::parse_domain_xml(&self.inactive_xml()?)
     }
 
     /// The live XML (what QEMU uses now).
@@ -277,96 +268,5 @@ impl Dom {
             .create_snapshot_xml(&xml, flags)
             .map(|_| ())
             .map_err(|e| Error::libvirt(format!("snapshot of domain '{}' failed", self.name), e))
-    }
-}
-
-/// How a snapshot is taken.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SnapshotHow {
-    /// Quiesce through the guest agent.
-    pub quiesce: bool,
-    /// Save memory into this file too.
-    pub memory: Option<PathBuf>,
-    /// Save memory while the guest runs (longer, larger, no long pause).
-    pub live: bool,
-    /// The overlays exist already (made by fi-backup): libvirt takes them
-    /// as they are (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT).
-    pub reuse: bool,
-}
-
-/// The `<domainsnapshot>` document: memory (when given) and disks. Pure.
-pub fn snapshot_xml(disks: &[SnapshotDisk], memory: Option<&std::path::Path>) -> String {
-    let mut xml = String::from("<domainsnapshot>\n");
-    if let Some(m) = memory {
-        xml.push_str(&format!(
-            "  <memory snapshot='external' file='{}'/>\n",
-            escape(&m.to_string_lossy())
-        ));
-    }
-    xml.push_str("  <disks>\n");
-    for d in disks {
-        match d {
-            SnapshotDisk::External { target, overlay } => xml.push_str(&format!(
-                "    <disk name='{}' snapshot='external' type='file'>\n      \
-                 <driver type='qcow2'/>\n      <source file='{}'/>\n    </disk>\n",
-                escape(target),
-                escape(&overlay.to_string_lossy())
-            )),
-            SnapshotDisk::Skip { target } => xml.push_str(&format!(
-                "    <disk name='{}' snapshot='no'/>\n",
-                escape(target)
-            )),
-        }
-    }
-    xml.push_str("  </disks>\n</domainsnapshot>\n");
-    xml
-}
-
-/// Escapes text for an XML attribute in single quotes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_xml_escapes_paths() {
-        let xml = snapshot_xml(
-            &[
-                SnapshotDisk::External {
-                    target: "vda".into(),
-                    overlay: "/v/it's <a>.bimg-1".into(),
-                },
-                SnapshotDisk::Skip {
-                    target: "hdc".into(),
-                },
-            ],
-            Some(std::path::Path::new("/s/it's \"state\"")),
-        );
-        let doc = roxmltree::Document::parse(&xml).unwrap();
-        let src = doc
-            .descendants()
-            .find(|n| n.has_tag_name("source"))
-            .unwrap();
-        assert_eq!(src.attribute("file"), Some("/v/it's <a>.bimg-1"));
-        assert!(xml.contains("<disk name='hdc' snapshot='no'/>"));
-        let mem = doc
-            .descendants()
-            .find(|n| n.has_tag_name("memory"))
-            .unwrap();
-        assert_eq!(mem.attribute("file"), Some("/s/it's \"state\""));
     }
 }

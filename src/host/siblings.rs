@@ -13,7 +13,6 @@
 //! new overlay is only ever its own domain's top.
 
 use crate::host::chain::SourceId;
-use crate::host::domain;
 use crate::host::libvirt::Libvirt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -52,7 +51,7 @@ impl Siblings {
             // once.
             let mut read = std::collections::HashSet::new();
             for xml in xmls {
-                match xml.and_then(|x| domain::parse_domain_xml(&x)) {
+                match xml.and_then(|x| crate::host::domxml::parse_domain_xml(&x)) {
                     Ok(facts) => {
                         for d in &facts.disks {
                             let Some(src) = d.source.as_ref() else {

@@ -20,7 +20,6 @@ use crate::backup::plan::DiskChain;
 use crate::cmd::config::Method;
 use crate::error::{Error, Result};
 use crate::host::chain::ChainFile;
-use crate::host::domain;
 use crate::host::ffi::libvirt as blockjob;
 use crate::host::libvirt::Dom;
 use crate::host::siblings::Siblings;
@@ -776,7 +775,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
 /// was started meanwhile, the old definition is put back and this fails.
 fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     let xml = dom.inactive_xml()?;
-    let facts = domain::parse_domain_xml(&xml)?;
+    let facts = crate::host::domxml::parse_domain_xml(&xml)?;
     let Some(disk) = facts.disks.iter().find(|d| d.target == target) else {
         return Err(Error::Job(format!(
             "the persistent definition no longer has disk {target}"
@@ -789,7 +788,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
     {
         return Ok(());
     }
-    let mut new = crate::cmd::restore::rewrite_domain_xml(
+    let mut new = crate::host::domxml::rewrite_domain_xml(
         &xml,
         &[(target.to_string(), image.path.clone(), image.format.clone())],
         None,
@@ -798,7 +797,7 @@ fn define_disk(dom: &Dom, target: &str, image: &ChainFile) -> Result<()> {
         None,
     )?;
     if image.id.block {
-        new = crate::cmd::restore::as_block_disk(&new, target)?;
+        new = crate::host::domxml::as_block_disk(&new, target)?;
     }
     dom.redefine(&new)?;
     if dom.is_active()? {
