@@ -1,5 +1,5 @@
 //! The one executor loop. A plan is a list of steps, decided before
-//! anything is done; every executor (backup, sync, prune) runs its list
+//! anything is done; every executor (backup, consolidation, sync, prune) runs its list
 //! through `run`, which says each step and does it, or, in a dry run, says
 //! what it would do and does nothing. So a dry run names exactly the steps
 //! a real run takes, in its order (as just's `recipe.rs` runs a recipe's

@@ -436,19 +436,25 @@ fn consolidate_domain(
         }
         return Ok(());
     }
-    if config.dry_run {
-        consolidate::dry_run(name, &plan, how);
-        return Ok(());
-    }
-    let result = if active {
-        let opts = consolidate::Options {
+    let mode = if active {
+        consolidate::Mode::Live(consolidate::Options {
             bandwidth_mib: config.bandwidth_mib,
             timeout: config.timeout,
-        };
-        consolidate::execute(dom, &plan, opts, &mut ledger, &config.state_dir)
+        })
     } else {
-        consolidate::execute_offline(dom, &plan, &mut ledger, &config.state_dir)
+        consolidate::Mode::Offline
     };
+    let result = consolidate::run(
+        dom,
+        &plan,
+        mode,
+        &mut ledger,
+        &config.state_dir,
+        config.dry_run,
+    );
+    if config.dry_run {
+        return result;
+    }
     // What it did, as the domain and the files are now (after a failure
     // too).
     if let Some(m) = report.consolidation.as_mut() {

@@ -25,6 +25,7 @@ use crate::host::libvirt::Dom;
 use crate::host::siblings::Siblings;
 use crate::merge::journal::{self, BaseChange, Entry, Journal, Link, Settlement};
 use crate::state::ledger::{Base, Held, Ledger};
+use crate::steps;
 use crate::store::naming;
 
 use std::path::{Path, PathBuf};
@@ -454,27 +455,107 @@ pub fn after_snapshot(
     (disks, ledger)
 }
 
-/// --dry-run: says what `execute` (or `execute_offline`, `how` says which)
-/// would do with `plan`, one line a step, and does nothing.
-pub fn dry_run(domain: &str, plan: &DomainPlan, how: &str) {
-    for p in &plan.disks {
-        log::info!(
-            "[dry run] {domain}: would consolidate {} ({}{how}): {}, then run on '{}'",
-            p.target,
-            p.job.name(),
-            show_chain(&p.chain),
-            p.result.display(),
-        );
-        for f in &p.delete {
-            log::info!("[dry run] {domain}: would delete '{}'", f.display());
-        }
-        for (f, why) in &p.leave {
-            log::info!("[dry run] {domain}: would leave '{}' ({why})", f.display());
+/// How a domain's disks are consolidated: live, by libvirt's block jobs
+/// (in parallel), or shut off, by qemu-img (one disk after another).
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// The domain runs.
+    Live(Options),
+    /// The domain is shut off.
+    Offline,
+}
+
+/// A step of a domain's consolidation, as `steps::run` says and does it.
+enum Step<'a> {
+    /// A disk the plan refused: reported, and the run fails for it.
+    Refuse(&'a Refusal),
+    /// The journal, written before any job: a run killed from then on is
+    /// finished or undone by the next one (`journal::reconcile`).
+    Journal,
+    /// Every disk's job, then its settlement: what the ledger learns, what
+    /// is deleted, what the journal keeps. One step, so that jobs that ran
+    /// are always settled in the same run.
+    Disks(&'a [DiskPlan], Mode),
+}
+
+impl steps::Said for Step<'_> {
+    fn lines(&self) -> Vec<String> {
+        match self {
+            Step::Refuse(r) => vec![format!("refuse {}: {}", r.target, r.why)],
+            Step::Journal => Vec::new(),
+            Step::Disks(plans, mode) => {
+                let how = match mode {
+                    Mode::Live(_) => "",
+                    Mode::Offline => " (shut off: offline, with qemu-img)",
+                };
+                let mut lines = Vec::new();
+                for p in plans.iter() {
+                    lines.push(format!(
+                        "consolidate {} ({}{how}): {}, then run on '{}'",
+                        p.target,
+                        p.job.name(),
+                        show_chain(&p.chain),
+                        p.result.display(),
+                    ));
+                    lines.extend(p.delete.iter().map(|f| format!("delete '{}'", f.display())));
+                    lines.extend(
+                        p.leave
+                            .iter()
+                            .map(|(f, why)| format!("leave '{}' ({why})", f.display())),
+                    );
+                }
+                lines
+            }
         }
     }
-    for r in &plan.refused {
-        log::info!("[dry run] {domain}: would refuse {}: {}", r.target, r.why);
+}
+
+/// Carries out `plan` on `dom` through the one executor loop (with
+/// `dry_run`, says each step and does nothing): refusals reported, the
+/// journal written, the jobs run and settled. Deleted files are removed
+/// from the ledger, which is saved. Every disk is tried unless QEMU is
+/// gone; the error lists the disks that failed or were refused.
+pub fn run(
+    dom: &Dom,
+    plan: &DomainPlan,
+    mode: Mode,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+    dry_run: bool,
+) -> Result<()> {
+    let offline = matches!(mode, Mode::Offline);
+    let journal = Journal {
+        domain: dom.name.clone(),
+        uuid: ledger.uuid.clone(),
+        entries: plan
+            .disks
+            .iter()
+            .map(|p| journal_entry(p, offline))
+            .collect(),
+    };
+    let mut list: Vec<Step> = plan.refused.iter().map(Step::Refuse).collect();
+    if !plan.disks.is_empty() {
+        list.push(Step::Journal);
+        list.push(Step::Disks(&plan.disks, mode));
     }
+    let mut failed: Vec<String> = Vec::new();
+    steps::run(&dom.name, &list, dry_run, |step| {
+        match step {
+            Step::Refuse(r) => {
+                log::error!("domain '{}': {}: {}", dom.name, r.target, r.why);
+                failed.push(r.target.clone());
+            }
+            Step::Journal => journal.save(state_dir)?,
+            Step::Disks(plans, Mode::Live(opts)) => {
+                failed.extend(execute(dom, plans, *opts, ledger, state_dir, &journal)?)
+            }
+            Step::Disks(plans, Mode::Offline) => {
+                failed.extend(execute_offline(dom, plans, ledger, state_dir, &journal)?)
+            }
+        }
+        Ok(())
+    })?;
+    outcome(dom, &failed)
 }
 
 /// The journal entry of a disk's plan (`offline`: run with qemu-img on a
@@ -498,30 +579,16 @@ pub fn journal_entry(p: &DiskPlan, offline: bool) -> Entry {
     }
 }
 
-/// Runs the plans on `dom`. Deleted files are removed from the ledger,
-/// which is saved. Every disk is tried unless QEMU is gone; the error lists
-/// the disks that failed or were refused.
-pub fn execute(
+/// Runs the jobs of a running domain's disks (their `journal` saved) and
+/// settles each; returns the disks that failed.
+fn execute(
     dom: &Dom,
-    plan: &DomainPlan,
+    plans: &[DiskPlan],
     opts: Options,
     ledger: &mut Ledger,
     state_dir: &Path,
-) -> Result<()> {
-    for r in &plan.refused {
-        log::error!("domain '{}': {}: {}", dom.name, r.target, r.why);
-    }
-    let plans = &plan.disks;
-    // Journal first: a run killed from here on is finished or undone by the
-    // next one (journal::reconcile).
-    let journal = Journal {
-        domain: dom.name.clone(),
-        uuid: ledger.uuid.clone(),
-        entries: plans.iter().map(|p| journal_entry(p, false)).collect(),
-    };
-    if !plans.is_empty() {
-        journal.save(state_dir)?;
-    }
+    journal: &Journal,
+) -> Result<Vec<String>> {
     let results = run_jobs(dom, plans, opts);
     crate::fault::check("after-pivot")?;
     // Re-read before deleting anything: a domain that is gone now (QEMU
@@ -529,7 +596,7 @@ pub fn execute(
     let alive = plans
         .first()
         .map_or(true, |p| still_running(dom, &p.target).unwrap_or(false));
-    let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
+    let mut failed = Vec::new();
     let settled = settle_all(dom, plans, &results, alive);
     record_bases(&dom.name, &settled, ledger, state_dir)?;
     for ((p, s), result) in settled.iter().zip(results) {
@@ -556,8 +623,8 @@ pub fn execute(
         .map(|(p, _)| p.target.as_str())
         .collect();
     ledger.save(state_dir)?;
-    finish_journal(dom, journal, &unsettled, alive, ledger, state_dir)?;
-    outcome(dom, &failed)
+    finish_journal(dom, journal.clone(), &unsettled, alive, ledger, state_dir)?;
+    Ok(failed)
 }
 
 /// Each disk's settlement (`journal::settle_online`) from its job's result.
@@ -617,35 +684,26 @@ fn outcome(dom: &Dom, failed: &[String]) -> Result<()> {
     }
 }
 
-/// Consolidates a shut-off domain's disks with qemu-img, under the domain
-/// lock, one disk after another: a commit-below is `qemu-img commit -b
-/// <base>` of the file below the top, then `qemu-img rebase -u` of the top
-/// onto the base; a commit-all commits the top down into the base and points
-/// the persistent XML at the base; a pull is a `qemu-img rebase -b ''` of
-/// the top. Every state in between is a valid chain that reads the same.
-/// qemu-img holds QEMU's image locks while it works, so the domain cannot
-/// start on a chain being changed; its state is checked before and after
-/// each step, and nothing is deleted once it has started.
-pub fn execute_offline(
+/// Consolidates a shut-off domain's disks with qemu-img (their `journal`
+/// saved), under the domain lock, one disk after another: a commit-below is
+/// `qemu-img commit -b <base>` of the file below the top, then `qemu-img
+/// rebase -u` of the top onto the base; a commit-all commits the top down
+/// into the base and points the persistent XML at the base; a pull is a
+/// `qemu-img rebase -b ''` of the top. Every state in between is a valid
+/// chain that reads the same. qemu-img holds QEMU's image locks while it
+/// works, so the domain cannot start on a chain being changed; its state is
+/// checked before and after each step, and nothing is deleted once it has
+/// started. Returns the disks that failed.
+fn execute_offline(
     dom: &Dom,
-    plan: &DomainPlan,
+    plans: &[DiskPlan],
     ledger: &mut Ledger,
     state_dir: &Path,
-) -> Result<()> {
-    for r in &plan.refused {
-        log::error!("domain '{}': {}: {}", dom.name, r.target, r.why);
-    }
-    let mut journal = Journal {
-        domain: dom.name.clone(),
-        uuid: ledger.uuid.clone(),
-        entries: plan.disks.iter().map(|p| journal_entry(p, true)).collect(),
-    };
-    if !plan.disks.is_empty() {
-        journal.save(state_dir)?;
-    }
-    let mut failed: Vec<String> = plan.refused.iter().map(|r| r.target.clone()).collect();
+    journal: &Journal,
+) -> Result<Vec<String>> {
+    let mut failed = Vec::new();
     let mut results = Vec::new();
-    for p in &plan.disks {
+    for p in plans {
         let r = offline_disk(dom, p);
         if let Err(e) = &r {
             log::error!("{e}");
@@ -653,7 +711,7 @@ pub fn execute_offline(
         results.push(r.is_ok());
     }
     let settle = |started: bool| -> Vec<(&DiskPlan, Settlement)> {
-        plan.disks
+        plans
             .iter()
             .zip(&results)
             .map(|(p, ok)| {
@@ -684,9 +742,10 @@ pub fn execute_offline(
         }
     }
     ledger.save(state_dir)?;
+    let mut journal = journal.clone();
     journal.entries.clear();
     journal.save(state_dir)?;
-    outcome(dom, &failed)
+    Ok(failed)
 }
 
 /// One disk of a shut-off domain: the qemu-img steps, the persistent XML,
