@@ -421,11 +421,6 @@ fn consolidate_domain(
             pull_devices: config.pull_devices,
         },
     );
-    let how = if active {
-        ""
-    } else {
-        " (shut off: offline, with qemu-img)"
-    };
     say_planned(name, &plan, config.dry_run);
     report.consolidation = Some(planned_report(&plan, config, active));
     if plan.disks.is_empty() && plan.refused.is_empty() {
@@ -436,22 +431,15 @@ fn consolidate_domain(
         }
         return Ok(());
     }
-    let mode = if active {
-        consolidate::Mode::Live(consolidate::Options {
+    let mode = match active {
+        true => consolidate::Mode::Live(consolidate::Options {
             bandwidth_mib: config.bandwidth_mib,
             timeout: config.timeout,
-        })
-    } else {
-        consolidate::Mode::Offline
+        }),
+        false => consolidate::Mode::Offline,
     };
-    let result = consolidate::run(
-        dom,
-        &plan,
-        mode,
-        &mut ledger,
-        &config.state_dir,
-        config.dry_run,
-    );
+    let state = &config.state_dir;
+    let result = consolidate::run(dom, &plan, mode, &mut ledger, state, config.dry_run);
     if config.dry_run {
         return result;
     }
@@ -461,7 +449,7 @@ fn consolidate_domain(
         merged(dom, active, &plan, m);
     }
     result?;
-    say_consolidated(name, &plan, how);
+    say_consolidated(name, &plan, active);
     Ok(())
 }
 
@@ -554,7 +542,11 @@ fn planned_report(plan: &consolidate::DomainPlan, config: &Config, active: bool)
 }
 
 /// What a consolidation did, and what the next backup copies.
-fn say_consolidated(name: &str, plan: &consolidate::DomainPlan, how: &str) {
+fn say_consolidated(name: &str, plan: &consolidate::DomainPlan, active: bool) {
+    let how = match active {
+        true => "",
+        false => " (shut off: offline, with qemu-img)",
+    };
     let on: Vec<String> = plan
         .disks
         .iter()
