@@ -424,11 +424,13 @@ fn label(v: &str) -> String {
 }
 
 /// Writes `text` to `path` atomically for the textfile collector: a
-/// temporary name in the same directory (a dot file not ending in `.prom`,
-/// which the collector skips), mode 0644, flushed, then renamed over.
+/// temporary file created exclusively in the same directory
+/// (`fsutil::TempFile`: no symlink followed, a dot file not ending in
+/// `.prom`, which the collector skips), made 0644, flushed, then renamed
+/// over.
 pub fn write_metrics(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -436,28 +438,13 @@ pub fn write_metrics(path: &Path, text: &str) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Name(format!("'{}' is no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The umask must not narrow it: the collector may run as another user.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("cannot write the metrics file", path, e)
-    })
+    let mut tmp = crate::store::fsutil::TempFile::create(dir, &name.to_string_lossy())?;
+    // The umask must not narrow it: the collector may run as another user.
+    tmp.file
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| tmp.file.write_all(text.as_bytes()))
+        .map_err(|e| Error::io("cannot write the metrics file", &tmp.path, e))?;
+    tmp.replace(path)
 }
 
 /// The metrics file of `report`, written to `path` after reading each

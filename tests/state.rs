@@ -3,12 +3,14 @@
 mod common;
 
 use common::*;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 /// Watches a domain's lifecycle events; returns the pause window (Suspended
-/// to Resumed) seen while `f` ran, in milliseconds.
+/// to Resumed) seen while `f` ran, in milliseconds. Readiness, not sleeps:
+/// `f` runs once the watcher has reported an event the test caused (a title
+/// set on the live domain), and the watch ends when it has reported the
+/// Resumed event.
 fn pause_window(dom: &str, f: impl FnOnce()) -> f64 {
     let mut watch = Command::new("virsh")
         .args([
@@ -17,26 +19,49 @@ fn pause_window(dom: &str, f: impl FnOnce()) -> f64 {
             "event",
             "--domain",
             dom,
-            "--event",
-            "lifecycle",
+            "--all",
             "--loop",
             "--timestamp",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    // The watcher subscribes at some point after it starts: a title set
+    // before then is never reported, so it is set again until one is.
+    let mut title = 0;
+    while !lines_until(&rx, &mut seen, "metadata-change", 500) {
+        title += 1;
+        assert!(
+            title <= 60,
+            "the event watcher never reported a title change"
+        );
+        virsh(&[
+            "desc",
+            dom,
+            "--live",
+            "--title",
+            &format!("watched {title}"),
+        ]);
+    }
     f();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        lines_until(&rx, &mut seen, "Resumed", 30_000),
+        "no Resumed event in:\n{}",
+        seen.join("\n")
+    );
     watch.kill().unwrap();
-    let mut out = String::new();
-    watch
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
     let _ = watch.wait();
+    let out = seen.join("\n");
     let at = |word: &str| -> f64 {
         let line = out
             .lines()
@@ -50,6 +75,25 @@ fn pause_window(dom: &str, f: impl FnOnce()) -> f64 {
         (parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0
     };
     at("Resumed") - at("Suspended")
+}
+
+/// Collects the watcher's lines into `seen` until one holds `word`
+/// (true), or `ms` milliseconds pass (false).
+fn lines_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    word: &str,
+    ms: u64,
+) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while !seen.iter().any(|l| l.contains(word)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// -s on a running two-disk domain (64 MiB), into a directory whose name has
