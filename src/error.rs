@@ -1,63 +1,93 @@
 //! The one error type. Every message is a sentence that names the thing that
 //! failed and, where it matters, the state that was left behind.
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// Everything that can go wrong in fi-backup.
-#[derive(Debug)]
+/// Everything that can go wrong in fi-backup. Each variant's message is
+/// its `#[error]` line (thiserror writes the `Display` and `source`).
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The command line is wrong (bad combination, missing directory, ...).
+    #[error("{0}")]
     Usage(String),
     /// A libvirt call failed. `code` is libvirt's error number: decisions
     /// are made on it, never on `message`, which libvirtd translates into its
     /// own locale.
+    #[error("{what}: {message}")]
     Libvirt {
         what: String,
         message: String,
         code: virt::error::ErrorNumberEnum,
     },
     /// A domain named on the command line does not exist.
+    #[error("domain '{0}' does not exist")]
     NoSuchDomain(String),
     /// An external program could not be started at all.
+    #[error("could not start `{command}`: {source}")]
     CommandStart { command: String, source: io::Error },
     /// An external program ran and exited non-zero.
+    #[error("`{command}` failed ({status}){}", after(": ", .stderr.trim()))]
     CommandFailed {
         command: String,
         status: String,
         stderr: String,
     },
     /// A file system operation failed on `path`.
+    #[error("{what} '{}': {source}", .path.display())]
     Io {
         what: String,
         path: PathBuf,
         source: io::Error,
     },
     /// Another fi-backup run holds the domain's lock.
+    #[error(
+        "another fi-backup run holds the lock of domain '{domain}' ({}); skipping it",
+        .lock.display()
+    )]
     Locked { domain: String, lock: PathBuf },
     /// A name or path we cannot use as one (a domain name that is no
     /// directory name, a NUL byte).
+    #[error("{0}")]
     Name(String),
     /// A backup file would be replaced: it never is.
+    #[error("'{}' already exists; a backup file is never replaced", .0.display())]
     Exists(PathBuf),
     /// A directory we need is something else (symlinks are not followed).
+    #[error(
+        "'{}' exists and is not a directory (symlinks are not followed here)",
+        .0.display()
+    )]
     NotADirectory(PathBuf),
     /// fi-backup's own state or records cannot be read or trusted.
+    #[error("{0}")]
     State(String),
     /// A backing chain fails its checks (a loop, no recorded format, a
     /// network backing, ...).
+    #[error("{0}")]
     Chain(String),
     /// A domain XML cannot be read.
+    #[error("{0}")]
     Xml(String),
     /// qemu-img is missing or said something we cannot read.
+    #[error("{0}")]
     QemuImg(String),
     /// A source changed while it was copied, or a copy is not what was
     /// asked for: the copy is not published.
+    #[error("{0}")]
     Copy(String),
     /// A block job or an offline consolidation step did not end as planned.
+    #[error("{0}")]
     Job(String),
     /// The backup directory has less free space than the copies need.
+    #[error(
+        "'{}' has {} free, and this backup copies up to {} (the allocated size of the \
+         files to copy, and 1 MiB for the record): free space there or use another \
+         backup directory",
+        .dir.display(),
+        crate::units::human_bytes(*.free),
+        crate::units::human_bytes(*.need)
+    )]
     NoRoom {
         /// The directory.
         dir: PathBuf,
@@ -67,26 +97,68 @@ pub enum Error {
         free: u64,
     },
     /// Our own state or record could not be encoded.
+    #[error("{0}")]
     Encode(String),
     /// A sync destination (a directory or an rclone remote) refused, or
     /// holds what a sync cannot take as its own.
+    #[error("{0}")]
     Far(String),
     /// A plan and what it found disagree (a bug, or files changed under
     /// it): nothing further is done.
+    #[error("internal: {0}")]
     Internal(String),
     /// A test fault point asked for this failure (FI_BACKUP_TEST_FAULT).
+    #[error("{0}")]
     Injected(String),
     /// SIGINT or SIGTERM asked the run to stop.
+    #[error("interrupted by {}; stopped at a safe point", signal_name(*.0))]
     Interrupted(i32),
     /// Something about one domain failed: `message` says what fi-backup was
     /// doing or found, `cause` (kept whole, so its libvirt code can still be
     /// matched) what failed under it, and `left` what was left behind.
+    #[error("domain '{domain}': {message}{}", domain_tail(.message, .cause, .left))]
     Domain {
         domain: String,
         message: String,
+        #[source]
         cause: Option<Box<Error>>,
         left: Option<String>,
     },
+}
+
+/// `text` after `sep`, or nothing when `text` is empty.
+fn after(sep: &str, text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("{sep}{text}")
+    }
+}
+
+/// What follows a domain error's message: its cause (after ": " when
+/// there is a message) and what was left behind (after "; ").
+fn domain_tail(message: &str, cause: &Option<Box<Error>>, left: &Option<String>) -> String {
+    let mut out = String::new();
+    if let Some(c) = cause {
+        if !message.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c.to_string());
+    }
+    if let Some(l) = left {
+        out.push_str("; ");
+        out.push_str(l);
+    }
+    out
+}
+
+/// The name of the signal that stopped a run.
+fn signal_name(sig: i32) -> &'static str {
+    if sig == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
 }
 
 impl Error {
@@ -196,105 +268,6 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Usage(m) => write!(f, "{m}"),
-            Error::Libvirt { what, message, .. } => write!(f, "{what}: {message}"),
-            Error::NoSuchDomain(d) => write!(f, "domain '{d}' does not exist"),
-            Error::CommandStart { command, source } => {
-                write!(f, "could not start `{command}`: {source}")
-            }
-            Error::CommandFailed {
-                command,
-                status,
-                stderr,
-            } => {
-                write!(f, "`{command}` failed ({status})")?;
-                if !stderr.trim().is_empty() {
-                    write!(f, ": {}", stderr.trim())?;
-                }
-                Ok(())
-            }
-            Error::Io { what, path, source } => {
-                write!(f, "{what} '{}': {source}", path.display())
-            }
-            Error::Locked { domain, lock } => write!(
-                f,
-                "another fi-backup run holds the lock of domain '{domain}' ({}); skipping it",
-                lock.display()
-            ),
-            Error::Exists(p) => write!(
-                f,
-                "'{}' already exists; a backup file is never replaced",
-                p.display()
-            ),
-            Error::NotADirectory(p) => write!(
-                f,
-                "'{}' exists and is not a directory (symlinks are not followed here)",
-                p.display()
-            ),
-            Error::Name(m)
-            | Error::State(m)
-            | Error::Chain(m)
-            | Error::Xml(m)
-            | Error::QemuImg(m)
-            | Error::Copy(m)
-            | Error::Job(m)
-            | Error::Encode(m)
-            | Error::Far(m)
-            | Error::Injected(m) => write!(f, "{m}"),
-            Error::Internal(m) => write!(f, "internal: {m}"),
-            Error::Interrupted(sig) => write!(
-                f,
-                "interrupted by {}; stopped at a safe point",
-                if *sig == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                }
-            ),
-            Error::NoRoom { dir, need, free } => write!(
-                f,
-                "'{}' has {} free, and this backup copies up to {} (the allocated size of the \
-                 files to copy, and 1 MiB for the record): free space there or use another \
-                 backup directory",
-                dir.display(),
-                crate::units::human_bytes(*free),
-                crate::units::human_bytes(*need)
-            ),
-            Error::Domain {
-                domain,
-                message,
-                cause,
-                left,
-            } => {
-                write!(f, "domain '{domain}': {message}")?;
-                if let Some(cause) = cause {
-                    if !message.is_empty() {
-                        write!(f, ": ")?;
-                    }
-                    write!(f, "{cause}")?;
-                }
-                if let Some(left) = left {
-                    write!(f, "; {left}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Domain { cause: Some(c), .. } => Some(c.as_ref()),
-            Error::Io { source, .. } | Error::CommandStart { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
 /// Result with our error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -366,6 +339,47 @@ mod tests {
         );
         assert_eq!(own.libvirt_code(), None);
         assert!(!own.is_usage());
+    }
+
+    /// What each kind of error says (the messages admins and tests read).
+    #[test]
+    fn every_kind_says_what_failed() {
+        let io = || io::Error::from_raw_os_error(libc::ENOENT);
+        let enoent = io().to_string();
+        let s = String::from;
+        #[rustfmt::skip]
+        let table: Vec<(Error, String)> = vec![
+            (Error::Usage(s("bad")), s("bad")),
+            (Error::NoSuchDomain(s("vm")), s("domain 'vm' does not exist")),
+            (Error::CommandStart { command: s("qemu-img info"), source: io() },
+             format!("could not start `qemu-img info`: {enoent}")),
+            (Error::CommandFailed { command: s("x y"), status: s("exit status: 1"), stderr: s(" oops\n") },
+             s("`x y` failed (exit status: 1): oops")),
+            (Error::CommandFailed { command: s("x"), status: s("exit status: 2"), stderr: s(" \n") },
+             s("`x` failed (exit status: 2)")),
+            (Error::io("cannot open", "/a b", io()), format!("cannot open '/a b': {enoent}")),
+            (Error::Locked { domain: s("vm"), lock: "/run/l".into() },
+             s("another fi-backup run holds the lock of domain 'vm' (/run/l); skipping it")),
+            (Error::Exists("/b/f".into()), s("'/b/f' already exists; a backup file is never replaced")),
+            (Error::NotADirectory("/b".into()),
+             s("'/b' exists and is not a directory (symlinks are not followed here)")),
+            (Error::Chain(s("a loop")), s("a loop")),
+            (Error::Internal(s("x")), s("internal: x")),
+            (Error::Interrupted(libc::SIGINT), s("interrupted by SIGINT; stopped at a safe point")),
+            (Error::Interrupted(libc::SIGTERM), s("interrupted by SIGTERM; stopped at a safe point")),
+            (Error::NoRoom { dir: "/b".into(), need: 2 << 20, free: 1 << 20 },
+             format!("'/b' has {} free, and this backup copies up to {} (the allocated size of the \
+                      files to copy, and 1 MiB for the record): free space there or use another \
+                      backup directory",
+                     crate::units::human_bytes(1 << 20), crate::units::human_bytes(2 << 20))),
+            (Error::in_domain("vm", "", Error::Job(s("gone"))), s("domain 'vm': gone")),
+            (Error::in_domain("vm", "disk vda", Error::Job(s("gone"))), s("domain 'vm': disk vda: gone")),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.to_string(), want, "{e:?}");
+        }
+        assert!(std::error::Error::source(&Error::io("x", "/", io())).is_some());
+        assert!(std::error::Error::source(&Error::Chain(s("x"))).is_none());
     }
 
     #[test]
