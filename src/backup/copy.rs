@@ -292,15 +292,7 @@ fn read_pieces(
                 return Ok(()); // the writer stopped; it reports why
             };
             let want = usize::try_from((hole - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let n = src
-                .read_at(&mut buf[..want], pos)
-                .map_err(|e| Error::io("cannot read", src_path, e))?;
-            if n == 0 {
-                return Err(Error::Copy(format!(
-                    "'{}' ended early at byte {pos} (truncated while copying?)",
-                    src_path.display()
-                )));
-            }
+            let n = read_some(src, &mut buf[..want], pos, src_path)?;
             if let Some(h) = hasher.as_deref_mut() {
                 h.update(&buf[..n]);
             }
@@ -321,6 +313,21 @@ fn read_pieces(
         }
     }
     Ok(())
+}
+
+/// Reads into `buf` at `pos`: at least one byte, or an error (a source
+/// that ends early was truncated while it was copied).
+fn read_some(src: &File, buf: &mut [u8], pos: u64, src_path: &Path) -> Result<usize> {
+    let n = src
+        .read_at(buf, pos)
+        .map_err(|e| Error::io("cannot read", src_path, e))?;
+    if n == 0 {
+        return Err(Error::Copy(format!(
+            "'{}' ended early at byte {pos} (truncated while copying?)",
+            src_path.display()
+        )));
+    }
+    Ok(n)
 }
 
 /// The writer stage: writes, starts writeback at once, and keeps at most

@@ -752,8 +752,7 @@ fn execute_offline(
 /// then the chain read back.
 fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     let t = &p.target;
-    let n = p.chain.len();
-    let (top, base) = (&p.chain[0], &p.chain[n - 1]);
+    let top = &p.chain[0];
     // The step's own error stays the cause; the chain is read after it.
     let fail = |cause: Error| Error::Domain {
         domain: dom.name.clone(),
@@ -764,13 +763,13 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
             offline_chain_now(dom, p)
         )),
     };
-    let stopped = || -> Result<()> {
-        match dom.is_active() {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(fail(Error::Job("the domain was started meanwhile".into()))),
-            Err(e) => Err(fail(e)),
+    let still_off = || -> Result<()> {
+        match dom.is_active()? {
+            false => Ok(()),
+            true => Err(Error::Job("the domain was started meanwhile".into())),
         }
     };
+    let stopped = || still_off().map_err(fail);
     stopped()?;
     log::debug!(
         "Offline consolidation of {t} of '{}' ({}) started",
@@ -783,24 +782,7 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
     // as <backingStore> in its persistent definition, and at start trusts
     // it over the images.)
     define_disk(dom, &p.target, top).map_err(fail)?;
-    let step = match p.job {
-        Job::CommitBelow => {
-            let below = &p.chain[1];
-            crate::host::qemu_img::commit(&below.path, &below.format, &base.path).and_then(|()| {
-                crate::fault::kill_point("kill-mid-offline");
-                crate::fault::hold("hold-mid-offline");
-                stopped()?;
-                crate::host::qemu_img::rebase_unsafe(
-                    &top.path,
-                    &base.path.to_string_lossy(),
-                    &base.format,
-                )
-            })
-        }
-        Job::CommitAll => crate::host::qemu_img::commit(&top.path, &top.format, &base.path),
-        Job::Pull => crate::host::qemu_img::pull_into(&top.path),
-    };
-    step.map_err(fail)?;
+    offline_step(p, &still_off).map_err(fail)?;
     crate::fault::kill_point("kill-after-offline-step");
     stopped()?;
     let result = p
@@ -809,8 +791,32 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .find(|f| f.path == p.result)
         .expect("the result is in the chain");
     define_disk(dom, &p.target, result).map_err(fail)?;
-    let now: Vec<PathBuf> = crate::host::chain::read_chain(&p.result, &result.format)
-        .map_err(fail)?
+    read_back(p, result).map_err(fail)
+}
+
+/// The qemu-img step of a shut-off disk's job (`still_off` checked between
+/// a commit-below's two steps).
+fn offline_step(p: &DiskPlan, still_off: &dyn Fn() -> Result<()>) -> Result<()> {
+    let (top, base) = (&p.chain[0], &p.chain[p.chain.len() - 1]);
+    match p.job {
+        Job::CommitBelow => {
+            let below = &p.chain[1];
+            crate::host::qemu_img::commit(&below.path, &below.format, &base.path)?;
+            crate::fault::kill_point("kill-mid-offline");
+            crate::fault::hold("hold-mid-offline");
+            still_off()?;
+            let base_name = base.path.to_string_lossy();
+            crate::host::qemu_img::rebase_unsafe(&top.path, &base_name, &base.format)
+        }
+        Job::CommitAll => crate::host::qemu_img::commit(&top.path, &top.format, &base.path),
+        Job::Pull => crate::host::qemu_img::pull_into(&top.path),
+    }
+}
+
+/// The chain of the disk's `result` as qemu-img reads it now, checked
+/// against what the plan expects.
+fn read_back(p: &DiskPlan, result: &ChainFile) -> Result<()> {
+    let now: Vec<PathBuf> = crate::host::chain::read_chain(&p.result, &result.format)?
         .into_iter()
         .map(|f| f.path)
         .collect();
@@ -819,11 +825,11 @@ fn offline_disk(dom: &Dom, p: &DiskPlan) -> Result<()> {
         .map(Path::to_path_buf)
         .collect();
     if now != expected {
-        return Err(fail(Error::Job(format!(
+        return Err(Error::Job(format!(
             "the chain read back is ({}), expected ({})",
             show_paths(&now),
             show_paths(&expected)
-        ))));
+        )));
     }
     Ok(())
 }
@@ -1038,26 +1044,7 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
     let started = Instant::now();
     let name = p.job.name();
     log::debug!("Consolidation of {t} of '{}' ({name}) started", dom.name);
-    let n = p.chain.len();
-    let start = match p.job {
-        // Into the file the plan chose (named only when files stay below
-        // it: the user's own snapshots); else the bottom of the chain.
-        Job::CommitAll => blockjob::start_commit(
-            raw,
-            t,
-            (!p.below.is_empty()).then(|| p.chain[n - 1].path.as_path()),
-            s.bandwidth_mib,
-        ),
-        Job::CommitBelow => blockjob::start_commit_below(
-            raw,
-            t,
-            &p.chain[1].path,
-            &p.chain[n - 1].path,
-            s.bandwidth_mib,
-        ),
-        Job::Pull => blockjob::start_pull(raw, t, s.bandwidth_mib),
-    };
-    if let Err(e) = start {
+    if let Err(e) = start_job(dom, p, s.bandwidth_mib) {
         return Err(failure(dom, p, e));
     }
     crate::fault::kill_point("kill-mid-blockcommit");
@@ -1084,6 +1071,29 @@ fn consolidate_disk(dom: &Dom, p: &DiskPlan, s: Options) -> Result<()> {
         p.result.display()
     );
     Ok(())
+}
+
+/// Starts the block job of a running domain's disk.
+fn start_job(dom: &Dom, p: &DiskPlan, bandwidth_mib: u64) -> Result<()> {
+    let (raw, t, n) = (dom.raw(), &p.target, p.chain.len());
+    match p.job {
+        // Into the file the plan chose (named only when files stay below
+        // it: the user's own snapshots); else the bottom of the chain.
+        Job::CommitAll => blockjob::start_commit(
+            raw,
+            t,
+            (!p.below.is_empty()).then(|| p.chain[n - 1].path.as_path()),
+            bandwidth_mib,
+        ),
+        Job::CommitBelow => blockjob::start_commit_below(
+            raw,
+            t,
+            &p.chain[1].path,
+            &p.chain[n - 1].path,
+            bandwidth_mib,
+        ),
+        Job::Pull => blockjob::start_pull(raw, t, bandwidth_mib),
+    }
 }
 
 /// Whether the domain's QEMU still runs. Right after QEMU dies, a call to it

@@ -460,24 +460,7 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
             top,
             backing,
             format,
-        } => {
-            let top = Path::new(&top);
-            if !Path::new(&backing).is_file() {
-                return Err(Error::domain(
-                    &dom.name,
-                    format!(
-                        "{t}: QEMU stopped during its blockpull and '{}' lost its backing file '{backing}', which is missing; do not start the domain: its disk lacks the data below",
-                        top.display()
-                    ),
-                ));
-            }
-            crate::host::qemu_img::rebase_unsafe(top, &backing, &format)?;
-            log::warn!(
-                "Repaired {t} of '{}': QEMU stopped during its blockpull and '{}' had lost the reference to its backing file; it is back on '{backing}' ({format}), and reads as before the pull; nothing was deleted",
-                dom.name,
-                top.display()
-            );
-        }
+        } => restore_backing(dom, t, Path::new(&top), &backing, &format)?,
         Decision::KeepFiles => log::warn!(
             "The {} of {t} of '{}' finished, but QEMU did not stop cleanly afterwards; the files it made unused were left in place: {}",
             e.method.name(),
@@ -486,6 +469,28 @@ fn reconcile_disk(dom: &Dom, e: &Entry, ledger: &mut Ledger) -> Result<()> {
         ),
         Decision::FinishDeletion => finish_deletion(dom, e, ledger)?,
     }
+    Ok(())
+}
+
+/// Puts `top` back on its `backing` file, whose reference a blockpull
+/// stopped by QEMU's end had already dropped (the pull had not copied
+/// everything up): refused when that file is missing.
+fn restore_backing(dom: &Dom, t: &str, top: &Path, backing: &str, format: &str) -> Result<()> {
+    if !Path::new(backing).is_file() {
+        return Err(Error::domain(
+            &dom.name,
+            format!(
+                "{t}: QEMU stopped during its blockpull and '{}' lost its backing file '{backing}', which is missing; do not start the domain: its disk lacks the data below",
+                top.display()
+            ),
+        ));
+    }
+    crate::host::qemu_img::rebase_unsafe(top, backing, format)?;
+    log::warn!(
+        "Repaired {t} of '{}': QEMU stopped during its blockpull and '{}' had lost the reference to its backing file; it is back on '{backing}' ({format}), and reads as before the pull; nothing was deleted",
+        dom.name,
+        top.display()
+    );
     Ok(())
 }
 

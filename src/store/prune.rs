@@ -272,19 +272,7 @@ fn plan_merges(
     info: &HashMap<&str, &FileRecord>,
     out: &mut PrunePlan,
 ) -> std::result::Result<(), String> {
-    let mut exposed: HashSet<&str> = HashSet::new();
-    let mut children: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    for r in kept {
-        for d in &r.disks {
-            exposed.insert(d.chain[0].as_str());
-            for w in d.chain.windows(2) {
-                children
-                    .entry(w[1].as_str())
-                    .or_default()
-                    .insert(w[0].as_str());
-            }
-        }
-    }
+    let (exposed, children) = kept_shape(kept);
     let mut seen: HashSet<&str> = HashSet::new();
     for r in kept {
         for d in &r.disks {
@@ -335,6 +323,26 @@ fn plan_merges(
         }
     }
     Ok(())
+}
+
+/// The kept points' tops (what they expose), and the files that build on
+/// each file of their chains.
+#[allow(clippy::type_complexity)]
+fn kept_shape<'a>(kept: &[&'a Record]) -> (HashSet<&'a str>, HashMap<&'a str, BTreeSet<&'a str>>) {
+    let mut exposed: HashSet<&str> = HashSet::new();
+    let mut children: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for r in kept {
+        for d in &r.disks {
+            exposed.insert(d.chain[0].as_str());
+            for w in d.chain.windows(2) {
+                children
+                    .entry(w[1].as_str())
+                    .or_default()
+                    .insert(w[0].as_str());
+            }
+        }
+    }
+    (exposed, children)
 }
 
 /// The names in images/ that no kept record references once the merges

@@ -154,44 +154,66 @@ pub fn plan(
         .collect();
     let all: Vec<&str> = all.into_iter().collect();
     let keep = far_keeps(&all, policy);
-    // Points travel oldest first, so a home point older than the far
-    // side's newest was dropped there (or never taken): not sent again.
     let far_newest = far_by.keys().next_back().copied();
     // The far side as it will be: kept far records, then each sent one.
     let mut held: BTreeMap<String, Record> = BTreeMap::new();
     let mut present: HashMap<String, u64> = far.objects.clone();
     for (p, kept) in all.iter().zip(&keep) {
-        match (far_by.get(p), home_by.get(p), kept) {
-            (Some(r), _, true) => {
-                held.insert(p.to_string(), (*r).clone());
+        let older = far_newest.is_some_and(|n| *p < n);
+        match fate(far_by.get(p), home_by.get(p), *kept, older) {
+            Fate::KeepFar(r) => {
+                held.insert(p.to_string(), r.clone());
             }
-            (Some(_), _, false) => {
-                if out.held.is_none() {
-                    out.drop.push(p.to_string());
-                }
-            }
-            (None, Some(_), false) => out.not_sent.push((
-                p.to_string(),
-                "the far retention policy does not keep it".into(),
-            )),
-            (None, Some(_), true) if far_newest.is_some_and(|n| *p < n) => out.not_sent.push((
-                p.to_string(),
-                "it is older than the destination's newest point (the far side dropped it, or \
-                 never took it)"
-                    .into(),
-            )),
-            (None, Some(h), true) => {
+            Fate::DropFar if out.held.is_none() => out.drop.push(p.to_string()),
+            Fate::DropFar => {}
+            Fate::NotSent(why) => out.not_sent.push((p.to_string(), why.into())),
+            Fate::Send(h) => {
                 let send = send_point(p, h, (&home_by, &held), &mut present, far);
                 held.insert(p.to_string(), send.record.clone());
                 out.send.push(send);
             }
-            (None, None, _) => unreachable!("a point from neither side"),
         }
     }
     if out.held.is_none() {
         (out.stray_xml, out.delete) = unread_far(far, &held, &far_bad);
     }
     out
+}
+
+/// What becomes of one point.
+#[derive(Debug, PartialEq)]
+enum Fate<'a> {
+    /// The far record stays (the far policy keeps it).
+    KeepFar(&'a Record),
+    /// The far record goes (the far policy drops it).
+    DropFar,
+    /// The home point is not sent, and why.
+    NotSent(&'static str),
+    /// The home point is sent.
+    Send(&'a Record),
+}
+
+/// The fate of a point from its far record, its home record, whether the
+/// far policy keeps it, and whether it is older than the destination's
+/// newest point (points travel oldest first: such a point was dropped
+/// there, or never taken). Pure.
+fn fate<'a>(
+    far: Option<&&'a Record>,
+    home: Option<&&'a Record>,
+    kept: bool,
+    older_than_far_newest: bool,
+) -> Fate<'a> {
+    match (far, home, kept) {
+        (Some(r), _, true) => Fate::KeepFar(r),
+        (Some(_), _, false) => Fate::DropFar,
+        (None, Some(_), false) => Fate::NotSent("the far retention policy does not keep it"),
+        (None, Some(_), true) if older_than_far_newest => Fate::NotSent(
+            "it is older than the destination's newest point (the far side dropped it, or \
+             never took it)",
+        ),
+        (None, Some(h), true) => Fate::Send(h),
+        (None, None, _) => unreachable!("a point from neither side"),
+    }
 }
 
 /// Why nothing is dropped or deleted at the destination: records there
@@ -498,6 +520,43 @@ mod tests {
             left_out: Vec::new(),
             files,
             firmware: Vec::new(),
+        }
+    }
+
+    /// Each combination of where a point is, the far policy and its age
+    /// against the destination's newest point.
+    #[test]
+    fn each_points_fate() {
+        let (f, h) = (rec("far", &[("a", "1")]), rec("home", &[("a", "1")]));
+        let (fr, hr) = (&f, &h);
+        let not_kept = "the far retention policy does not keep it";
+        let older = "it is older than the destination's newest point (the far side dropped it, \
+                     or never took it)";
+        // far, home, kept by the far policy, older than the far newest, fate
+        type Row<'a> = (
+            Option<&'a &'a Record>,
+            Option<&'a &'a Record>,
+            bool,
+            bool,
+            Fate<'a>,
+        );
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            (Some(&fr), None, true, false, Fate::KeepFar(&f)),
+            (Some(&fr), Some(&hr), true, true, Fate::KeepFar(&f)),
+            (Some(&fr), None, false, false, Fate::DropFar),
+            (Some(&fr), Some(&hr), false, false, Fate::DropFar),
+            (None, Some(&hr), false, false, Fate::NotSent(not_kept)),
+            (None, Some(&hr), false, true, Fate::NotSent(not_kept)),
+            (None, Some(&hr), true, true, Fate::NotSent(older)),
+            (None, Some(&hr), true, false, Fate::Send(&h)),
+        ];
+        for (far, home, kept, old, want) in table {
+            assert_eq!(
+                fate(far, home, kept, old),
+                want,
+                "{far:?} {home:?} {kept} {old}"
+            );
         }
     }
 
