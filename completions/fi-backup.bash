@@ -503,7 +503,7 @@ _fi__backup() {
             return 0
             ;;
         fi__backup__subcmd__restore)
-            opts="-b -h --backup_dir --backup-dir --domain --at --target --flatten --instant --onto --settle --define --start --connect --lock-dir --state-dir --help"
+            opts="-b -h --backup_dir --backup-dir --domain --at --target --flatten --instant --onto --settle --define --start --dry-run --connect --lock-dir --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -90,6 +90,7 @@ complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l state-di
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l flatten -d 'One standalone image per disk instead of a copied chain'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l instant -d 'Instant recovery: each disk becomes a new overlay in the target over the point\'s copies, which the domain reads in place (never writes): running in seconds whatever the disks\' size. QEMU then runs as root (it reads the backup directory\'s private files); --settle later makes the domain stand alone'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l start -d 'Start the defined domain, from the point\'s memory state when it has one and the restore is in place'
+complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -l dry-run -d 'Check everything and say each step the restore would take (every file it would write, the domain it would define and start); write nothing. Not from a sync destination (its files would be fetched first)'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -s b -l backup-dir -l backup_dir -d 'The backup directory given to -b' -r -F
 complete -c fi-backup -n "__fish_fi_backup_using_subcommand mount" -l domain -d 'The domain whose restore point is shown' -r

@@ -199,13 +199,44 @@ fn the_latest_point_defined_under_a_new_name_runs() {
     let m = t.moved.to_str().unwrap().to_string();
     let copy = t.s.dom_name("copy");
     t.s.adopt(&copy);
-    let target = t.s.dir("defined");
+    let target = t.s.root.join("defined");
+    let tgt = target.to_str().unwrap();
+    // A dry run checks everything, writes nothing, defines nothing, and
+    // names each step.
+    let dry = t.s.fi_ok(&restore_args(
+        &m,
+        &t.dom,
+        tgt,
+        &["--define", &copy, "--start", "--dry-run"],
+    ));
+    assert!(!target.exists(), "the dry run made the target: {dry}");
+    let defined = virsh(&["list", "--all", "--name"]);
+    assert!(!defined.lines().any(|l| l.trim() == copy), "{defined}");
     t.s.fi_ok(&restore_args(
         &m,
         &t.dom,
-        target.to_str().unwrap(),
+        tgt,
         &["--define", &copy, "--start"],
     ));
+    // Every file the restore wrote, and what it did with libvirt, is what
+    // the dry run said it would do.
+    let mut written = 0;
+    for name in names_in(&target) {
+        let path = format!("'{}'", target.join(&name).display());
+        assert!(
+            dry.contains(&path),
+            "the dry run did not name {path}:\n{dry}"
+        );
+        written += 1;
+    }
+    assert!(written >= 3, "{written} files written");
+    for step in [
+        format!("would create the target directory '{tgt}' (711)"),
+        format!("would define domain '{copy}'"),
+        format!("would start domain '{copy}'"),
+    ] {
+        assert!(dry.contains(&step), "{step} not in:\n{dry}");
+    }
     assert_eq!(virsh(&["domstate", &copy]).trim(), "running");
     assert_ne!(
         virsh(&["domuuid", &copy]).trim(),

@@ -38,13 +38,21 @@ fn listed(s: &Scenario, dir: &str, dom: &str) -> Vec<String> {
     points_of(&out)
 }
 
-/// Restores `point` of `dom` from `from` flat and checks every disk's data.
+/// Restores `point` of `dom` from the destination `from` flat and checks
+/// every disk's data; a dry run from there is refused first.
 fn restores_exactly(s: &Scenario, from: &str, dom: &str, point: &str, night: u8) {
     let target = s.root.join(format!(
         "restored-{}-{point}",
         &blake3::hash(from.as_bytes()).to_hex()[..8]
     ));
     let td = target.to_str().unwrap();
+    // A dry run from a destination is refused before anything is fetched.
+    let parent = names_in(target.parent().unwrap());
+    let dry = s.fi(&restore_args(from, dom, td, &["--at", point, "--dry-run"]));
+    let err = String::from_utf8_lossy(&dry.stderr);
+    assert_eq!(dry.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a sync destination"), "{err}");
+    assert_eq!(names_in(target.parent().unwrap()), parent, "{err}");
     s.fi_ok(&restore_args(from, dom, td, &["--at", point, "--flatten"]));
     for (disk, want) in expect(night) {
         assert_image(&target.join(format!("{disk}.qcow2")), "qcow2", &want);

@@ -444,6 +444,12 @@ pub struct RestoreArgs {
     /// and the restore is in place
     #[arg(long = "start", requires = "define")]
     pub start: bool,
+    /// Check everything and say each step the restore would take (every
+    /// file it would write, the domain it would define and start); write
+    /// nothing. Not from a sync destination (its files would be fetched
+    /// first)
+    #[arg(long = "dry-run", conflicts_with = "settle")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub libvirt: Connection,
     #[command(flatten)]

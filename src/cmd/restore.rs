@@ -95,6 +95,15 @@ pub struct RestorePlan {
 /// removed afterwards, whatever happened. Nothing is written at the
 /// destination.
 fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -> Result<bool> {
+    if args.dry_run {
+        return Err(Error::Usage(format!(
+            "a dry run reads the point's copies to plan the restore, and '{}' is a sync \
+             destination, whose files would be fetched first: nothing was fetched or written \
+             (`fi-backup list --backup-dir {}` shows its points)",
+            backup_dir.display(),
+            backup_dir.display()
+        )));
+    }
     if args.instant {
         return Err(Error::Usage(format!(
             "an instant restore reads the point's copies in place, and '{}' is a sync \
@@ -181,27 +190,36 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         in_place,
         lv,
     } = decide(args, (&dir, record, domain), target, how, &onto)?;
-    if !target_exists {
-        // QEMU (another user) must reach the images of a domain that is
-        // defined: 0711 lets it through without listing the directory.
-        let mode = if args.define.is_some() { 0o711 } else { 0o700 };
-        fsutil::create_dir_with_mode(&target, mode, "target directory")?;
+    if !args.dry_run {
+        log::info!(
+            "Restoring '{domain}' at {} into '{}'{}",
+            plan.restore_point,
+            target.display(),
+            if how == How::Instant {
+                " (instant: over the backup's copies, read in place)"
+            } else {
+                ""
+            }
+        );
     }
-    log::info!(
-        "Restoring '{domain}' at {} into '{}'{}",
-        plan.restore_point,
-        target.display(),
-        if how == How::Instant {
-            " (instant: over the backup's copies, read in place)"
-        } else {
-            ""
-        }
-    );
-    execute(&plan)?;
+    // QEMU (another user) must reach the images of a domain that is
+    // defined: 0711 lets it through without listing the directory.
+    let mode = if args.define.is_some() { 0o711 } else { 0o700 };
+    let define = args.define.as_deref().map(|name| Define {
+        name,
+        in_place,
+        start: args.start,
+        state: record.state_file.as_deref(),
+    });
+    let list = steps(&plan, (!target_exists).then_some((&target, mode)), define);
+    let who = format!("restore of '{domain}' at {}", plan.restore_point);
+    crate::steps::run(&who, &list, args.dry_run, |step| {
+        do_step(step, lv.as_ref(), &plan, record)
+    })?;
+    if args.dry_run {
+        return Ok(true);
+    }
     say_restored(&plan, record, &target, args.define.as_deref());
-    if let (Some(name), Some(lv)) = (&args.define, &lv) {
-        define_and_start(lv, (name, in_place, args.start), &plan, record)?;
-    }
     if how == How::Instant {
         say_read_in_place(
             &plan,
@@ -210,6 +228,161 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+/// `--define NAME` (and `--start`) as a step sees it.
+struct Define<'a> {
+    name: &'a str,
+    /// NAME is the restored domain's own: restored in place.
+    in_place: bool,
+    start: bool,
+    /// The point's memory state.
+    state: Option<&'a str>,
+}
+
+/// A step of a restore, as `steps::run` says and does it.
+enum Step<'a> {
+    /// The target directory, made with this mode.
+    Target(&'a Path, u32),
+    /// A disk that is not a copied chain: flattened, an instant overlay,
+    /// or written onto a device.
+    Disk(&'a str, &'a DiskRestore),
+    /// A directory the firmware copies need (0700).
+    Dir(&'a Path),
+    /// The copies of the chains and the firmware state, in parallel.
+    Copies(Vec<CopyJob>),
+    /// The domain XML.
+    Xml(&'a Path),
+    /// The domain defined, and started.
+    Define(Define<'a>),
+}
+
+/// The steps of `plan`, in order: the target directory (when it is made),
+/// the disks that are not copied chains, the firmware's directories, the
+/// copies, the domain XML, `--define`/`--start`. Pure.
+fn steps<'a>(
+    plan: &'a RestorePlan,
+    target: Option<(&'a PathBuf, u32)>,
+    define: Option<Define<'a>>,
+) -> Vec<Step<'a>> {
+    let mut out = Vec::new();
+    if let Some((dir, mode)) = target {
+        out.push(Step::Target(dir.as_path(), mode));
+    }
+    let mut copies = Vec::new();
+    for (dev, d) in &plan.disks {
+        match d {
+            DiskRestore::Chain(list) => copies.extend(list.iter().cloned()),
+            other => out.push(Step::Disk(dev, other)),
+        }
+    }
+    out.extend(plan.dirs.iter().map(|d| Step::Dir(d)));
+    copies.extend(plan.firmware.iter().cloned());
+    if !copies.is_empty() {
+        out.push(Step::Copies(copies));
+    }
+    out.push(Step::Xml(&plan.xml_path));
+    out.extend(define.map(Step::Define));
+    out
+}
+
+impl crate::steps::Said for Step<'_> {
+    fn lines(&self) -> Vec<String> {
+        let show = |p: &Path| p.display().to_string();
+        match self {
+            Step::Target(dir, mode) => {
+                vec![format!(
+                    "create the target directory '{}' ({mode:o})",
+                    show(dir)
+                )]
+            }
+            Step::Disk(dev, DiskRestore::Flatten { source, dest, .. }) => vec![format!(
+                "convert {dev}'s chain (top '{}') into one image '{}'",
+                show(source),
+                show(dest)
+            )],
+            Step::Disk(dev, DiskRestore::Instant { backing, dest, .. }) => vec![format!(
+                "create {dev}'s overlay '{}' over '{}', which is read in place",
+                show(dest),
+                show(backing)
+            )],
+            Step::Disk(dev, DiskRestore::Onto { source, device, .. }) => vec![format!(
+                "write {dev}'s chain (top '{}') onto device '{}' (raw)",
+                show(source),
+                show(device)
+            )],
+            Step::Disk(_, DiskRestore::Chain(_)) => Vec::new(),
+            Step::Dir(d) => vec![format!("create the directory '{}' (700)", show(d))],
+            Step::Copies(jobs) => jobs
+                .iter()
+                .map(|j| {
+                    let over = j
+                        .backing
+                        .as_ref()
+                        .map(|(b, _)| format!(" over '{b}'"))
+                        .unwrap_or_default();
+                    format!(
+                        "copy '{}' to '{}'{over}",
+                        show(&j.source),
+                        show(&j.dest_dir.join(&j.name))
+                    )
+                })
+                .collect(),
+            Step::Xml(path) => vec![format!("write the domain XML '{}'", show(path))],
+            Step::Define(d) => {
+                let mut lines = vec![format!("define domain '{}'", d.name)];
+                if d.start {
+                    lines.push(match (d.state, d.in_place) {
+                        (Some(s), true) => {
+                            format!("start domain '{}' from its memory state '{s}'", d.name)
+                        }
+                        (Some(_), false) => format!(
+                            "start domain '{}' from its disks (a memory state cannot resume \
+                             under a new name)",
+                            d.name
+                        ),
+                        (None, _) => format!("start domain '{}'", d.name),
+                    });
+                }
+                lines
+            }
+        }
+    }
+}
+
+/// Does one step of a restore.
+fn do_step(step: &Step, lv: Option<&Libvirt>, plan: &RestorePlan, record: &Record) -> Result<()> {
+    match step {
+        Step::Target(dir, mode) => fsutil::create_dir_with_mode(dir, *mode, "target directory"),
+        Step::Disk(_, d) => match d {
+            DiskRestore::Flatten {
+                source,
+                format,
+                dest,
+            } => flatten(source, format, dest),
+            DiskRestore::Instant {
+                backing,
+                format,
+                dest,
+            } => instant_overlay(backing, format, dest),
+            DiskRestore::Onto {
+                source,
+                format,
+                device,
+            } => onto_device(source, format, device),
+            DiskRestore::Chain(_) => Ok(()),
+        },
+        Step::Dir(d) => fsutil::ensure_private_dir(d),
+        Step::Copies(jobs) => {
+            let pool = crate::pool::Pool::new(crate::pool::DEFAULT_COPY_JOBS);
+            crate::backup::exec::copy_all(jobs, &pool).map(|_| ())
+        }
+        Step::Xml(path) => fsutil::write_once(path, plan.xml.as_bytes()),
+        Step::Define(d) => {
+            let lv = lv.ok_or_else(|| Error::Internal("--define without libvirt".into()))?;
+            define_and_start(lv, (d.name, d.in_place, d.start), plan, record)
+        }
+    }
 }
 
 /// A restore decided, with what its execution needs.
@@ -875,41 +1048,6 @@ fn firmware_restore(
     out
 }
 
-fn execute(plan: &RestorePlan) -> Result<()> {
-    let mut jobs = Vec::new();
-    for (_, d) in &plan.disks {
-        match d {
-            DiskRestore::Chain(list) => jobs.extend(list.iter().cloned()),
-            DiskRestore::Flatten {
-                source,
-                format,
-                dest,
-            } => flatten(source, format, dest)?,
-            DiskRestore::Instant {
-                backing,
-                format,
-                dest,
-            } => instant_overlay(backing, format, dest)?,
-            DiskRestore::Onto {
-                source,
-                format,
-                device,
-            } => onto_device(source, format, device)?,
-        }
-    }
-    for d in &plan.dirs {
-        fsutil::ensure_private_dir(d)?;
-    }
-    jobs.extend(plan.firmware.iter().cloned());
-    if !jobs.is_empty() {
-        crate::backup::exec::copy_all(
-            &jobs,
-            &crate::pool::Pool::new(crate::pool::DEFAULT_COPY_JOBS),
-        )?;
-    }
-    fsutil::write_once(&plan.xml_path, plan.xml.as_bytes())
-}
-
 /// A new qcow2 overlay at `dest` over `backing` (absolute, in the backup
 /// directory; QEMU and qemu-img only ever read it), created under a
 /// temporary name, its whole chain read back, then published.
@@ -1201,6 +1339,78 @@ mod tests {
     /// known), or flattened (asked for, or forced by a raw top); firmware
     /// under the domain's name; every output listed before anything is
     /// written.
+    /// A restore's steps, in order, name every file the plan writes, so a
+    /// dry run names them all; `--define`/`--start` come last.
+    #[test]
+    fn a_restores_steps_name_every_output() {
+        use crate::steps::Said;
+        let dir = DomainDir::new(Path::new("/b"), "web").unwrap();
+        let t = PathBuf::from("/t");
+        let xml = "<domain><name>web</name><uuid>u</uuid><os><type>hvm</type>\
+            <nvram>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os><devices>\
+            <disk type='file' device='disk'><source file='/v/a'/><target dev='vda'/></disk>\
+            </devices></domain>";
+        let clusters: HashMap<String, u64> = [("a.bimg-1".to_string(), 65536)].into();
+        for (how, kinds, verb) in [
+            (
+                How::Copy,
+                "T D D C X F",
+                "copy '/b/web/images/a.bimg-1' to '/t/vda.qcow2'",
+            ),
+            (
+                How::Flatten,
+                "T K D D C X F",
+                "into one image '/t/vda.qcow2'",
+            ),
+            (
+                How::Instant,
+                "T K D D C X F",
+                "overlay '/t/vda.qcow2' over '/b/web/images/a.bimg-1'",
+            ),
+        ] {
+            let r = record("qcow2");
+            let p = plan(&dir, &r, &t, (xml, &clusters), how, (None, &[])).unwrap();
+            let define = Define {
+                name: "web",
+                in_place: true,
+                start: true,
+                state: Some("/s/web.state"),
+            };
+            let list = steps(&p, Some((&t, 0o700)), Some(define));
+            let got: Vec<&str> = list
+                .iter()
+                .map(|s| match s {
+                    Step::Target(..) => "T",
+                    Step::Disk(..) => "K",
+                    Step::Dir(_) => "D",
+                    Step::Copies(_) => "C",
+                    Step::Xml(_) => "X",
+                    Step::Define(_) => "F",
+                })
+                .collect();
+            assert_eq!(got.join(" "), kinds, "{how:?}");
+            let lines: Vec<String> = list.iter().flat_map(|s| s.lines()).collect();
+            for o in &p.outputs {
+                let o = format!("'{}'", o.display());
+                assert!(
+                    lines.iter().any(|l| l.contains(&o)),
+                    "{how:?}: {o} in {lines:#?}"
+                );
+            }
+            assert!(
+                lines.iter().any(|l| l.contains(verb)),
+                "{how:?}: {lines:#?}"
+            );
+            assert_eq!(
+                lines[lines.len() - 2..],
+                [
+                    "define domain 'web'".to_string(),
+                    "start domain 'web' from its memory state '/s/web.state'".to_string()
+                ]
+            );
+        }
+    }
+
     #[test]
     fn restore_plans() {
         let dir = DomainDir::new(Path::new("/b"), "web").unwrap();
