@@ -88,13 +88,10 @@ pub struct RestorePlan {
     pub outputs: Vec<PathBuf>,
 }
 
-/// A restore from a sync destination: the point's files are fetched
-/// (each checked against its BLAKE3 as it arrives) into a private
-/// directory beside the target, laid out as a backup directory; the restore
-/// runs from there as from any backup directory; the fetched files are
-/// removed afterwards, whatever happened. Nothing is written at the
-/// destination.
-fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -> Result<bool> {
+/// What a restore from a sync destination refuses: a dry run (the point's
+/// files would be fetched first) and an instant restore (it reads the
+/// copies in place).
+fn far_refusals(args: &RestoreArgs, backup_dir: &Path) -> Result<()> {
     if args.dry_run {
         return Err(Error::Usage(format!(
             "a dry run reads the point's copies to plan the restore, and '{}' is a sync \
@@ -112,6 +109,17 @@ fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -
             backup_dir.display()
         )));
     }
+    Ok(())
+}
+
+/// A restore from a sync destination: the point's files are fetched
+/// (each checked against its BLAKE3 as it arrives) into a private
+/// directory beside the target, laid out as a backup directory; the restore
+/// runs from there as from any backup directory; the fetched files are
+/// removed afterwards, whatever happened. Nothing is written at the
+/// destination.
+fn run_far(args: &RestoreArgs, backup_dir: &Path, domain: &str, target: &Path) -> Result<bool> {
+    far_refusals(args, backup_dir)?;
     if let Some(name) = &args.define {
         check_define_name(name)?;
     }
@@ -191,16 +199,13 @@ pub fn run(args: &RestoreArgs) -> Result<bool> {
         lv,
     } = decide(args, (&dir, record, domain), target, how, &onto)?;
     if !args.dry_run {
-        log::info!(
-            "Restoring '{domain}' at {} into '{}'{}",
-            plan.restore_point,
-            target.display(),
-            if how == How::Instant {
-                " (instant: over the backup's copies, read in place)"
-            } else {
-                ""
-            }
-        );
+        let instant = if how == How::Instant {
+            " (instant: over the backup's copies, read in place)"
+        } else {
+            ""
+        };
+        let (point, t) = (&plan.restore_point, target.display());
+        log::info!("Restoring '{domain}' at {point} into '{t}'{instant}");
     }
     // QEMU (another user) must reach the images of a domain that is
     // defined: 0711 lets it through without listing the directory.
