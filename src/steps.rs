@@ -1,10 +1,10 @@
 //! The one executor loop. A plan is a list of steps, decided before
 //! anything is done; every executor (backup, consolidation, sync, prune,
-//! restore) runs its list through `run`, which says each step and does it,
-//! or, in a dry run, says what it would do and does nothing. So a dry run
-//! names exactly the steps a real run takes, in its order (as just's
-//! `recipe.rs` runs a recipe's lines), and the executors hold no dry-run
-//! branches of their own.
+//! restore, adopt) runs its list through `run`, which says each step and
+//! does it, or, in a dry run, says what it would do and does nothing. So a
+//! dry run names exactly the steps a real run takes, in its order (as
+//! just's `recipe.rs` runs a recipe's lines), and the executors hold no
+//! dry-run branches of their own.
 
 use crate::error::Result;
 

@@ -1,5 +1,6 @@
 //! `fi-backup adopt`: the command. Which overlays are fi-backup.sh's is
-//! decided by `state::adopt::plan` (pure).
+//! decided by `state::adopt::plan` (pure); the ledger is written by one
+//! step of the executor loop (`steps::run`, which says it in a dry run).
 
 use crate::cmd::cli::AdoptArgs;
 use crate::error::{Error, Result};
@@ -34,45 +35,53 @@ fn adopt_domain(
     let mut ledger = Ledger::load(&args.places.state_dir, name, &facts.uuid);
     let verdicts = crate::state::adopt::plan(&facts.uuid, &disks, &ledger, siblings);
     let tag = if args.dry_run { "[dry run] " } else { "" };
-    let mut adopted = 0;
-    for v in &verdicts {
+    let mut adopt = Vec::new();
+    for v in verdicts {
         match v {
-            Verdict::Adopt(o) => {
-                log::info!(
-                    "{tag}{name}: {} '{}' ({}): made by fi-backup.sh at {}",
-                    if args.dry_run {
-                        "would adopt"
-                    } else {
-                        "adopted"
-                    },
-                    o.path,
-                    o.target,
-                    o.created
-                );
-                adopted += 1;
-            }
+            Verdict::Adopt(o) => adopt.push(o),
             Verdict::Leave { path, why } => log::info!("{tag}{name}: left '{path}': {why}"),
         }
     }
-    if args.dry_run || adopted == 0 {
-        if adopted == 0 {
-            log::info!("{name}: nothing to adopt");
-        }
+    if adopt.is_empty() {
+        log::info!("{name}: nothing to adopt");
         return Ok(());
     }
-    ledger.domain = name.to_string();
-    ledger
-        .overlays
-        .extend(verdicts.into_iter().filter_map(|v| match v {
-            Verdict::Adopt(o) => Some(o),
-            Verdict::Leave { .. } => None,
-        }));
-    ledger.save(&args.places.state_dir).map_err(|e| {
-        Error::in_domain(name, "the ledger could not be written", e)
-            .left(name, "nothing was adopted")
+    crate::steps::run(name, &[Adopt(&adopt)], args.dry_run, |_| {
+        ledger.domain = name.to_string();
+        ledger.overlays.extend(adopt.iter().cloned());
+        ledger.save(&args.places.state_dir).map_err(|e| {
+            Error::in_domain(name, "the ledger could not be written", e)
+                .left(name, "nothing was adopted")
+        })
     })?;
-    log::info!(
-        "{name}: {adopted} overlay(s) of fi-backup.sh adopted; consolidation may now delete them"
-    );
+    if !args.dry_run {
+        for o in &adopt {
+            log::info!("{name}: adopted {}", described(o));
+        }
+        log::info!(
+            "{name}: {} overlay(s) of fi-backup.sh adopted; consolidation may now delete them",
+            adopt.len()
+        );
+    }
     Ok(())
+}
+
+/// The one step of an adoption: the overlays written into the ledger.
+struct Adopt<'a>(&'a [crate::state::ledger::Overlay]);
+
+impl crate::steps::Said for Adopt<'_> {
+    fn lines(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|o| format!("adopt {}", described(o)))
+            .collect()
+    }
+}
+
+/// An overlay to adopt, as the run says it.
+fn described(o: &crate::state::ledger::Overlay) -> String {
+    format!(
+        "'{}' ({}): made by fi-backup.sh at {}",
+        o.path, o.target, o.created
+    )
 }
