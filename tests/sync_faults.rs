@@ -252,17 +252,17 @@ fn sftp_server_stopped_mid_file() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until a file is on its way: a temporary object at the remote.
+    // Wait until a file is on its way: a temporary object at the remote
+    // that has received data (mid-file, not before it).
     let images = sftp.root.join("dest").join(&dom).join("images");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !names_or_none(&images)
-        .iter()
-        .any(|n| n.starts_with(".fi-tmp"))
-    {
+    while !names_or_none(&images).iter().any(|n| {
+        n.starts_with(".fi-tmp")
+            && std::fs::metadata(images.join(n)).is_ok_and(|m| m.len() > 0)
+    }) {
         assert!(std::time::Instant::now() < deadline, "no upload started");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
     sftp.stop();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
