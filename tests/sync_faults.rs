@@ -257,8 +257,7 @@ fn sftp_server_stopped_mid_file() {
     let images = sftp.root.join("dest").join(&dom).join("images");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !names_or_none(&images).iter().any(|n| {
-        n.starts_with(".fi-tmp")
-            && std::fs::metadata(images.join(n)).is_ok_and(|m| m.len() > 0)
+        n.starts_with(".fi-tmp") && std::fs::metadata(images.join(n)).is_ok_and(|m| m.len() > 0)
     }) {
         assert!(std::time::Instant::now() < deadline, "no upload started");
         std::thread::sleep(std::time::Duration::from_millis(20));

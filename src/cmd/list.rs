@@ -107,57 +107,62 @@ fn print(args: &ListArgs, indexes: &[(Index, crate::store::prune::InUse)]) -> Re
         println!("{text}");
     } else {
         for p in &points {
-            let disks: Vec<String> = p
-                .disks
-                .iter()
-                .map(|d| match d.block_device {
-                    None => format!("{} ({} files)", d.target, d.files.len()),
-                    Some(dev) => format!(
-                        "{} ({} files, from block device {dev})",
-                        d.target,
-                        d.files.len()
-                    ),
-                })
-                .collect();
-            let left: String = p
-                .left_out
-                .iter()
-                .map(|l| format!("\tleft out: {} ({})", l.target, l.reason))
-                .collect();
-            let firmware: Vec<&str> = p
-                .firmware
-                .iter()
-                .map(|f| match f.kind {
-                    crate::store::record::FirmwareKind::Nvram => "nvram",
-                    crate::store::record::FirmwareKind::Tpm => "tpm",
-                })
-                .collect();
-            let firmware = if firmware.is_empty() {
-                String::new()
-            } else {
-                format!("\tfirmware: {}", firmware.join(", "))
-            };
-            let used = if p.in_use_by.is_empty() {
-                String::new()
-            } else {
-                format!("\tin use by: {}", p.in_use_by.join(", "))
-            };
-            println!(
-                "{}\t{}\t{}\t{}\t{}\tmemory state: {}\tuuid: {}{firmware}{left}{used}",
-                p.domain,
-                p.restore_point,
-                match p.mode {
-                    crate::store::record::Mode::Live => "live",
-                    crate::store::record::Mode::Offline => "offline",
-                },
-                crate::units::human_bytes(p.bytes),
-                disks.join(", "),
-                if p.state_file.is_some() { "yes" } else { "no" },
-                p.uuid
-            );
+            println!("{}", text_line(p));
         }
     }
     Ok(())
+}
+
+/// One restore point as `list` prints it without `--json`: tab-separated.
+fn text_line(p: &Point) -> String {
+    let disks: Vec<String> = p
+        .disks
+        .iter()
+        .map(|d| match d.block_device {
+            None => format!("{} ({} files)", d.target, d.files.len()),
+            Some(dev) => format!(
+                "{} ({} files, from block device {dev})",
+                d.target,
+                d.files.len()
+            ),
+        })
+        .collect();
+    let left: String = p
+        .left_out
+        .iter()
+        .map(|l| format!("\tleft out: {} ({})", l.target, l.reason))
+        .collect();
+    let firmware: Vec<&str> = p
+        .firmware
+        .iter()
+        .map(|f| match f.kind {
+            crate::store::record::FirmwareKind::Nvram => "nvram",
+            crate::store::record::FirmwareKind::Tpm => "tpm",
+        })
+        .collect();
+    let firmware = if firmware.is_empty() {
+        String::new()
+    } else {
+        format!("\tfirmware: {}", firmware.join(", "))
+    };
+    let used = if p.in_use_by.is_empty() {
+        String::new()
+    } else {
+        format!("\tin use by: {}", p.in_use_by.join(", "))
+    };
+    format!(
+        "{}\t{}\t{}\t{}\t{}\tmemory state: {}\tuuid: {}{firmware}{left}{used}",
+        p.domain,
+        p.restore_point,
+        match p.mode {
+            crate::store::record::Mode::Live => "live",
+            crate::store::record::Mode::Offline => "offline",
+        },
+        crate::units::human_bytes(p.bytes),
+        disks.join(", "),
+        if p.state_file.is_some() { "yes" } else { "no" },
+        p.uuid
+    )
 }
 
 /// Says which of fi-backup's overlays of the listed domains no disk uses
