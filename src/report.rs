@@ -431,10 +431,7 @@ fn label(v: &str) -> String {
 pub fn write_metrics(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = crate::store::fsutil::dir_of(path);
     let name = path
         .file_name()
         .ok_or_else(|| Error::Name(format!("'{}' is no file name", path.display())))?;

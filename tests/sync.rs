@@ -113,8 +113,31 @@ fn nights_to_a_second_disk_and_far_retention() {
         names_in(&far_dir).is_empty(),
         "the dry run wrote nothing there"
     );
-    let out = s.fi(&["sync", "--backup-dir", b, "--to", f, "--json"]);
-    assert!(out.status.success());
+    // --metrics with a bare file name: written in the current directory.
+    let cwd = s.dir("cwd");
+    let out = s
+        .command(&[
+            "sync",
+            "--backup-dir",
+            b,
+            "--to",
+            f,
+            "--json",
+            "--metrics",
+            "sync.prom",
+        ])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names_in(&cwd), ["sync.prom"]);
+    assert!(std::fs::read_to_string(cwd.join("sync.prom"))
+        .unwrap()
+        .contains("fi_backup_sync_last_success_timestamp_seconds"));
     let first = sync_report(&out.stdout);
     assert_eq!(fingerprint(&backup), home, "sync wrote nothing at home");
     assert_eq!(first["points_sent"].as_array().unwrap().len(), 1);

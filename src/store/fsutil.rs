@@ -48,7 +48,7 @@ impl TempFile {
     /// A temporary file in the directory of `path`, named after it: what
     /// `path` is written as before it is published.
     pub fn beside(path: &Path) -> Result<TempFile> {
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = dir_of(path);
         let hint = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -72,7 +72,7 @@ impl TempFile {
         self.published = true;
         std::fs::remove_file(&self.path)
             .map_err(|e| Error::io("cannot remove temporary file", &self.path, e))?;
-        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
+        sync_dir(dir_of(final_path))
     }
 }
 
@@ -86,7 +86,7 @@ impl TempFile {
         std::fs::rename(&self.path, final_path)
             .map_err(|e| Error::io("cannot replace (rename) onto", final_path, e))?;
         self.published = true;
-        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
+        sync_dir(dir_of(final_path))
     }
 }
 
@@ -95,6 +95,15 @@ impl Drop for TempFile {
         if !self.published {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The directory a path names its file in: "." for a bare file name
+/// (whose parent is the empty path, which no call opens).
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -281,6 +290,19 @@ pub fn blake3_of(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        for (path, dir) in [
+            ("x.prom", "."),
+            ("./x", "."),
+            ("a/x", "a"),
+            ("/a/x", "/a"),
+            ("/x", "/"),
+        ] {
+            assert_eq!(dir_of(Path::new(path)), Path::new(dir), "{path}");
+        }
+    }
 
     #[test]
     fn concurrent_creation_of_one_directory_succeeds_everywhere() {
