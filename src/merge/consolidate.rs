@@ -469,12 +469,12 @@ pub enum Mode {
 enum Step<'a> {
     /// A disk the plan refused: reported, and the run fails for it.
     Refuse(&'a Refusal),
-    /// The journal, written before any job: a run killed from then on is
-    /// finished or undone by the next one (`journal::reconcile`).
-    Journal,
-    /// Every disk's job, then its settlement: what the ledger learns, what
-    /// is deleted, what the journal keeps. One step, so that jobs that ran
-    /// are always settled in the same run.
+    /// The journal, written before any job (a run killed from then on is
+    /// finished or undone by the next one, `journal::reconcile`), every
+    /// disk's job, then its settlement: what the ledger learns, what is
+    /// deleted, what the journal keeps. One step, so that a stop asked for
+    /// (a signal) comes before the journal or after the settlement, never
+    /// between.
     Disks(&'a [DiskPlan], Mode),
 }
 
@@ -482,7 +482,6 @@ impl steps::Said for Step<'_> {
     fn lines(&self) -> Vec<String> {
         match self {
             Step::Refuse(r) => vec![format!("refuse {}: {}", r.target, r.why)],
-            Step::Journal => Vec::new(),
             Step::Disks(plans, mode) => {
                 let how = match mode {
                     Mode::Live(_) => "",
@@ -511,8 +510,8 @@ impl steps::Said for Step<'_> {
 }
 
 /// Carries out `plan` on `dom` through the one executor loop (with
-/// `dry_run`, says each step and does nothing): refusals reported, the
-/// journal written, the jobs run and settled. Deleted files are removed
+/// `dry_run`, says each step and does nothing): refusals reported, then the
+/// journal written and the jobs run and settled. Deleted files are removed
 /// from the ledger, which is saved. Every disk is tried unless QEMU is
 /// gone; the error lists the disks that failed or were refused.
 pub fn run(
@@ -535,7 +534,6 @@ pub fn run(
     };
     let mut list: Vec<Step> = plan.refused.iter().map(Step::Refuse).collect();
     if !plan.disks.is_empty() {
-        list.push(Step::Journal);
         list.push(Step::Disks(&plan.disks, mode));
     }
     let mut failed: Vec<String> = Vec::new();
@@ -545,12 +543,12 @@ pub fn run(
                 log::error!("domain '{}': {}: {}", dom.name, r.target, r.why);
                 failed.push(r.target.clone());
             }
-            Step::Journal => journal.save(state_dir)?,
-            Step::Disks(plans, Mode::Live(opts)) => {
-                failed.extend(execute(dom, plans, *opts, ledger, state_dir, &journal)?)
-            }
-            Step::Disks(plans, Mode::Offline) => {
-                failed.extend(execute_offline(dom, plans, ledger, state_dir, &journal)?)
+            Step::Disks(plans, mode) => {
+                journal.save(state_dir)?;
+                failed.extend(match mode {
+                    Mode::Live(opts) => execute(dom, plans, *opts, ledger, state_dir, &journal)?,
+                    Mode::Offline => execute_offline(dom, plans, ledger, state_dir, &journal)?,
+                })
             }
         }
         Ok(())
