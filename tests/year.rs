@@ -17,7 +17,7 @@ mod common;
 
 use common::*;
 use fi_backup::store::retention::{point_time, select, Policy};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -77,6 +77,39 @@ fn raw_hash(image: &Path) -> String {
 /// Allocated bytes below `dir` (du).
 fn du(dir: &Path) -> u64 {
     allocated(dir)
+}
+
+/// Each file of the backup directory's images/ (all domains): its inode,
+/// modification time and size.
+fn images(backup: &Path) -> HashMap<PathBuf, (u64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashMap::new();
+    for d in std::fs::read_dir(backup).unwrap().flatten() {
+        let Ok(files) = std::fs::read_dir(d.path().join("images")) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let m = f.metadata().unwrap();
+            out.insert(
+                f.path(),
+                (m.ino(), m.mtime_nsec() + m.mtime() * 1_000_000_000, m.len()),
+            );
+        }
+    }
+    out
+}
+
+/// The bytes of the files a night rewrote in place or replaced under
+/// their names (the prune's merges; new files are the backup's copies).
+fn rewritten(
+    before: &HashMap<PathBuf, (u64, i64, u64)>,
+    after: &HashMap<PathBuf, (u64, i64, u64)>,
+) -> u64 {
+    after
+        .iter()
+        .filter(|(p, now)| before.get(*p).is_some_and(|was| was != *now))
+        .map(|(_, (_, _, size))| size)
+        .sum()
 }
 
 /// The restore points of `dom` in `backup`, by name.
@@ -141,6 +174,7 @@ fn a_year_of_nights() {
     let mut kept_count: BTreeMap<String, usize> = BTreeMap::new();
     let mut rows = Vec::new();
     let (mut month_time, mut month_start_size, mut peak) = (0.0f64, 0u64, 0u64);
+    let mut month_peak = 0u64;
     let start = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
     for n in 1..=nights {
         let day = start + chrono::Days::new(u64::from(n - 1));
@@ -173,6 +207,8 @@ fn a_year_of_nights() {
         // Mid-copy needs data to copy: a night the guests wrote.
         let killed = n == (nights / 2..).find(|k| k % 10 != 0).unwrap();
         let started = std::time::Instant::now();
+        let mut rss = 0;
+        let files_before = images(&backup);
         let out = fi_at(&s, &when, killed.then_some("kill-mid-copy"), &args);
         let took = started.elapsed().as_secs_f64();
         if killed {
@@ -193,7 +229,9 @@ fn a_year_of_nights() {
                 String::from_utf8_lossy(&out.stderr)
             );
             month_time += took;
-            peak = peak.max(peak_rss_kib(&out.stderr));
+            rss = peak_rss_kib(&out.stderr);
+            peak = peak.max(rss);
+            month_peak = month_peak.max(rss);
         }
         // What each new point must read: the disks as they are now (the
         // guests write only between runs).
@@ -219,6 +257,8 @@ fn a_year_of_nights() {
                 plain,
                 pruned,
                 seconds: took,
+                rss_kib: rss,
+                rewritten: rewritten(&files_before, &images(&backup)),
             });
         }
         if n % 30 == 0 || n == nights {
@@ -226,13 +266,15 @@ fn a_year_of_nights() {
             let runs = if n % 30 == 0 { 30 } else { n % 30 };
             rows.push(format!(
                 "night {n:>3}: {:.2} s a night (mean of the month's runs), {} added this month, \
-                 directory {}, fi-backup's peak RSS over the runs so far {:.1} MiB",
+                 directory {}, fi-backup's peak RSS {:.1} MiB this month ({:.1} MiB so far)",
                 month_time / f64::from(runs),
                 human(size.saturating_sub(month_start_size)),
                 human(size),
+                month_peak as f64 / 1024.0,
                 peak as f64 / 1024.0
             ));
             month_time = 0.0;
+            month_peak = 0;
             month_start_size = size;
         }
     }
@@ -332,15 +374,35 @@ fn a_year_of_nights() {
             assert!(referenced.contains(&n), "{d}: '{n}' is read by no point");
         }
     }
+    // What a record says does not grow with history: a merged copy holds
+    // at most a live chain's files (the clone's 3 and a plain -b night's
+    // overlay), or one `gone:` entry once they are gone.
+    let (mut longest, mut largest) = (0, 0);
+    for d in &doms {
+        for f in records(&backup, d)
+            .iter()
+            .flat_map(|r| r["files"].as_array().unwrap().clone())
+        {
+            let holds = f["holds"].as_array().map_or(0, Vec::len);
+            assert!(holds <= 4, "{d}: {f}");
+            longest = longest.max(holds);
+        }
+        let points = backup.join(d).join("points");
+        for n in names_in(&points).iter().filter(|n| n.ends_with(".json")) {
+            largest = largest.max(std::fs::metadata(points.join(n)).unwrap().len());
+        }
+    }
     report(&format!(
         "YEAR | {nights} nights over 2 domains (qcow2 + raw each, one a linked clone), {} kept \
          points restored bit-exact (raw BLAKE3 equal to the disks after their night), kept = a \
          fixed point of retention::select, as many and over the same months and last 7 days as \
          one selection of the {} points made, verify clean, live chains <= 2 files (the \
          clone's 3, over its shared base, which and whose sibling are unchanged), no file no \
-         point reads; one run SIGKILLed mid-copy, libvirtd restarted once",
+         point reads, no merged copy holding more than 4 live files (the longest held {longest}; \
+         the largest record {:.1} KiB); one run SIGKILLed mid-copy, libvirtd restarted once",
         restored,
         made.values().map(Vec::len).sum::<usize>(),
+        largest as f64 / 1024.0,
     ));
     for r in rows {
         report(&format!("YEAR | {r}"));
@@ -352,13 +414,16 @@ fn a_year_of_nights() {
 
 /// One timed run: its night, the MiB each guest wrote before it, whether
 /// it was a plain `-b`, how many points its prune dropped (both domains),
-/// and its wall time.
+/// its wall time, fi-backup's peak RSS and the bytes of the files it
+/// rewrote (the prune's merges).
 struct Night {
     n: u32,
     writes: u32,
     plain: bool,
     pruned: usize,
     seconds: f64,
+    rss_kib: u64,
+    rewritten: u64,
 }
 
 /// Night 2 against the last, each with the work it had; then nights of
@@ -383,17 +448,28 @@ fn like_for_like(nightly: &[Night]) -> Vec<String> {
     let k = (same.len() / 4).min(20);
     if k > 0 {
         let mean = |ns: &[&Night]| ns.iter().map(|n| n.seconds).sum::<f64>() / ns.len() as f64;
+        let rss = |ns: &[&Night]| {
+            ns.iter().map(|n| n.rss_kib as f64).sum::<f64>() / ns.len() as f64 / 1024.0
+        };
+        let merged = |ns: &[&Night]| {
+            ns.iter().map(|n| n.rewritten as f64).sum::<f64>() / ns.len() as f64 / (1 << 20) as f64
+        };
         let (early, late) = (&same[..k], &same[same.len() - k..]);
         out.push(format!(
             "same work (-C -b, 2 MiB written a guest, one point pruned a domain): nights {}-{} \
-             {:.3} s a night, nights {}-{} {:.3} s ({:.2} x; not asserted)",
+             {:.3} s a night, nights {}-{} {:.3} s ({:.2} x; not asserted); peak RSS {:.1} MiB \
+             against {:.1} MiB, files the prune rewrote {:.1} MiB against {:.1} MiB (means)",
             early[0].n,
             early[k - 1].n,
             mean(early),
             late[0].n,
             late[k - 1].n,
             mean(late),
-            mean(late) / mean(early)
+            mean(late) / mean(early),
+            rss(early),
+            rss(late),
+            merged(early),
+            merged(late)
         ));
     }
     out

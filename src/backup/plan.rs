@@ -1905,6 +1905,20 @@ mod tests {
         ix
     }
 
+    /// Index P1, plus a merged copy `g` of /v/u2 onto `base` whose run
+    /// prune found gone (its one `gone:` entry, with /v/u2's identity).
+    fn with_gone() -> Index {
+        let mut ix = index();
+        let mut g = file_record("g", Some("base"), "/v/u2", 32);
+        g.holds = vec![Held {
+            path: format!("{}/v/u2", crate::store::prune::GONE),
+            id: id(32, 1),
+        }];
+        ix.records[0].files.push(g);
+        ix.names.insert("g".into(), 1);
+        ix
+    }
+
     /// One row a placement: each variant, and where two could apply, which
     /// wins (restic's archiver tests, in a table).
     #[test]
@@ -1920,6 +1934,7 @@ mod tests {
         let u1_moved = chain_file("/v/u1", id(31, 2));
         let ix = index();
         let merged = with_merged();
+        let gone = with_gone();
         let p1_chain = || Equivalent::Use {
             point: P1.into(),
             names: vec!["ov1".into(), "base".into()],
@@ -1958,6 +1973,7 @@ mod tests {
             ("not merged: it backs onto another copy", &merged, vec![top.clone(), u2.clone(), u1.clone(), base.clone()], 2, true, Some("other"), None, Equivalent::None, "copy"),
             ("not merged: a running domain's top is never in a merged copy", &merged, vec![u2.clone(), u1.clone(), base.clone()], 1, true, Some("base"), None, Equivalent::None, "copy"),
             ("merged on a shut-off domain, its top included", &merged, vec![u2.clone(), u1.clone(), base.clone()], 1, false, Some("base"), None, Equivalent::None, "merged m"),
+            ("a merged copy whose run is gone matches nothing, not even the file it names", &gone, vec![top.clone(), u2.clone(), base.clone()], 1, true, Some("base"), None, Equivalent::None, "copy"),
         ];
         for (case, ix, chain, depth, active, parent, placed, equivalent, want) in rows {
             let got = match place(

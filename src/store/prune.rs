@@ -85,6 +85,12 @@ pub struct PrunePlan {
     /// or that an unreadable domain may: never merged, replaced or deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_use: Vec<String>,
+    /// Live files the involved copies hold (`holds_of`) that are gone from
+    /// the host or changed since (`gone_holds`): a merged copy holding one
+    /// can never be reused again, and says so with that one entry instead
+    /// of a list that would grow with every merge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<Held>,
 }
 
 /// Which files of images/ which domains read now (by name): the facts a
@@ -461,8 +467,9 @@ pub fn prune_domain(
         index.records.push(r);
     }
     let ts = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
-    let plan = plan(&index, policy, &ts, &in_use)
+    let mut plan = plan(&index, policy, &ts, &in_use)
         .map_err(|e| Error::domain(domain, format!("not pruned: {e}")))?;
+    plan.gone = gone_holds(&plan);
     let tag = if dry_run { "[dry run] " } else { "" };
     // A dry run says all of it; a real run says the kept points with -v
     // and its steps (the one executor loop) with -d.
@@ -541,25 +548,79 @@ fn report_of(plan: &PrunePlan, policy: &Policy, dry_run: bool) -> PruneReport {
 }
 
 /// The description of a kept top's new copy.
-fn new_top(old: &FileRecord, r: &Rebase, carried: &[&FileRecord]) -> FileRecord {
+fn new_top(old: &FileRecord, r: &Rebase, carried: &[&FileRecord], gone: &[Held]) -> FileRecord {
     let mut f = old.clone();
     f.backing = Some(r.onto.clone());
     f.backing_format = Some(r.onto_format.clone());
     if !carried.is_empty() {
         let mut holds: Vec<Held> = carried.iter().rev().flat_map(|c| holds_of(c)).collect();
         holds.extend(holds_of(old));
-        f.holds = holds;
+        f.holds = compact(holds, gone);
     }
     f
 }
 
 /// The description of a base copy after a fold.
-fn folded(into: &FileRecord, run: &[&FileRecord]) -> FileRecord {
+fn folded(into: &FileRecord, run: &[&FileRecord], gone: &[Held]) -> FileRecord {
     let mut f = into.clone();
     let mut holds = holds_of(into);
     holds.extend(run.iter().rev().flat_map(|c| holds_of(c)));
-    f.holds = holds;
+    f.holds = compact(holds, gone);
     f
+}
+
+/// What a merged copy holds instead of its run when a live file of the run
+/// is gone: `gone:` and that file's path. No live chain names a path that
+/// is not absolute, so no backup ever matches it (`plan::merged_copy`).
+pub const GONE: &str = "gone:";
+
+/// A merged copy's `holds`: the whole run of live files it reads as, or,
+/// when one of them is gone (a backup matches the run file by file, by
+/// identity, so the copy can never be reused again), one `GONE` entry
+/// naming that file, which matches nothing, even if a file with its old
+/// identity came back (a file system rolled back). Without this, a copy
+/// that merges a night's copy every night would carry every night's file,
+/// and every record naming it would grow with the history. Pure.
+fn compact(holds: Vec<Held>, gone: &[Held]) -> Vec<Held> {
+    match holds.iter().find(|h| gone.contains(h)) {
+        Some(h) if h.path.starts_with(GONE) => vec![h.clone()],
+        Some(h) => vec![Held {
+            path: format!("{GONE}{}", h.path),
+            id: h.id,
+        }],
+        None => holds,
+    }
+}
+
+/// The live files the copies a plan involves hold that are gone now: no
+/// file at the path, or one with another identity (a base a consolidation
+/// has committed into since has a new size and time); an entry whose path
+/// is not absolute (a `GONE` one) without a look. A block device's entry,
+/// whose identity is its witness's, and a file that cannot be read count
+/// as present: the copy stays reusable as before.
+pub fn gone_holds(plan: &PrunePlan) -> Vec<Held> {
+    let mut gone: Vec<Held> = Vec::new();
+    for h in plan.described.iter().flat_map(holds_of) {
+        if gone.contains(&h) {
+            continue;
+        }
+        if !Path::new(&h.path).is_absolute() {
+            gone.push(h);
+            continue;
+        }
+        if h.id.block {
+            continue;
+        }
+        let now = match std::fs::metadata(&h.path) {
+            Ok(m) => Some(crate::host::chain::SourceId::of(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => continue,
+        };
+        if now != Some(h.id) {
+            gone.push(h);
+        }
+    }
+    gone
 }
 
 /// The descriptions of the files a plan makes or changes, by name: each
@@ -576,12 +637,15 @@ pub fn descriptions(plan: &PrunePlan) -> Result<HashMap<String, FileRecord>> {
     let mut out = HashMap::new();
     for f in &plan.folds {
         let run: Vec<&FileRecord> = f.run.iter().map(|n| describe(n)).collect::<Result<_>>()?;
-        out.insert(f.into.clone(), folded(describe(&f.into)?, &run));
+        out.insert(f.into.clone(), folded(describe(&f.into)?, &run, &plan.gone));
     }
     for r in &plan.rebases {
         let carried: Vec<&FileRecord> =
             r.carry.iter().map(|n| describe(n)).collect::<Result<_>>()?;
-        out.insert(r.old.clone(), new_top(describe(&r.old)?, r, &carried));
+        out.insert(
+            r.old.clone(),
+            new_top(describe(&r.old)?, r, &carried, &plan.gone),
+        );
     }
     Ok(out)
 }
@@ -1386,7 +1450,7 @@ mod tests {
             .iter()
             .map(|n| p.described.iter().find(|f| &f.name == n).unwrap())
             .collect();
-        let held: Vec<String> = folded(b, &run)
+        let held: Vec<String> = folded(b, &run, &[])
             .holds
             .iter()
             .map(|h| h.path.clone())
@@ -1406,9 +1470,62 @@ mod tests {
             .iter()
             .map(|n| p.described.iter().find(|f| &f.name == n).unwrap())
             .collect();
-        let top = new_top(old, r, &carried);
+        let top = new_top(old, r, &carried, &[]);
         let held: Vec<String> = top.holds.iter().map(|h| h.path.clone()).collect();
         assert_eq!(held, ["/v/c1", "/v/c2", "/v/c3", "/v/c4"]);
         assert_eq!(top.backing.as_deref(), Some("B"));
+    }
+
+    /// A merged copy holding a live file that is gone says so with that
+    /// file alone (it can never be reused); with every file present it
+    /// holds the whole run, as before; a run that merges an already
+    /// compacted copy stays one entry long, however many nights merge it.
+    #[test]
+    fn a_merged_copy_whose_live_files_are_gone_holds_one_entry() {
+        let index = nightly(&[]);
+        let keep_b = Policy {
+            last: Some(1),
+            yearly: Some(1),
+            ..Policy::default()
+        };
+        let p = plan(&index, &keep_b, TS, &InUse::new()).unwrap();
+        let r = &p.rebases[0];
+        let find = |n: &str| p.described.iter().find(|f| f.name == n).unwrap();
+        let carried: Vec<&FileRecord> = r.carry.iter().map(|n| find(n)).collect();
+        let held_of =
+            |f: &FileRecord| -> Vec<String> { f.holds.iter().map(|h| h.path.clone()).collect() };
+        let all = new_top(find("c4"), r, &carried, &[]);
+        let c2 = holds_of(find("c2")).remove(0);
+        let c3 = holds_of(find("c3")).remove(0);
+        // (gone, held)
+        let table: Vec<(Vec<Held>, Vec<&str>)> = vec![
+            (vec![], vec!["/v/c1", "/v/c2", "/v/c3", "/v/c4"]),
+            (vec![c2.clone()], vec!["gone:/v/c2"]),
+            (vec![c3.clone(), c2.clone()], vec!["gone:/v/c2"]),
+        ];
+        for (gone, held) in table {
+            let top = new_top(find("c4"), r, &carried, &gone);
+            assert_eq!(held_of(&top), held, "gone {gone:?}");
+            assert_eq!(top.backing, all.backing);
+        }
+        // The next night carries the compacted copy into the next one: its
+        // entry is gone by itself (not absolute), and stays one entry.
+        let once = new_top(find("c4"), r, &carried, std::slice::from_ref(&c2));
+        let marker = once.holds[0].clone();
+        let twice = new_top(find("c4"), r, &[&once], std::slice::from_ref(&marker));
+        assert_eq!(held_of(&twice), ["gone:/v/c2"]);
+        let b = index.records[0]
+            .files
+            .iter()
+            .find(|f| f.name == "B")
+            .unwrap();
+        let base = folded(b, &[&once], &[marker]);
+        assert_eq!(held_of(&base), ["gone:/v/c2"]);
+        // No live chain matches it, whatever the identity.
+        let plan_with = PrunePlan {
+            described: vec![once.clone()],
+            ..PrunePlan::default()
+        };
+        assert_eq!(gone_holds(&plan_with), once.holds);
     }
 }
