@@ -1457,12 +1457,7 @@ mod tests {
             .collect();
         assert_eq!(held, ["/v/B", "/v/c1", "/v/c2", "/v/c3"]);
         // A carried top holds the carried copies below its own source.
-        let keep_b = Policy {
-            last: Some(1),
-            yearly: Some(1),
-            ..Policy::default()
-        };
-        let p = plan(&index, &keep_b, TS, &InUse::new()).unwrap();
+        let p = plan(&index, &last_and_yearly(), TS, &InUse::new()).unwrap();
         let r = &p.rebases[0];
         let old = p.described.iter().find(|f| f.name == "c4").unwrap();
         let carried: Vec<&FileRecord> = r
@@ -1476,19 +1471,25 @@ mod tests {
         assert_eq!(top.backing.as_deref(), Some("B"));
     }
 
-    /// A merged copy holding a live file that is gone says so with that
-    /// file alone (it can never be reused); with every file present it
-    /// holds the whole run, as before; a run that merges an already
-    /// compacted copy stays one entry long, however many nights merge it.
-    #[test]
-    fn a_merged_copy_whose_live_files_are_gone_holds_one_entry() {
-        let index = nightly(&[]);
-        let keep_b = Policy {
+    /// The newest point and the yearly one (B's): the points between are
+    /// carried into the newest's copy.
+    fn last_and_yearly() -> Policy {
+        Policy {
             last: Some(1),
             yearly: Some(1),
             ..Policy::default()
-        };
-        let p = plan(&index, &keep_b, TS, &InUse::new()).unwrap();
+        }
+    }
+
+    /// A merged copy holding a live file that is gone says so with one
+    /// `gone:` entry naming that file (it can never be reused); with every
+    /// file present it holds the whole run, as before; a run that merges an
+    /// already compacted copy stays one entry long, however many nights
+    /// merge it.
+    #[test]
+    fn a_merged_copy_whose_live_files_are_gone_holds_one_entry() {
+        let index = nightly(&[]);
+        let p = plan(&index, &last_and_yearly(), TS, &InUse::new()).unwrap();
         let r = &p.rebases[0];
         let find = |n: &str| p.described.iter().find(|f| f.name == n).unwrap();
         let carried: Vec<&FileRecord> = r.carry.iter().map(|n| find(n)).collect();
