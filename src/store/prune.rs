@@ -87,8 +87,8 @@ pub struct PrunePlan {
     pub in_use: Vec<String>,
     /// Live files the involved copies hold (`holds_of`) that are gone from
     /// the host or changed since (`gone_holds`): a merged copy holding one
-    /// can never be reused again, and says so with that one entry instead
-    /// of a list that would grow with every merge.
+    /// can never be reused again, and says so with one `gone:` entry
+    /// (`compact`) instead of a list that would grow with every merge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<Held>,
 }
