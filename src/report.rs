@@ -431,11 +431,10 @@ fn label(v: &str) -> String {
 pub fn write_metrics(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let dir = crate::store::fsutil::dir_of(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Name(format!("'{}' is no file name", path.display())))?;
-    let mut tmp = crate::store::fsutil::TempFile::create(dir, &name.to_string_lossy())?;
+    if path.file_name().is_none() {
+        return Err(Error::Name(format!("'{}' is no file name", path.display())));
+    }
+    let mut tmp = crate::store::fsutil::TempFile::beside(path)?;
     // The umask must not narrow it: the collector may run as another user.
     tmp.file
         .set_permissions(std::fs::Permissions::from_mode(0o644))

@@ -376,7 +376,7 @@ fn a_year_of_nights() {
     }
     // What a record says does not grow with history: a merged copy holds
     // at most a live chain's files (the clone's 3 and a plain -b night's
-    // overlay), or one `gone:` entry once they are gone.
+    // overlay), or one `gone:` entry once they are gone: 4 entries.
     let (mut longest, mut largest) = (0, 0);
     for d in &doms {
         for f in records(&backup, d)
@@ -398,7 +398,7 @@ fn a_year_of_nights() {
          fixed point of retention::select, as many and over the same months and last 7 days as \
          one selection of the {} points made, verify clean, live chains <= 2 files (the \
          clone's 3, over its shared base, which and whose sibling are unchanged), no file no \
-         point reads, no merged copy holding more than 4 live files (the longest held {longest}; \
+         point reads, no copy's holds longer than 4 entries (the longest {longest}; \
          the largest record {:.1} KiB); one run SIGKILLed mid-copy, libvirtd restarted once",
         restored,
         made.values().map(Vec::len).sum::<usize>(),
