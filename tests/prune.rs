@@ -449,3 +449,81 @@ fn prune_between_a_consolidation_and_the_next_backup() {
         added as f64 / MIB as f64
     ));
 }
+
+/// Files made immutable (`chattr +i`) for a test, made mutable again when
+/// it ends, however it ends.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(files: Vec<std::path::PathBuf>) -> Self {
+        for f in &files {
+            ok("chattr", &["+i", f.to_str().unwrap()]);
+        }
+        Immutable(files)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(f).status();
+        }
+    }
+}
+
+/// `-C -b --keep-last 1` whose prune fails (every file of images/ made
+/// immutable, so its merges and deletions cannot write): the prune and the
+/// consolidation run side by side, so the live chains are consolidated all
+/// the same; the run exits 1 naming the prune; the kept point restores and
+/// verify says the prune is unfinished; the next run finishes it.
+#[test]
+fn a_failed_prune_does_not_stop_the_consolidation() {
+    let mut s = Scenario::new("prune-fails");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    for n in 1..=3 {
+        night(&dom, n);
+        s.fi_ok(&["-C", "-b", b, &dom]);
+    }
+    night(&dom, 4);
+    let images = backup.join(&dom).join("images");
+    let held = Immutable::set(names_in(&images).iter().map(|n| images.join(n)).collect());
+    let out = s.fi(&["-C", "-b", b, "--keep-last", "1", &dom]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("prune"), "{log}");
+    assert!(
+        log.contains(&format!("Consolidation of '{dom}' done")),
+        "{log}"
+    );
+    for t in ["vda", "vdb"] {
+        let chain = chain_names(Path::new(&top_of(&dom, t)));
+        assert_eq!(chain.len(), 2, "{t}: {chain:?}");
+    }
+    let top = top_of(&dom, "vda");
+    assert!(reads(Path::new(&top), 0x24, 0, 16), "the guest's night 4");
+    assert!(reads(Path::new(&top), 0x64, 24, 1), "the guest's marker 4");
+    drop(held);
+    let v = s.fi(&["verify", "--backup-dir", b]);
+    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
+    assert!(
+        vlog.contains("is unfinished") && !vlog.contains("checksum"),
+        "{vlog}"
+    );
+    let last = points(&backup, &dom).pop().unwrap();
+    restores_night(&s, b, &dom, &last, 4, 4);
+    night(&dom, 5);
+    let log = s.fi_ok(&["-C", "-b", b, "--keep-last", "1", &dom]);
+    assert!(log.contains("Finishing the prune"), "{log}");
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    let left = points(&backup, &dom);
+    assert_eq!(left.len(), 1, "{left:?}");
+    restores_night(&s, b, &dom, &left[0], 5, 5);
+    report(
+        "prune: -C -b --keep-last 1 with images/ immutable: exit 1 naming the prune, both live \
+         chains consolidated to 2 files (the guest's night 4 reads on vda), verify says the \
+         prune is unfinished, the newest point restores night 4; the next run finishes the \
+         prune, verify passes, its one point restores night 5",
+    );
+}

@@ -171,15 +171,92 @@ fn process_domain(
         crate::state::intent::settle(&dom, &first.uuid, &config.state_dir, config.timeout)?;
     }
     crate::host::facts::warn_unused_overlays(&dom, &first.uuid, &config.state_dir);
-    // The chains the backup read before its snapshot, for the consolidation.
-    let mut before_snapshot = Vec::new();
-    if config.action != Action::ConsolidateOnly {
-        before_snapshot = backup_sync_prune(&dom, config, (pool, siblings, far), report)?;
+    if config.action == Action::ConsolidateOnly {
+        return consolidate_domain(&dom, config, siblings, &[], report);
     }
-    if config.action != Action::Backup {
-        consolidate_domain(&dom, config, siblings, &before_snapshot, report)?;
+    let backed = backup_and_sync(&dom, config, (pool, far), report)?;
+    prune_and_consolidate(&dom, config, siblings, backed, report)
+}
+
+/// What follows a domain's backup (and sync), as `after_backup` decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Its prune (with `--keep-*`), and no consolidation: none was asked,
+    /// or its sync failed.
+    PruneOnly,
+    /// Its prune (if asked), then its consolidation.
+    InOrder,
+    /// Its prune and its consolidation at once.
+    SideBySide,
+}
+
+/// Whether a domain's prune and consolidation run one after the other or
+/// side by side. They run side by side only in a real run that has both:
+/// the prune works in the backup directory, the consolidation on the live
+/// chains. The prune looks at live files only to see which ones a merged
+/// copy holds are gone, and a file the consolidation deletes meanwhile is
+/// safe either way: seen as there, the copy keeps its list; seen as gone,
+/// it is never reused. A dry run says its steps in the order a run would
+/// take them one after the other. A domain whose sync failed is pruned
+/// (its new point stays on this host) but not consolidated.
+fn after_backup(consolidate: bool, prune: bool, dry_run: bool, synced: bool) -> After {
+    match (consolidate && synced, prune && !dry_run) {
+        (false, _) => After::PruneOnly,
+        (true, false) => After::InOrder,
+        (true, true) => After::SideBySide,
     }
-    Ok(())
+}
+
+/// After a domain's backup (and sync): its prune (`--keep-*`) and, with
+/// `-C`, its consolidation, as `after_backup` decides. When both fail, the
+/// prune's error is logged and the consolidation's (the live chain's) is
+/// the domain's.
+fn prune_and_consolidate(
+    dom: &Dom,
+    config: &Config,
+    siblings: &Siblings,
+    mut backed: Backed,
+    report: &mut DomainReport,
+) -> Result<()> {
+    let synced = std::mem::replace(&mut backed.synced, Ok(()));
+    let after = after_backup(
+        config.action != Action::Backup,
+        config.keep.is_some(),
+        config.dry_run,
+        synced.is_ok(),
+    );
+    if after != After::SideBySide {
+        prune_backed(&backed, &dom.name, config, siblings, report)?;
+        synced?;
+        return match after {
+            After::PruneOnly => Ok(()),
+            _ => consolidate_domain(dom, config, siblings, &backed.read, report),
+        };
+    }
+    let scope = crate::cmd::logging::current_scope();
+    let (pruned, consolidated) = std::thread::scope(|s| {
+        let prune = s.spawn(|| {
+            crate::cmd::logging::in_scope(scope, || {
+                let mut part = DomainReport::default();
+                let r = prune_backed(&backed, &dom.name, config, siblings, &mut part);
+                (r, part.prune)
+            })
+        });
+        let consolidated = consolidate_domain(dom, config, siblings, &backed.read, report);
+        (
+            prune.join().expect("the prune does not panic"),
+            consolidated,
+        )
+    });
+    report.prune = pruned.1;
+    match (pruned.0, consolidated) {
+        (Ok(()), c) => c,
+        (Err(p), Ok(())) => Err(p),
+        (Err(p), Err(c)) => {
+            log::error!("{p}");
+            Err(c)
+        }
+    }
 }
 
 /// The domain `name` the run listed (as UUID `listed_uuid`), looked up
@@ -203,29 +280,41 @@ fn look_up(lv: &Libvirt, name: &str, listed_uuid: Option<&str>) -> Result<Dom> {
     }
 }
 
-/// A domain's backup, then (with `--sync-to`) its sync, then (with
-/// `--keep-*`) its prune, under the backup directory's own lock (it may be
-/// shared with other hosts: no prune runs on it meanwhile; an unfinished
-/// one is finished first). The chains the backup read before its snapshot.
-fn backup_sync_prune(
+/// A domain's backup, then (with `--sync-to`) its sync, under the backup
+/// directory's own lock (it may be shared with other hosts: no prune runs
+/// on it meanwhile; an unfinished one is finished first), which stays held
+/// for its prune.
+struct Backed {
+    dir: Option<DomainDir>,
+    _dir_lock: Option<lock::DomainLock>,
+    /// In a dry run, the record the backup would have written.
+    planned: Option<crate::store::record::Record>,
+    /// The chains the backup read before its snapshot, for the
+    /// consolidation.
+    read: Vec<plan::DiskChain>,
+    /// How the sync went (Ok without `--sync-to`): the caller takes it.
+    synced: Result<()>,
+}
+
+/// Backs up the domain, then (with `--sync-to`) syncs it. The new point
+/// leaves the host before the prune: its record is then the one the backup
+/// wrote, whose lower files the destination already holds, so what the
+/// prune merges never has to travel.
+fn backup_and_sync(
     dom: &Dom,
     config: &Config,
-    (pool, siblings, far): (
+    (pool, far): (
         &std::sync::Arc<crate::pool::Pool>,
-        &Siblings,
         Option<&crate::sync::far::Far>,
     ),
     report: &mut DomainReport,
-) -> Result<Vec<plan::DiskChain>> {
+) -> Result<Backed> {
     let name = &dom.name;
     let dir = match &config.backup_dir {
         Some(b) => Some(DomainDir::new(b, name)?),
         None => None,
     };
-    let (_dir_lock, planned, read) = backup_domain(dom, config, pool, dir.as_ref(), report)?;
-    // The new point leaves the host before the prune: its record is then
-    // the one the backup wrote, whose lower files the destination already
-    // holds, so what the prune merges never has to travel.
+    let (dir_lock, planned, read) = backup_domain(dom, config, pool, dir.as_ref(), report)?;
     let synced = match (&dir, far) {
         (Some(d), Some(far)) => {
             let opts = crate::cmd::sync::Options {
@@ -243,18 +332,35 @@ fn backup_sync_prune(
         }
         _ => Ok(()),
     };
-    if let (Some(d), Some(policy)) = (&dir, &config.keep) {
+    Ok(Backed {
+        dir,
+        _dir_lock: dir_lock,
+        planned,
+        read,
+        synced,
+    })
+}
+
+/// With `--keep-*`, the prune of a backed-up domain (under its directory's
+/// lock).
+fn prune_backed(
+    backed: &Backed,
+    name: &str,
+    config: &Config,
+    siblings: &Siblings,
+    report: &mut DomainReport,
+) -> Result<()> {
+    if let (Some(d), Some(policy)) = (&backed.dir, &config.keep) {
         report.prune = Some(crate::store::prune::prune_domain(
             d,
             name,
             policy,
             config.dry_run,
-            planned,
+            backed.planned.clone(),
             siblings,
         )?);
     }
-    synced?;
-    Ok(read)
+    Ok(())
 }
 
 /// Takes the lock of the domain's backup directory (its own, inside it: no
@@ -633,5 +739,29 @@ fn merged(dom: &Dom, active: bool, plan: &consolidate::DomainPlan, m: &mut Merge
             }
         }
         m.left.extend(p.leave.iter().map(|(f, _)| f.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_and_consolidation_side_by_side_only_in_a_real_run_with_both() {
+        // (consolidate, prune, dry run, synced) -> what follows the backup
+        let table = [
+            ((true, true, false, true), After::SideBySide),
+            ((true, false, false, true), After::InOrder),
+            ((true, true, true, true), After::InOrder),
+            ((true, false, true, true), After::InOrder),
+            ((true, true, false, false), After::PruneOnly),
+            ((true, false, false, false), After::PruneOnly),
+            ((false, true, false, true), After::PruneOnly),
+            ((false, false, false, true), After::PruneOnly),
+            ((false, true, true, true), After::PruneOnly),
+        ];
+        for ((c, p, d, s), want) in table {
+            assert_eq!(after_backup(c, p, d, s), want, "{c} {p} {d} {s}");
+        }
     }
 }
