@@ -262,6 +262,61 @@ pub fn read_chain(top: &Path, format: &str) -> Result<Vec<ChainFile>> {
     finish_chain(top, &infos)
 }
 
+/// The chain below (and including) a disk's top `top` of `format`, read
+/// with as few qemu-img processes as can be: libvirt's chain (`known`: a
+/// running domain's live XML) checked against the files' own headers
+/// (`read_known_chain`); else (a shut-off domain's disk, of which libvirt
+/// names only the top) the chain the headers name, walked from the top
+/// (`walk_headers`) and checked the same way. Whatever the headers do not
+/// say plainly is read with qemu-img, as `read_chain`.
+pub fn read_disk_chain(
+    top: &Path,
+    format: &str,
+    known: Option<&[PathBuf]>,
+) -> Result<Vec<ChainFile>> {
+    if let Some(below) = known {
+        return read_known_chain(top, format, below);
+    }
+    let header = |p: &Path| crate::host::qcow2::read(p).ok();
+    match walk_headers(top, format, header) {
+        Some(files) => read_known_chain(top, format, &files[1..]),
+        None => read_chain(top, format),
+    }
+}
+
+/// The longest chain `walk_headers` follows.
+const MAX_WALK: usize = 1000;
+
+/// The files of the chain below `top` (of `format`), top first, as their
+/// qcow2 headers (`header` reads one) name them: each backing reference
+/// resolved as qemu-img resolves it, each with the format its upper
+/// neighbour records, down to a file with no backing (qcow2) or a raw file.
+/// None when that is not plain: another format, a header that cannot be
+/// read, a backing reference without its format, a loop, or a chain longer
+/// than `MAX_WALK`. Pure, given `header`.
+pub fn walk_headers(
+    top: &Path,
+    format: &str,
+    header: impl Fn(&Path) -> Option<crate::host::qcow2::Header>,
+) -> Option<Vec<PathBuf>> {
+    let mut files = vec![top.to_path_buf()];
+    let mut format = format.to_string();
+    while format == "qcow2" {
+        let last = files.last()?;
+        let h = header(last)?;
+        let Some(backing) = h.backing else {
+            return Some(files);
+        };
+        let next = resolve_backing(last, &backing);
+        if files.contains(&next) || files.len() >= MAX_WALK {
+            return None;
+        }
+        format = h.backing_format?;
+        files.push(next);
+    }
+    (format == "raw").then_some(files)
+}
+
 /// The chain of a disk whose chain libvirt knows (a running domain's live
 /// XML: the top of `format` and every file `below` it, top first), read
 /// from the files' own qcow2 headers instead of a qemu-img process, when
@@ -537,6 +592,79 @@ mod tests {
                 let got: Vec<&Path> = checked.iter().map(|(p, _)| p.as_path()).collect();
                 assert_eq!(got, paths, "{case}");
             }
+        }
+    }
+
+    #[test]
+    fn a_shut_off_disks_chain_is_walked_from_its_headers_only_when_plain() {
+        use crate::host::qcow2::Header;
+        let q = |backing: Option<&str>, fmt: Option<&str>| Header {
+            version: 3,
+            cluster_size: 65536,
+            virtual_size: 1 << 20,
+            backing: backing.map(str::to_string),
+            backing_format: fmt.map(str::to_string),
+            incompatible: 0,
+        };
+        // (top's format, each file's header by path, what the walk gives)
+        let table: Vec<(&str, Vec<(&str, Header)>, Option<Vec<&str>>)> = vec![
+            ("raw", vec![], Some(vec!["/i/top"])),
+            (
+                "qcow2",
+                vec![("/i/top", q(None, None))],
+                Some(vec!["/i/top"]),
+            ),
+            (
+                "qcow2",
+                vec![
+                    ("/i/top", q(Some("mid.qcow2"), Some("qcow2"))),
+                    ("/i/mid.qcow2", q(Some("/b/base.raw"), Some("raw"))),
+                ],
+                Some(vec!["/i/top", "/i/mid.qcow2", "/b/base.raw"]),
+            ),
+            (
+                "qcow2",
+                vec![
+                    ("/i/top", q(Some("../b/base"), Some("qcow2"))),
+                    ("/i/../b/base", q(None, None)),
+                ],
+                Some(vec!["/i/top", "/i/../b/base"]),
+            ),
+            // A backing reference without its format (qemu-img would probe).
+            ("qcow2", vec![("/i/top", q(Some("base"), None))], None),
+            // A loop.
+            (
+                "qcow2",
+                vec![
+                    ("/i/top", q(Some("b"), Some("qcow2"))),
+                    ("/i/b", q(Some("top"), Some("qcow2"))),
+                ],
+                None,
+            ),
+            // A header that cannot be read (a missing backing file).
+            (
+                "qcow2",
+                vec![("/i/top", q(Some("gone"), Some("qcow2")))],
+                None,
+            ),
+            // Another format, at the top or below.
+            ("vmdk", vec![], None),
+            ("qcow2", vec![("/i/top", q(Some("k"), Some("luks")))], None),
+            // json: and protocol references are not files: not plain.
+            (
+                "qcow2",
+                vec![("/i/top", q(Some("json:{\"file\":{}}"), Some("qcow2")))],
+                None,
+            ),
+        ];
+        for (format, headers, want) in table {
+            let map: std::collections::HashMap<PathBuf, Header> = headers
+                .into_iter()
+                .map(|(p, h)| (PathBuf::from(p), h))
+                .collect();
+            let got = walk_headers(Path::new("/i/top"), format, |p| map.get(p).cloned());
+            let want = want.map(|w| w.into_iter().map(PathBuf::from).collect::<Vec<_>>());
+            assert_eq!(got, want, "{format} {map:?}");
         }
     }
 }

@@ -47,11 +47,9 @@ pub fn disk_chains(
         let source = disk.source.as_ref().expect("eligible disks have a source");
         // libvirt's chain (a running domain's live XML) is checked against
         // the files' own headers, which saves a qemu-img process a disk.
-        let chain = match &disk.known_chain {
-            Some(below) => chain::read_known_chain(source, disk.source_format(), below),
-            None => chain::read_chain(source, disk.source_format()),
-        }
-        .map_err(|e| Error::in_domain(&domain.name, format!("disk {}", disk.target), e))?;
+        let chain =
+            chain::read_disk_chain(source, disk.source_format(), disk.known_chain.as_deref())
+                .map_err(|e| Error::in_domain(&domain.name, format!("disk {}", disk.target), e))?;
         log::trace!(
             "Chain of {} of '{}': {}",
             disk.target,
@@ -371,10 +369,7 @@ pub fn unused_overlays(
     }
     let mut used = HashSet::new();
     for ((source, format), known) in &sources {
-        let chain = match known {
-            Some(below) => chain::read_known_chain(source, format, below)?,
-            None => chain::read_chain(source, format)?,
-        };
+        let chain = chain::read_disk_chain(source, format, known.as_deref())?;
         for f in chain {
             let id = chain::SourceId::read(&f.path)?;
             used.insert((id.dev, id.ino));

@@ -117,7 +117,9 @@ impl Siblings {
         top: &Path,
         format: &str,
     ) -> Result<(), String> {
-        let chain = crate::host::chain::read_chain(top, format)
+        // A shut-off domain's disk: the chain its headers name, checked,
+        // without a qemu-img process unless the headers are not plain.
+        let chain = crate::host::chain::read_disk_chain(top, format, None)
             .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
         for f in chain {
             self.add_file(uuid, name, &f.path)?;
