@@ -607,7 +607,8 @@ mod tests {
             incompatible: 0,
         };
         // (top's format, each file's header by path, what the walk gives)
-        let table: Vec<(&str, Vec<(&str, Header)>, Option<Vec<&str>>)> = vec![
+        type Row<'a> = (&'a str, Vec<(&'a str, Header)>, Option<Vec<&'a str>>);
+        let table: Vec<Row> = vec![
             ("raw", vec![], Some(vec!["/i/top"])),
             (
                 "qcow2",
