@@ -527,3 +527,59 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
          prune, verify passes, its one point restores night 5",
     );
 }
+
+/// The backup directory's lock is held for a domain's backup and prune, and
+/// not for its consolidation: while `-C -b --keep-last 2` of a shut-off
+/// domain is held in its offline consolidation, a `prune` of the same
+/// directory (another host's, say) runs; the held run then completes.
+#[test]
+fn the_directory_lock_is_not_held_through_the_consolidation() {
+    let mut s = Scenario::new("prune-lock-c");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    // Plain -b: the chains grow, so the offline -C commits below a top.
+    for n in 1..=3 {
+        night(&dom, n);
+        s.fi_ok(&["-b", b, &dom]);
+    }
+    night(&dom, 4);
+    virsh(&["destroy", &dom]);
+    let (child, hold) = s.spawn_held(
+        "hold-mid-offline",
+        &["-C", "-b", b, "--keep-last", "2", &dom],
+    );
+    // The held run's prune runs beside its consolidation: once it is done,
+    // the directory is free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pruned = loop {
+        let out = s.fi(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+        if out.status.success() {
+            break true;
+        }
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(log.contains("is using its backup directory"), "{log}");
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(hold.exists(), "the run left its consolidation early");
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        pruned,
+        "the directory stayed locked through the consolidation"
+    );
+    assert!(out.status.success(), "{log}");
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    let left = points(&backup, &dom);
+    assert_eq!(left.len(), 1, "{left:?}");
+    restores_night(&s, b, &dom, &left[0], 4, 4);
+    report(
+        "prune: while -C -b --keep-last 2 of a shut-off domain was held in its offline \
+         consolidation, prune --keep-last 1 of the same directory succeeded; the held run \
+         then completed, verify passes, the one point left restores night 4",
+    );
+}

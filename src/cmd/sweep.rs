@@ -225,8 +225,10 @@ fn prune_and_consolidate(
         config.dry_run,
         synced.is_ok(),
     );
+    let dir_lock = backed.dir_lock.take();
     if after != After::SideBySide {
         prune_backed(&backed, &dom.name, config, siblings, report)?;
+        drop(dir_lock);
         synced?;
         return match after {
             After::PruneOnly => Ok(()),
@@ -239,6 +241,7 @@ fn prune_and_consolidate(
             crate::cmd::logging::in_scope(scope, || {
                 let mut part = DomainReport::default();
                 let r = prune_backed(&backed, &dom.name, config, siblings, &mut part);
+                drop(dir_lock);
                 (r, part.prune)
             })
         });
@@ -283,10 +286,10 @@ fn look_up(lv: &Libvirt, name: &str, listed_uuid: Option<&str>) -> Result<Dom> {
 /// A domain's backup, then (with `--sync-to`) its sync, under the backup
 /// directory's own lock (it may be shared with other hosts: no prune runs
 /// on it meanwhile; an unfinished one is finished first), which stays held
-/// for its prune.
+/// for its prune, and no longer.
 struct Backed {
     dir: Option<DomainDir>,
-    _dir_lock: Option<lock::DomainLock>,
+    dir_lock: Option<lock::DomainLock>,
     /// In a dry run, the record the backup would have written.
     planned: Option<crate::store::record::Record>,
     /// The chains the backup read before its snapshot, for the
@@ -334,7 +337,7 @@ fn backup_and_sync(
     };
     Ok(Backed {
         dir,
-        _dir_lock: dir_lock,
+        dir_lock,
         planned,
         read,
         synced,
