@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const MIB: u64 = 1 << 20;
@@ -113,6 +113,25 @@ fn restores_night(s: &Scenario, backup: &str, dom: &str, point: &str, k: u64, ni
         );
     }
     std::fs::remove_dir_all(&target).unwrap();
+}
+
+/// A scenario named `name`, its domain and its backup directory after
+/// nights 1 to `nights`: each the guest's `night`, then `-b DIR` (with
+/// `-C` when `consolidate`).
+fn after_nights(name: &str, nights: u64, consolidate: bool) -> (Scenario, String, PathBuf) {
+    let mut s = Scenario::new(name);
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap().to_string();
+    for n in 1..=nights {
+        night(&dom, n);
+        let mut args = vec!["-b", &b, &dom];
+        if consolidate {
+            args.insert(0, "-C");
+        }
+        s.fi_ok(&args);
+    }
+    (s, dom, backup)
 }
 
 fn points(backup: &Path, dom: &str) -> Vec<String> {
@@ -238,14 +257,8 @@ fn plain_nightly_backups_with_keep_daily_across_generations() {
 /// deletion; --dry-run changes nothing.
 #[test]
 fn orphans_damaged_records_and_dry_runs() {
-    let mut s = Scenario::new("prune-misc");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
+    let (s, dom, backup) = after_nights("prune-misc", 3, true);
     let b = backup.to_str().unwrap();
-    for n in 1..=3 {
-        night(&dom, n);
-        s.fi_ok(&["-C", "-b", b, &dom]);
-    }
     night(&dom, 4);
     let out = s
         .command(&["-b", b, &dom])
@@ -343,14 +356,8 @@ fn sigkill_during_a_prune_converges() {
         ("kill-between-records", "prune"),
         ("kill-mid-prune-deletion", "backup"),
     ] {
-        let mut s = Scenario::new(&format!("pk-{}", &point[5..]));
-        let dom = domain(&mut s);
-        let backup = s.dir("backup");
+        let (s, dom, backup) = after_nights(&format!("pk-{}", &point[5..]), 5, true);
         let b = backup.to_str().unwrap();
-        for n in 1..=5 {
-            night(&dom, n);
-            s.fi_ok(&["-C", "-b", b, &dom]);
-        }
         let out = s
             .command(&["prune", "--backup-dir", b, "--keep-last", "2"])
             .env("FI_BACKUP_TEST_FAULT", point)
@@ -397,14 +404,8 @@ fn sigkill_during_a_prune_converges() {
 /// at once, nothing changed; the backup completes.
 #[test]
 fn a_prune_during_a_backup_is_refused() {
-    let mut s = Scenario::new("prune-lock");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
+    let (s, dom, backup) = after_nights("prune-lock", 2, false);
     let b = backup.to_str().unwrap();
-    for n in 1..=2 {
-        night(&dom, n);
-        s.fi_ok(&["-b", b, &dom]);
-    }
     let (child, hold) = s.spawn_held("hold-after-snapshot", &["-b", b, &dom]);
     let before = snapshot_tree(&backup.join(&dom).join("points"));
     let out = s.fi(&["prune", "--backup-dir", b, "--keep-last", "1"]);
@@ -425,14 +426,8 @@ fn a_prune_during_a_backup_is_refused() {
 /// recorded equal to the newest point, so the next backup is incremental.
 #[test]
 fn prune_between_a_consolidation_and_the_next_backup() {
-    let mut s = Scenario::new("prune-equiv");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
+    let (s, dom, backup) = after_nights("prune-equiv", 4, true);
     let b = backup.to_str().unwrap();
-    for n in 1..=4 {
-        night(&dom, n);
-        s.fi_ok(&["-C", "-b", b, &dom]);
-    }
     s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
     night(&dom, 5);
     let before = allocated(&backup);
@@ -478,14 +473,8 @@ impl Drop for Immutable {
 /// verify says the prune is unfinished; the next run finishes it.
 #[test]
 fn a_failed_prune_does_not_stop_the_consolidation() {
-    let mut s = Scenario::new("prune-fails");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
+    let (s, dom, backup) = after_nights("prune-fails", 3, true);
     let b = backup.to_str().unwrap();
-    for n in 1..=3 {
-        night(&dom, n);
-        s.fi_ok(&["-C", "-b", b, &dom]);
-    }
     night(&dom, 4);
     let images = backup.join(&dom).join("images");
     let held = Immutable::set(names_in(&images).iter().map(|n| images.join(n)).collect());
@@ -534,15 +523,9 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
 /// directory (another host's, say) runs; the held run then completes.
 #[test]
 fn the_directory_lock_is_not_held_through_the_consolidation() {
-    let mut s = Scenario::new("prune-lock-c");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
-    let b = backup.to_str().unwrap();
     // Plain -b: the chains grow, so the offline -C commits below a top.
-    for n in 1..=3 {
-        night(&dom, n);
-        s.fi_ok(&["-b", b, &dom]);
-    }
+    let (s, dom, backup) = after_nights("prune-lock-c", 3, false);
+    let b = backup.to_str().unwrap();
     night(&dom, 4);
     virsh(&["destroy", &dom]);
     let (child, hold) = s.spawn_held(
