@@ -46,7 +46,8 @@ pub fn disk_chains(
         }
         let source = disk.source.as_ref().expect("eligible disks have a source");
         // libvirt's chain (a running domain's live XML) is checked against
-        // the files' own headers, which saves a qemu-img process a disk.
+        // the files' own headers, and a shut-off domain's is walked through
+        // them: either saves a qemu-img process a disk.
         let chain =
             chain::read_disk_chain(source, disk.source_format(), disk.known_chain.as_deref())
                 .map_err(|e| Error::in_domain(&domain.name, format!("disk {}", disk.target), e))?;
