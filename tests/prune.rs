@@ -481,7 +481,11 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
     let out = s.fi(&["-C", "-b", b, "--keep-last", "1", &dom]);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("prune"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[ERR]") && l.contains(&dom) && l.contains("prune")),
+        "{log}"
+    );
     assert!(
         log.contains(&format!("Consolidation of '{dom}' done")),
         "{log}"
