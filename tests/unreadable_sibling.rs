@@ -74,9 +74,54 @@ fn an_unreadable_sibling_counts_as_sharing_every_file() {
     std::fs::rename(away.join("c2.qcow2"), img.join("c2.qcow2")).unwrap();
     virsh(&["start", &b]);
     assert_guest(&b, 0, &[(0x11, 0), (0x22, 1)]);
+    // Many unreadable domains (disks on a share not mounted now): each is
+    // said once with why, and a refusal counts them past three instead of
+    // naming every one for every file.
+    let gone: Vec<String> = (1..=4)
+        .map(|i| {
+            let file = format!("gone{i}.qcow2");
+            let name = s.define(&format!("gone{i}"), "img", &[DiskSpec::qcow2(&file, "vda")]);
+            std::fs::remove_file(img.join(&file)).unwrap();
+            name
+        })
+        .collect();
+    let chain = chain_names(Path::new(&top_of(&a, "vda")));
+    let out = s.fi(&["-C", "-m", "blockcommit", "--commit-all", "-b", bk, &a]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for g in &gone {
+        assert_eq!(
+            err.matches(&format!("Domain '{g}' cannot be read")).count(),
+            1,
+            "{err}"
+        );
+    }
+    let refusal = err
+        .lines()
+        .find(|l| l.contains("not consolidated"))
+        .unwrap_or_else(|| panic!("no refusal: {err}"));
+    // At least these 4 (a host may hold others' unreadable domains too).
+    let counted = refusal
+        .split(" unreadable domains (")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= 4) && refusal.contains(" more)"),
+        "{refusal}"
+    );
+    assert!(!refusal.contains("an unreadable domain"), "{refusal}");
+    assert!(err.contains("no job was started"), "{err}");
+    // The backup went first (-C): one overlay more, nothing committed.
+    let now = chain_names(Path::new(&top_of(&a, "vda")));
+    assert_eq!(now.len(), chain.len() + 1, "{now:?}");
+    assert_eq!(now[1..], chain[..]);
     report(
         "FAIL-CLOSED | linked clone whose sibling's overlay, then the file below it, is missing: \
          commit-all refused naming the unreadable domain (exit 1, base hashed unchanged, no job); \
-         blockpull allowed, deleted none of the 3 files below; both guests read their 2 patterns",
+         blockpull allowed, deleted none of the 3 files below; both guests read their 2 patterns; \
+         with 4 more domains unreadable, each is warned about once and the refusal counts them \
+         (\"N unreadable domains (3 named and N-3 more)\", N >= 4), no job started, the chain one \
+         overlay longer and otherwise the same",
     );
 }

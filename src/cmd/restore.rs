@@ -1130,7 +1130,10 @@ fn onto_refusal(
         )));
     }
     if !users.is_empty() {
-        return Ok(Some(format!("it is used by {}", users.join(", "))));
+        return Ok(Some(format!(
+            "it is used by {}",
+            crate::host::siblings::name_users(users)
+        )));
     }
     let number = crate::host::chain::major_minor(meta.rdev());
     let sys = PathBuf::from(format!("/sys/dev/block/{number}"));

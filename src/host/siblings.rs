@@ -170,9 +170,39 @@ impl Siblings {
             .unreadable
             .iter()
             .filter(|((u, _), _)| u != uuid)
-            .map(|((_, n), _)| format!("an unreadable domain '{n}'"));
+            .map(|((_, n), _)| format!("{UNREADABLE}'{n}'"));
         known.chain(unknown).collect()
     }
+}
+
+/// How [`Siblings::others`] names a domain that could not be read.
+const UNREADABLE: &str = "an unreadable domain ";
+
+/// The users of a file for a message, from [`Siblings::others`] (and any
+/// other entries, such as another disk of the domain): each known one by
+/// name; unreadable domains by name while they are few, else counted with
+/// the first three named (a host with a hundred half-defined domains would
+/// otherwise name each of them for every file of every disk).
+pub fn name_users(users: &[String]) -> String {
+    let (unreadable, known): (Vec<&String>, Vec<&String>) =
+        users.iter().partition(|u| u.starts_with(UNREADABLE));
+    let mut parts: Vec<String> = known.into_iter().cloned().collect();
+    if unreadable.len() <= 3 {
+        parts.extend(unreadable.into_iter().cloned());
+    } else {
+        let first: Vec<&str> = unreadable
+            .iter()
+            .take(3)
+            .map(|u| &u[UNREADABLE.len()..])
+            .collect();
+        parts.push(format!(
+            "{} unreadable domains ({} and {} more)",
+            unreadable.len(),
+            first.join(", "),
+            unreadable.len() - 3
+        ));
+    }
+    parts.join(", ")
 }
 
 impl Siblings {
@@ -185,7 +215,7 @@ impl Siblings {
         let same = self.ids.get(&(id.dev, id.ino)) == Some(id);
         let mut users = self.others(uuid, id.dev, id.ino);
         if !same {
-            users.retain(|u| u.starts_with("an unreadable domain"));
+            users.retain(|u| u.starts_with(UNREADABLE));
         }
         users
     }
@@ -209,6 +239,30 @@ mod tests {
             s.others("c", 1, 11).is_empty(),
             "a domain is not its own sibling"
         );
+    }
+
+    #[test]
+    fn many_unreadable_domains_are_counted_not_each_named() {
+        let u = |n: &str| format!("{UNREADABLE}'{n}'");
+        let table: Vec<(Vec<String>, &str)> = vec![
+            (vec![], ""),
+            (vec!["'b'".into()], "'b'"),
+            (
+                vec!["'b'".into(), u("x"), "disk vdb of this domain".into()],
+                "'b', disk vdb of this domain, an unreadable domain 'x'",
+            ),
+            (
+                vec![u("x"), u("y"), u("z")],
+                "an unreadable domain 'x', an unreadable domain 'y', an unreadable domain 'z'",
+            ),
+            (
+                vec!["'b'".into(), u("w"), u("x"), u("y"), u("z"), u("v")],
+                "'b', 5 unreadable domains ('w', 'x', 'y' and 2 more)",
+            ),
+        ];
+        for (users, want) in table {
+            assert_eq!(name_users(&users), want, "{users:?}");
+        }
     }
 
     #[test]

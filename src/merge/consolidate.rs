@@ -273,8 +273,13 @@ fn shared_refusal(
         .iter()
         .filter_map(|f| {
             let others = shared_with(f);
-            (!others.is_empty())
-                .then(|| format!("'{}' (used by {})", f.path.display(), others.join(", ")))
+            (!others.is_empty()).then(|| {
+                format!(
+                    "'{}' (used by {})",
+                    f.path.display(),
+                    crate::host::siblings::name_users(&others)
+                )
+            })
         })
         .collect();
     (!shared.is_empty()).then(|| {
@@ -309,7 +314,10 @@ fn disk_plan(
         let why = if users.is_empty() {
             not_ours(f, ledger)
         } else {
-            Some(format!("it is shared with {}", users.join(", ")))
+            Some(format!(
+                "it is shared with {}",
+                crate::host::siblings::name_users(&users)
+            ))
         };
         match why {
             None => delete.push(f.path.clone()),

@@ -80,7 +80,10 @@ fn why_not(
     }
     let others = siblings.others(uuid, f.id.dev, f.id.ino);
     if !others.is_empty() {
-        return Some(format!("other domains use it too ({})", others.join(", ")));
+        return Some(format!(
+            "other domains use it too ({})",
+            crate::host::siblings::name_users(&others)
+        ));
     }
     None
 }
