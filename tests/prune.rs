@@ -570,3 +570,38 @@ fn the_directory_lock_is_not_held_through_the_consolidation() {
          then completed, verify passes, the one point left restores night 4",
     );
 }
+
+/// The backup directory given relative to the current directory (`cd /srv
+/// && fi-backup prune -b backups ...`, and the nightly line the same way):
+/// the prune's merges commit copies into the base copy, which qemu-img must
+/// find in the chain by name. Both prunes succeed, the kept point restores
+/// its night and verify is clean.
+#[test]
+fn a_relative_backup_directory_prunes_with_merges() {
+    let (s, dom, backup) = after_nights("prune-rel", 4, true);
+    let b = backup.to_str().unwrap();
+    let rel = backup.file_name().unwrap().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = s.command(args).current_dir(&s.root).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {log}");
+        log
+    };
+    let merged = |log: &str| log.contains(", merge ") && !log.contains(", merge 0 file");
+    let log = run(&["prune", "--backup-dir", rel, "--keep-last", "1"]);
+    assert!(merged(&log), "{log}");
+    assert_eq!(points(&backup, &dom).len(), 1);
+    restores_night(&s, b, &dom, &points(&backup, &dom)[0], 4, 4);
+    night(&dom, 5);
+    let log = run(&["-C", "-b", rel, "--keep-last", "1", &dom]);
+    assert!(merged(&log), "{log}");
+    let kept = points(&backup, &dom);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    restores_night(&s, b, &dom, &kept[0], 5, 5);
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    report(
+        "prune and -C -b --keep-last 1 given the backup directory relative to the current \
+         directory: both succeed and merge files, one point kept, it restores its night (nights 4, then 5), \
+         verify clean",
+    );
+}

@@ -16,7 +16,16 @@ pub fn run(args: &crate::cmd::cli::PruneArgs) -> Result<bool> {
                 .into(),
         ));
     }
-    let backup = &args.scope.backup.backup_dir;
+    // Absolute, as a nightly -b's: qemu-img takes a commit's base by the
+    // name its chain resolves, which a name relative to the current
+    // directory is not.
+    let backup = &std::path::absolute(&args.scope.backup.backup_dir).map_err(|e| {
+        Error::io(
+            "cannot resolve backup directory",
+            &args.scope.backup.backup_dir,
+            e,
+        )
+    })?;
     let domains = domains_to_prune(backup, args.scope.domain.as_deref())?;
     // Which files domains read in place (instant restores): asked of
     // libvirt once; without it that cannot be known, and nothing is pruned.

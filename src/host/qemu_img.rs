@@ -196,9 +196,13 @@ fn rebase(image: &Path, backing: &str, backing_format: &str, mode: &str) -> Resu
 /// qemu-img holds QEMU's image locks meanwhile, so the domain cannot start
 /// on the chain.
 pub fn commit(image: &Path, format: &str, base: &Path) -> Result<()> {
+    // qemu-img finds `base` in the chain by the names the chain resolves
+    // (relative to each file's directory): a path relative to the current
+    // directory would not be found. Absolute, both are.
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("cannot resolve", p, e));
     let mut args = os(&["commit", "-f", format, "-b"]);
-    args.push(base.into());
-    args.push(image.into());
+    args.push(abs(base)?.into());
+    args.push(abs(image)?.into());
     run_job(args, format!("qemu-img commit {}", name_of(image)))
 }
 
