@@ -605,3 +605,90 @@ fn a_relative_backup_directory_prunes_with_merges() {
          verify clean",
     );
 }
+
+/// A point dropped between two kept ones is carried into a new copy of
+/// the newer one's top by a commit of the two files. SIGKILLed right after
+/// that commit (both temporary copies on disk): verify says the prune is
+/// unfinished and both kept points read their nights; the next prune
+/// finishes it, leaves no temporary file, and the points still restore.
+#[test]
+fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
+    let mut s = Scenario::new("prune-carry");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    // Friday 2027-01-01 to Tuesday 01-05, one -C -b a day.
+    for n in 1..=5u64 {
+        night(&dom, n);
+        fi_at(
+            &s,
+            &format!("2027-01-0{n} 02:00:00"),
+            &["-C", "-b", b, &dom],
+        );
+    }
+    // On Tuesday, the newest point of the day and of the last 2 ISO weeks:
+    // 01-05 and Sunday 01-03. Monday's lies between them: carried.
+    let prune = [
+        "prune",
+        "--backup-dir",
+        b,
+        "--keep-daily",
+        "1",
+        "--keep-weekly",
+        "2",
+    ];
+    let when = "2027-01-05 03:00:00";
+    let dry: Vec<&str> = prune.iter().copied().chain(["--dry-run"]).collect();
+    let plan = String::from_utf8_lossy(&fi_at(&s, when, &dry).stderr).into_owned();
+    assert_eq!(plan.matches(", taking in ").count(), 2, "{plan}");
+    let out = Command::new("faketime")
+        .arg("-f")
+        .arg(format!("@{when}"))
+        .arg(env!("CARGO_BIN_EXE_fi-backup"))
+        .args(prune)
+        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
+        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+        .env("FI_BACKUP_TEST_FAULT", "kill-mid-carry")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // faketime runs fi-backup as its child: "Caught Killed", exit 1.
+    assert!(
+        !out.status.success() && err.contains("injected SIGKILL at kill-mid-carry"),
+        "{err}"
+    );
+    let images = backup.join(&dom).join("images");
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".fi-prune."))
+            .collect()
+    };
+    assert_eq!(temps().len(), 2, "{:?}", temps());
+    let v = s.fi(&["verify", "--backup-dir", b]);
+    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
+    assert!(
+        vlog.contains("is unfinished") && !vlog.contains("checksum"),
+        "{vlog}"
+    );
+    let kept = points(&backup, &dom);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for (p, k) in kept.iter().zip([3u64, 5]) {
+        restores_night(&s, b, &dom, p, k, 5);
+    }
+    let log = String::from_utf8_lossy(&fi_at(&s, when, &prune).stderr).into_owned();
+    assert!(log.contains("Finishing the prune"), "{log}");
+    assert!(temps().is_empty(), "{:?}", temps());
+    assert!(!backup.join(&dom).join("prune.json").exists());
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    let kept = points(&backup, &dom);
+    for (p, k) in kept.iter().zip([3u64, 5]) {
+        restores_night(&s, b, &dom, p, k, 5);
+    }
+    fault_row(
+        "SIGKILL after a carry's commit (prune)",
+        "both temporary copies on disk; verify says the prune is unfinished (no checksum error); the next prune finishes it, no temporary file left, verify passes",
+        "the 2 kept points (Sunday's, Tuesday's) restored flat read their nights, before and after",
+    );
+}

@@ -950,6 +950,16 @@ fn new_tops(
     for r in &plan.rebases {
         let format = updated_format(plan, &r.old)?;
         remove_if_there(&at(&r.temp))?;
+        if let Some((size, hash)) = carry_by_commit(&images, plan, r, &format)? {
+            crate::fault::kill_point("kill-after-new-copy");
+            std::fs::rename(at(&r.temp), at(&r.old))
+                .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
+            crate::store::fsutil::sync_dir(&images)?;
+            let new = updated.get_mut(&r.old).expect("described above");
+            new.size = size;
+            new.blake3 = hash;
+            continue;
+        }
         let cluster_size = match format.as_str() {
             "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
             _ => None,
@@ -987,6 +997,69 @@ fn new_tops(
         new.blake3 = hash;
     }
     Ok(())
+}
+
+/// Whether one carried file can go into a new copy of the kept top by a
+/// commit that opens those two files only (`carry_by_commit`): both plain
+/// qcow2 (no incompatible feature: no subclusters, no external data file)
+/// of 64 KiB clusters and one guest size. QEMU's commit copies in chunks
+/// of the target's cluster size clamped to 4-64 KiB: with 64 KiB clusters on
+/// both sides every write covers whole clusters of the target, so nothing
+/// is copied up from its backing, which that commit does not open. Pure.
+fn commit_carry_fits(top: &crate::host::qcow2::Header, run: &crate::host::qcow2::Header) -> bool {
+    const CLUSTER: u64 = 64 << 10;
+    [top, run]
+        .iter()
+        .all(|h| h.incompatible == 0 && h.cluster_size == CLUSTER)
+        && top.virtual_size == run.virtual_size
+}
+
+/// The new copy of a kept top `r.old` that takes in one carried file,
+/// made without opening the chain below it (whose length grows with the
+/// points kept): a copy of the carried file, backing onto `r.onto`,
+/// under `r.temp`, into which a copy of the top is committed (`qemu-img
+/// commit` of the two as one chain, the carried file's own backing left
+/// closed). It reads as the top did: the top's clusters, then the
+/// carried file's, then `r.onto`'s chain. None (nothing made) where that
+/// does not fit (`commit_carry_fits`); the caller rebases instead.
+fn carry_by_commit(
+    images: &Path,
+    plan: &PrunePlan,
+    r: &Rebase,
+    format: &str,
+) -> Result<Option<(u64, String)>> {
+    let [run] = r.carry.as_slice() else {
+        return Ok(None);
+    };
+    let at = |n: &str| images.join(n);
+    if format != "qcow2" || updated_format(plan, run)? != "qcow2" {
+        return Ok(None);
+    }
+    let top = crate::host::qcow2::read(&at(&r.old))?;
+    let below = crate::host::qcow2::read(&at(run))?;
+    if !commit_carry_fits(&top, &below) {
+        return Ok(None);
+    }
+    let top_temp = format!("{}.top", r.temp);
+    remove_if_there(&at(&top_temp))?;
+    let copy = |source: &str, name: &str, backing: Option<(String, String)>| {
+        crate::backup::copy::copy(&crate::backup::copy::CopyJob {
+            source: at(source),
+            format: "qcow2".into(),
+            cluster_size: Some(top.cluster_size),
+            dest_dir: images.to_path_buf(),
+            name: name.into(),
+            backing,
+            expected_id: None,
+            above: None,
+        })
+    };
+    copy(run, &r.temp, Some((r.onto.clone(), r.onto_format.clone())))?;
+    copy(&r.old, &top_temp, None)?;
+    crate::host::qemu_img::commit_into_closed(&at(&top_temp), &at(&r.temp))?;
+    crate::fault::kill_point("kill-mid-carry");
+    remove_if_there(&at(&top_temp))?;
+    measure(&at(&r.temp)).map(Some)
 }
 
 /// 4. The kept records, one by one, each replaced atomically.
@@ -1126,6 +1199,39 @@ mod tests {
     use super::*;
     use crate::host::chain::SourceId;
     use crate::store::record::{DiskRecord, Mode, RECORD_VERSION};
+
+    #[test]
+    fn a_carry_is_committed_only_where_every_write_covers_whole_clusters() {
+        let h =
+            |cluster_size: u64, virtual_size: u64, incompatible: u64| crate::host::qcow2::Header {
+                version: 3,
+                cluster_size,
+                virtual_size,
+                backing: Some("below".into()),
+                backing_format: Some("qcow2".into()),
+                incompatible,
+            };
+        let k64 = 64 << 10;
+        let g = 1 << 30;
+        // (top, carried file, commit?)
+        let table = [
+            (h(k64, g, 0), h(k64, g, 0), true),
+            // QEMU's chunks are 64 KiB at most: part of a 2 MiB cluster
+            // would be filled from the closed backing.
+            (h(2 << 20, g, 0), h(2 << 20, g, 0), false),
+            (h(k64, g, 0), h(2 << 20, g, 0), false),
+            // Chunks of 4 KiB at least: several 512-byte clusters at once.
+            (h(512, g, 0), h(512, g, 0), false),
+            (h(k64, g, 0), h(k64, 2 * g, 0), false),
+            // Subclusters (extended L2), an external data file, dirty.
+            (h(k64, g, 1 << 4), h(k64, g, 0), false),
+            (h(k64, g, 0), h(k64, g, 1 << 2), false),
+            (h(k64, g, 0), h(k64, g, 1), false),
+        ];
+        for (top, run, want) in table {
+            assert_eq!(commit_carry_fits(&top, &run), want, "{top:?} {run:?}");
+        }
+    }
 
     fn file(name: &str, backing: Option<&str>, ino: u64) -> FileRecord {
         FileRecord {
