@@ -21,8 +21,12 @@
 //!   rewritten with its new checksum.
 //! - Carry: copies only dropped points exposed, lying between two kept
 //!   tops (or above a base copy others build on), are merged into a new copy
-//!   of the upper kept top (`qemu-img rebase` onto the lower file, which
-//!   copies exactly their data into it), renamed over it.
+//!   of the upper kept top, renamed over it. One such copy, of plain 64 KiB
+//!   clusters like the top (`commit_carry_fits`): a copy of it backing onto
+//!   the lower file, with a copy of the top committed into it, its own
+//!   backing closed (two files opened, however long the kept chain below).
+//!   Otherwise `qemu-img rebase` of a copy of the top onto the lower file,
+//!   which copies exactly their data into it (and opens the chain below).
 //!
 //! Afterwards no kept point's chain is longer than the number of kept
 //! points plus one.
@@ -1042,11 +1046,11 @@ fn carry_by_commit(
     }
     let top_temp = format!("{}.top", r.temp);
     remove_if_there(&at(&top_temp))?;
-    let copy = |source: &str, name: &str, backing: Option<(String, String)>| {
+    let copy = |source: &str, cluster_size: u64, name: &str, backing: Option<(String, String)>| {
         crate::backup::copy::copy(&crate::backup::copy::CopyJob {
             source: at(source),
             format: "qcow2".into(),
-            cluster_size: Some(top.cluster_size),
+            cluster_size: Some(cluster_size),
             dest_dir: images.to_path_buf(),
             name: name.into(),
             backing,
@@ -1054,8 +1058,9 @@ fn carry_by_commit(
             above: None,
         })
     };
-    copy(run, &r.temp, Some((r.onto.clone(), r.onto_format.clone())))?;
-    copy(&r.old, &top_temp, None)?;
+    let onto = Some((r.onto.clone(), r.onto_format.clone()));
+    copy(run, below.cluster_size, &r.temp, onto)?;
+    copy(&r.old, top.cluster_size, &top_temp, None)?;
     crate::host::qemu_img::commit_into_closed(&at(&top_temp), &at(&r.temp))?;
     crate::fault::kill_point("kill-mid-carry");
     remove_if_there(&at(&top_temp))?;
