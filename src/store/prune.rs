@@ -1006,16 +1006,25 @@ fn new_tops(
 /// Whether one carried file can go into a new copy of the kept top by a
 /// commit that opens those two files only (`carry_by_commit`): both plain
 /// qcow2 (no incompatible feature: no subclusters, no external data file)
-/// of 64 KiB clusters and one guest size. QEMU's commit copies in chunks
-/// of the target's cluster size clamped to 4-64 KiB: with 64 KiB clusters on
-/// both sides every write covers whole clusters of the target, so nothing
-/// is copied up from its backing, which that commit does not open. Pure.
-fn commit_carry_fits(top: &crate::host::qcow2::Header, run: &crate::host::qcow2::Header) -> bool {
+/// of 64 KiB clusters and one guest size, the carried file backing onto
+/// `onto` (format `onto_format`) by its own header, which its copy keeps.
+/// QEMU's commit copies in chunks of the target's cluster size clamped to
+/// 4-64 KiB: with 64 KiB clusters on both sides every write covers whole
+/// clusters of the target, so nothing is copied up from its backing, which
+/// that commit does not open. Pure.
+fn commit_carry_fits(
+    top: &crate::host::qcow2::Header,
+    run: &crate::host::qcow2::Header,
+    onto: &str,
+    onto_format: &str,
+) -> bool {
     const CLUSTER: u64 = 64 << 10;
     [top, run]
         .iter()
         .all(|h| h.incompatible == 0 && h.cluster_size == CLUSTER)
         && top.virtual_size == run.virtual_size
+        && run.backing.as_deref() == Some(onto)
+        && run.backing_format.as_deref() == Some(onto_format)
 }
 
 /// The new copy of a kept top `r.old` that takes in one carried file,
@@ -1041,26 +1050,22 @@ fn carry_by_commit(
     }
     let top = crate::host::qcow2::read(&at(&r.old))?;
     let below = crate::host::qcow2::read(&at(run))?;
-    if !commit_carry_fits(&top, &below) {
+    if !commit_carry_fits(&top, &below, &r.onto, &r.onto_format) {
         return Ok(None);
     }
     let top_temp = format!("{}.top", r.temp);
     remove_if_there(&at(&top_temp))?;
-    let copy = |source: &str, cluster_size: u64, name: &str, backing: Option<(String, String)>| {
-        crate::backup::copy::copy(&crate::backup::copy::CopyJob {
-            source: at(source),
-            format: "qcow2".into(),
-            cluster_size: Some(cluster_size),
-            dest_dir: images.to_path_buf(),
-            name: name.into(),
-            backing,
-            expected_id: None,
-            above: None,
-        })
+    // Plain copies (the kernel's; no buffer here): the carried file's
+    // header already names `onto`, and the top's copy is only read. The
+    // commit flushes the new copy (qemu-img's writeback cache, synced when
+    // it closes the image); `measure` then hashes it as published.
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(at(from), at(to))
+            .map(|_| ())
+            .map_err(|e| Error::io("cannot copy", at(from), e))
     };
-    let onto = Some((r.onto.clone(), r.onto_format.clone()));
-    copy(run, below.cluster_size, &r.temp, onto)?;
-    copy(&r.old, top.cluster_size, &top_temp, None)?;
+    copy(run, &r.temp)?;
+    copy(&r.old, &top_temp)?;
     crate::host::qemu_img::commit_into_closed(&at(&top_temp), &at(&r.temp))?;
     crate::fault::kill_point("kill-mid-carry");
     remove_if_there(&at(&top_temp))?;
@@ -1212,10 +1217,15 @@ mod tests {
                 version: 3,
                 cluster_size,
                 virtual_size,
-                backing: Some("below".into()),
+                backing: Some("onto".into()),
                 backing_format: Some("qcow2".into()),
                 incompatible,
             };
+        let backing = |name: Option<&str>, format: Option<&str>| crate::host::qcow2::Header {
+            backing: name.map(str::to_string),
+            backing_format: format.map(str::to_string),
+            ..h(64 << 10, 1 << 30, 0)
+        };
         let k64 = 64 << 10;
         let g = 1 << 30;
         // (top, carried file, commit?)
@@ -1232,9 +1242,18 @@ mod tests {
             (h(k64, g, 1 << 4), h(k64, g, 0), false),
             (h(k64, g, 0), h(k64, g, 1 << 2), false),
             (h(k64, g, 0), h(k64, g, 1), false),
+            // The carried file's copy keeps its header: it must name onto.
+            (h(k64, g, 0), backing(Some("other"), Some("qcow2")), false),
+            (h(k64, g, 0), backing(Some("onto"), None), false),
+            (h(k64, g, 0), backing(Some("onto"), Some("raw")), false),
+            (h(k64, g, 0), backing(None, None), false),
         ];
         for (top, run, want) in table {
-            assert_eq!(commit_carry_fits(&top, &run), want, "{top:?} {run:?}");
+            assert_eq!(
+                commit_carry_fits(&top, &run, "onto", "qcow2"),
+                want,
+                "{top:?} {run:?}"
+            );
         }
     }
 
