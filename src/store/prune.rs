@@ -1055,12 +1055,23 @@ fn carry_by_commit(
     }
     let top_temp = format!("{}.top", r.temp);
     remove_if_there(&at(&top_temp))?;
-    // Plain copies (the kernel's; no buffer here): the carried file's
-    // header already names `onto`, and the top's copy is only read. The
-    // commit flushes the new copy (qemu-img's writeback cache, synced when
-    // it closes the image); `measure` then hashes it as published.
-    let copy = |from: &str, to: &str| {
-        std::fs::copy(at(from), at(to))
+    // Plain copies (the kernel's copy_file_range; no buffer here): the
+    // carried file's header already names `onto`, and the top's copy is
+    // only read. Each is a new file (O_EXCL: never written through a name
+    // someone else put there), 0600 like every copy. The commit flushes
+    // the new copy (qemu-img's writeback cache, synced when it closes the
+    // image); `measure` then hashes it as published.
+    let copy = |from: &str, to: &str| -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut src =
+            std::fs::File::open(at(from)).map_err(|e| Error::io("cannot open", at(from), e))?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(at(to))
+            .map_err(|e| Error::io("cannot create", at(to), e))?;
+        std::io::copy(&mut src, &mut dst)
             .map(|_| ())
             .map_err(|e| Error::io("cannot copy", at(from), e))
     };
