@@ -12,17 +12,23 @@ use std::process::{Command, Output};
 const MIB: u64 = 1 << 20;
 
 /// fi-backup with the scenario's directories, its clock starting at `when`
-/// (faketime; the clock runs on from there).
-fn fi_at(s: &Scenario, when: &str, args: &[&str]) -> Output {
-    let out = Command::new("faketime")
-        .arg("-f")
+/// (faketime; the clock runs on from there), no fault point set.
+fn fi_at_command(s: &Scenario, when: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("faketime");
+    c.arg("-f")
         .arg(format!("@{when}"))
         .arg(env!("CARGO_BIN_EXE_fi-backup"))
         .args(args)
         .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
         .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
         .env_remove("RUST_LOG")
-        .env_remove("FI_BACKUP_TEST_FAULT")
+        .env_remove("FI_BACKUP_TEST_FAULT");
+    c
+}
+
+/// `fi_at_command` run; it must succeed.
+fn fi_at(s: &Scenario, when: &str, args: &[&str]) -> Output {
+    let out = fi_at_command(s, when, args)
         .output()
         .expect("cannot run faketime (installed by scripts/stack)");
     eprintln!(
@@ -641,13 +647,7 @@ fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
     let dry: Vec<&str> = prune.iter().copied().chain(["--dry-run"]).collect();
     let plan = String::from_utf8_lossy(&fi_at(&s, when, &dry).stderr).into_owned();
     assert_eq!(plan.matches(", taking in ").count(), 2, "{plan}");
-    let out = Command::new("faketime")
-        .arg("-f")
-        .arg(format!("@{when}"))
-        .arg(env!("CARGO_BIN_EXE_fi-backup"))
-        .args(prune)
-        .env("FI_BACKUP_LOCK_DIR", s.root.join("locks"))
-        .env("FI_BACKUP_STATE_DIR", s.root.join("fi-state"))
+    let out = fi_at_command(&s, when, &prune)
         .env("FI_BACKUP_TEST_FAULT", "kill-mid-carry")
         .output()
         .unwrap();

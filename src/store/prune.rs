@@ -954,42 +954,10 @@ fn new_tops(
     for r in &plan.rebases {
         let format = updated_format(plan, &r.old)?;
         remove_if_there(&at(&r.temp))?;
-        if let Some((size, hash)) = carry_by_commit(&images, plan, r, &format)? {
-            crate::fault::kill_point("kill-after-new-copy");
-            std::fs::rename(at(&r.temp), at(&r.old))
-                .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
-            crate::store::fsutil::sync_dir(&images)?;
-            let new = updated.get_mut(&r.old).expect("described above");
-            new.size = size;
-            new.blake3 = hash;
-            continue;
-        }
-        let cluster_size = match format.as_str() {
-            "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
-            _ => None,
+        let (size, hash) = match carry_by_commit(&images, plan, r, &format)? {
+            Some(made) => made,
+            None => copy_and_rebase(&images, r, format)?,
         };
-        let job = crate::backup::copy::CopyJob {
-            source: at(&r.old),
-            format,
-            cluster_size,
-            dest_dir: images.clone(),
-            name: r.temp.clone(),
-            backing: r
-                .carry
-                .is_empty()
-                .then(|| (r.onto.clone(), r.onto_format.clone())),
-            expected_id: None,
-            above: None,
-        };
-        let copied = crate::backup::copy::copy(&job)?;
-        let (mut size, mut hash) = (copied.size, copied.blake3);
-        if !r.carry.is_empty() {
-            // The data of the carried copies goes into the new copy: a
-            // safe rebase copies what differs between the old chain below
-            // it and `onto`.
-            crate::host::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
-            (size, hash) = measure(&at(&r.temp))?;
-        }
         crate::fault::kill_point("kill-after-new-copy");
         // Atomic: whoever opens the name reads the old copy or the new one,
         // and both read the same data.
@@ -1001,6 +969,37 @@ fn new_tops(
         new.blake3 = hash;
     }
     Ok(())
+}
+
+/// The new copy of a kept top `r.old` under `r.temp`, made by copying it
+/// (backing onto `r.onto` when nothing is carried) and, when copies are
+/// carried, by a safe rebase onto `r.onto`, which copies what differs
+/// between the old chain below it and `onto`. Its size and BLAKE3.
+fn copy_and_rebase(images: &Path, r: &Rebase, format: String) -> Result<(u64, String)> {
+    let at = |n: &str| images.join(n);
+    let cluster_size = match format.as_str() {
+        "qcow2" => Some(crate::host::qcow2::read(&at(&r.old))?.cluster_size),
+        _ => None,
+    };
+    let job = crate::backup::copy::CopyJob {
+        source: at(&r.old),
+        format,
+        cluster_size,
+        dest_dir: images.to_path_buf(),
+        name: r.temp.clone(),
+        backing: r
+            .carry
+            .is_empty()
+            .then(|| (r.onto.clone(), r.onto_format.clone())),
+        expected_id: None,
+        above: None,
+    };
+    let copied = crate::backup::copy::copy(&job)?;
+    if r.carry.is_empty() {
+        return Ok((copied.size, copied.blake3));
+    }
+    crate::host::qemu_img::rebase_safe(&at(&r.temp), &r.onto, &r.onto_format)?;
+    measure(&at(&r.temp))
 }
 
 /// Whether one carried file can go into a new copy of the kept top by a
