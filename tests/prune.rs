@@ -614,7 +614,7 @@ fn a_relative_backup_directory_prunes_with_merges() {
 
 /// A point dropped between two kept ones is carried into a new copy of
 /// the newer one's top by a commit of the two files. SIGKILLed right after
-/// that commit (both temporary copies on disk): verify says the prune is
+/// that commit (its two temporary copies on disk): verify says the prune is
 /// unfinished and both kept points read their nights; the next prune
 /// finishes it, leaves no temporary file, and the points still restore.
 #[test]
@@ -665,7 +665,13 @@ fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
             .filter(|n| n.starts_with(".fi-prune."))
             .collect()
     };
-    assert_eq!(temps().len(), 2, "{:?}", temps());
+    // The killed carry's new copy and the top's copy beside it; the other
+    // disk's carry, running side by side, may have left its own.
+    let left = temps();
+    assert!(
+        (2..=4).contains(&left.len()) && left.iter().any(|n| left.contains(&format!("{n}.top"))),
+        "{left:?}"
+    );
     let v = s.fi(&["verify", "--backup-dir", b]);
     let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
     assert!(
@@ -688,7 +694,7 @@ fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
     }
     fault_row(
         "SIGKILL after a carry's commit (prune)",
-        "both temporary copies on disk; verify says the prune is unfinished (no checksum error); the next prune finishes it, no temporary file left, verify passes",
+        "the killed carry's two temporary copies on disk; verify says the prune is unfinished (no checksum error); the next prune finishes it, no temporary file left, verify passes",
         "the 2 kept points (Sunday's, Tuesday's) restored flat read their nights, before and after",
     );
 }

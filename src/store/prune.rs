@@ -29,7 +29,8 @@
 //!   which copies exactly their data into it (and opens the chain below).
 //!
 //! Afterwards no kept point's chain is longer than the number of kept
-//! points plus one.
+//! points plus one. Folds, then new copies, run on different chains (the
+//! domain's disks) side by side (`by_chain`), in order on one chain.
 
 use crate::error::{Error, Result};
 use crate::report::PruneReport;
@@ -887,8 +888,18 @@ fn carry_out(dir: &DomainDir, domain: &str, j: Journal) -> Result<()> {
                 updated = descriptions(p)?;
                 Ok(())
             }
-            Phase::Fold(p) => fold(dir, p, &mut updated),
-            Phase::NewTops(p) => new_tops(dir, p, &mut updated),
+            Phase::Fold(p) => fold(
+                dir,
+                p,
+                index.as_ref().expect("loaded by Drop"),
+                &mut updated,
+            ),
+            Phase::NewTops(p) => new_tops(
+                dir,
+                p,
+                index.as_ref().expect("loaded by Drop"),
+                &mut updated,
+            ),
             Phase::RewriteKept(p) => {
                 rewrite_kept(dir, p, index.as_ref().expect("loaded by Drop"), &updated)?;
                 save_journal(
@@ -922,24 +933,115 @@ fn drop_points(dir: &DomainDir, domain: &str, plan: &PrunePlan, index: &Index) -
     Ok(())
 }
 
+/// Chains worked on at once by a prune's folds and new copies: one
+/// domain's disks are apart, so a two-disk domain's prune takes the time
+/// of its longer disk (the default number of files copied at once).
+const CHAINS_AT_ONCE: usize = crate::pool::DEFAULT_COPY_JOBS;
+
+/// Each file's backing (None: a bottom) as the kept records and the plan's
+/// descriptions say: what `apart` follows.
+fn backings(index: &Index, plan: &PrunePlan) -> HashMap<String, Option<String>> {
+    index
+        .records
+        .iter()
+        .flat_map(|r| &r.files)
+        .chain(&plan.described)
+        .map(|f| (f.name.clone(), f.backing.clone()))
+        .collect()
+}
+
+/// Splits `items` into groups that share no chain, each in `items`' order:
+/// items whose file (`file`) reaches the same bottom through `backing`
+/// (name to its backing, None for a bottom) are one group. Where a chain
+/// cannot be followed to a described bottom (a name not described, a
+/// loop) every item is one group: what is not known to be apart runs in
+/// order. Pure.
+fn apart<'a, T>(
+    items: &'a [T],
+    file: impl Fn(&T) -> &str,
+    backing: &HashMap<String, Option<String>>,
+) -> Vec<Vec<&'a T>> {
+    let bottom = |start: &str| -> Option<String> {
+        let mut at = start.to_string();
+        for _ in 0..=backing.len() {
+            match backing.get(&at)? {
+                None => return Some(at),
+                Some(next) => at = next.clone(),
+            }
+        }
+        None
+    };
+    let mut groups: Vec<(String, Vec<&T>)> = Vec::new();
+    for item in items {
+        let Some(b) = bottom(file(item)) else {
+            return if items.is_empty() {
+                Vec::new()
+            } else {
+                vec![items.iter().collect()]
+            };
+        };
+        match groups.iter_mut().find(|(k, _)| *k == b) {
+            Some((_, g)) => g.push(item),
+            None => groups.push((b, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Runs `each` on `items`, the groups `apart` finds side by side (at most
+/// `CHAINS_AT_ONCE`), in order within a group, which stops at its first
+/// error; every (name, size, BLAKE3) made, or the first error. A group
+/// that fails leaves the others to finish their steps, each of which is
+/// safe alone (the journal has the prune finished later).
+fn by_chain<T: Sync>(
+    items: &[T],
+    file: impl Fn(&T) -> &str,
+    backing: &HashMap<String, Option<String>>,
+    each: impl Fn(&T) -> Result<(String, u64, String)> + Sync,
+) -> Result<Vec<(String, u64, String)>> {
+    let groups = apart(items, file, backing);
+    let done = crate::pool::map(&groups, CHAINS_AT_ONCE, |g| {
+        g.iter().map(|item| each(item)).collect::<Result<Vec<_>>>()
+    });
+    let mut out = Vec::new();
+    for d in done {
+        out.extend(d?);
+    }
+    Ok(out)
+}
+
 /// 2. Folds, in place: every kept point reads the base copy only through
 ///    the run, which holds the same data there.
 fn fold(
     dir: &DomainDir,
     plan: &PrunePlan,
+    index: &Index,
     updated: &mut HashMap<String, FileRecord>,
 ) -> Result<()> {
     let at = |n: &str| dir.images().join(n);
-    for f in &plan.folds {
-        let top = &updated_format(plan, &f.run[0])?;
-        crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
-        crate::fault::kill_point("kill-mid-merge");
-        let (size, hash) = measure(&at(&f.into))?;
-        let new = updated.get_mut(&f.into).expect("described above");
+    let made = by_chain(
+        &plan.folds,
+        |f| &f.into,
+        &backings(index, plan),
+        |f| {
+            let top = &updated_format(plan, &f.run[0])?;
+            crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
+            crate::fault::kill_point("kill-mid-merge");
+            let (size, hash) = measure(&at(&f.into))?;
+            Ok((f.into.clone(), size, hash))
+        },
+    )?;
+    note_made(updated, made);
+    Ok(())
+}
+
+/// The new sizes and checksums into the descriptions.
+fn note_made(updated: &mut HashMap<String, FileRecord>, made: Vec<(String, u64, String)>) {
+    for (name, size, hash) in made {
+        let new = updated.get_mut(&name).expect("described above");
         new.size = size;
         new.blake3 = hash;
     }
-    Ok(())
 }
 
 /// 3. New copies of the kept tops (unreferenced until the records are
@@ -947,27 +1049,32 @@ fn fold(
 fn new_tops(
     dir: &DomainDir,
     plan: &PrunePlan,
+    index: &Index,
     updated: &mut HashMap<String, FileRecord>,
 ) -> Result<()> {
     let images = dir.images();
     let at = |n: &str| images.join(n);
-    for r in &plan.rebases {
-        let format = updated_format(plan, &r.old)?;
-        remove_if_there(&at(&r.temp))?;
-        let (size, hash) = match carry_by_commit(&images, plan, r, &format)? {
-            Some(made) => made,
-            None => copy_and_rebase(&images, r, format)?,
-        };
-        crate::fault::kill_point("kill-after-new-copy");
-        // Atomic: whoever opens the name reads the old copy or the new one,
-        // and both read the same data.
-        std::fs::rename(at(&r.temp), at(&r.old))
-            .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
-        crate::store::fsutil::sync_dir(&images)?;
-        let new = updated.get_mut(&r.old).expect("described above");
-        new.size = size;
-        new.blake3 = hash;
-    }
+    let made = by_chain(
+        &plan.rebases,
+        |r| &r.onto,
+        &backings(index, plan),
+        |r| {
+            let format = updated_format(plan, &r.old)?;
+            remove_if_there(&at(&r.temp))?;
+            let (size, hash) = match carry_by_commit(&images, plan, r, &format)? {
+                Some(made) => made,
+                None => copy_and_rebase(&images, r, format)?,
+            };
+            crate::fault::kill_point("kill-after-new-copy");
+            // Atomic: whoever opens the name reads the old copy or the new one,
+            // and both read the same data.
+            std::fs::rename(at(&r.temp), at(&r.old))
+                .map_err(|e| Error::io("cannot rename", at(&r.temp), e))?;
+            crate::store::fsutil::sync_dir(&images)?;
+            Ok((r.old.clone(), size, hash))
+        },
+    )?;
+    note_made(updated, made);
     Ok(())
 }
 
@@ -1219,6 +1326,51 @@ mod tests {
     use super::*;
     use crate::host::chain::SourceId;
     use crate::store::record::{DiskRecord, Mode, RECORD_VERSION};
+
+    #[test]
+    fn only_items_whose_chains_reach_different_bottoms_run_apart() {
+        // Two disks: a0 <- a1 <- a2 <- a3 and b0 <- b1 <- b2, and a raw
+        // firmware-like file f with no backing.
+        let described: HashMap<String, Option<String>> = [
+            ("a0", None),
+            ("a1", Some("a0")),
+            ("a2", Some("a1")),
+            ("a3", Some("a2")),
+            ("b0", None),
+            ("b1", Some("b0")),
+            ("b2", Some("b1")),
+            ("f", None),
+            ("loop1", Some("loop2")),
+            ("loop2", Some("loop1")),
+            ("dangling", Some("nowhere")),
+        ]
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b.map(str::to_string)))
+        .collect();
+        let table: [(&[&str], &[&[&str]]); 8] = [
+            (&[], &[]),
+            (&["a3"], &[&["a3"]]),
+            (&["a3", "b2"], &[&["a3"], &["b2"]]),
+            // Two steps on one disk stay together and in order, even when
+            // their files differ (a rebase onto a1 reads the chain a fold
+            // into a0 writes).
+            (&["a0", "b1", "a2"], &[&["a0", "a2"], &["b1"]]),
+            (&["b2", "f", "a1", "b0"], &[&["b2", "b0"], &["f"], &["a1"]]),
+            // Not known to be apart: everything in order, as one group.
+            (&["a3", "unknown"], &[&["a3", "unknown"]]),
+            (&["b1", "loop1"], &[&["b1", "loop1"]]),
+            (&["dangling", "a1"], &[&["dangling", "a1"]]),
+        ];
+        for (items, want) in table {
+            let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+            let got: Vec<Vec<&str>> = apart(&items, |s| s.as_str(), &described)
+                .into_iter()
+                .map(|g| g.into_iter().map(String::as_str).collect())
+                .collect();
+            let want: Vec<Vec<&str>> = want.iter().map(|g| g.to_vec()).collect();
+            assert_eq!(got, want, "items {items:?}");
+        }
+    }
 
     #[test]
     fn a_carry_is_committed_only_where_every_write_covers_whole_clusters() {
