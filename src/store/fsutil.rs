@@ -276,7 +276,9 @@ pub fn blake3_of(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
+    // 1 MiB a read: BLAKE3 hashes it on all its SIMD lanes; more only adds
+    // memory where files are hashed side by side (prune's chains).
+    let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
