@@ -527,6 +527,85 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
     );
 }
 
+/// A prune merges a domain's disks side by side, and one disk's merge
+/// failing does not stop the other's: with vda's base copy immutable,
+/// `prune --keep-last 1` after three `-C -b` nights fails naming the
+/// prune, and of all the files in images/ exactly vdb's base copy changed
+/// (its fold ran). verify says the prune is unfinished and the kept point
+/// restores night 3; once vda's base copy is writable again the next prune
+/// finishes it, verify passes, no temporary file is left, and the point
+/// still restores night 3.
+#[test]
+fn one_disks_failed_merge_leaves_the_other_disks_done() {
+    let (s, dom, backup) = after_nights("prune-one-chain", 3, true);
+    let b = backup.to_str().unwrap();
+    let images = backup.join(&dom).join("images");
+    let newest = records(&backup, &dom).pop().unwrap();
+    let bottom = |target: &str| -> String {
+        let disk = newest["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["target"] == target)
+            .unwrap();
+        let chain = disk["chain"].as_array().unwrap();
+        assert!(chain.len() >= 3, "{target}: {chain:?}");
+        chain.last().unwrap().as_str().unwrap().to_string()
+    };
+    let (vda_base, vdb_base) = (bottom("vda"), bottom("vdb"));
+    let hashes = || -> Vec<(String, String)> {
+        names_in(&images)
+            .into_iter()
+            .map(|n| {
+                let h = blake3_file(&images.join(&n));
+                (n, h)
+            })
+            .collect()
+    };
+    let before = hashes();
+    let held = Immutable::set(vec![images.join(&vda_base)]);
+    let out = s.fi(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[ERR]") && l.contains(&dom) && l.contains("prune")),
+        "{log}"
+    );
+    let changed: Vec<String> = hashes()
+        .into_iter()
+        .filter(|(n, h)| !before.contains(&(n.clone(), h.clone())))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(changed, vec![vdb_base.clone()], "{log}");
+    let v = s.fi(&["verify", "--backup-dir", b]);
+    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
+    assert!(
+        vlog.contains("is unfinished") && !vlog.contains("checksum"),
+        "{vlog}"
+    );
+    let kept = points(&backup, &dom);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    restores_night(&s, b, &dom, &kept[0], 3, 3);
+    drop(held);
+    let log = s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    assert!(log.contains("Finishing the prune"), "{log}");
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    let temps: Vec<String> = names_in(&images)
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    restores_night(&s, b, &dom, &kept[0], 3, 3);
+    report(&format!(
+        "prune: vda's base copy immutable, prune --keep-last 1 after 3 -C nights: exit 1 naming \
+         the prune, of images/ only vdb's base copy ('{vdb_base}') changed (its fold ran beside \
+         vda's failed one); verify says the prune is unfinished, the kept point restores night 3; \
+         with vda's base writable the next prune finishes, verify passes, no temporary file, night \
+         3 restores again"
+    ));
+}
+
 /// The backup directory's lock is held for a domain's backup and prune, and
 /// not for its consolidation: while `-C -b --keep-last 2` of a shut-off
 /// domain is held in its offline consolidation, a `prune` of the same
