@@ -496,6 +496,13 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
         log.contains(&format!("Consolidation of '{dom}' done")),
         "{log}"
     );
+    // Both disks' merges ran, side by side, and failed: the second's error
+    // is said too.
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[ERR] also failed in the same prune: ")),
+        "{log}"
+    );
     for t in ["vda", "vdb"] {
         let chain = chain_names(Path::new(&top_of(&dom, t)));
         assert_eq!(chain.len(), 2, "{t}: {chain:?}");
@@ -520,8 +527,8 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
     assert_eq!(left.len(), 1, "{left:?}");
     restores_night(&s, b, &dom, &left[0], 5, 5);
     report(
-        "prune: -C -b --keep-last 1 with images/ immutable: exit 1 naming the prune, both live \
-         chains consolidated to 2 files (the guest's night 4 reads on vda), verify says the \
+        "prune: -C -b --keep-last 1 with images/ immutable: exit 1 naming the prune (the other \
+         disk's failed merge said as well), both live chains consolidated to 2 files (the guest's night 4 reads on vda), verify says the \
          prune is unfinished, the newest point restores night 4; the next run finishes the \
          prune, verify passes, its one point restores night 5",
     );

@@ -990,9 +990,10 @@ fn apart<'a, T>(
 
 /// Runs `each` on `items`, the groups `apart` finds side by side (at most
 /// `CHAINS_AT_ONCE`), in order within a group, which stops at its first
-/// error; every (name, size, BLAKE3) made, or the first error. A group
-/// that fails leaves the others to finish their steps, each of which is
-/// safe alone (the journal has the prune finished later).
+/// error; every (name, size, BLAKE3) made, or the first group's error (any
+/// other group's is logged). A group that fails leaves the others to finish
+/// their steps, each of which is safe alone (the journal has the prune
+/// finished later).
 fn by_chain<T: Sync>(
     items: &[T],
     file: impl Fn(&T) -> &str,
@@ -1004,10 +1005,15 @@ fn by_chain<T: Sync>(
         g.iter().map(|item| each(item)).collect::<Result<Vec<_>>>()
     });
     let mut out = Vec::new();
+    let mut first = None;
     for d in done {
-        out.extend(d?);
+        match d {
+            Ok(made) => out.extend(made),
+            Err(e) if first.is_none() => first = Some(e),
+            Err(e) => log::error!("also failed in the same prune: {e}"),
+        }
     }
-    Ok(out)
+    first.map_or(Ok(out), Err)
 }
 
 /// 2. Folds, in place: every kept point reads the base copy only through
