@@ -938,6 +938,9 @@ fn drop_points(dir: &DomainDir, domain: &str, plan: &PrunePlan, index: &Index) -
 /// of its longer disk (the default number of files copied at once).
 const CHAINS_AT_ONCE: usize = crate::pool::DEFAULT_COPY_JOBS;
 
+/// Held by a prune's copy through the backup's copier (`copy_and_rebase`).
+static COPIER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Each file's backing (None: a bottom) as the kept records and the plan's
 /// descriptions say: what `apart` follows.
 fn backings(index: &Index, plan: &PrunePlan) -> HashMap<String, Option<String>> {
@@ -1069,7 +1072,13 @@ fn new_tops(
             remove_if_there(&at(&r.temp))?;
             let (size, hash) = match carry_by_commit(&images, plan, r, &format)? {
                 Some(made) => made,
-                None => copy_and_rebase(&images, r, format)?,
+                None => {
+                    // The backup's copier holds chunk buffers: one such copy
+                    // at a time in the process, so that chains side by side
+                    // (and domains) do not add up its memory.
+                    let _one = COPIER.lock().unwrap_or_else(|e| e.into_inner());
+                    copy_and_rebase(&images, r, format)?
+                }
             };
             crate::fault::kill_point("kill-after-new-copy");
             // Atomic: whoever opens the name reads the old copy or the new one,
