@@ -140,6 +140,18 @@ fn after_nights(name: &str, nights: u64, consolidate: bool) -> (Scenario, String
     (s, dom, backup)
 }
 
+/// `verify` of `backup` says a prune is unfinished and reports no checksum
+/// error (it does not check what the prune is changing); `what` names the
+/// case in the failure.
+fn verify_says_unfinished(s: &Scenario, backup: &str, what: &str) {
+    let v = s.fi(&["verify", "--backup-dir", backup]);
+    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
+    assert!(
+        vlog.contains("is unfinished") && !vlog.contains("checksum"),
+        "{what}: {vlog}"
+    );
+}
+
 fn points(backup: &Path, dom: &str) -> Vec<String> {
     records(backup, dom)
         .iter()
@@ -371,12 +383,7 @@ fn sigkill_during_a_prune_converges() {
             .unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}");
-        let v = s.fi(&["verify", "--backup-dir", b]);
-        let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
-        assert!(
-            vlog.contains("is unfinished") && !vlog.contains("checksum"),
-            "{point}: {vlog}"
-        );
+        verify_says_unfinished(&s, b, point);
         // Every point the prune keeps still reads its night meanwhile.
         let left = points(&backup, &dom);
         for (p, k) in left[left.len() - 2..].iter().zip([4u64, 5]) {
@@ -511,12 +518,7 @@ fn a_failed_prune_does_not_stop_the_consolidation() {
     assert!(reads(Path::new(&top), 0x24, 0, 16), "the guest's night 4");
     assert!(reads(Path::new(&top), 0x64, 24, 1), "the guest's marker 4");
     drop(held);
-    let v = s.fi(&["verify", "--backup-dir", b]);
-    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
-    assert!(
-        vlog.contains("is unfinished") && !vlog.contains("checksum"),
-        "{vlog}"
-    );
+    verify_says_unfinished(&s, b, "images/ immutable");
     let last = points(&backup, &dom).pop().unwrap();
     restores_night(&s, b, &dom, &last, 4, 4);
     night(&dom, 5);
@@ -585,12 +587,7 @@ fn one_disks_failed_merge_leaves_the_other_disks_done() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(changed, vec![vdb_base.clone()], "{log}");
-    let v = s.fi(&["verify", "--backup-dir", b]);
-    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
-    assert!(
-        vlog.contains("is unfinished") && !vlog.contains("checksum"),
-        "{vlog}"
-    );
+    verify_says_unfinished(&s, b, "vda's base copy immutable");
     let kept = points(&backup, &dom);
     assert_eq!(kept.len(), 1, "{kept:?}");
     restores_night(&s, b, &dom, &kept[0], 3, 3);
@@ -758,12 +755,7 @@ fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
         (2..=4).contains(&left.len()) && left.iter().any(|n| left.contains(&format!("{n}.top"))),
         "{left:?}"
     );
-    let v = s.fi(&["verify", "--backup-dir", b]);
-    let vlog = String::from_utf8_lossy(&v.stderr).into_owned();
-    assert!(
-        vlog.contains("is unfinished") && !vlog.contains("checksum"),
-        "{vlog}"
-    );
+    verify_says_unfinished(&s, b, "carry killed after its commit");
     let kept = points(&backup, &dom);
     assert_eq!(kept.len(), 2, "{kept:?}");
     for (p, k) in kept.iter().zip([3u64, 5]) {
