@@ -64,6 +64,7 @@ pub mod store {
     pub mod prune;
     pub mod record;
     pub mod retention;
+    pub mod tree;
 }
 
 /// Replication of the backup directory to another disk or an rclone remote.

@@ -382,3 +382,121 @@ fn a_chain_from_the_headers_is_the_chain_qemu_img_reads() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `qcow2::layout` (what a fold can write into a base copy, `store::tree`)
+/// reads real images as `qemu-img map` does: v2 with 512-byte clusters, v3
+/// with 64 KiB and 2 MiB clusters, an overlay; data, zero and discarded
+/// writes, ranges across L2 tables. The guest clusters it says a file maps
+/// are those qemu-img says are present in that file alone (its backing
+/// closed); the host clusters it gives for them are those qemu-img gives
+/// offsets for. Its tables lie in the file and apart from those clusters.
+/// Images it does not model are refused: an internal snapshot, a
+/// persistent bitmap (an autoclear bit), extended L2 entries; and a
+/// compressed cluster's host range is refused.
+#[test]
+fn a_qcow2_layout_maps_guest_clusters_as_qemu_img_map_does() {
+    use fi_backup::host::qcow2::layout;
+    use std::collections::BTreeSet;
+    require_stack();
+    let d = std::env::temp_dir().join(format!("fi-qcow2-layout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let writes = [
+        "write -P 0x11 0 300k",
+        "write -z 1M 192k",
+        "write -P 0x22 5M 64k",
+        "write -P 0x33 40M 3M",
+        "discard 40M 1M",
+        "write -P 0x44 63M 1M",
+    ];
+    let cases: [(&str, &[&str]); 4] = [
+        ("v2", &["-o", "compat=0.10,cluster_size=512"]),
+        ("v3", &[]),
+        ("big", &["-o", "cluster_size=2M"]),
+        ("over", &["-F", "qcow2", "-b", "v3"]),
+    ];
+    for (name, opts) in &cases {
+        let file = p(name);
+        let mut a = vec!["create", "-q", "-f", "qcow2"];
+        a.extend(opts.iter());
+        a.extend([file.as_str(), "64M"]);
+        ok("qemu-img", &a);
+        let mut io = vec!["-f", "qcow2"];
+        for w in &writes {
+            io.extend(["-c", w]);
+        }
+        io.push(&file);
+        ok("qemu-io", &io);
+        let f = std::fs::File::open(&file).unwrap();
+        let l = layout(&f).unwrap();
+        let cs = l.cluster_size;
+        let clusters = |ranges: &[(u64, u64)]| -> BTreeSet<u64> {
+            ranges
+                .iter()
+                .flat_map(|&(s, e)| (s / cs..e.div_ceil(cs)).collect::<Vec<_>>())
+                .collect()
+        };
+        let map = ok(
+            "qemu-img",
+            &[
+                "map",
+                "--output=json",
+                &format!(
+                    "json:{{\"driver\":\"qcow2\",\"file\":{{\"driver\":\"file\",\"filename\":\"{file}\"}},\"backing\":null}}"
+                ),
+            ],
+        );
+        let map: Vec<serde_json::Value> = serde_json::from_str(&map).unwrap();
+        let (mut present, mut hosts) = (Vec::new(), Vec::new());
+        for e in &map {
+            let (s, n) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+            if e["present"] == true {
+                present.push((s, s + n));
+            }
+            if let Some(o) = e["offset"].as_u64() {
+                hosts.push((o, o + n));
+            }
+        }
+        let written = l.written(&f).unwrap();
+        assert_eq!(clusters(&written), clusters(&present), "{name}: {map:?}");
+        let host = l.host_of(&f, &written).unwrap();
+        assert_eq!(clusters(&host), clusters(&hosts), "{name}: {map:?}");
+        let len = std::fs::metadata(&file).unwrap().len();
+        let meta = clusters(&l.metadata);
+        assert!(l.metadata.iter().all(|&(_, e)| e <= len), "{name}");
+        assert!(meta.is_disjoint(&clusters(&host)), "{name}");
+    }
+    // Not modelled: refused.
+    let refused = |name: &str| {
+        let f = std::fs::File::open(p(name)).unwrap();
+        layout(&f).unwrap_err()
+    };
+    ok("qemu-img", &["snapshot", "-c", "s1", &p("v3")]);
+    assert!(refused("v3").contains("snapshots"));
+    ok("qemu-img", &["bitmap", "--add", &p("big"), "b0"]);
+    assert!(refused("big").contains("feature bits"));
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            &p("ext"),
+            "8M",
+        ],
+    );
+    assert!(refused("ext").contains("feature bits"));
+    ok(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", &p("v2"), &p("zip")],
+    );
+    let f = std::fs::File::open(p("zip")).unwrap();
+    let l = layout(&f).unwrap();
+    let e = l.host_of(&f, &[(0, 64 << 20)]).unwrap_err();
+    assert!(e.contains("compressed"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

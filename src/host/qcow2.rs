@@ -9,8 +9,11 @@
 //! format header extension), read with the same page cache qemu-img would
 //! read them through. One thing is written: a copy's backing reference
 //! (`rebased_header`, what `qemu-img rebase -u` writes), in the backup's
-//! own temporary copy before it is published. Anything else about an
-//! image is still asked of qemu-img.
+//! own temporary copy before it is published. And `layout`: where a plain
+//! qcow2 file keeps its tables and which guest clusters it maps where (the
+//! L1, L2 and refcount tables), for what a fold can write into a base copy
+//! (`store::tree`). Anything else about an image is still asked of
+//! qemu-img.
 
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -501,6 +504,181 @@ pub fn read(path: &Path) -> Result<Header> {
         }
     }
     parse(&head).map_err(bad)
+}
+
+/// Where a plain qcow2 file keeps its tables, and which guest clusters it
+/// maps where: what a write into it (a fold's `qemu-img commit`) can change
+/// (`store::tree`). Read from the header, the L1 table, the refcount table
+/// and the L2 tables asked for (docs/interop/qcow2.txt in QEMU).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Bytes per cluster.
+    pub cluster_size: u64,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// Each L1 entry's L2 table offset (0: none).
+    l2_tables: Vec<u64>,
+    /// The host byte ranges (start, end) of the header cluster, the L1
+    /// table, the refcount table, the refcount blocks and the L2 tables.
+    pub metadata: Vec<(u64, u64)>,
+}
+
+/// Offset bits of an L1 entry and of a standard L2 entry.
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// An L2 entry's compressed-cluster bit.
+const COMPRESSED: u64 = 1 << 62;
+/// The largest L1 and refcount tables QEMU opens.
+const MAX_L1_BYTES: u64 = 32 << 20;
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+
+/// The layout of the qcow2 file `file`; Err where it is not one this
+/// models (and a caller then assumes anything in it may change):
+/// encryption, internal snapshots, any incompatible feature bit (dirty,
+/// corrupt, external data file, compression type, extended L2 entries) or
+/// autoclear bit (bitmaps, raw external data), tables larger than QEMU
+/// opens.
+pub fn layout(file: &std::fs::File) -> std::result::Result<Layout, String> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 104];
+    let n = file.read_at(&mut head, 0).map_err(|e| e.to_string())?;
+    let h = &head[..n];
+    if h.get(0..4) != Some(b"QFI\xfb".as_slice()) {
+        return Err("not a qcow2 image (no QFI magic)".into());
+    }
+    let version = be32(h, 4)?;
+    let cluster_bits = be32(h, 20)?;
+    if !(2..=3).contains(&version) || !(9..=21).contains(&cluster_bits) {
+        return Err(format!(
+            "qcow2 version {version}, cluster_bits {cluster_bits}"
+        ));
+    }
+    let cs = 1u64 << cluster_bits;
+    if be32(h, 32)? != 0 {
+        return Err("encrypted".into());
+    }
+    if be32(h, 60)? != 0 {
+        return Err("it has internal snapshots".into());
+    }
+    if version == 3 && (be64(h, 72)? != 0 || be64(h, 88)? != 0) {
+        return Err("it has incompatible or autoclear feature bits set".into());
+    }
+    let (l1_entries, l1_at) = (u64::from(be32(h, 36)?), be64(h, 40)?);
+    let (rt_at, rt_clusters) = (be64(h, 48)?, u64::from(be32(h, 56)?));
+    if l1_entries * 8 > MAX_L1_BYTES || rt_clusters * cs > MAX_REFTABLE_BYTES {
+        return Err("tables larger than QEMU opens".into());
+    }
+    let table = |at: u64, bytes: u64| -> std::result::Result<Vec<u64>, String> {
+        let mut buf = vec![0u8; bytes as usize];
+        file.read_exact_at(&mut buf, at)
+            .map_err(|e| format!("a table at {at}: {e}"))?;
+        Ok(buf
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .collect())
+    };
+    let l2_tables: Vec<u64> = table(l1_at, l1_entries * 8)?
+        .into_iter()
+        .map(|e| e & OFFSET_MASK)
+        .collect();
+    let blocks = table(rt_at, rt_clusters * cs)?;
+    let mut metadata = vec![
+        (0, cs),
+        (l1_at, l1_at + l1_entries * 8),
+        (rt_at, rt_at + rt_clusters * cs),
+    ];
+    for at in blocks
+        .iter()
+        .map(|e| e & !0x1ff)
+        .chain(l2_tables.iter().copied())
+    {
+        if at != 0 {
+            metadata.push((at, at + cs));
+        }
+    }
+    Ok(Layout {
+        cluster_size: cs,
+        virtual_size: be64(h, 24)?,
+        l2_tables,
+        metadata,
+    })
+}
+
+impl Layout {
+    /// Guest clusters per L2 table.
+    fn per_table(&self) -> u64 {
+        self.cluster_size / 8
+    }
+
+    /// The L2 table `i` of `file` (zeros where there is none).
+    fn l2(&self, file: &std::fs::File, i: usize) -> std::result::Result<Vec<u64>, String> {
+        use std::os::unix::fs::FileExt;
+        let at = self.l2_tables.get(i).copied().unwrap_or(0);
+        let mut buf = vec![0u8; self.cluster_size as usize];
+        if at != 0 {
+            file.read_exact_at(&mut buf, at)
+                .map_err(|e| format!("the L2 table at {at}: {e}"))?;
+        }
+        Ok(buf
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .collect())
+    }
+
+    /// The guest byte ranges this file maps (data, zeros or compressed:
+    /// any L2 entry that is not 0): what a commit of it writes below.
+    pub fn written(&self, file: &std::fs::File) -> std::result::Result<Vec<(u64, u64)>, String> {
+        let cs = self.cluster_size;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, _) in self.l2_tables.iter().enumerate().filter(|(_, &t)| t != 0) {
+            for (j, e) in self.l2(file, i)?.into_iter().enumerate() {
+                if e == 0 {
+                    continue;
+                }
+                let start = (i as u64 * self.per_table() + j as u64) * cs;
+                match out.last_mut() {
+                    Some(last) if last.1 == start => last.1 += cs,
+                    _ => out.push((start, start + cs)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The host byte ranges of the clusters that hold the guest ranges
+    /// `guest`; Err for a compressed cluster (whose extent is not one
+    /// cluster).
+    pub fn host_of(
+        &self,
+        file: &std::fs::File,
+        guest: &[(u64, u64)],
+    ) -> std::result::Result<Vec<(u64, u64)>, String> {
+        let cs = self.cluster_size;
+        let mut out = Vec::new();
+        let mut cached: Option<(usize, Vec<u64>)> = None;
+        for &(start, end) in guest {
+            let end = end.min(self.virtual_size);
+            let mut c = start / cs;
+            while c * cs < end {
+                let (i, j) = (
+                    (c / self.per_table()) as usize,
+                    (c % self.per_table()) as usize,
+                );
+                if cached.as_ref().map_or(true, |(k, _)| *k != i) {
+                    cached = Some((i, self.l2(file, i)?));
+                }
+                let e = cached.as_ref().expect("just read").1[j];
+                if e & COMPRESSED != 0 {
+                    return Err(format!("guest cluster {c} is compressed"));
+                }
+                let at = e & OFFSET_MASK;
+                if at != 0 {
+                    out.push((at, at + cs));
+                }
+                c += 1;
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

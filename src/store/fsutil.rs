@@ -90,6 +90,18 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// Renames it over `final_path`, without an fsync: only for caches that
+    /// are checked when read (a kept hash tree, `store::tree`), which a
+    /// crash may lose or tear.
+    pub fn rename_over(mut self, final_path: &Path) -> Result<()> {
+        std::fs::rename(&self.path, final_path)
+            .map_err(|e| Error::io("cannot replace (rename) onto", final_path, e))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.published {

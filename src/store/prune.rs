@@ -773,7 +773,7 @@ pub fn finish_unfinished(dir: &DomainDir, domain: &str) -> Result<()> {
             "Finishing the prune of '{domain}' that an interrupted run left ({})",
             journal_path(dir).display()
         );
-        carry_out(dir, domain, j)?;
+        carry_out(dir, domain, j, true)?;
     }
     Ok(())
 }
@@ -788,7 +788,7 @@ pub fn execute(dir: &DomainDir, domain: &str, plan: PrunePlan) -> Result<()> {
         rewritten: false,
     };
     save_journal(dir, &j)?;
-    carry_out(dir, domain, j)
+    carry_out(dir, domain, j, false)
 }
 
 /// The steps of a prune, in order (a journal whose records are rewritten
@@ -873,8 +873,8 @@ pub fn say_dry_run(domain: &str, plan: &PrunePlan) -> Result<()> {
 
 /// Runs the phases left of journal `j` through the one executor loop; the
 /// journal is saved as rewritten once the kept records are, before any
-/// deletion.
-fn carry_out(dir: &DomainDir, domain: &str, j: Journal) -> Result<()> {
+/// deletion. `resumed`: the journal is one an interrupted run left.
+fn carry_out(dir: &DomainDir, domain: &str, j: Journal, resumed: bool) -> Result<()> {
     let mut index = None;
     let mut updated = HashMap::new();
     let who = format!("prune of '{domain}'");
@@ -893,6 +893,7 @@ fn carry_out(dir: &DomainDir, domain: &str, j: Journal) -> Result<()> {
                 p,
                 index.as_ref().expect("loaded by Drop"),
                 &mut updated,
+                resumed,
             ),
             Phase::NewTops(p) => new_tops(
                 dir,
@@ -1020,28 +1021,176 @@ fn by_chain<T: Sync>(
 }
 
 /// 2. Folds, in place: every kept point reads the base copy only through
-///    the run, which holds the same data there.
+///    the run, which holds the same data there. The base copy's checksum is
+///    then made again from its kept hash tree (`store::tree`) by reading
+///    the leaves the fold can have written, when there is a tree that fits
+///    and that is known (`reach`); else by reading it whole. A resumed
+///    prune reads it whole: an interrupted fold may have written already.
 fn fold(
     dir: &DomainDir,
     plan: &PrunePlan,
     index: &Index,
     updated: &mut HashMap<String, FileRecord>,
+    resumed: bool,
 ) -> Result<()> {
     let at = |n: &str| dir.images().join(n);
+    crate::store::tree::remove_stale_temps(dir)?;
+    let described = &*updated;
     let made = by_chain(
         &plan.folds,
         |f| &f.into,
         &backings(index, plan),
         |f| {
             let top = &updated_format(plan, &f.run[0])?;
-            crate::host::qemu_img::commit(&at(&f.run[0]), top, &at(&f.into))?;
+            let base = at(&f.into);
+            let before = if resumed {
+                Err("the prune resumes an interrupted one".to_string())
+            } else {
+                kept_tree(dir, plan, f, described)
+            };
+            crate::host::qemu_img::commit(&at(&f.run[0]), top, &base)?;
             crate::fault::kill_point("kill-mid-merge");
-            let (size, hash) = measure(&at(&f.into))?;
+            let format = updated_format(plan, &f.into)?;
+            let (hash, tree) = match before.and_then(|(tree, r)| {
+                let changed = reach_after(&base, &format, r)?;
+                crate::store::tree::rehash(&base, &tree, &changed)
+                    .map_err(|e| format!("'{}': {e}", base.display()))
+            }) {
+                Ok((hash, tree, read)) => {
+                    log::debug!(
+                        "'{}': checksum made again from its hash tree, read {read} of {} bytes",
+                        f.into,
+                        tree.as_ref().map_or(read, |t| t.len),
+                    );
+                    (hash, tree)
+                }
+                Err(why) => {
+                    log::debug!("'{}': hashed whole ({why})", f.into);
+                    crate::store::tree::hash_whole(&base)
+                        .map_err(|e| Error::io("cannot read", &base, e))?
+                }
+            };
+            if let Err(e) = crate::store::tree::save(dir, &f.into, tree.as_ref()) {
+                log::warn!(
+                    "the hash tree of '{}' was not kept ({e}); its next fold reads it whole",
+                    f.into
+                );
+            }
+            let size = std::fs::metadata(&base)
+                .map_err(|e| Error::io("cannot stat", &base, e))?
+                .len();
             Ok((f.into.clone(), size, hash))
         },
     )?;
     note_made(updated, made);
     Ok(())
+}
+
+/// What a fold into a base copy can change there, read before it: the
+/// guest ranges its run maps, and the host ranges that can hold them (a
+/// raw base: the same; a qcow2 base: the clusters mapping them and its
+/// tables), with the base's length.
+struct Reach {
+    guest: Vec<(u64, u64)>,
+    host: Vec<(u64, u64)>,
+    len: u64,
+}
+
+/// The kept hash tree of fold `f`'s base copy, when it fits the base's
+/// recorded length and checksum and the base is that long, with what the
+/// fold can change; else why not.
+fn kept_tree(
+    dir: &DomainDir,
+    plan: &PrunePlan,
+    f: &Fold,
+    described: &HashMap<String, FileRecord>,
+) -> std::result::Result<(crate::store::tree::Tree, Reach), String> {
+    let rec = described
+        .get(&f.into)
+        .ok_or_else(|| format!("'{}' is not described by the plan", f.into))?;
+    let tree = crate::store::tree::load(dir, &f.into, rec.size, &rec.blake3)?;
+    let mut run = Vec::new();
+    for n in &f.run {
+        let format = updated_format(plan, n).map_err(|e| e.to_string())?;
+        run.push((dir.images().join(n), format));
+    }
+    let r = reach_before(&dir.images().join(&f.into), &rec.format, &run)?;
+    if r.len != tree.len {
+        return Err(format!(
+            "it is {} bytes, its record says {}",
+            r.len, tree.len
+        ));
+    }
+    Ok((tree, r))
+}
+
+/// Opens `path` and reads its qcow2 layout.
+fn layout_of(
+    path: &Path,
+) -> std::result::Result<(std::fs::File, crate::host::qcow2::Layout), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("'{}': {e}", path.display()))?;
+    let l = crate::host::qcow2::layout(&file).map_err(|e| format!("'{}': {e}", path.display()))?;
+    Ok((file, l))
+}
+
+/// `Reach` of committing the run `run` (top first, with formats) into
+/// `base` (of `format`), read before the commit.
+fn reach_before(
+    base: &Path,
+    format: &str,
+    run: &[(PathBuf, String)],
+) -> std::result::Result<Reach, String> {
+    let mut guest = Vec::new();
+    for (path, f) in run {
+        if f != "qcow2" {
+            return Err(format!("'{}' is {f}, not qcow2", path.display()));
+        }
+        let (file, l) = layout_of(path)?;
+        guest.extend(
+            l.written(&file)
+                .map_err(|e| format!("'{}': {e}", path.display()))?,
+        );
+    }
+    let len = std::fs::metadata(base)
+        .map_err(|e| format!("'{}': {e}", base.display()))?
+        .len();
+    let host = match format {
+        "raw" => guest.clone(),
+        "qcow2" => {
+            let (file, l) = layout_of(base)?;
+            let mut host = l.metadata.clone();
+            host.extend(
+                l.host_of(&file, &guest)
+                    .map_err(|e| format!("'{}': {e}", base.display()))?,
+            );
+            host
+        }
+        other => return Err(format!("a base copy of format {other}")),
+    };
+    Ok(Reach { guest, host, len })
+}
+
+/// The byte ranges of `base` a commit can have written, given `r` read
+/// before it: those, the same read after it, and what its length changed.
+fn reach_after(
+    base: &Path,
+    format: &str,
+    r: Reach,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let len = std::fs::metadata(base)
+        .map_err(|e| format!("'{}': {e}", base.display()))?
+        .len();
+    let mut changed = r.host;
+    if format == "qcow2" {
+        let (file, l) = layout_of(base)?;
+        changed.extend(l.metadata.iter().copied());
+        changed.extend(
+            l.host_of(&file, &r.guest)
+                .map_err(|e| format!("'{}': {e}", base.display()))?,
+        );
+    }
+    changed.push((r.len.min(len), r.len.max(len)));
+    Ok(changed)
 }
 
 /// The new sizes and checksums into the descriptions.
@@ -1257,6 +1406,7 @@ fn delete_unread(dir: &DomainDir, domain: &str, plan: &PrunePlan) -> Result<()> 
     }
     for n in delete {
         remove_if_there(&images.join(n))?;
+        crate::store::tree::remove(dir, n)?;
         crate::fault::kill_point("kill-mid-prune-deletion");
     }
     crate::store::fsutil::sync_dir(&images)

@@ -1,0 +1,377 @@
+//! A base copy's BLAKE3 kept as the chaining values of its 1 MiB leaves,
+//! so that after a fold writes into some of its ranges, its checksum is
+//! made again by reading the leaves those ranges touch, not the whole file
+//! (whose size is the disk's, however little the fold merged).
+//!
+//! The checksum is BLAKE3's own, the one `fsutil::blake3_of` gives: each
+//! leaf is a complete subtree of BLAKE3's tree (1 MiB = 1024 chunks, at a
+//! multiple of 1 MiB), and the leaves are joined as BLAKE3 joins subtrees
+//! (`blake3::hazmat`; `root` is table-tested against `blake3::hash`).
+//!
+//! The leaves are kept in the domain's backup directory, `trees/<file
+//! name>`, written by the prune that hashed the file (a temporary name,
+//! then a rename). A kept tree is input, not trusted state: it is used only
+//! when it has the shape of a tree of the file's recorded length and its
+//! leaves join to the checksum the prune's plan gives the file; otherwise
+//! the file is hashed whole, as without one. Where a file was damaged
+//! outside the ranges a fold wrote, the new checksum still describes the
+//! undamaged leaves, so `verify` finds the damage (hashing the file whole
+//! after the fold would have taken the damage into its record).
+
+use crate::store::record::DomainDir;
+use blake3::hazmat::{
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
+};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes a leaf covers (a power of two, a multiple of BLAKE3's 1 KiB
+/// chunk): a changed byte costs a read of this much; the tree costs 32
+/// bytes a leaf (32 KiB a GiB).
+pub const LEAF: u64 = 1 << 20;
+
+/// The first bytes of a kept tree.
+const MAGIC: &[u8] = b"fi-backup hash tree 1\n";
+
+/// The chaining values of a file's leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// The file's length (more than one leaf).
+    pub len: u64,
+    /// One per leaf, in order (the last may be short).
+    pub leaves: Vec<ChainingValue>,
+}
+
+/// How many leaves a file of `len` bytes has.
+pub fn leaf_count(len: u64) -> u64 {
+    len.div_ceil(LEAF)
+}
+
+/// The chaining value of the subtree of `len` bytes at `offset` (a
+/// multiple of the subtree's size in BLAKE3's tree), from the leaves.
+fn subtree(leaves: &[ChainingValue], offset: u64, len: u64) -> ChainingValue {
+    if len <= LEAF {
+        return leaves[(offset / LEAF) as usize];
+    }
+    let left = left_subtree_len(len);
+    merge_subtrees_non_root(
+        &subtree(leaves, offset, left),
+        &subtree(leaves, offset + left, len - left),
+        Mode::Hash,
+    )
+}
+
+/// The BLAKE3 of a file of `len` bytes from its leaves; None when `len`
+/// is one leaf or less (a root that is one leaf is hashed as a root, not
+/// kept) or the leaves are not as many as `len` has. Pure.
+pub fn root(len: u64, leaves: &[ChainingValue]) -> Option<blake3::Hash> {
+    if len <= LEAF || leaves.len() as u64 != leaf_count(len) {
+        return None;
+    }
+    let left = left_subtree_len(len);
+    Some(merge_subtrees_root(
+        &subtree(leaves, 0, left),
+        &subtree(leaves, left, len - left),
+        Mode::Hash,
+    ))
+}
+
+/// The chaining value of leaf `i`, whose bytes are `data`.
+fn leaf(i: u64, data: &[u8]) -> ChainingValue {
+    blake3::Hasher::new()
+        .set_input_offset(i * LEAF)
+        .update(data)
+        .finalize_non_root()
+}
+
+/// Reads leaf `i` of `file` (`len` bytes long) into `buf`.
+fn read_leaf<'a>(
+    file: &std::fs::File,
+    len: u64,
+    i: u64,
+    buf: &'a mut [u8],
+) -> std::io::Result<&'a [u8]> {
+    let start = i * LEAF;
+    let n = (len - start).min(LEAF) as usize;
+    file.read_exact_at(&mut buf[..n], start)?;
+    Ok(&buf[..n])
+}
+
+/// The BLAKE3 (hex) of the file at `path`, read whole, with its tree when
+/// it has more than one leaf.
+pub fn hash_whole(path: &Path) -> std::io::Result<(String, Option<Tree>)> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= LEAF {
+        return Ok((crate::store::fsutil::blake3_of(path)?, None));
+    }
+    let mut buf = vec![0u8; LEAF as usize];
+    let leaves = (0..leaf_count(len))
+        .map(|i| read_leaf(&file, len, i, &mut buf).map(|d| leaf(i, d)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let hash = root(len, &leaves).expect("as many leaves as the length has");
+    Ok((hash.to_hex().to_string(), Some(Tree { len, leaves })))
+}
+
+/// The leaves of a file of `new_len` bytes that must be read again, given
+/// its tree `old` and the byte ranges (start, end) written since: those a
+/// range touches, and those whose bytes or extent the change of length
+/// moved (from the old last leaf on). Pure.
+pub fn stale(old: &Tree, new_len: u64, changed: &[(u64, u64)]) -> Vec<u64> {
+    let count = leaf_count(new_len);
+    // Leaves wholly within both lengths keep their extent.
+    let whole = old.len.min(new_len) / LEAF;
+    let same_tail = old.len == new_len;
+    (0..count)
+        .filter(|&i| {
+            let keeps_extent = i < whole || (same_tail && i < old.leaves.len() as u64);
+            !keeps_extent
+                || changed
+                    .iter()
+                    .any(|&(s, e)| s < e && s < (i + 1) * LEAF && e > i * LEAF)
+        })
+        .collect()
+}
+
+/// The BLAKE3 (hex) and tree of the file at `path` whose tree before the
+/// writes of `changed` was `old`: only the stale leaves are read. The
+/// number of bytes read is returned too.
+pub fn rehash(
+    path: &Path,
+    old: &Tree,
+    changed: &[(u64, u64)],
+) -> std::io::Result<(String, Option<Tree>, u64)> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= LEAF {
+        return Ok((crate::store::fsutil::blake3_of(path)?, None, len));
+    }
+    let mut leaves = old.leaves.clone();
+    leaves.resize(leaf_count(len) as usize, [0; 32]);
+    let mut buf = vec![0u8; LEAF as usize];
+    let mut read = 0;
+    for i in stale(old, len, changed) {
+        let data = read_leaf(&file, len, i, &mut buf)?;
+        read += data.len() as u64;
+        leaves[i as usize] = leaf(i, data);
+    }
+    let hash = root(len, &leaves).expect("as many leaves as the length has");
+    Ok((hash.to_hex().to_string(), Some(Tree { len, leaves }), read))
+}
+
+/// Removes the temporary files a killed prune left among the kept trees
+/// (before the folds, which write theirs side by side).
+pub fn remove_stale_temps(dir: &DomainDir) -> crate::error::Result<usize> {
+    crate::store::fsutil::remove_stale_temps(&trees(dir))
+}
+
+/// The directory of the kept trees.
+fn trees(dir: &DomainDir) -> PathBuf {
+    dir.root.join("trees")
+}
+
+/// Where the tree of image `name` is kept.
+pub fn path_of(dir: &DomainDir, name: &str) -> PathBuf {
+    trees(dir).join(name)
+}
+
+/// The kept tree of image `name`, when there is one of a file of `len`
+/// bytes whose leaves join to `blake3` (hex); else why not.
+pub fn load(dir: &DomainDir, name: &str, len: u64, blake3: &str) -> Result<Tree, String> {
+    let path = path_of(dir, name);
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| format!("'{}': {e}", path.display()))?;
+    parse(&bytes, len, blake3).map_err(|why| format!("'{}': {why}", path.display()))
+}
+
+/// A kept tree's bytes, checked against the file's recorded length and
+/// checksum. Pure.
+pub fn parse(bytes: &[u8], len: u64, blake3: &str) -> Result<Tree, String> {
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("not a hash tree of this version")?;
+    let (head, cvs) = rest.split_at_checked(16).ok_or("too short")?;
+    let kept_len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    let leaf_len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+    if leaf_len != LEAF {
+        return Err(format!("leaves of {leaf_len} bytes, not {LEAF}"));
+    }
+    if kept_len != len {
+        return Err(format!("of a file of {kept_len} bytes, not {len}"));
+    }
+    if cvs.len() as u64 != leaf_count(len) * 32 {
+        return Err("not as many leaves as the length has".into());
+    }
+    let leaves: Vec<ChainingValue> = cvs
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect();
+    match root(len, &leaves) {
+        Some(h) if h.to_hex().as_str() == blake3 => Ok(Tree { len, leaves }),
+        Some(_) => Err("its leaves do not join to the recorded checksum".into()),
+        None => Err("a file of one leaf has no tree".into()),
+    }
+}
+
+/// The bytes of a kept tree. Pure.
+pub fn bytes(tree: &Tree) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 16 + tree.leaves.len() * 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&tree.len.to_le_bytes());
+    out.extend_from_slice(&LEAF.to_le_bytes());
+    for cv in &tree.leaves {
+        out.extend_from_slice(cv);
+    }
+    out
+}
+
+/// Keeps `tree` as the tree of image `name` (a temporary name, then a
+/// rename; no fsync: a tree lost or torn by a crash does not join to the
+/// checksum and is not used). None removes the kept one.
+pub fn save(dir: &DomainDir, name: &str, tree: Option<&Tree>) -> crate::error::Result<()> {
+    let Some(tree) = tree else {
+        return remove(dir, name);
+    };
+    crate::store::fsutil::ensure_private_dir(&trees(dir))?;
+    let mut tmp = crate::store::fsutil::TempFile::create(&trees(dir), name)?;
+    tmp.file
+        .write_all(&bytes(tree))
+        .map_err(|e| crate::error::Error::io("cannot write", &tmp.path, e))?;
+    tmp.rename_over(&path_of(dir, name))
+}
+
+/// Removes the kept tree of image `name`, if any.
+pub fn remove(dir: &DomainDir, name: &str) -> crate::error::Result<()> {
+    let path = path_of(dir, name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::error::Error::io("cannot delete", &path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that differ from leaf to leaf and within each.
+    fn data(len: u64, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ ((i >> 20) as u8) ^ seed)
+            .collect()
+    }
+
+    fn leaves_of(d: &[u8]) -> Vec<ChainingValue> {
+        d.chunks(LEAF as usize)
+            .enumerate()
+            .map(|(i, c)| leaf(i as u64, c))
+            .collect()
+    }
+
+    #[test]
+    fn leaves_join_to_blake3_of_the_whole() {
+        let l = LEAF;
+        for len in [
+            l + 1,
+            2 * l,
+            2 * l + 1023,
+            3 * l,
+            3 * l + 7,
+            5 * l - 1,
+            8 * l,
+            9 * l + 1,
+        ] {
+            let d = data(len, 1);
+            assert_eq!(
+                root(len, &leaves_of(&d)),
+                Some(blake3::hash(&d)),
+                "length {len}"
+            );
+        }
+        // One leaf or less has no tree; a count that does not fit is refused.
+        assert_eq!(root(l, &leaves_of(&data(l, 1))), None);
+        assert_eq!(root(3 * l, &leaves_of(&data(2 * l, 1))), None);
+    }
+
+    #[test]
+    fn only_touched_and_moved_leaves_are_stale() {
+        let l = LEAF;
+        let tree = |len: u64| Tree {
+            len,
+            leaves: vec![[0; 32]; leaf_count(len) as usize],
+        };
+        type Row<'a> = (u64, u64, &'a [(u64, u64)], &'a [u64]);
+        let rows: [Row; 8] = [
+            // Same length, nothing written: nothing to read.
+            (4 * l, 4 * l, &[], &[]),
+            // One byte in leaf 2.
+            (4 * l, 4 * l, &[(2 * l + 5, 2 * l + 6)], &[2]),
+            // A range across a leaf boundary; an empty range touches nothing.
+            (4 * l, 4 * l, &[(l - 1, l + 1), (3 * l, 3 * l)], &[0, 1]),
+            // A short last leaf, same length: kept.
+            (3 * l + 9, 3 * l + 9, &[], &[]),
+            // Grown within the last leaf: it moved.
+            (3 * l + 9, 3 * l + 10, &[], &[3]),
+            // Grown by leaves: the old short leaf and the new ones.
+            (3 * l + 9, 5 * l, &[], &[3, 4]),
+            // Shrunk: the new last leaf is short.
+            (4 * l, 3 * l + 1, &[], &[3]),
+            // Writes past the new end do not count.
+            (4 * l, 4 * l, &[(9 * l, 10 * l)], &[]),
+        ];
+        for (old, new, changed, want) in rows {
+            assert_eq!(
+                stale(&tree(old), new, changed),
+                want,
+                "{old} -> {new} {changed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rehash_reads_the_stale_leaves_and_equals_hashing_whole() {
+        let dir = std::env::temp_dir().join(format!("fi-tree-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let l = LEAF;
+        for (len, writes, new_len) in [
+            (4 * l + 100, vec![(l + 3, 10u64)], 4 * l + 100),
+            (4 * l + 100, vec![(0, 1), (4 * l + 99, 1)], 4 * l + 100),
+            (3 * l, vec![(2 * l - 4, 8)], 6 * l + 3),
+        ] {
+            let mut d = data(len, 2);
+            std::fs::write(&path, &d).unwrap();
+            let (h, t) = hash_whole(&path).unwrap();
+            assert_eq!(h, blake3::hash(&d).to_hex().as_str());
+            let t = t.unwrap();
+            d.resize(new_len as usize, 0);
+            let mut changed = Vec::new();
+            for (at, n) in &writes {
+                for b in &mut d[*at as usize..(*at + n) as usize] {
+                    *b ^= 0x5a;
+                }
+                changed.push((*at, at + n));
+            }
+            std::fs::write(&path, &d).unwrap();
+            let (h2, t2, read) = rehash(&path, &t, &changed).unwrap();
+            assert_eq!(h2, blake3::hash(&d).to_hex().as_str(), "{len} {writes:?}");
+            assert_eq!(t2.as_ref().map(|t| t.len), Some(new_len));
+            assert!(read < new_len, "read {read} of {new_len}");
+            // Kept and read back: the same tree, for that checksum only.
+            let t2 = t2.unwrap();
+            assert_eq!(parse(&bytes(&t2), new_len, &h2), Ok(t2.clone()));
+            assert!(parse(&bytes(&t2), new_len, &h).is_err());
+            assert!(parse(&bytes(&t2), new_len + 1, &h2).is_err());
+            let mut torn = bytes(&t2);
+            torn.pop();
+            assert!(parse(&torn, new_len, &h2).is_err());
+            let mut flipped = bytes(&t2);
+            *flipped.last_mut().unwrap() ^= 1;
+            assert!(parse(&flipped, new_len, &h2).is_err());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
