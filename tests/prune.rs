@@ -780,12 +780,13 @@ fn a_carry_killed_after_its_commit_is_finished_by_the_next_prune() {
 /// A fold writes a few MiB into a base copy the size of the disk; its
 /// checksum is made again from the base's kept hash tree (`store::tree`),
 /// reading the leaves the fold can have written. Checked on both disks (a
-/// qcow2 and a raw base): the first fold hashes the base whole and keeps
-/// its tree; the second reads less than the base and records the checksum
-/// the file has (hashed here), verify passes and the point restores. A
-/// kept tree that does not join to the recorded checksum is not used (the
-/// base is hashed whole, correctly); and damage to a base outside what a
-/// fold wrote is not taken into its new checksum: verify finds it.
+/// qcow2 and a raw base): the backup's copier keeps each base copy's tree;
+/// without one (removed) a fold hashes the base whole and keeps it; with
+/// one a fold reads less than the base and records the checksum the file
+/// has (hashed here), verify passes and the point restores. A kept tree
+/// that does not join to the recorded checksum is not used (the base is
+/// hashed whole, correctly); and damage to a base outside what a fold
+/// wrote is not taken into its new checksum: verify finds it.
 #[test]
 fn a_fold_reads_only_what_it_can_have_written_of_a_base() {
     let (s, dom, backup) = after_nights("prune-tree", 3, true);
@@ -840,20 +841,10 @@ fn a_fold_reads_only_what_it_can_have_written_of_a_base() {
             .unwrap_or_else(|| panic!("nothing said of {name}: {log}"))
             .to_string()
     };
-    // First fold: no tree yet.
-    let log = prune();
-    for n in &bases {
-        assert!(said(&log, n).contains("hashed whole"), "{log}");
-        assert!(trees.join(n).is_file(), "{n}: no tree kept");
-        assert_eq!(recorded(n), blake3_file(&images.join(n)), "{n}");
-    }
-    // Second fold: from the tree, reading less than the base.
-    night(&dom, 4);
-    s.fi_ok(&["-C", "-b", b, &dom]);
-    let log = prune();
-    let mut reads = Vec::new();
-    for n in &bases {
-        let line = said(&log, n);
+    // The read a fold says it made of `n`: less than the file, which has
+    // the checksum now recorded.
+    let read_less = |log: &str, n: &str| -> String {
+        let line = said(log, n);
         assert!(line.contains("checksum made again"), "{line}");
         let size = std::fs::metadata(images.join(n)).unwrap().len();
         let read: u64 = line
@@ -866,15 +857,35 @@ fn a_fold_reads_only_what_it_can_have_written_of_a_base() {
             line.ends_with(&format!(" of {size} bytes")) && read < size,
             "{n}: {line}"
         );
-        reads.push(format!("{n}: {read} of {size} bytes"));
         assert_eq!(recorded(n), blake3_file(&images.join(n)), "{n}");
+        format!("{n}: {read} of {size} bytes")
+    };
+    let (vda, vdb) = (&bases[0], &bases[1]);
+    // The copier kept both base copies' trees; vda's is removed.
+    for n in &bases {
+        assert!(trees.join(n).is_file(), "{n}: no tree kept by the copy");
+    }
+    std::fs::remove_file(trees.join(vda)).unwrap();
+    // First fold: vda's hashed whole (its tree kept again), vdb's from the
+    // copier's tree.
+    let log = prune();
+    let line = said(&log, vda);
+    assert!(line.contains("hashed whole"), "{line}");
+    assert!(trees.join(vda).is_file(), "{vda}: no tree kept by the fold");
+    assert_eq!(recorded(vda), blake3_file(&images.join(vda)));
+    let mut reads = vec![read_less(&log, vdb)];
+    // Second fold: both from their trees.
+    night(&dom, 4);
+    s.fi_ok(&["-C", "-b", b, &dom]);
+    let log = prune();
+    for n in &bases {
+        reads.push(read_less(&log, n));
     }
     s.fi_ok(&["verify", "--backup-dir", b]);
     let kept = points(&backup, &dom);
     restores_night(&s, b, &dom, &kept[0], 4, 4);
     // vda's tree no longer joins to its checksum; vdb's base is damaged at
     // 30 MiB, which no night writes.
-    let (vda, vdb) = (&bases[0], &bases[1]);
     let mut t = std::fs::read(trees.join(vda)).unwrap();
     *t.last_mut().unwrap() ^= 1;
     std::fs::write(trees.join(vda), t).unwrap();
@@ -911,9 +922,10 @@ fn a_fold_reads_only_what_it_can_have_written_of_a_base() {
         "{vlog}"
     );
     report(&format!(
-        "prune: 3 folds into each base copy (qcow2 '{vda}', raw '{vdb}'): the first hashed it \
-         whole and kept its tree, the second read less than the file ({}), both recorded the \
-         checksum the file has (hashed here); verify passes, the point restores night 4; a tree \
+        "prune: 3 folds into each base copy (qcow2 '{vda}', raw '{vdb}'), both trees kept by \
+         the copy: with vda's removed, its first fold hashed it whole and kept it again; the \
+         folds with a tree read less than the file ({}) and recorded the checksum the file has \
+         (hashed here); verify passes, the point restores night 4; a tree \
          whose last leaf was changed was not used (hashed whole, checksum right); a byte \
          changed at 30 MiB of the raw base before a fold stayed outside its new checksum: \
          verify names that copy as damaged, and not the qcow2 base",

@@ -18,6 +18,7 @@ use crate::host::ffi::{self, Advice};
 use crate::host::qemu_img;
 use crate::progress::Bar;
 use crate::store::fsutil::TempFile;
+use crate::store::tree::{Builder, Tree};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,10 @@ pub struct Copied {
     pub blake3: String,
     /// The source's identity during the copy.
     pub source_id: SourceId,
+    /// The BLAKE3 chaining values of its 1 MiB leaves (more than one
+    /// leaf long): kept for a base copy, whose folds then read only what
+    /// they can have written (`store::tree`).
+    pub tree: Option<Tree>,
 }
 
 /// Runs one copy job.
@@ -75,7 +80,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     ffi::advise(&src, 0, 0, Advice::Sequential);
     let tmp = TempFile::create(&job.dest_dir, &job.name)?;
     let bar = Bar::bytes(format!("copy {}", job.name), id.size);
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = Builder::default();
     match &job.backing {
         None => copy_range(
             &src,
@@ -102,10 +107,12 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
     tmp.publish(&job.dest_dir.join(&job.name))?;
     ffi::advise(&file, 0, 0, Advice::DontNeed);
     ffi::advise(&src, 0, 0, Advice::DontNeed);
+    let (blake3, tree) = hasher.finalize();
     Ok(Copied {
         size,
-        blake3: hasher.finalize().to_hex().to_string(),
+        blake3,
         source_id: id,
+        tree,
     })
 }
 
@@ -118,7 +125,7 @@ fn copy_rebased(
     (src, size): (&File, u64),
     tmp: &TempFile,
     (name, format): &(String, String),
-    hasher: &mut blake3::Hasher,
+    hasher: &mut Builder,
     bar: &Bar,
 ) -> Result<()> {
     let head = job.cluster_size.unwrap_or(65536).min(size);
@@ -231,7 +238,7 @@ fn copy_range(
     src: &File,
     dst: &File,
     (start, end): (u64, u64),
-    hasher: &mut Option<&mut blake3::Hasher>,
+    hasher: &mut Option<&mut Builder>,
     src_path: &Path,
     bar: &Bar,
 ) -> Result<()> {
@@ -261,7 +268,7 @@ fn copy_range(
 fn read_pieces(
     src: &File,
     (start, end): (u64, u64),
-    mut hasher: Option<&mut blake3::Hasher>,
+    mut hasher: Option<&mut Builder>,
     src_path: &Path,
     (tx, buffers): (
         &std::sync::mpsc::SyncSender<Piece>,
@@ -402,13 +409,7 @@ fn file_len_raw(f: &File) -> Result<u64> {
 }
 
 /// Hashes bytes [start, end) of `f` as they are (holes read as zeros).
-fn hash_range(
-    f: &File,
-    start: u64,
-    end: u64,
-    hasher: &mut blake3::Hasher,
-    path: &Path,
-) -> Result<()> {
+fn hash_range(f: &File, start: u64, end: u64, hasher: &mut Builder, path: &Path) -> Result<()> {
     let mut buf = vec![
         0u8;
         CHUNK
@@ -433,7 +434,7 @@ fn hash_range(
     Ok(())
 }
 
-fn hash_zeros(h: &mut blake3::Hasher, mut len: u64) {
+fn hash_zeros(h: &mut Builder, mut len: u64) {
     while len > 0 {
         let n = len.min(ZEROS.len() as u64) as usize;
         h.update(&ZEROS[..n]);

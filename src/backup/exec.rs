@@ -123,6 +123,16 @@ fn run_step(
             let done = copy_all(list, &opts.pool)?;
             crate::fault::kill_point("kill-after-copy");
             for (job, c) in list.iter().zip(done) {
+                // A base copy keeps its hash tree for the folds into it.
+                if let (None, Some(tree)) = (&job.backing, &c.tree) {
+                    let trees = crate::store::tree::dir_beside(&job.dest_dir);
+                    if let Err(e) = crate::store::tree::save_in(&trees, &job.name, Some(tree)) {
+                        log::warn!(
+                            "the hash tree of '{}' was not kept ({e}); its first fold reads it whole",
+                            job.name
+                        );
+                    }
+                }
                 outcome.copied += 1;
                 outcome.bytes += c.size;
                 copied.insert(job.name.clone(), c);

@@ -310,6 +310,7 @@ impl RecordDraft {
                             mtime_ns: 0,
                             block: false,
                         },
+                        tree: None,
                     },
                 )),
                 PlannedFile::Reused(_) => None,

@@ -9,7 +9,8 @@
 //! (`blake3::hazmat`; `root` is table-tested against `blake3::hash`).
 //!
 //! The leaves are kept in the domain's backup directory, `trees/<file
-//! name>`, written by the prune that hashed the file (a temporary name,
+//! name>`, written by the backup that copied a base copy (its copier hashes
+//! leaf by leaf, `Builder`) and by each fold into it (a temporary name,
 //! then a rename). A kept tree is input, not trusted state: it is used only
 //! when it has the shape of a tree of the file's recorded length and its
 //! leaves join to the checksum the prune's plan gives the file; otherwise
@@ -101,17 +102,76 @@ fn read_leaf<'a>(
 /// The BLAKE3 (hex) of the file at `path`, read whole, with its tree when
 /// it has more than one leaf.
 pub fn hash_whole(path: &Path) -> std::io::Result<(String, Option<Tree>)> {
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len <= LEAF {
-        return Ok((crate::store::fsutil::blake3_of(path)?, None));
-    }
+    let mut file = std::fs::File::open(path)?;
+    let mut b = Builder::default();
     let mut buf = vec![0u8; LEAF as usize];
-    let leaves = (0..leaf_count(len))
-        .map(|i| read_leaf(&file, len, i, &mut buf).map(|d| leaf(i, d)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let hash = root(len, &leaves).expect("as many leaves as the length has");
-    Ok((hash.to_hex().to_string(), Some(Tree { len, leaves })))
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        b.update(&buf[..n]);
+    }
+    Ok(b.finalize())
+}
+
+/// BLAKE3 of a stream, kept leaf by leaf: what the backup's copier hashes a
+/// copy with, so that a base copy has its tree from the start (its first
+/// fold then reads only what it can have written).
+pub struct Builder {
+    /// The current leaf's hasher (at its offset).
+    leaf: blake3::Hasher,
+    /// Bytes fed so far.
+    len: u64,
+    /// The finished leaves.
+    leaves: Vec<ChainingValue>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            leaf: blake3::Hasher::new(),
+            len: 0,
+            leaves: Vec::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// Feeds the next bytes of the stream.
+    pub fn update(&mut self, mut data: &[u8]) -> &mut Self {
+        while !data.is_empty() {
+            let room = (LEAF - self.len % LEAF) as usize;
+            if room == LEAF as usize && self.len > 0 {
+                // A leaf is full and more follows: it is not the root.
+                self.leaves.push(self.leaf.finalize_non_root());
+                self.leaf = blake3::Hasher::new();
+                self.leaf.set_input_offset(self.len);
+            }
+            let n = room.min(data.len());
+            self.leaf.update(&data[..n]);
+            self.len += n as u64;
+            data = &data[n..];
+        }
+        self
+    }
+
+    /// The BLAKE3 (hex) of everything fed, with its tree when it is more
+    /// than one leaf long.
+    pub fn finalize(mut self) -> (String, Option<Tree>) {
+        if self.len <= LEAF {
+            return (self.leaf.finalize().to_hex().to_string(), None);
+        }
+        self.leaves.push(self.leaf.finalize_non_root());
+        let hash = root(self.len, &self.leaves).expect("a leaf for each started MiB");
+        (
+            hash.to_hex().to_string(),
+            Some(Tree {
+                len: self.len,
+                leaves: self.leaves,
+            }),
+        )
+    }
 }
 
 /// The leaves of a file of `new_len` bytes that must be read again, given
@@ -169,6 +229,15 @@ pub fn remove_stale_temps(dir: &DomainDir) -> crate::error::Result<usize> {
 /// The directory of the kept trees.
 fn trees(dir: &DomainDir) -> PathBuf {
     dir.root.join("trees")
+}
+
+/// The directory of the kept trees of the files in `images` (a domain's
+/// images/).
+pub fn dir_beside(images: &Path) -> PathBuf {
+    images
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("trees")
 }
 
 /// Where the tree of image `name` is kept.
@@ -232,24 +301,33 @@ pub fn bytes(tree: &Tree) -> Vec<u8> {
 /// rename; no fsync: a tree lost or torn by a crash does not join to the
 /// checksum and is not used). None removes the kept one.
 pub fn save(dir: &DomainDir, name: &str, tree: Option<&Tree>) -> crate::error::Result<()> {
+    save_in(&trees(dir), name, tree)
+}
+
+/// `save`, into the directory of kept trees `trees`.
+pub fn save_in(trees: &Path, name: &str, tree: Option<&Tree>) -> crate::error::Result<()> {
+    let path = trees.join(name);
     let Some(tree) = tree else {
-        return remove(dir, name);
+        return remove_path(&path);
     };
-    crate::store::fsutil::ensure_private_dir(&trees(dir))?;
-    let mut tmp = crate::store::fsutil::TempFile::create(&trees(dir), name)?;
+    crate::store::fsutil::ensure_private_dir(trees)?;
+    let mut tmp = crate::store::fsutil::TempFile::create(trees, name)?;
     tmp.file
         .write_all(&bytes(tree))
         .map_err(|e| crate::error::Error::io("cannot write", &tmp.path, e))?;
-    tmp.rename_over(&path_of(dir, name))
+    tmp.rename_over(&path)
 }
 
 /// Removes the kept tree of image `name`, if any.
 pub fn remove(dir: &DomainDir, name: &str) -> crate::error::Result<()> {
-    let path = path_of(dir, name);
-    match std::fs::remove_file(&path) {
+    remove_path(&path_of(dir, name))
+}
+
+fn remove_path(path: &Path) -> crate::error::Result<()> {
+    match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(crate::error::Error::io("cannot delete", &path, e)),
+        Err(e) => Err(crate::error::Error::io("cannot delete", path, e)),
     }
 }
 
@@ -294,6 +372,36 @@ mod tests {
         // One leaf or less has no tree; a count that does not fit is refused.
         assert_eq!(root(l, &leaves_of(&data(l, 1))), None);
         assert_eq!(root(3 * l, &leaves_of(&data(2 * l, 1))), None);
+    }
+
+    #[test]
+    fn a_stream_fed_in_any_pieces_hashes_as_blake3_with_its_tree() {
+        let l = LEAF as usize;
+        for (len, piece) in [
+            (0, 7),
+            (1000, 7),
+            (l, 4096),
+            (l + 1, 4096),
+            (3 * l + 5, 3 * l + 5),
+            (3 * l + 5, 65536 + 3),
+            (4 * l, 2 * l),
+        ] {
+            let d = data(len as u64, 3);
+            let mut b = Builder::default();
+            for c in d.chunks(piece) {
+                b.update(c);
+            }
+            b.update(&[]);
+            let (h, t) = b.finalize();
+            assert_eq!(h, blake3::hash(&d).to_hex().as_str(), "{len} by {piece}");
+            match t {
+                Some(t) => {
+                    assert!(len > l, "{len}");
+                    assert_eq!(t.leaves, leaves_of(&d), "{len} by {piece}");
+                }
+                None => assert!(len <= l, "{len}"),
+            }
+        }
     }
 
     #[test]
