@@ -1050,9 +1050,8 @@ fn fold(
             };
             crate::host::qemu_img::commit(&at(&f.run[0]), top, &base)?;
             crate::fault::kill_point("kill-mid-merge");
-            let format = updated_format(plan, &f.into)?;
             let (hash, tree) = match before.and_then(|(tree, r)| {
-                let changed = reach_after(&base, &format, r)?;
+                let changed = reach_after(&base, r)?;
                 crate::store::tree::rehash(&base, &tree, &changed)
                     .map_err(|e| format!("'{}': {e}", base.display()))
             }) {
@@ -1089,10 +1088,11 @@ fn fold(
 /// What a fold into a base copy can change there, read before it: the
 /// guest ranges its run maps, and the host ranges that can hold them (a
 /// raw base: the same; a qcow2 base: the clusters mapping them and its
-/// tables), with the base's length.
+/// tables), with the base's format and length.
 struct Reach {
     guest: Vec<(u64, u64)>,
     host: Vec<(u64, u64)>,
+    format: String,
     len: u64,
 }
 
@@ -1167,21 +1167,22 @@ fn reach_before(
         }
         other => return Err(format!("a base copy of format {other}")),
     };
-    Ok(Reach { guest, host, len })
+    Ok(Reach {
+        guest,
+        host,
+        format: format.to_string(),
+        len,
+    })
 }
 
 /// The byte ranges of `base` a commit can have written, given `r` read
 /// before it: those, the same read after it, and what its length changed.
-fn reach_after(
-    base: &Path,
-    format: &str,
-    r: Reach,
-) -> std::result::Result<Vec<(u64, u64)>, String> {
+fn reach_after(base: &Path, r: Reach) -> std::result::Result<Vec<(u64, u64)>, String> {
     let len = std::fs::metadata(base)
         .map_err(|e| format!("'{}': {e}", base.display()))?
         .len();
     let mut changed = r.host;
-    if format == "qcow2" {
+    if r.format == "qcow2" {
         let (file, l) = layout_of(base)?;
         changed.extend(l.metadata.iter().copied());
         changed.extend(

@@ -219,6 +219,7 @@ impl DomainDir {
         crate::store::fsutil::ensure_private_dir(&self.points())?;
         crate::store::fsutil::remove_stale_temps(&self.images())?;
         crate::store::fsutil::remove_stale_temps(&self.points())?;
+        crate::store::tree::remove_stale_temps(self)?;
         Ok(())
     }
 }
