@@ -1,6 +1,7 @@
 //! Log lines carry fi-backup.sh's tags so that existing cron mail filters keep
 //! working: `[ERR]` error, `[WAR]` warn, `[INF]` info, `[VER]` debug (shown
-//! with -v), `[DEB]` trace (shown with -d). RUST_LOG, when set, overrides.
+//! with -v), `[DEB]` trace (shown with -d). RUST_LOG, when set (not
+//! empty), overrides: it alone sets the levels (`RUST_LOG=debug` is -v).
 //! With `--log-timestamps` each line has the local time (RFC 3339) after its
 //! tag, for logs kept in files.
 //!
@@ -108,11 +109,21 @@ pub fn init(verbosity: Verbosity, timestamps: bool) {
         Verbosity::Debug => LevelFilter::Trace,
     };
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(LevelFilter::Warn);
-    builder.filter_module("fi_backup", level);
-    builder.filter_module("fi_backup_cli", level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
+    match std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        // RUST_LOG alone decides: `RUST_LOG=debug` shows fi-backup's own
+        // debug lines (with module filters of ours beside it, the longer
+        // name would win and keep them at -v's level).
+        Some(spec) => {
+            builder.parse_filters(&spec);
+        }
+        None => {
+            builder.filter_level(LevelFilter::Warn);
+            builder.filter_module("fi_backup", level);
+            builder.filter_module("fi_backup_cli", level);
+        }
     }
     builder.format(move |buf, record| {
         if timestamps {
