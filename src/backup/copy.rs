@@ -1,5 +1,6 @@
 //! Copying one image into the backup directory: holes skipped
-//! (SEEK_DATA/SEEK_HOLE), BLAKE3 computed while copying, the backing
+//! (SEEK_DATA/SEEK_HOLE), BLAKE3 computed while copying (leaf by leaf,
+//! `store::tree::Builder`: a base copy keeps its hash tree), the backing
 //! reference rewritten, fsync, then published under a name that is never
 //! replaced. The page cache is told to drop what we wrote.
 //!
@@ -59,7 +60,7 @@ pub struct Copied {
     pub blake3: String,
     /// The source's identity during the copy.
     pub source_id: SourceId,
-    /// The BLAKE3 chaining values of its 1 MiB leaves (more than one
+    /// The BLAKE3 chaining values of its leaves (when it is more than one
     /// leaf long): kept for a base copy, whose folds then read only what
     /// they can have written (`store::tree`).
     pub tree: Option<Tree>,

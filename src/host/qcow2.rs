@@ -645,15 +645,15 @@ impl Layout {
     }
 
     /// The host byte ranges of the clusters that hold the guest ranges
-    /// `guest`; Err for a compressed cluster (whose extent is not one
-    /// cluster).
+    /// `guest` (neighbours joined); Err for a compressed cluster (whose
+    /// extent is not one cluster).
     pub fn host_of(
         &self,
         file: &std::fs::File,
         guest: &[(u64, u64)],
     ) -> std::result::Result<Vec<(u64, u64)>, String> {
         let cs = self.cluster_size;
-        let mut out = Vec::new();
+        let mut out: Vec<(u64, u64)> = Vec::new();
         let mut cached: Option<(usize, Vec<u64>)> = None;
         for &(start, end) in guest {
             let end = end.min(self.virtual_size);
@@ -671,8 +671,10 @@ impl Layout {
                     return Err(format!("guest cluster {c} is compressed"));
                 }
                 let at = e & OFFSET_MASK;
-                if at != 0 {
-                    out.push((at, at + cs));
+                match out.last_mut() {
+                    _ if at == 0 => {}
+                    Some(last) if last.1 == at => last.1 += cs,
+                    _ => out.push((at, at + cs)),
                 }
                 c += 1;
             }

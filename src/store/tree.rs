@@ -223,18 +223,26 @@ impl Builder {
 pub fn stale(old: &Tree, new_len: u64, changed: &[(u64, u64)]) -> Vec<u64> {
     let leaf = old.leaf;
     let count = leaf_count(new_len, leaf);
-    // Leaves wholly within both lengths keep their extent.
-    let whole = old.len.min(new_len) / leaf;
-    let same_tail = old.len == new_len;
-    (0..count)
-        .filter(|&i| {
-            let keeps_extent = i < whole || (same_tail && i < old.leaves.len() as u64);
-            !keeps_extent
-                || changed
-                    .iter()
-                    .any(|&(s, e)| s < e && s < (i + 1) * leaf && e > i * leaf)
-        })
-        .collect()
+    let mut stale = vec![false; count as usize];
+    // Leaves wholly within both lengths keep their extent; with the same
+    // length, the short last leaf too.
+    if old.len != new_len {
+        let whole = old.len.min(new_len) / leaf;
+        for s in stale.iter_mut().skip(whole as usize) {
+            *s = true;
+        }
+    }
+    // Each range marks the leaves it touches (a range costs the leaves it
+    // spans, not a pass over all of them).
+    for &(start, end) in changed {
+        let end = end.min(new_len);
+        if start < end {
+            for i in start / leaf..=(end - 1) / leaf {
+                stale[i as usize] = true;
+            }
+        }
+    }
+    (0..count).filter(|&i| stale[i as usize]).collect()
 }
 
 /// The BLAKE3 (hex) and tree of the file at `path` whose tree before the
