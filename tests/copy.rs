@@ -10,12 +10,18 @@ use fi_backup::backup::copy::{copy, CopyJob};
 use fi_backup::host::qemu_img;
 use std::path::Path;
 
+/// An empty directory of this process under the temporary directory.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[test]
 fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-copy-rebase-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch("fi-copy-rebase");
     let base = d.join("base.qcow2");
     let top = d.join("top.qcow2");
     create_image(&base, "qcow2", "16M");
@@ -70,9 +76,7 @@ fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
 #[test]
 fn the_qcow2_header_reads_as_qemu_img_info_reads_it() {
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-qcow2-header-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch("fi-qcow2-header");
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     create_image(&d.join("raw.img"), "raw", "8M");
     // A 975-byte relative reference, through directories (a name is at
@@ -145,9 +149,7 @@ fn the_qcow2_header_reads_as_qemu_img_info_reads_it() {
 #[test]
 fn a_header_rebased_here_is_what_qemu_img_rebase_writes() {
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-qcow2-rebase-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch("fi-qcow2-rebase");
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     create_image(&d.join("old.raw"), "raw", "8M");
     image_write(&d.join("old.raw"), "raw", 0x21, 1);
@@ -233,9 +235,7 @@ fn a_header_rebased_here_is_what_qemu_img_rebase_writes() {
 fn an_overlay_made_here_is_the_file_qemu_img_create_makes() {
     use fi_backup::host::qcow2::{create, empty_overlay, OverlayShape};
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-qcow2-overlay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch("fi-qcow2-overlay");
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     create_image(&d.join("base.raw"), "raw", "8M");
     image_write(&d.join("base.raw"), "raw", 0x31, 1);
@@ -345,8 +345,7 @@ fn an_overlay_made_here_is_the_file_qemu_img_create_makes() {
 fn a_chain_from_the_headers_is_the_chain_qemu_img_reads() {
     use fi_backup::host::chain::{read_chain, read_known_chain};
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-known-chain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = scratch("fi-known-chain");
     std::fs::create_dir_all(d.join("sub")).unwrap();
     let p = |n: &str| d.join(n);
     create_image(&p("base.raw"), "raw", "8M");
@@ -398,9 +397,7 @@ fn a_qcow2_layout_maps_guest_clusters_as_qemu_img_map_does() {
     use fi_backup::host::qcow2::layout;
     use std::collections::BTreeSet;
     require_stack();
-    let d = std::env::temp_dir().join(format!("fi-qcow2-layout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch("fi-qcow2-layout");
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let writes = [
         "write -P 0x11 0 300k",

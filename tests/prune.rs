@@ -152,6 +152,25 @@ fn verify_says_unfinished(s: &Scenario, backup: &str, what: &str) {
     );
 }
 
+/// The chain (file names, top first) the newest record of `dom` gives
+/// disk `target`.
+fn newest_chain(backup: &Path, dom: &str, target: &str) -> Vec<String> {
+    let r = records(backup, dom).pop().unwrap();
+    let disk = r["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == target)
+        .unwrap_or_else(|| panic!("no disk {target}: {r}"))
+        .clone();
+    disk["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
 fn points(backup: &Path, dom: &str) -> Vec<String> {
     records(backup, dom)
         .iter()
@@ -549,17 +568,10 @@ fn one_disks_failed_merge_leaves_the_other_disks_done() {
     let (s, dom, backup) = after_nights("prune-one-chain", 3, true);
     let b = backup.to_str().unwrap();
     let images = backup.join(&dom).join("images");
-    let newest = records(&backup, &dom).pop().unwrap();
     let bottom = |target: &str| -> String {
-        let disk = newest["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["target"] == target)
-            .unwrap();
-        let chain = disk["chain"].as_array().unwrap();
+        let chain = newest_chain(&backup, &dom, target);
         assert!(chain.len() >= 3, "{target}: {chain:?}");
-        chain.last().unwrap().as_str().unwrap().to_string()
+        chain.last().unwrap().clone()
     };
     let (vda_base, vdb_base) = (bottom("vda"), bottom("vdb"));
     let hashes = || -> Vec<(String, String)> {
@@ -795,18 +807,7 @@ fn a_fold_reads_only_what_it_can_have_written_of_a_base() {
     let trees = backup.join(&dom).join("trees");
     let bases: Vec<String> = ["vda", "vdb"]
         .iter()
-        .map(|t| {
-            let r = records(&backup, &dom).pop().unwrap();
-            let disk = r["disks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|d| d["target"] == *t)
-                .unwrap()
-                .clone();
-            let chain = disk["chain"].as_array().unwrap();
-            chain.last().unwrap().as_str().unwrap().to_string()
-        })
+        .map(|t| newest_chain(&backup, &dom, t).pop().unwrap())
         .collect();
     // The checksum the newest record gives `name`.
     let recorded = |name: &str| -> String {

@@ -567,15 +567,7 @@ pub fn layout(file: &std::fs::File) -> std::result::Result<Layout, String> {
     if l1_entries * 8 > MAX_L1_BYTES || rt_clusters * cs > MAX_REFTABLE_BYTES {
         return Err("tables larger than QEMU opens".into());
     }
-    let table = |at: u64, bytes: u64| -> std::result::Result<Vec<u64>, String> {
-        let mut buf = vec![0u8; bytes as usize];
-        file.read_exact_at(&mut buf, at)
-            .map_err(|e| format!("a table at {at}: {e}"))?;
-        Ok(buf
-            .chunks_exact(8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            .collect())
-    };
+    let table = |at: u64, bytes: u64| read_table(file, at, bytes);
     let l2_tables: Vec<u64> = table(l1_at, l1_entries * 8)?
         .into_iter()
         .map(|e| e & OFFSET_MASK)
@@ -603,6 +595,18 @@ pub fn layout(file: &std::fs::File) -> std::result::Result<Layout, String> {
     })
 }
 
+/// The big-endian u64 entries of the table of `bytes` bytes at `at`.
+fn read_table(file: &std::fs::File, at: u64, bytes: u64) -> std::result::Result<Vec<u64>, String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; bytes as usize];
+    file.read_exact_at(&mut buf, at)
+        .map_err(|e| format!("the table at {at}: {e}"))?;
+    Ok(buf
+        .chunks_exact(8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .collect())
+}
+
 impl Layout {
     /// Guest clusters per L2 table.
     fn per_table(&self) -> u64 {
@@ -611,17 +615,10 @@ impl Layout {
 
     /// The L2 table `i` of `file` (zeros where there is none).
     fn l2(&self, file: &std::fs::File, i: usize) -> std::result::Result<Vec<u64>, String> {
-        use std::os::unix::fs::FileExt;
-        let at = self.l2_tables.get(i).copied().unwrap_or(0);
-        let mut buf = vec![0u8; self.cluster_size as usize];
-        if at != 0 {
-            file.read_exact_at(&mut buf, at)
-                .map_err(|e| format!("the L2 table at {at}: {e}"))?;
+        match self.l2_tables.get(i).copied().unwrap_or(0) {
+            0 => Ok(vec![0; self.per_table() as usize]),
+            at => read_table(file, at, self.cluster_size),
         }
-        Ok(buf
-            .chunks_exact(8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            .collect())
     }
 
     /// The guest byte ranges this file maps (data, zeros or compressed:
