@@ -47,6 +47,7 @@ fn qcow2_copy_is_rebased_and_its_checksum_covers_the_final_file() {
         backing: Some(("b.qcow2".into(), "qcow2".into())),
         expected_id: None,
         above: None,
+        keep_tree: false,
     };
     let c = copy(&job).unwrap();
     let copied = out.join("copy");

@@ -58,6 +58,25 @@ fn uefi_nvram_and_tpm_state_are_backed_up_and_restored_as_their_own() {
     };
     assert_eq!(blake3_file(&file_of("nvram")), vars_hash);
     assert_eq!(blake3_file(&file_of("tpm")), tpm_hash);
+    // Hash trees are kept for the disk's base copy only (what folds write
+    // into), not for firmware state (4 MiB NVRAM: more than one leaf).
+    let trees = names_in(&backup.join(&dom).join("trees"));
+    for kind in ["nvram", "tpm"] {
+        let name = file_of(kind)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(!trees.contains(&name), "{kind}: {trees:?}");
+    }
+    let disk = rec["disks"][0]["chain"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(trees.iter().any(|t| t == disk), "{disk}: {trees:?}");
     let out = s.command(&["list", "--backup-dir", b]).output().unwrap();
     assert!(out.status.success());
     let listed = String::from_utf8_lossy(&out.stdout);

@@ -49,6 +49,9 @@ pub struct CopyJob {
     /// The file directly above the source when it is copied (after the
     /// snapshot): a block device's witness (see `SourceId`).
     pub above: Option<PathBuf>,
+    /// A disk's base copy (the bottom of its chain, what folds write
+    /// into): the backup keeps its hash tree (`store::tree`).
+    pub keep_tree: bool,
 }
 
 /// What a copy produced.
@@ -61,8 +64,8 @@ pub struct Copied {
     /// The source's identity during the copy.
     pub source_id: SourceId,
     /// The BLAKE3 chaining values of its leaves (when it is more than one
-    /// leaf long): kept for a base copy, whose folds then read only what
-    /// they can have written (`store::tree`).
+    /// leaf long): kept for a disk's base copy (`CopyJob::keep_tree`), whose
+    /// folds then read only what they can have written (`store::tree`).
     pub tree: Option<Tree>,
 }
 
@@ -521,6 +524,7 @@ mod tests {
             backing: backing.map(|(n, f)| (n.to_string(), f.to_string())),
             expected_id: None,
             above: None,
+            keep_tree: false,
         }
     }
 

@@ -123,8 +123,8 @@ fn run_step(
             let done = copy_all(list, &opts.pool)?;
             crate::fault::kill_point("kill-after-copy");
             for (job, c) in list.iter().zip(done) {
-                // A base copy keeps its hash tree for the folds into it.
-                if let (None, Some(tree)) = (&job.backing, &c.tree) {
+                // A disk's base copy keeps its hash tree for the folds into it.
+                if let (true, Some(tree)) = (job.keep_tree, &c.tree) {
                     let trees = crate::store::tree::dir_beside(&job.dest_dir);
                     if let Err(e) = crate::store::tree::save_in(&trees, &job.name, Some(tree)) {
                         log::warn!(

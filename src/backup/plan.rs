@@ -900,7 +900,8 @@ impl<'a> Placer<'a, '_> {
     }
 
     /// A new copy of `source` named after `source_name`: its job and its
-    /// place in the record; its name.
+    /// place in the record; its name. `disk`: a disk's file (not firmware
+    /// state), whose copy keeps its hash tree when it has no backing.
     fn copy(
         &mut self,
         source: &Path,
@@ -908,7 +909,7 @@ impl<'a> Placer<'a, '_> {
         format: &str,
         cluster_size: Option<u64>,
         backing: Option<(String, String)>,
-        (expected_id, above): (Option<SourceId>, Option<PathBuf>),
+        (expected_id, above, disk): (Option<SourceId>, Option<PathBuf>, bool),
     ) -> String {
         let new = naming::free_backup_name(source_name, &self.opts.ts, &self.taken);
         self.taken.insert(new.clone());
@@ -918,6 +919,7 @@ impl<'a> Placer<'a, '_> {
             cluster_size,
             dest_dir: self.images.clone(),
             name: new.clone(),
+            keep_tree: disk && backing.is_none(),
             backing: backing.clone(),
             expected_id,
             above,
@@ -1054,6 +1056,7 @@ impl<'a> Placer<'a, '_> {
                                 0 => overlay.map(Path::to_path_buf),
                                 k => Some(d.chain[k - 1].path.clone()),
                             },
+                            true,
                         ),
                     );
                     (new, file.format.clone())
@@ -1084,7 +1087,14 @@ impl<'a> Placer<'a, '_> {
                     FirmwareKind::Tpm => format!("swtpm.{}", rel.replace('/', "_")),
                 };
                 let expected = (!facts.active).then_some(*id);
-                self.copy(path, &source_name, "raw", None, None, (expected, None))
+                self.copy(
+                    path,
+                    &source_name,
+                    "raw",
+                    None,
+                    None,
+                    (expected, None, false),
+                )
             };
             files.push(FirmwareFile {
                 name,

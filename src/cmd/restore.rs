@@ -988,6 +988,7 @@ fn chain_jobs(
             backing,
             expected_id: None,
             above: None,
+            keep_tree: false,
         });
     }
     Ok((jobs, names.iter().map(|n| target.join(n)).collect()))
@@ -1046,6 +1047,7 @@ fn firmware_restore(
                 backing: None,
                 expected_id: None,
                 above: None,
+                keep_tree: false,
             });
         }
     }

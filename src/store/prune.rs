@@ -1265,6 +1265,7 @@ fn copy_and_rebase(images: &Path, r: &Rebase, format: String) -> Result<(u64, St
             .then(|| (r.onto.clone(), r.onto_format.clone())),
         expected_id: None,
         above: None,
+        keep_tree: false,
     };
     let copied = crate::backup::copy::copy(&job)?;
     if r.carry.is_empty() {
