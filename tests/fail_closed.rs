@@ -434,3 +434,172 @@ fn a_raw_disk_holding_a_qcow2_header_is_backed_up_as_raw() {
         );
     }
 }
+
+/// Runs fi-backup and waits at most a minute: a run that waits on a FIFO
+/// or reads /dev/zero fails the test instead of holding the suite.
+fn fi_within_a_minute(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = s.command(args);
+    c.envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("cannot run fi-backup");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fi-backup {args:?} still ran after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "$ fi-backup {}\n  -> {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Entries of a backup directory that are not regular files are neither
+/// read nor written through: a FIFO as a record (reading it would wait
+/// forever, and a SIGTERM only asks a run to stop between steps), a base
+/// copy's hash tree linked to /dev/zero (reading it would fill the
+/// memory), a base copy replaced by a symbolic link to a file elsewhere (a
+/// prune's fold would write into that file). list, verify, a backup and
+/// prune finish; the FIFO record and the record naming the link are not
+/// trusted, and say why; the fold hashes the base whole instead of using
+/// the linked tree; the linked file is unchanged. Put back as a file, the
+/// base is folded into and the newest point restores every write.
+#[test]
+fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
+    let mut s = Scenario::new("notfile");
+    let dom = s.start("n", "img", &[DiskSpec::qcow2("n.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let points = backup.join(&dom).join("points");
+    let images = backup.join(&dom).join("images");
+    for (n, pattern) in [0x11u8, 0x22, 0x33].into_iter().enumerate() {
+        guest_write(&dom, 0, pattern, n as u64);
+        s.fi_ok(&["-b", b, &dom]);
+    }
+    let base = records(&backup, &dom)[0]["files"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(backup.join(&dom).join("trees").join(&base).is_file());
+
+    // A FIFO as the newest record.
+    let fifo = points.join("20991231-000000.json");
+    ok("mkfifo", &[fifo.to_str().unwrap()]);
+    let out = fi_within_a_minute(&s, &["list", "--backup-dir", b], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("20991231-000000.json") && err.contains("not a regular file"),
+        "list: {err}"
+    );
+    let out = fi_within_a_minute(&s, &["verify", "--backup-dir", b], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "verify: {err}");
+    assert!(
+        err.contains("20991231-000000.json' cannot be trusted")
+            && err.contains("not a regular file"),
+        "verify: {err}"
+    );
+    let out = fi_within_a_minute(&s, &["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "prune beside the FIFO: {err}");
+    assert!(err.contains("not a regular file"), "prune: {err}");
+    std::fs::remove_file(&fifo).unwrap();
+    assert_eq!(records(&backup, &dom).len(), 3, "the prune dropped a point");
+
+    // The base copy's hash tree linked to /dev/zero: the fold does not use it.
+    let tree = backup.join(&dom).join("trees").join(&base);
+    std::fs::remove_file(&tree).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &tree).unwrap();
+    let out = fi_within_a_minute(
+        &s,
+        &["prune", "--backup-dir", b, "--keep-last", "1"],
+        &[("RUST_LOG", "debug")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "prune with a linked tree: {err}");
+    assert!(
+        err.contains(&format!("'{base}': hashed whole"))
+            && err.contains("symbolic link, which is not followed"),
+        "prune: {err}"
+    );
+    let meta = std::fs::symlink_metadata(&tree).unwrap();
+    assert!(meta.is_file(), "the fold kept its tree as a file again");
+    assert_eq!(records(&backup, &dom).len(), 1);
+
+    // The base copy replaced by a link to a file elsewhere.
+    for (n, pattern) in [0x44u8, 0x55].into_iter().enumerate() {
+        guest_write(&dom, 0, pattern, 3 + n as u64);
+        s.fi_ok(&["-b", b, &dom]);
+    }
+    let elsewhere = s.dir("elsewhere").join(&base);
+    std::fs::rename(images.join(&base), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, images.join(&base)).unwrap();
+    let elsewhere_hash = blake3_file(&elsewhere);
+    let before = snapshot_tree(&backup);
+    let out = fi_within_a_minute(&s, &["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "prune through a link: {err}");
+    assert!(
+        err.contains(&format!(
+            "its file '{base}' in images/ is not a regular file"
+        )),
+        "prune: {err}"
+    );
+    assert_eq!(
+        blake3_file(&elsewhere),
+        elsewhere_hash,
+        "written through the link"
+    );
+    assert_eq!(
+        snapshot_tree(&backup),
+        before,
+        "the backup directory changed"
+    );
+    let out = fi_within_a_minute(&s, &["verify", "--backup-dir", b], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "verify: {err}");
+    assert!(err.contains("is not a regular file"), "verify: {err}");
+    let target = s.root.join("restored");
+    let out = s.fi(&restore_args(
+        b,
+        &dom,
+        target.to_str().unwrap(),
+        &["--flatten"],
+    ));
+    assert!(!out.status.success(), "restore through a link");
+    assert!(!target.join("vda.qcow2").exists());
+
+    // Put back as a file: the fold goes into it, and the newest point
+    // reads every night's write.
+    std::fs::remove_file(images.join(&base)).unwrap();
+    std::fs::rename(&elsewhere, images.join(&base)).unwrap();
+    s.fi_ok(&["prune", "--backup-dir", b, "--keep-last", "1"]);
+    s.fi_ok(&["verify", "--backup-dir", b]);
+    s.fi_ok(&restore_args(
+        b,
+        &dom,
+        target.to_str().unwrap(),
+        &["--flatten"],
+    ));
+    for (n, pattern) in [0x11u8, 0x22, 0x33, 0x44, 0x55].into_iter().enumerate() {
+        assert!(
+            image_has(&target.join("vda.qcow2"), "qcow2", pattern, n as u64),
+            "{pattern:#x}"
+        );
+    }
+    report(
+        "FAIL-CLOSED | a FIFO as a record: list, verify (exit 1) and prune (refused, no point \
+         dropped) finish and name it; a base's hash tree linked to /dev/zero: the fold hashes the \
+         base whole and keeps a tree file again; a base copy linked to a file elsewhere: prune \
+         refused naming it, that file and the backup directory hashed unchanged, verify exit 1, \
+         restore refused; put back, prune, verify and restore read all 5 writes",
+    );
+}

@@ -419,13 +419,20 @@ fn decide(
     }
     let target_exists = target_is_dir(&target)?;
     let xml_path = dir.points().join(&record.domain_xml);
-    let xml_text = std::fs::read_to_string(&xml_path).map_err(|e| {
-        Error::io(
-            "cannot read the domain XML of the restore point",
-            &xml_path,
-            e,
-        )
-    })?;
+    let xml_text =
+        crate::store::fsutil::read_input(&xml_path, crate::store::fsutil::MAX_SMALL_FILE)
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
+                })
+            })
+            .map_err(|e| {
+                Error::io(
+                    "cannot read the domain XML of the restore point",
+                    &xml_path,
+                    e,
+                )
+            })?;
     // Defining under the domain's own name is a restore in place: same UUID
     // and MACs, and the only way to start from a memory state (libvirt
     // refuses a state under another UUID).

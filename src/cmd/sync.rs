@@ -459,7 +459,8 @@ fn do_step(
             crate::fault::kill_point("kill-sync-after-upload");
         }
         Act::SendXml(xml, rel) => {
-            let bytes = std::fs::read(xml).map_err(|e| Error::io("cannot read", xml, e))?;
+            let bytes = crate::store::fsutil::read_input(xml, crate::store::fsutil::MAX_SMALL_FILE)
+                .map_err(|e| Error::io("cannot read", xml, e))?;
             far.write(rel, &bytes)?;
             sync.bytes_sent += bytes.len() as u64;
         }

@@ -110,6 +110,55 @@ impl Drop for TempFile {
     }
 }
 
+/// The most a record, a prune journal or a restore point's domain XML can
+/// hold when read back (the largest record of `bench/year` is 34.5 KiB;
+/// libvirt refuses a domain XML over 10 MiB).
+pub const MAX_SMALL_FILE: u64 = 16 << 20;
+
+/// Reads a file that is input, not trusted state (a record, a journal, a
+/// domain XML or a hash tree that a backup directory holds, which may be
+/// shared, copied back or edited): only a regular file, not through a
+/// symbolic link, and at most `limit` bytes. Opened without blocking and
+/// checked before the first read: a FIFO there would hold the open (and
+/// the run, which a SIGTERM only asks to stop between steps) forever, and
+/// a link to /dev/zero would fill the memory.
+pub fn read_input(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error as IoError, ErrorKind, Read};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => IoError::new(
+                ErrorKind::InvalidData,
+                "it is a symbolic link, which is not followed",
+            ),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(IoError::new(
+            ErrorKind::InvalidData,
+            "it is not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    let too_long = |n: u64| {
+        IoError::new(
+            ErrorKind::InvalidData,
+            format!("it holds {n} bytes or more, past the {limit} such a file can have"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_long(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// The directory a path names its file in: "." for a bare file name
 /// (whose parent is the empty path, which no call opens).
 pub fn dir_of(path: &Path) -> &Path {
@@ -333,5 +382,40 @@ mod tests {
             assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
         }
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn input_is_read_only_from_a_regular_file_of_bounded_length() {
+        let dir = std::env::temp_dir().join(format!("fi-read-input-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("record.json");
+        std::fs::write(&file, b"{\"a\": 12}").unwrap();
+        let fifo = dir.join("fifo.json");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let zero = dir.join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(read_input(&file, 9).unwrap(), b"{\"a\": 12}");
+        for (path, limit, why) in [
+            (&file, 8, "holds 9 bytes or more, past the 8"),
+            (&fifo, 1 << 20, "not a regular file"),
+            (&link, 1 << 20, "symbolic link"),
+            (&zero, 1 << 20, "symbolic link"),
+            (&dir, 1 << 20, "not a regular file"),
+        ] {
+            let e = read_input(path, limit).unwrap_err();
+            assert!(e.to_string().contains(why), "{}: {e}", path.display());
+        }
+        assert_eq!(
+            read_input(&dir.join("none"), 9).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -682,8 +682,8 @@ fn save_journal(dir: &DomainDir, j: &Journal) -> Result<()> {
 /// Reads a domain's prune journal; None when there is none.
 pub fn load_journal(dir: &DomainDir) -> Result<Option<Journal>> {
     let path = journal_path(dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str::<Journal>(&text)
+    match crate::store::fsutil::read_input(&path, crate::store::fsutil::MAX_SMALL_FILE) {
+        Ok(text) => serde_json::from_slice::<Journal>(&text)
             .map_err(|e| e.to_string())
             .and_then(|j| check_journal(&j).map(|()| j))
             .map(Some)

@@ -256,7 +256,7 @@ impl Index {
             .collect();
         paths.sort();
         for path in paths {
-            match read_record(&path) {
+            match read_record(&path).and_then(|r| only_regular_files(r, &index.names)) {
                 Ok(r) => index.records.push(r),
                 Err(why) => index.rejected.push((path, why)),
             }
@@ -267,6 +267,30 @@ impl Index {
     /// Every file record of every valid record, oldest run first.
     pub fn files(&self) -> impl DoubleEndedIterator<Item = &FileRecord> {
         self.records.iter().flat_map(|r| r.files.iter())
+    }
+}
+
+/// A record whose files in images/ include one that is not a regular file
+/// (`names` gives it no length: a symbolic link, a FIFO, a device, a
+/// directory) is not trusted: a restore, verify or sync would read through
+/// it (a FIFO blocks the reader forever) and a prune's merge would write
+/// through a link into whatever it names. A file that is missing is left to
+/// the readers, which name it.
+fn only_regular_files(
+    record: Record,
+    names: &HashMap<String, u64>,
+) -> std::result::Result<Record, String> {
+    match record
+        .files
+        .iter()
+        .find(|f| names.get(&f.name) == Some(&u64::MAX))
+    {
+        Some(f) => Err(format!(
+            "its file '{}' in images/ is not a regular file (a symbolic link, a FIFO, a device \
+             or a directory), which fi-backup neither reads nor writes through",
+            f.name
+        )),
+        None => Ok(record),
     }
 }
 
@@ -383,7 +407,8 @@ fn list_names(dir: &Path) -> Result<HashMap<String, u64>> {
 
 /// Reads and checks one record; the error says why it is not trusted.
 pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let text = crate::store::fsutil::read_input(path, crate::store::fsutil::MAX_SMALL_FILE)
+        .map_err(|e| format!("cannot read it: {e}"))?;
     parse_record(&text, path)
 }
 

@@ -309,9 +309,8 @@ pub fn path_of(dir: &DomainDir, name: &str) -> PathBuf {
 /// bytes whose leaves join to `blake3` (hex); else why not.
 pub fn load(dir: &DomainDir, name: &str, len: u64, blake3: &str) -> Result<Tree, String> {
     let path = path_of(dir, name);
-    let mut bytes = Vec::new();
-    std::fs::File::open(&path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+    let most = (MAGIC.len() + 16 + 32 * MAX_LEAVES) as u64;
+    let bytes = crate::store::fsutil::read_input(&path, most)
         .map_err(|e| format!("'{}': {e}", path.display()))?;
     parse(&bytes, len, blake3).map_err(|why| format!("'{}': {why}", path.display()))
 }

@@ -323,7 +323,10 @@ impl Far {
     /// does not exist.
     pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         match &self.dest {
-            Dest::Dir(_) => match std::fs::read(self.local(rel)) {
+            Dest::Dir(_) => match crate::store::fsutil::read_input(
+                &self.local(rel),
+                crate::store::fsutil::MAX_SMALL_FILE,
+            ) {
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io("cannot read", self.local(rel), e)),
