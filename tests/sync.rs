@@ -371,6 +371,48 @@ fn bad_destinations_change_nothing() {
     assert_eq!(names_in(&other), vec!["notes.txt".to_string()]);
 }
 
+/// A record at the destination longer than any record can be (a sparse
+/// 17 MiB file) is not read: the sync says why, holds every drop and
+/// deletion there, still sends the new point, and leaves that file as it
+/// was.
+#[test]
+fn a_far_record_longer_than_a_record_can_be_is_not_read() {
+    let mut s = Scenario::new("sync-long");
+    let dom = domain(&mut s);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    let far = s.dir("far");
+    let f = far.to_str().unwrap();
+    s.fi_ok(&["-b", b, &dom]);
+    s.fi_ok(&["sync", "--backup-dir", b, "--to", f]);
+    let long = far.join(&dom).join("points").join("20991231-000000.json");
+    std::fs::File::create(&long)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let before = blake3_file(&long);
+    night_writes(&dom, 1);
+    s.fi_ok(&["-b", b, &dom]);
+    let out = s.fi(&["sync", "--backup-dir", b, "--to", f]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'points/20991231-000000.json': it holds 17825792 bytes, past the 16777216 a record can have; not read")
+            && err.contains("nothing is dropped or deleted there"),
+        "{err}"
+    );
+    assert_eq!(blake3_file(&long), before);
+    std::fs::remove_file(&long).unwrap();
+    assert_eq!(
+        listed(&s, f, &dom),
+        listed(&s, b, &dom),
+        "the new point was not sent"
+    );
+    report(
+        "SYNC | a 17 MiB record at the destination: not read, named with its length, drops and \
+         deletions held, the file unchanged, the new point sent",
+    );
+}
+
 /// Whether `bytes` hold 4 KiB of `pattern` in a row (a guest's write).
 fn holds_pattern(bytes: &[u8], pattern: u8) -> bool {
     bytes

@@ -135,6 +135,22 @@ pub fn gather(far: &Far, domain: &str) -> Result<FarFacts> {
             "images" if crate::sync::plan::is_object_name(name) => {
                 facts.objects.insert(name.to_string(), e.size);
             }
+            // A record longer than any record can be is not read (from a
+            // remote, the whole object would come into memory).
+            "points"
+                if name.ends_with(".json")
+                    && crate::store::naming::is_timestamp(&name[..name.len() - 5])
+                    && e.size > crate::store::fsutil::MAX_SMALL_FILE =>
+            {
+                facts.rejected.push((
+                    e.path.clone(),
+                    format!(
+                        "it holds {} bytes, past the {} a record can have; not read",
+                        e.size,
+                        crate::store::fsutil::MAX_SMALL_FILE
+                    ),
+                ));
+            }
             "points"
                 if name.ends_with(".json")
                     && crate::store::naming::is_timestamp(&name[..name.len() - 5]) =>
