@@ -331,7 +331,20 @@ impl Far {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io("cannot read", self.local(rel), e)),
             },
-            Dest::Rclone(_) => match self.run_rclone(&["cat", &self.remote(rel)]) {
+            // No more than a small object can hold comes into memory.
+            Dest::Rclone(_) => match self.run_rclone(&[
+                "cat",
+                "--head",
+                &(crate::store::fsutil::MAX_SMALL_FILE + 1).to_string(),
+                &self.remote(rel),
+            ]) {
+                Ok(b) if b.len() as u64 > crate::store::fsutil::MAX_SMALL_FILE => {
+                    Err(self.failed(Error::State(format!(
+                        "'{}' holds more than the {} bytes such a file can have; not read",
+                        self.remote(rel),
+                        crate::store::fsutil::MAX_SMALL_FILE
+                    ))))
+                }
                 Ok(b) => Ok(Some(b)),
                 Err(e) if not_found(&e) => Ok(None),
                 Err(e) => Err(e),
