@@ -112,7 +112,7 @@ impl Drop for TempFile {
 
 /// The most a record, a prune journal or a restore point's domain XML can
 /// hold when read back (the largest record of `bench/year` is 34.5 KiB;
-/// libvirt refuses a domain XML over 10 MiB).
+/// virsh reads no XML file over 10 MiB).
 pub const MAX_SMALL_FILE: u64 = 16 << 20;
 
 /// Reads a file that is input, not trusted state (a record, a journal, a
