@@ -435,41 +435,14 @@ fn a_raw_disk_holding_a_qcow2_header_is_backed_up_as_raw() {
     }
 }
 
-/// Runs fi-backup and waits at most a minute: a run that waits on a FIFO
-/// or reads /dev/zero fails the test instead of holding the suite.
-fn fi_within_a_minute(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = s.command(args);
-    c.envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("cannot run fi-backup");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("fi-backup {args:?} still ran after a minute");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "$ fi-backup {}\n  -> {}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Entries of a backup directory that are not regular files are neither
 /// read nor written through: a FIFO as a record (reading it would wait
 /// forever, and a SIGTERM only asks a run to stop between steps), a base
 /// copy's hash tree linked to /dev/zero (reading it would fill the
 /// memory), a base copy replaced by a symbolic link to a file elsewhere (a
-/// prune's fold would write into that file). list, verify, a backup and
-/// prune finish; the FIFO record and the record naming the link are not
-/// trusted, and say why; the fold hashes the base whole instead of using
+/// prune's fold would write into that file). list, verify, prune and a
+/// backup finish; the FIFO record and the record naming the link are not
+/// trusted, and say why (the backup warns and still reuses the copies); the fold hashes the base whole instead of using
 /// the linked tree; the linked file is unchanged. Put back as a file, the
 /// base is folded into and the newest point restores every write.
 #[test]
@@ -493,13 +466,13 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
     // A FIFO as the newest record.
     let fifo = points.join("20991231-000000.json");
     ok("mkfifo", &[fifo.to_str().unwrap()]);
-    let out = fi_within_a_minute(&s, &["list", "--backup-dir", b], &[]);
+    let out = s.fi_within_a_minute(&["list", "--backup-dir", b], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("20991231-000000.json") && err.contains("not a regular file"),
         "list: {err}"
     );
-    let out = fi_within_a_minute(&s, &["verify", "--backup-dir", b], &[]);
+    let out = s.fi_within_a_minute(&["verify", "--backup-dir", b], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "verify: {err}");
     assert!(
@@ -507,19 +480,28 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
             && err.contains("not a regular file"),
         "verify: {err}"
     );
-    let out = fi_within_a_minute(&s, &["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
+    let out = s.fi_within_a_minute(&["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "prune beside the FIFO: {err}");
     assert!(err.contains("not a regular file"), "prune: {err}");
+    // A backup beside it warns, ignores it and still reuses the copies.
+    let out = s.fi_within_a_minute(&["-b", b, &dom], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "backup beside the FIFO: {err}");
+    assert!(
+        err.contains("20991231-000000.json' is not trusted")
+            && err.contains("not a regular file")
+            && err.contains("unchanged file(s) reused"),
+        "backup beside the FIFO: {err}"
+    );
     std::fs::remove_file(&fifo).unwrap();
-    assert_eq!(records(&backup, &dom).len(), 3, "the prune dropped a point");
+    assert_eq!(records(&backup, &dom).len(), 4, "the prune dropped a point");
 
     // The base copy's hash tree linked to /dev/zero: the fold does not use it.
     let tree = backup.join(&dom).join("trees").join(&base);
     std::fs::remove_file(&tree).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &tree).unwrap();
-    let out = fi_within_a_minute(
-        &s,
+    let out = s.fi_within_a_minute(
         &["prune", "--backup-dir", b, "--keep-last", "1"],
         &[("RUST_LOG", "debug")],
     );
@@ -544,7 +526,7 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
     std::os::unix::fs::symlink(&elsewhere, images.join(&base)).unwrap();
     let elsewhere_hash = blake3_file(&elsewhere);
     let before = snapshot_tree(&backup);
-    let out = fi_within_a_minute(&s, &["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
+    let out = s.fi_within_a_minute(&["prune", "--backup-dir", b, "--keep-last", "1"], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "prune through a link: {err}");
     assert!(
@@ -563,7 +545,7 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
         before,
         "the backup directory changed"
     );
-    let out = fi_within_a_minute(&s, &["verify", "--backup-dir", b], &[]);
+    let out = s.fi_within_a_minute(&["verify", "--backup-dir", b], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "verify: {err}");
     assert!(err.contains("is not a regular file"), "verify: {err}");
@@ -596,10 +578,11 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
         );
     }
     report(
-        "FAIL-CLOSED | a FIFO as a record: list, verify (exit 1) and prune (refused, no point \
-         dropped) finish and name it; a base's hash tree linked to /dev/zero: the fold hashes the \
-         base whole and keeps a tree file again; a base copy linked to a file elsewhere: prune \
-         refused naming it, that file and the backup directory hashed unchanged, verify exit 1, \
-         restore refused; put back, prune, verify and restore read all 5 writes",
+        "FAIL-CLOSED | a FIFO as a record: list, verify (exit 1), prune (refused, no point \
+         dropped) and a backup (exit 0, reusing the copies) finish and name it; a base's hash \
+         tree linked to /dev/zero: the fold hashes the base whole and keeps a tree file again; \
+         a base copy linked to a file elsewhere: prune refused naming it, that file and the \
+         backup directory hashed unchanged, verify exit 1, restore refused; put back, prune, \
+         verify and restore read all 5 writes",
     );
 }

@@ -371,103 +371,78 @@ fn bad_destinations_change_nothing() {
     assert_eq!(names_in(&other), vec!["notes.txt".to_string()]);
 }
 
-/// A record at the destination longer than any record can be (a sparse
-/// 17 MiB file) is not read: the sync says why, holds every drop and
-/// deletion there, still sends the new point, and leaves that file as it
-/// was.
+/// What a destination holds comes into memory only up to what such a file
+/// can hold, at a directory and through rclone (a `local` remote defined in
+/// the environment, as an admin's config would): a 17 MiB (sparse) lock
+/// file fails the domain's sync naming it; a 17 MiB record is named with
+/// its length and not read, holds every drop and deletion there, and stays
+/// as it was; the new point is still sent.
 #[test]
-fn a_far_record_longer_than_a_record_can_be_is_not_read() {
+fn a_destination_file_longer_than_it_can_be_is_not_read() {
     let mut s = Scenario::new("sync-long");
     let dom = domain(&mut s);
     let backup = s.dir("backup");
     let b = backup.to_str().unwrap();
-    let far = s.dir("far");
-    let f = far.to_str().unwrap();
-    s.fi_ok(&["-b", b, &dom]);
-    s.fi_ok(&["sync", "--backup-dir", b, "--to", f]);
-    let long = far.join(&dom).join("points").join("20991231-000000.json");
-    std::fs::File::create(&long)
-        .unwrap()
-        .set_len(17 << 20)
-        .unwrap();
-    let before = blake3_file(&long);
-    night_writes(&dom, 1);
-    s.fi_ok(&["-b", b, &dom]);
-    let out = s.fi(&["sync", "--backup-dir", b, "--to", f]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("'points/20991231-000000.json': it holds 17825792 bytes, past the 16777216 a record can have; not read")
-            && err.contains("nothing is dropped or deleted there"),
-        "{err}"
-    );
-    assert_eq!(blake3_file(&long), before);
-    std::fs::remove_file(&long).unwrap();
-    assert_eq!(
-        listed(&s, f, &dom),
-        listed(&s, b, &dom),
-        "the new point was not sent"
-    );
-    report(
-        "SYNC | a 17 MiB record at the destination: not read, named with its length, drops and \
-         deletions held, the file unchanged, the new point sent",
-    );
-}
-
-/// Through rclone (a `local` remote defined in the environment, as an
-/// admin's config would), what a destination holds comes into memory only
-/// up to what such a file can hold: a 17 MiB lock file fails the domain's
-/// sync naming it, a 17 MiB record is named and not read, and holds drops
-/// and deletions; the new point is sent.
-#[test]
-fn through_rclone_a_destination_file_longer_than_it_can_be_is_not_read() {
-    let mut s = Scenario::new("sync-rclone-long");
-    let dom = domain(&mut s);
-    let backup = s.dir("backup");
-    let b = backup.to_str().unwrap();
-    let far = s.dir("far");
-    let to = format!("rclone:loc:{}", far.display());
-    let sync = |s: &Scenario| {
-        s.command(&["sync", "--backup-dir", b, "--to", &to])
-            .env("RCLONE_CONFIG_LOC_TYPE", "local")
-            .output()
+    for (how, far) in [
+        ("a directory", s.dir("far")),
+        ("rclone", s.dir("far-rclone")),
+    ] {
+        let to = match how {
+            "rclone" => format!("rclone:loc:{}", far.display()),
+            _ => far.to_str().unwrap().to_string(),
+        };
+        let sync = |s: &Scenario| {
+            s.command(&["sync", "--backup-dir", b, "--to", &to])
+                .env("RCLONE_CONFIG_LOC_TYPE", "local")
+                .output()
+                .unwrap()
+        };
+        s.fi_ok(&["-b", b, &dom]);
+        assert!(sync(&s).status.success(), "{how}: first sync");
+        let lock = far.join(&dom).join(".fi-sync-lock.json");
+        std::fs::File::create(&lock)
             .unwrap()
-    };
-    s.fi_ok(&["-b", b, &dom]);
-    assert!(sync(&s).status.success());
-    let lock = far.join(&dom).join(".fi-sync-lock.json");
-    std::fs::File::create(&lock)
-        .unwrap()
-        .set_len(17 << 20)
-        .unwrap();
-    let out = sync(&s);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(".fi-sync-lock.json' holds more than the 16777216 bytes such a file can have"),
-        "{err}"
-    );
-    std::fs::remove_file(&lock).unwrap();
-    let long = far.join(&dom).join("points").join("20991231-000000.json");
-    std::fs::File::create(&long)
-        .unwrap()
-        .set_len(17 << 20)
-        .unwrap();
-    night_writes(&dom, 1);
-    s.fi_ok(&["-b", b, &dom]);
-    let out = sync(&s);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("it holds 17825792 bytes, past the 16777216 a record can have; not read")
-            && err.contains("nothing is dropped or deleted there"),
-        "{err}"
-    );
-    std::fs::remove_file(&long).unwrap();
-    assert_eq!(listed(&s, far.to_str().unwrap(), &dom), listed(&s, b, &dom));
-    report(
-        "SYNC | through rclone: a 17 MiB lock file fails the sync naming it (exit 1); a 17 MiB \
-         record is named, not read, drops and deletions held; the new point sent",
-    );
+            .set_len(17 << 20)
+            .unwrap();
+        let out = sync(&s);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how}: {err}");
+        assert!(
+            err.contains(".fi-sync-lock.json") && err.contains("the 16777216 "),
+            "{how}: {err}"
+        );
+        std::fs::remove_file(&lock).unwrap();
+        let long = far.join(&dom).join("points").join("20991231-000000.json");
+        std::fs::File::create(&long)
+            .unwrap()
+            .set_len(17 << 20)
+            .unwrap();
+        let before = blake3_file(&long);
+        night_writes(&dom, 1);
+        s.fi_ok(&["-b", b, &dom]);
+        let out = sync(&s);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{how}: {err}");
+        assert!(
+            err.contains(
+                "'points/20991231-000000.json': it holds 17825792 bytes, past the 16777216 a \
+                 record can have; not read"
+            ) && err.contains("nothing is dropped or deleted there"),
+            "{how}: {err}"
+        );
+        assert_eq!(blake3_file(&long), before, "{how}");
+        std::fs::remove_file(&long).unwrap();
+        assert_eq!(
+            listed(&s, far.to_str().unwrap(), &dom),
+            listed(&s, b, &dom),
+            "{how}: the new point was not sent"
+        );
+        report(&format!(
+            "SYNC | to {how}: a 17 MiB lock file fails the sync naming it (exit 1); a 17 MiB \
+             record is named with its length, not read, drops and deletions held, the file \
+             unchanged; the new point sent"
+        ));
+    }
 }
 
 /// Whether `bytes` hold 4 KiB of `pattern` in a row (a guest's write).

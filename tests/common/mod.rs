@@ -334,12 +334,32 @@ impl Scenario {
     /// Runs the fi-backup binary with this scenario's lock directory.
     pub fn fi(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().expect("cannot run fi-backup");
-        eprintln!(
-            "$ fi-backup {}\n  -> {}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        log_run(args, &out);
+        out
+    }
+
+    /// Runs fi-backup with `env` added and waits at most a minute: a run
+    /// that would wait forever (on a FIFO, say) fails the test instead of
+    /// holding the suite.
+    pub fn fi_within_a_minute(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut child = self
+            .command(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot run fi-backup");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fi-backup {args:?} still ran after a minute");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        log_run(args, &out);
         out
     }
 
@@ -353,6 +373,17 @@ impl Scenario {
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
+}
+
+/// Says a finished fi-backup run in the test's log: its arguments, exit
+/// status and stderr.
+fn log_run(args: &[&str], out: &Output) {
+    eprintln!(
+        "$ fi-backup {}\n  -> {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Scenario {
