@@ -11,16 +11,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// A copy of a record with one field replaced (a JSON pointer), written
-/// over the record.
-fn edit_record(backup: &Path, dom: &str, ts: &str, at: &str, value: serde_json::Value) {
-    let path = backup.join(dom).join("points").join(format!("{ts}.json"));
-    let mut r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    *r.pointer_mut(at).unwrap_or_else(|| panic!("no {at}")) = value;
-    std::fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
-}
-
 /// Records edited the ways the issue reproduced (a disk target, the domain
 /// name, an absolute target, a format) are refused by restore (exit 2,
 /// the field named, nothing written in or around the target) and by verify

@@ -165,6 +165,73 @@ fn memory_state_is_saved_and_restorable() {
     assert_guest(&dom, 1, &[(0x91, 1)]);
 }
 
+/// A record is input: an in-place `--start` resumes a memory state only
+/// from the file fi-backup gave that point's dump, a regular file. With the
+/// record of point A edited to name point B's state, and then with A's
+/// state replaced by a link to B's, the restore is refused (exit 2, the
+/// file named) with nothing written: no target, the domain still shut off
+/// and not started; the backup directory hashes the same. Put back,
+/// point A resumes and reads A's data, not B's.
+#[test]
+fn a_memory_state_is_resumed_only_from_its_own_points_file() {
+    let mut s = Scenario::new("memown");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let state = s.dir("state");
+    let b = backup.to_str().unwrap();
+    let dump = ["-s", state.to_str().unwrap(), "-b", b, dom.as_str()];
+    guest_write(&dom, 0, 0x71, 0);
+    s.fi_ok(&dump);
+    guest_write(&dom, 0, 0x72, 1);
+    s.fi_ok(&dump);
+    virsh(&["destroy", &dom]);
+    let recs = records(&backup, &dom);
+    let point = |i: usize| recs[i]["restore_point"].as_str().unwrap().to_string();
+    let file = |i: usize| recs[i]["state_file"].as_str().unwrap().to_string();
+    let (a, a_state, b_state) = (point(0), file(0), file(1));
+    assert_ne!(a_state, b_state);
+    let target = s.root.join("restored");
+    let t = target.to_str().unwrap();
+    let restore = restore_args(b, &dom, t, &["--at", &a, "--define", &dom, "--start"]);
+    let refused = |named: &str, why: &str| {
+        let before = snapshot_tree(&backup);
+        let out = s.fi(&restore);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{log}");
+        assert!(
+            log.contains(&format!("memory state '{named}'")) && log.contains(why),
+            "{log}"
+        );
+        assert!(log.contains("nothing was written"), "{log}");
+        assert!(!target.exists(), "the target was made");
+        assert_eq!(virsh(&["domstate", &dom]).trim(), "shut off");
+        assert_eq!(snapshot_tree(&backup), before);
+    };
+
+    edit_record(&backup, &dom, &a, "/state_file", b_state.clone().into());
+    refused(
+        &b_state,
+        "is not the file fi-backup names this point's dump",
+    );
+    edit_record(&backup, &dom, &a, "/state_file", a_state.clone().into());
+
+    let aside = state.join("aside");
+    std::fs::rename(&a_state, &aside).unwrap();
+    std::os::unix::fs::symlink(&b_state, &a_state).unwrap();
+    refused(&a_state, "is a symbolic link, which is not followed");
+    std::fs::remove_file(&a_state).unwrap();
+    refused(&a_state, "is not there");
+    std::fs::rename(&aside, &a_state).unwrap();
+
+    s.fi_ok(&restore);
+    assert_eq!(
+        virsh(&["domstate", &dom, "--reason"]).trim(),
+        "running (restored)"
+    );
+    // Point B's write at 1 MiB came after A: A's guest reads zeros there.
+    assert_guest(&dom, 0, &[(0x71, 0), (0x00, 1)]);
+}
+
 /// A failure after the memory dump (injected) leaves the guest running, and
 /// the run removes the state file that no restore point will record.
 #[test]

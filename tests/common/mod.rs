@@ -622,6 +622,16 @@ pub fn records(backup: &Path, domain: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A copy of a record with one field replaced (a JSON pointer), written
+/// over the record.
+pub fn edit_record(backup: &Path, dom: &str, ts: &str, at: &str, value: serde_json::Value) {
+    let path = backup.join(dom).join("points").join(format!("{ts}.json"));
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    *r.pointer_mut(at).unwrap_or_else(|| panic!("no {at}")) = value;
+    std::fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
+}
+
 /// The top file of `target`'s chain in a record, as a path in images/.
 pub fn record_top(
     backup: &Path,
