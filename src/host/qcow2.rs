@@ -680,6 +680,144 @@ impl Layout {
     }
 }
 
+/// An L1 or standard L2 entry's "refcount is exactly one" flag.
+const COPIED: u64 = 1 << 63;
+/// A version 3 L2 entry's "reads as zeros" flag.
+const ZERO: u64 = 1;
+
+/// Writes into `out` (a new, empty file) one qcow2 image that reads as the
+/// two-file chain `upper` over `lower` with `lower`'s own backing kept:
+/// each guest cluster `upper` maps (data or zeros) from `upper`, every
+/// other one `lower` maps from `lower`, the rest left to the backing file
+/// `backing` (format `backing_format`), which the new header names. What
+/// a `qemu-img commit` of a copy of `upper` into a copy of `lower` makes,
+/// read for read, without starting qemu-img or copying either file first
+/// (a prune's carry, every night of a long-kept directory). Both must be
+/// plain qcow2 files this models (`layout`: no compression, encryption,
+/// snapshots, subclusters or external data) of the same cluster size and
+/// guest size, version 3 when either has zero clusters; Err, with the
+/// reason and nothing promised of `out`, otherwise (the caller then uses
+/// qemu-img). Laid out in one pass: the header cluster, the L1 table, each
+/// L2 table followed by the data clusters it maps, then the refcount blocks
+/// and table, every cluster counted once. Returns the file's length (not
+/// yet flushed).
+pub fn write_merged(
+    upper: &std::fs::File,
+    lower: &std::fs::File,
+    (backing, backing_format): (&str, &str),
+    out: &std::fs::File,
+) -> std::result::Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let (top, below) = (layout(upper)?, layout(lower)?);
+    if top.cluster_size != below.cluster_size || top.virtual_size != below.virtual_size {
+        return Err(format!(
+            "clusters of {} and {} bytes, guest sizes {} and {}",
+            top.cluster_size, below.cluster_size, top.virtual_size, below.virtual_size
+        ));
+    }
+    let cs = top.cluster_size;
+    let shape = OverlayShape {
+        size: top.virtual_size,
+        cluster_bits: cs.trailing_zeros(),
+        backing: backing.to_string(),
+        backing_format: backing_format.to_string(),
+    };
+    let per = top.per_table();
+    let l1_size = top.virtual_size.div_ceil(cs * per);
+    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    let write = |at: u64, b: &[u8]| {
+        out.write_all_at(b, at)
+            .map_err(|e| format!("cannot write the new image at {at}: {e}"))
+    };
+    // Host clusters in use, in order from 0: header, L1, then appended.
+    let mut next = 1 + l1_clusters;
+    let mut l1 = vec![0u64; l1_size as usize];
+    let mut data = vec![0u8; cs as usize];
+    for (i, l1_entry) in l1.iter_mut().enumerate() {
+        let (a, b) = (top.l2(upper, i)?, below.l2(lower, i)?);
+        if a.iter().chain(&b).all(|&e| e & !COPIED == 0) {
+            continue;
+        }
+        let table_at = next * cs;
+        next += 1;
+        let mut table = vec![0u64; per as usize];
+        for (j, slot) in table.iter_mut().enumerate() {
+            let (file, e) = match (a[j] & !COPIED, b[j] & !COPIED) {
+                (0, 0) => continue,
+                (0, e) => (lower, e),
+                (e, _) => (upper, e),
+            };
+            if e & COMPRESSED != 0 {
+                return Err(format!(
+                    "guest cluster {} is compressed",
+                    i as u64 * per + j as u64
+                ));
+            }
+            if e & ZERO != 0 {
+                *slot = ZERO;
+                continue;
+            }
+            let from = e & OFFSET_MASK;
+            // Past the end of a file reads as zeros, as QEMU reads it.
+            let n = file
+                .read_at(&mut data, from)
+                .map_err(|e| format!("cannot read the cluster at {from}: {e}"))?;
+            let mut got = n;
+            while got < data.len() && got > 0 {
+                match file.read_at(&mut data[got..], from + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) => return Err(format!("cannot read the cluster at {from}: {e}")),
+                }
+            }
+            data[got..].fill(0);
+            write(next * cs, &data)?;
+            *slot = next * cs | COPIED;
+            next += 1;
+        }
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+        write(table_at, &bytes)?;
+        *l1_entry = table_at | COPIED;
+    }
+    // The refcount blocks (16-bit counts, cs / 2 clusters each) and their
+    // table after everything else: they count themselves too.
+    let per_block = cs / 2;
+    let (mut blocks, mut rt_clusters) = (0u64, 0u64);
+    loop {
+        let total = next + blocks + rt_clusters;
+        let (b, r) = (
+            total.div_ceil(per_block),
+            (total.div_ceil(per_block) * 8).div_ceil(cs),
+        );
+        if (b, r) == (blocks, rt_clusters) {
+            break;
+        }
+        (blocks, rt_clusters) = (b, r);
+    }
+    let total = next + blocks + rt_clusters;
+    let (blocks_at, rt_at) = (next, next + blocks);
+    let mut counts = vec![0u8; (blocks * cs) as usize];
+    for c in 0..total as usize {
+        counts[2 * c..2 * c + 2].copy_from_slice(&1u16.to_be_bytes());
+    }
+    write(blocks_at * cs, &counts)?;
+    let table: Vec<u8> = (0..blocks)
+        .flat_map(|k| ((blocks_at + k) * cs).to_be_bytes())
+        .collect();
+    write(rt_at * cs, &table)?;
+    let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+    write(cs, &l1_bytes)?;
+    let mut h = header_cluster(&shape, l1_size)?;
+    h[40..48].copy_from_slice(&cs.to_be_bytes());
+    h[48..56].copy_from_slice(&(rt_at * cs).to_be_bytes());
+    h[56..60].copy_from_slice(&(rt_clusters as u32).to_be_bytes());
+    write(0, &h)?;
+    let len = total * cs;
+    out.set_len(len)
+        .map_err(|e| format!("cannot set the new image's length: {e}"))?;
+    Ok(len)
+}
+
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

@@ -206,36 +206,6 @@ pub fn commit(image: &Path, format: &str, base: &Path) -> Result<()> {
     run_job(args, format!("qemu-img commit {}", name_of(image)))
 }
 
-/// Commits qcow2 `top` into the qcow2 `base`, opened as one chain whose
-/// bottom, `base`, has its own backing left closed (`qemu-img commit -d`
-/// of `json:{top, backing: {base, backing: null}}`): two files opened,
-/// however long `base`'s chain, and `top` left as it is. For a caller that
-/// made sure every write lands on whole clusters of `base`: a partial one
-/// would fill the rest of its cluster from the closed backing (zeros).
-pub fn commit_into_closed(top: &Path, base: &Path) -> Result<()> {
-    let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("cannot resolve", p, e));
-    let name = |p: &Path| -> Result<String> {
-        abs(p)?
-            .to_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::QemuImg(format!("'{}' is not a UTF-8 path", p.display())))
-    };
-    let file = |p: &Path| -> Result<serde_json::Value> {
-        Ok(serde_json::json!({"driver": "file", "filename": name(p)?}))
-    };
-    let spec = serde_json::json!({
-        "driver": "qcow2",
-        "file": file(top)?,
-        "backing": {"driver": "qcow2", "file": file(base)?, "backing": null},
-    });
-    let args = vec![
-        OsString::from("commit"),
-        "-d".into(),
-        format!("json:{spec}").into(),
-    ];
-    run_job(args, format!("qemu-img commit {}", name_of(top)))
-}
-
 /// The file name of `path`, for a progress label.
 fn name_of(path: &Path) -> String {
     path.file_name()

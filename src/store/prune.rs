@@ -21,12 +21,13 @@
 //!   rewritten with its new checksum.
 //! - Carry: copies only dropped points exposed, lying between two kept
 //!   tops (or above a base copy others build on), are merged into a new copy
-//!   of the upper kept top, renamed over it. One such copy, of plain 64 KiB
-//!   clusters like the top (`commit_carry_fits`): a copy of it backing onto
-//!   the lower file, with a copy of the top committed into it, its own
-//!   backing closed (two files opened, however long the kept chain below).
-//!   Otherwise `qemu-img rebase` of a copy of the top onto the lower file,
-//!   which copies exactly their data into it (and opens the chain below).
+//!   of the upper kept top, renamed over it. One such copy, plain qcow2
+//!   like the top (`carry_fits`): the new copy is written here from the two
+//!   files (`qcow2::write_merged`: the top's clusters over the carried
+//!   file's, backing onto the lower file; two files read, however long the
+//!   kept chain below, and no qemu-img started). Otherwise `qemu-img
+//!   rebase` of a copy of the top onto the lower file, which copies exactly
+//!   their data into it (and opens the chain below).
 //!
 //! Afterwards no kept point's chain is longer than the number of kept
 //! points plus one. Folds, then new copies, run on different chains (the
@@ -1220,7 +1221,7 @@ fn new_tops(
         |r| {
             let format = updated_format(plan, &r.old)?;
             remove_if_there(&at(&r.temp))?;
-            let (size, hash) = match carry_by_commit(&images, plan, r, &format)? {
+            let (size, hash) = match carry_merged(&images, plan, r, &format)? {
                 Some(made) => made,
                 None => {
                     // The backup's copier holds chunk buffers: one such copy
@@ -1275,25 +1276,20 @@ fn copy_and_rebase(images: &Path, r: &Rebase, format: String) -> Result<(u64, St
     measure(&at(&r.temp))
 }
 
-/// Whether one carried file can go into a new copy of the kept top by a
-/// commit that opens those two files only (`carry_by_commit`): both plain
-/// qcow2 (no incompatible feature: no subclusters, no external data file)
-/// of 64 KiB clusters and one guest size, the carried file backing onto
-/// `onto` (format `onto_format`) by its own header, which its copy keeps.
-/// QEMU's commit copies in chunks of the target's cluster size clamped to
-/// 4-64 KiB: with 64 KiB clusters on both sides every write covers whole
-/// clusters of the target, so nothing is copied up from its backing, which
-/// that commit does not open. Pure.
-fn commit_carry_fits(
+/// Whether one carried file can go into a new copy of the kept top written
+/// here from those two files only (`carry_merged`): both plain qcow2 (no
+/// incompatible feature: no subclusters, no external data file, not
+/// dirty) of one cluster size and one guest size, the carried file backing
+/// onto `onto` (format `onto_format`) by its own header, as the new copy
+/// will. Pure.
+fn carry_fits(
     top: &crate::host::qcow2::Header,
     run: &crate::host::qcow2::Header,
     onto: &str,
     onto_format: &str,
 ) -> bool {
-    const CLUSTER: u64 = 64 << 10;
-    [top, run]
-        .iter()
-        .all(|h| h.incompatible == 0 && h.cluster_size == CLUSTER)
+    [top, run].iter().all(|h| h.incompatible == 0)
+        && top.cluster_size == run.cluster_size
         && top.virtual_size == run.virtual_size
         && run.backing.as_deref() == Some(onto)
         && run.backing_format.as_deref() == Some(onto_format)
@@ -1301,13 +1297,14 @@ fn commit_carry_fits(
 
 /// The new copy of a kept top `r.old` that takes in one carried file,
 /// made without opening the chain below it (whose length grows with the
-/// points kept): a copy of the carried file, backing onto `r.onto`,
-/// under `r.temp`, into which a copy of the top is committed (`qemu-img
-/// commit` of the two as one chain, the carried file's own backing left
-/// closed). It reads as the top did: the top's clusters, then the
-/// carried file's, then `r.onto`'s chain. None (nothing made) where that
-/// does not fit (`commit_carry_fits`); the caller rebases instead.
-fn carry_by_commit(
+/// points kept) and without starting qemu-img: one new file under
+/// `r.temp`, backing onto `r.onto`, written from the two
+/// (`merge_in_process`). It reads as the top did: the top's clusters, then
+/// the carried file's, then `r.onto`'s chain. None (nothing left under
+/// `r.temp`) where that does not fit (`carry_fits`) or the two files hold
+/// what `qcow2::write_merged` does not model (a compressed cluster); the
+/// caller rebases instead.
+fn carry_merged(
     images: &Path,
     plan: &PrunePlan,
     r: &Rebase,
@@ -1322,37 +1319,48 @@ fn carry_by_commit(
     }
     let top = crate::host::qcow2::read(&at(&r.old))?;
     let below = crate::host::qcow2::read(&at(run))?;
-    if !commit_carry_fits(&top, &below, &r.onto, &r.onto_format) {
+    if !carry_fits(&top, &below, &r.onto, &r.onto_format) {
         return Ok(None);
     }
-    let top_temp = format!("{}.top", r.temp);
-    remove_if_there(&at(&top_temp))?;
-    // Plain copies (the kernel's copy_file_range; no buffer here): the
-    // carried file's header already names `onto`, and the top's copy is
-    // only read. Each is a new file (O_EXCL: never written through a name
-    // someone else put there), 0600 like every copy. The commit flushes
-    // the new copy (qemu-img's writeback cache, synced when it closes the
-    // image); `measure` then hashes it as published.
-    let copy = |from: &str, to: &str| -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut src =
-            std::fs::File::open(at(from)).map_err(|e| Error::io("cannot open", at(from), e))?;
-        let mut dst = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(at(to))
-            .map_err(|e| Error::io("cannot create", at(to), e))?;
-        std::io::copy(&mut src, &mut dst)
-            .map(|_| ())
-            .map_err(|e| Error::io("cannot copy", at(from), e))
+    match merge_in_process(&at(&r.old), &at(run), r, &at(&r.temp)) {
+        Ok(()) => {
+            crate::fault::kill_point("kill-mid-carry");
+            measure(&at(&r.temp)).map(Some)
+        }
+        Err(why) => {
+            log::debug!("'{}' takes in '{run}' by a rebase: {why}", r.old);
+            remove_if_there(&at(&r.temp))?;
+            Ok(None)
+        }
+    }
+}
+
+/// The new copy of the kept top `top` taking in the carried file `run`,
+/// written here (`qcow2::write_merged`) as a new file at `dest` (O_EXCL,
+/// 0600), then flushed: the two files are only read. Err, with the reason,
+/// where that does not model them (the caller then commits with qemu-img);
+/// a file this began is left for the caller to remove.
+fn merge_in_process(
+    top: &Path,
+    run: &Path,
+    r: &Rebase,
+    dest: &Path,
+) -> std::result::Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        std::fs::File::open(p).map_err(|e| format!("cannot open '{}': {e}", p.display()))
     };
-    copy(run, &r.temp)?;
-    copy(&r.old, &top_temp)?;
-    crate::host::qemu_img::commit_into_closed(&at(&top_temp), &at(&r.temp))?;
-    crate::fault::kill_point("kill-mid-carry");
-    remove_if_there(&at(&top_temp))?;
-    measure(&at(&r.temp)).map(Some)
+    let (upper, lower) = (open(top)?, open(run)?);
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|e| format!("cannot create '{}': {e}", dest.display()))?;
+    crate::host::qcow2::write_merged(&upper, &lower, (&r.onto, &r.onto_format), &out)?;
+    out.sync_all()
+        .map_err(|e| format!("cannot flush '{}': {e}", dest.display()))
 }
 
 /// 4. The kept records, one by one, each replaced atomically.
@@ -1540,7 +1548,7 @@ mod tests {
     }
 
     #[test]
-    fn a_carry_is_committed_only_where_every_write_covers_whole_clusters() {
+    fn a_carry_is_merged_here_only_from_two_plain_qcow2_files_of_one_shape() {
         let h =
             |cluster_size: u64, virtual_size: u64, incompatible: u64| crate::host::qcow2::Header {
                 version: 3,
@@ -1557,21 +1565,19 @@ mod tests {
         };
         let k64 = 64 << 10;
         let g = 1 << 30;
-        // (top, carried file, commit?)
+        // (top, carried file, merged here?)
         let table = [
             (h(k64, g, 0), h(k64, g, 0), true),
-            // QEMU's chunks are 64 KiB at most: part of a 2 MiB cluster
-            // would be filled from the closed backing.
-            (h(2 << 20, g, 0), h(2 << 20, g, 0), false),
+            (h(2 << 20, g, 0), h(2 << 20, g, 0), true),
+            (h(512, g, 0), h(512, g, 0), true),
+            // One cluster size, one guest size.
             (h(k64, g, 0), h(2 << 20, g, 0), false),
-            // Chunks of 4 KiB at least: several 512-byte clusters at once.
-            (h(512, g, 0), h(512, g, 0), false),
             (h(k64, g, 0), h(k64, 2 * g, 0), false),
             // Subclusters (extended L2), an external data file, dirty.
             (h(k64, g, 1 << 4), h(k64, g, 0), false),
             (h(k64, g, 0), h(k64, g, 1 << 2), false),
             (h(k64, g, 0), h(k64, g, 1), false),
-            // The carried file's copy keeps its header: it must name onto.
+            // The carried file must back onto onto, as the new copy will.
             (h(k64, g, 0), backing(Some("other"), Some("qcow2")), false),
             (h(k64, g, 0), backing(Some("onto"), None), false),
             (h(k64, g, 0), backing(Some("onto"), Some("raw")), false),
@@ -1579,7 +1585,7 @@ mod tests {
         ];
         for (top, run, want) in table {
             assert_eq!(
-                commit_carry_fits(&top, &run, "onto", "qcow2"),
+                carry_fits(&top, &run, "onto", "qcow2"),
                 want,
                 "{top:?} {run:?}"
             );
