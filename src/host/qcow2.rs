@@ -772,7 +772,7 @@ pub fn write_merged(
             }
             data[got..].fill(0);
             write(next * cs, &data)?;
-            *slot = next * cs | COPIED;
+            *slot = (next * cs) | COPIED;
             next += 1;
         }
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
