@@ -167,8 +167,8 @@ fn memory_state_is_saved_and_restorable() {
 
 /// A record is input: an in-place `--start` resumes a memory state only
 /// from the file fi-backup gave that point's dump, a regular file. With the
-/// record of point A edited to name point B's state, and then with A's
-/// state replaced by a link to B's, the restore is refused (exit 2, the
+/// record of point A edited to name point B's state, then with A's state
+/// replaced by a link to B's, then with it missing, the restore is refused (exit 2, the
 /// file named) with nothing written: no target, the domain still shut off
 /// and not started; the backup directory hashes the same. Put back,
 /// point A resumes and reads A's data, not B's.

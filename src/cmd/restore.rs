@@ -1324,10 +1324,8 @@ mod tests {
         }
     }
 
-    /// `--onto`: the named disk is written onto its device (no file in the
-    /// target for it) and the XML names the device as a block disk; the
-    /// other disks restore as files; a disk the point does not hold, or a
-    /// malformed argument, is refused before anything is written.
+    /// `memory_state_refusal` on real file types: only the point's own
+    /// regular file passes.
     #[test]
     fn a_memory_state_is_resumed_only_from_this_points_own_regular_file() {
         let dir = std::env::temp_dir().join(format!("fi-state-{}", std::process::id()));
@@ -1381,6 +1379,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `--onto`: the named disk is written onto its device (no file in the
+    /// target for it) and the XML names the device as a block disk; the
+    /// other disks restore as files; a disk the point does not hold, or a
+    /// malformed argument, is refused before anything is written.
     #[test]
     fn a_disk_restored_onto_a_device() {
         let dir = DomainDir::new(Path::new("/b"), "web").unwrap();

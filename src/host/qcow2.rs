@@ -7,9 +7,11 @@
 //! QEMU: magic, version, backing_file_offset, backing_file_size,
 //! cluster_bits, incompatible_features, header_length, and the backing
 //! format header extension), read with the same page cache qemu-img would
-//! read them through. One thing is written: a copy's backing reference
+//! read them through. Written here: a copy's backing reference
 //! (`rebased_header`, what `qemu-img rebase -u` writes), in the backup's
-//! own temporary copy before it is published. And `layout`: where a plain
+//! own temporary copy before it is published; the empty overlays a
+//! snapshot goes onto (`empty_overlay`); a prune's carried copy, one new
+//! file from two (`write_merged`). And `layout`: where a plain
 //! qcow2 file keeps its tables and which guest clusters it maps where (the
 //! L1, L2 and refcount tables), for what a fold can write into a base copy
 //! (`store::tree`). Anything else about an image is still asked of
@@ -693,11 +695,12 @@ const ZERO: u64 = 1;
 /// a `qemu-img commit` of a copy of `upper` into a copy of `lower` makes,
 /// read for read, without starting qemu-img or copying either file first
 /// (a prune's carry, every night of a long-kept directory). Both must be
-/// plain qcow2 files this models (`layout`: no compression, encryption,
-/// snapshots, subclusters or external data) of the same cluster size and
-/// guest size, version 3 when either has zero clusters; Err, with the
-/// reason and nothing promised of `out`, otherwise (the caller then uses
-/// qemu-img). Laid out in one pass: the header cluster, the L1 table, each
+/// plain qcow2 files this models (`layout`: no encryption, internal
+/// snapshots, subclusters or external data; and no compressed cluster,
+/// found as they are read) of the same cluster size and
+/// guest size (the new file is version 3, whichever they are); Err, with
+/// the reason and nothing promised of `out`, otherwise (the caller then
+/// uses qemu-img). Laid out in one pass: the header cluster, the L1 table, each
 /// L2 table followed by the data clusters it maps, then the refcount blocks
 /// and table, every cluster counted once. Returns the file's length (not
 /// yet flushed).

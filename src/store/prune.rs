@@ -1338,8 +1338,8 @@ fn carry_merged(
 /// The new copy of the kept top `top` taking in the carried file `run`,
 /// written here (`qcow2::write_merged`) as a new file at `dest` (O_EXCL,
 /// 0600), then flushed: the two files are only read. Err, with the reason,
-/// where that does not model them (the caller then commits with qemu-img);
-/// a file this began is left for the caller to remove.
+/// where that does not model them (the caller then rebases a copy of the
+/// top with qemu-img); a file this began is left for the caller to remove.
 fn merge_in_process(
     top: &Path,
     run: &Path,
