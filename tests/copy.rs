@@ -522,6 +522,20 @@ fn a_merged_pair_reads_as_the_chain_it_replaces() {
         ok("qemu-io", &args);
     };
     let open = |file: &str| std::fs::File::open(d.join(file)).unwrap();
+    let create = |name: &str, opts: &str, size: &str| {
+        let path = d.join(name);
+        let args = [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            path.to_str().unwrap(),
+            size,
+        ];
+        ok("qemu-img", &args);
+    };
     let merge = |upper: &str, lower: &str, out: &str| {
         let _ = std::fs::remove_file(d.join(out));
         let f = std::fs::OpenOptions::new()
@@ -537,33 +551,12 @@ fn a_merged_pair_reads_as_the_chain_it_replaces() {
         ("1.1", "4096", "64M", "40M"),
     ] {
         let opts = format!("compat={compat},cluster_size={cluster}");
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                d.join("base.qcow2").to_str().unwrap(),
-                size,
-            ],
-        );
+        create("base.qcow2", &opts, size);
         for (name, below) in [("low.qcow2", "base.qcow2"), ("top.qcow2", "low.qcow2")] {
-            let o = format!("{opts},backing_file={below},backing_fmt=qcow2");
-            ok(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    &o,
-                    d.join(name).to_str().unwrap(),
-                    size,
-                ],
+            create(
+                name,
+                &format!("{opts},backing_file={below},backing_fmt=qcow2"),
+                size,
             );
         }
         io(
@@ -620,42 +613,16 @@ fn a_merged_pair_reads_as_the_chain_it_replaces() {
         let h = fi_backup::host::qcow2::read(&merged).unwrap();
         assert_eq!(h.backing.as_deref(), Some("base.qcow2"));
         assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
-        report(&format!("MERGED PAIR (compat {compat}, {cluster}-byte clusters, {size}): qemu-img check clean, compare identical to the chain, {len} bytes"));
+        report(&format!("MERGED PAIR (compat {compat}, {cluster}-byte clusters, {size}): qemu-img check clean, compare identical to the chain, header naming base.qcow2 (qcow2), {len} bytes"));
     }
     // A compressed cluster in the upper file (over the last, 4 KiB pair).
-    let packed = d.join("packed.qcow2");
-    let o = "cluster_size=4096,backing_file=low.qcow2,backing_fmt=qcow2";
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            o,
-            packed.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    let upon_low =
+        |cluster: &str| format!("cluster_size={cluster},backing_file=low.qcow2,backing_fmt=qcow2");
+    create("packed.qcow2", &upon_low("4096"), "64M");
     io("packed.qcow2", &["write -c -P 0x41 4M 64k"]);
     let e = merge("packed.qcow2", "low.qcow2", "refused.qcow2").unwrap_err();
     assert!(e.contains("compressed"), "{e}");
-    let wide = d.join("wide.qcow2");
-    let o = "cluster_size=65536,backing_file=low.qcow2,backing_fmt=qcow2";
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            o,
-            wide.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    create("wide.qcow2", &upon_low("65536"), "64M");
     let e = merge("wide.qcow2", "low.qcow2", "refused.qcow2").unwrap_err();
     assert!(e.contains("clusters of 65536 and 4096 bytes"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();

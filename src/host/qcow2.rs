@@ -762,11 +762,8 @@ pub fn write_merged(
             }
             let from = e & OFFSET_MASK;
             // Past the end of a file reads as zeros, as QEMU reads it.
-            let n = file
-                .read_at(&mut data, from)
-                .map_err(|e| format!("cannot read the cluster at {from}: {e}"))?;
-            let mut got = n;
-            while got < data.len() && got > 0 {
+            let mut got = 0;
+            while got < data.len() {
                 match file.read_at(&mut data[got..], from + got as u64) {
                     Ok(0) => break,
                     Ok(k) => got += k,
