@@ -38,8 +38,11 @@ impl Siblings {
     /// file ([`Siblings::others`]). What is unknown is never taken as
     /// unshared.
     pub fn gather(lv: &Libvirt) -> crate::error::Result<Siblings> {
+        let started = std::time::Instant::now();
         let mut s = Siblings::default();
-        for dom in lv.all_domains()? {
+        let doms = lv.all_domains()?;
+        let count = doms.len();
+        for dom in doms {
             let uuid = dom.uuid().unwrap_or_default();
             let xmls = match dom.is_active() {
                 Ok(true) => vec![dom.live_xml(), dom.inactive_xml()],
@@ -92,6 +95,10 @@ impl Siblings {
                  blockcommit writes into a file it might share and no file it might use is deleted"
             );
         }
+        log::debug!(
+            "Read which files the {count} defined domain(s) use in {} ms",
+            started.elapsed().as_millis()
+        );
         Ok(s)
     }
 
