@@ -12,6 +12,18 @@ pub struct Libvirt {
     conn: Connect,
 }
 
+/// A domain as [`Libvirt::all_domains`] listed it.
+pub struct Listed {
+    /// The domain.
+    pub dom: Dom,
+    /// Its UUID (empty if it could not be read).
+    pub uuid: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it was running (or paused) when listed.
+    pub running: bool,
+}
+
 /// One domain, looked up by name.
 pub struct Dom {
     dom: Domain,
@@ -93,8 +105,10 @@ impl Libvirt {
         Ok(running)
     }
 
-    /// Every defined domain, running, shut off or transient.
-    pub fn all_domains(&self) -> Result<Vec<Dom>> {
+    /// Every defined domain, running, shut off or transient, with its
+    /// UUID, name and whether it was running when listed: one call, which
+    /// brings each domain's name, UUID and ID with it.
+    pub fn all_domains(&self) -> Result<Vec<Listed>> {
         let doms = self
             .conn
             .list_all_domains(0)
@@ -103,7 +117,18 @@ impl Libvirt {
             .into_iter()
             .filter_map(|dom| {
                 let name = dom.name().ok()?;
-                Some(Dom { dom, name })
+                // A running domain has an ID; a shut-off one has none.
+                let running = dom.id().is_some();
+                let uuid = dom.uuid_string().unwrap_or_default();
+                Some(Listed {
+                    dom: Dom {
+                        dom,
+                        name: name.clone(),
+                    },
+                    uuid,
+                    name,
+                    running,
+                })
             })
             .collect())
     }

@@ -39,54 +39,22 @@ impl Siblings {
     /// unshared.
     pub fn gather(lv: &Libvirt) -> crate::error::Result<Siblings> {
         let started = std::time::Instant::now();
-        let mut s = Siblings::default();
         let doms = lv.all_domains()?;
-        let count = doms.len();
-        for dom in doms {
-            let uuid = dom.uuid().unwrap_or_default();
-            let xmls = match dom.is_active() {
-                Ok(true) => vec![dom.live_xml(), dom.inactive_xml()],
-                _ => vec![dom.inactive_xml()],
-            };
-            let mut unknown = None;
-            // A running domain's persistent definition names the same tops
-            // as its live one (a snapshot moves both): each chain is read
-            // once.
-            let mut read = std::collections::HashSet::new();
-            for xml in xmls {
-                match xml.and_then(|x| crate::host::domxml::parse_domain_xml(&x)) {
-                    Ok(facts) => {
-                        for d in &facts.disks {
-                            let Some(src) = d.source.as_ref() else {
-                                continue;
-                            };
-                            if !read.insert(src.clone()) {
-                                continue;
-                            }
-                            let added = match &d.known_chain {
-                                Some(below) => s.add_known(&facts.uuid, &facts.name, src, below),
-                                None => {
-                                    s.add_chain(&facts.uuid, &facts.name, src, d.source_format())
-                                }
-                            };
-                            if let Err(why) = added {
-                                unknown.get_or_insert(why);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        unknown.get_or_insert(format!("its XML: {e}"));
-                    }
+        // Each domain is read on its own (its XML from libvirtd, its
+        // chains' files from the disk), a few at once: one run's scan of a
+        // host's domains takes their replies' time, not their sum.
+        let read = crate::pool::map(&doms, GATHER_WIDTH, |dom| read_domain(lv, dom));
+        let mut s = Siblings::default();
+        for (dom, files) in doms.iter().zip(read) {
+            let DomainFiles { files, unknown } = files;
+            for (key, id) in files {
+                s.add(&dom.uuid, &dom.name, key.0, key.1);
+                if let Some(id) = id {
+                    s.ids.insert(key, id);
                 }
             }
-            // A domain undefined since the listing (its files may be gone
-            // with it) uses nothing: asked again, by UUID, after the reads.
             if let Some(why) = unknown {
-                if uuid.is_empty() || lv.name_of_uuid(&uuid).is_some() {
-                    s.unreadable(&uuid, &dom.name, why);
-                } else {
-                    log::debug!("Domain '{}' was undefined while it was read", dom.name);
-                }
+                s.unreadable(&dom.uuid, &dom.name, why);
             }
         }
         for ((_, name), why) in &s.unreadable {
@@ -96,55 +64,11 @@ impl Siblings {
             );
         }
         log::debug!(
-            "Read which files the {count} defined domain(s) use in {} ms",
+            "Read which files the {} defined domain(s) use in {} ms",
+            doms.len(),
             started.elapsed().as_millis()
         );
         Ok(s)
-    }
-
-    /// A running domain's chain as libvirt knows it (the files QEMU has
-    /// open): each file's identity read, no qemu-img run.
-    fn add_known(
-        &mut self,
-        uuid: &str,
-        name: &str,
-        top: &Path,
-        below: &[std::path::PathBuf],
-    ) -> Result<(), String> {
-        for f in std::iter::once(top).chain(below.iter().map(|p| p.as_path())) {
-            self.add_file(uuid, name, f)?;
-        }
-        Ok(())
-    }
-
-    fn add_chain(
-        &mut self,
-        uuid: &str,
-        name: &str,
-        top: &Path,
-        format: &str,
-    ) -> Result<(), String> {
-        // A shut-off domain's disk: the chain its headers name, checked,
-        // without a qemu-img process unless the headers are not plain.
-        let chain = crate::host::chain::read_disk_chain(top, format, None)
-            .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
-        for f in chain {
-            self.add_file(uuid, name, &f.path)?;
-        }
-        Ok(())
-    }
-
-    /// Records that domain `uuid` uses the file at `path`: a file by its
-    /// device and inode, with its identity; a block device by its device
-    /// number (`SourceId::key`), whatever node names it.
-    fn add_file(&mut self, uuid: &str, name: &str, path: &Path) -> Result<(), String> {
-        let why = |e: crate::error::Error| format!("'{}': {e}", path.display());
-        let key = SourceId::key_of(path).map_err(why)?;
-        self.add(uuid, name, key.0, key.1);
-        if key.1 != u64::MAX {
-            self.ids.insert(key, SourceId::read(path).map_err(why)?);
-        }
-        Ok(())
     }
 
     /// Records that domain `uuid` (`name`) could not be read, and why.
@@ -180,6 +104,108 @@ impl Siblings {
             .map(|((_, n), _)| format!("{UNREADABLE}'{n}'"));
         known.chain(unknown).collect()
     }
+}
+
+/// How many domains [`Siblings::gather`] reads at once: within the 5
+/// calls libvirtd serves one connection at a time by default.
+const GATHER_WIDTH: usize = 4;
+
+/// What reading one domain found: each file its chains use (device and
+/// inode, with the file's identity; a block device has none), and why some
+/// of it could not be read, if so.
+#[derive(Debug, Default)]
+struct DomainFiles {
+    files: Vec<((u64, u64), Option<SourceId>)>,
+    unknown: Option<String>,
+}
+
+/// Reads the files a domain uses: every disk's chain in its live XML (when
+/// it was running as listed) and in its persistent definition. What cannot
+/// be read is said in `unknown`, unless the domain was undefined meanwhile
+/// (its files may be gone with it, and it uses nothing).
+fn read_domain(lv: &Libvirt, dom: &crate::host::libvirt::Listed) -> DomainFiles {
+    let xmls = if dom.running {
+        vec![dom.dom.live_xml(), dom.dom.inactive_xml()]
+    } else {
+        vec![dom.dom.inactive_xml()]
+    };
+    let mut out = DomainFiles::default();
+    // A running domain's persistent definition names the same tops as its
+    // live one (a snapshot moves both): each chain is read once.
+    let mut read = std::collections::HashSet::new();
+    for xml in xmls {
+        match xml.and_then(|x| crate::host::domxml::parse_domain_xml(&x)) {
+            Ok(facts) => {
+                for d in &facts.disks {
+                    let Some(src) = d.source.as_ref() else {
+                        continue;
+                    };
+                    if !read.insert(src.clone()) {
+                        continue;
+                    }
+                    let added = match &d.known_chain {
+                        Some(below) => add_known(&mut out.files, src, below),
+                        None => add_chain(&mut out.files, src, d.source_format()),
+                    };
+                    if let Err(why) = added {
+                        out.unknown.get_or_insert(why);
+                    }
+                }
+            }
+            Err(e) => {
+                out.unknown.get_or_insert(format!("its XML: {e}"));
+            }
+        }
+    }
+    // A domain undefined since the listing uses nothing: asked again, by
+    // UUID, after the reads.
+    if out.unknown.is_some() && !dom.uuid.is_empty() && lv.name_of_uuid(&dom.uuid).is_none() {
+        log::debug!("Domain '{}' was undefined while it was read", dom.name);
+        out.unknown = None;
+    }
+    out
+}
+
+/// A running domain's chain as libvirt knows it (the files QEMU has open):
+/// each file's identity read, no qemu-img run.
+fn add_known(
+    files: &mut Vec<((u64, u64), Option<SourceId>)>,
+    top: &Path,
+    below: &[std::path::PathBuf],
+) -> Result<(), String> {
+    for f in std::iter::once(top).chain(below.iter().map(|p| p.as_path())) {
+        add_file(files, f)?;
+    }
+    Ok(())
+}
+
+/// A shut-off domain's disk: the chain its headers name, checked, without
+/// a qemu-img process unless the headers are not plain.
+fn add_chain(
+    files: &mut Vec<((u64, u64), Option<SourceId>)>,
+    top: &Path,
+    format: &str,
+) -> Result<(), String> {
+    let chain = crate::host::chain::read_disk_chain(top, format, None)
+        .map_err(|e| format!("the chain of '{}': {e}", top.display()))?;
+    for f in chain {
+        add_file(files, &f.path)?;
+    }
+    Ok(())
+}
+
+/// A file a domain uses: by its device and inode, with its identity; a
+/// block device by its device number (`SourceId::key`), whatever node
+/// names it.
+fn add_file(files: &mut Vec<((u64, u64), Option<SourceId>)>, path: &Path) -> Result<(), String> {
+    let why = |e: crate::error::Error| format!("'{}': {e}", path.display());
+    let key = SourceId::key_of(path).map_err(why)?;
+    let id = match key.1 {
+        u64::MAX => None,
+        _ => Some(SourceId::read(path).map_err(why)?),
+    };
+    files.push((key, id));
+    Ok(())
 }
 
 /// How [`Siblings::others`] names a domain that could not be read.
