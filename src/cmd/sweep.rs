@@ -24,16 +24,12 @@ use crate::store::record::DomainDir;
 /// domain, in the selection's order.
 pub fn run(config: &Config) -> Result<Vec<DomainReport>> {
     let lv = Libvirt::open(&config.connect)?;
-    let names = resolve(&lv, &config.selection)?;
-    if names.is_empty() {
-        log::info!("No domain to work on");
-    }
     // Who each name stood for when listed: a domain renamed, undefined or
     // replaced before its turn is then named as such, never mistaken.
-    let listed: Vec<(String, Option<String>)> = names
-        .iter()
-        .map(|n| (n.clone(), lv.lookup(n).and_then(|d| d.uuid()).ok()))
-        .collect();
+    let listed = resolve(&lv, &config.selection)?;
+    if listed.is_empty() {
+        log::info!("No domain to work on");
+    }
     let pool = std::sync::Arc::new(crate::pool::Pool::new(config.copy_jobs));
     // Linked clones: which files each defined domain uses, read once before
     // any consolidation of this run.
@@ -99,32 +95,81 @@ fn domain_report(
     report
 }
 
-/// The domain names a selection stands for. Every named domain must exist:
-/// otherwise nothing is done at all.
-fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<String>> {
-    match selection {
+/// The domains a selection stands for, each with the UUID it had when
+/// listed, from one listing of the host's domains (one call, however many
+/// are named). Every named domain must exist: otherwise nothing is done at
+/// all.
+fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<(String, Option<String>)>> {
+    let host: Vec<(String, String, bool)> = lv
+        .all_domains()?
+        .into_iter()
+        .map(|d| (d.name, d.uuid, d.running))
+        .collect();
+    select(selection, &host)
+}
+
+/// What [`resolve`] decides, from the host's domains as listed (name,
+/// UUID, running): the named domains in the order given (an argument that
+/// names a domain whole, spaces and all, is that domain), or every domain
+/// (running ones first, each part sorted), or the running ones; each with
+/// its UUID (None if it could not be read).
+fn select(
+    selection: &Selection,
+    host: &[(String, String, bool)],
+) -> Result<Vec<(String, Option<String>)>> {
+    let known: std::collections::HashMap<&str, &str> = host
+        .iter()
+        .map(|(n, u, _)| (n.as_str(), u.as_str()))
+        .collect();
+    let names = match selection {
         Selection::Named(args) => {
-            let names = crate::cmd::config::domain_names(args, |n| lv.lookup(n).is_ok());
+            let names = crate::cmd::config::domain_names(args, |n| known.contains_key(n));
             let missing: Vec<&str> = names
                 .iter()
-                .filter(|n| matches!(lv.lookup(n), Err(Error::NoSuchDomain(_))))
+                .filter(|n| !known.contains_key(n.as_str()))
                 .map(String::as_str)
                 .collect();
             match missing.as_slice() {
-                [] => Ok(names.clone()),
-                [one] => Err(Error::NoSuchDomain(one.to_string())),
-                many => Err(Error::Usage(format!(
-                    "domains {} do not exist; nothing was done",
-                    many.iter()
-                        .map(|n| format!("'{n}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
+                [] => names,
+                [one] => return Err(Error::NoSuchDomain(one.to_string())),
+                many => {
+                    return Err(Error::Usage(format!(
+                        "domains {} do not exist; nothing was done",
+                        many.iter()
+                            .map(|n| format!("'{n}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
             }
         }
-        Selection::All => lv.domain_names(false),
-        Selection::AllRunning => lv.domain_names(true),
-    }
+        Selection::All | Selection::AllRunning => {
+            let sorted = |running: bool| {
+                let mut v: Vec<String> = host
+                    .iter()
+                    .filter(|(_, _, r)| *r == running)
+                    .map(|(n, _, _)| n.clone())
+                    .collect();
+                v.sort();
+                v
+            };
+            let mut names = sorted(true);
+            if *selection == Selection::All {
+                names.extend(sorted(false));
+            }
+            names
+        }
+    };
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let uuid = known
+                .get(n.as_str())
+                .filter(|u| !u.is_empty())
+                .map(|u| u.to_string());
+            (n, uuid)
+        })
+        .collect())
 }
 
 /// What every domain's turn of a run shares: the copy slots, the map of
@@ -748,6 +793,65 @@ fn merged(dom: &Dom, active: bool, plan: &consolidate::DomainPlan, m: &mut Merge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selection_is_resolved_from_one_listing() {
+        let host: Vec<(String, String, bool)> = [
+            ("web", "u-web", true),
+            ("a b", "u-ab", false),
+            ("db", "u-db", true),
+            ("old", "u-old", false),
+            ("a", "", true),
+        ]
+        .iter()
+        .map(|(n, u, r)| (n.to_string(), u.to_string(), *r))
+        .collect();
+        let named = |v: &[&str]| Selection::Named(v.iter().map(|s| s.to_string()).collect());
+        let got =
+            |sel: Selection| -> Vec<(String, Option<String>)> { select(&sel, &host).unwrap() };
+        let want = |v: &[(&str, Option<&str>)]| -> Vec<(String, Option<String>)> {
+            v.iter()
+                .map(|(n, u)| (n.to_string(), u.map(str::to_string)))
+                .collect()
+        };
+        // Named: in the order given, each once, with the UUID it was listed
+        // with (none when it could not be read); an argument that names a
+        // domain whole is that domain, another is split on spaces.
+        assert_eq!(
+            got(named(&["db web", "db"])),
+            want(&[("db", Some("u-db")), ("web", Some("u-web"))])
+        );
+        assert_eq!(got(named(&["a b"])), want(&[("a b", Some("u-ab"))]));
+        assert_eq!(got(named(&["a"])), want(&[("a", None)]));
+        // all: the running ones sorted, then the others sorted; -r: the
+        // running ones.
+        assert_eq!(
+            got(Selection::All),
+            want(&[
+                ("a", None),
+                ("db", Some("u-db")),
+                ("web", Some("u-web")),
+                ("a b", Some("u-ab")),
+                ("old", Some("u-old")),
+            ])
+        );
+        assert_eq!(
+            got(Selection::AllRunning),
+            want(&[("a", None), ("db", Some("u-db")), ("web", Some("u-web"))])
+        );
+        // A name the host does not have refuses the whole run, naming it.
+        match select(&named(&["web nope"]), &host) {
+            Err(Error::NoSuchDomain(n)) => assert_eq!(n, "nope"),
+            other => panic!("{other:?}"),
+        }
+        match select(&named(&["x web y"]), &host) {
+            Err(Error::Usage(m)) => {
+                assert_eq!(m, "domains 'x', 'y' do not exist; nothing was done")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(select(&Selection::All, &[]).unwrap().is_empty());
+    }
 
     #[test]
     fn prune_and_consolidation_side_by_side_only_in_a_real_run_with_both() {

@@ -91,20 +91,6 @@ impl Libvirt {
             })
     }
 
-    /// Names of all defined domains (running first, then the others, each sorted),
-    /// or of the running ones only.
-    pub fn domain_names(&self, running_only: bool) -> Result<Vec<String>> {
-        let mut running = self.names(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
-        running.sort();
-        if running_only {
-            return Ok(running);
-        }
-        let mut others = self.names(sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE)?;
-        others.sort();
-        running.extend(others);
-        Ok(running)
-    }
-
     /// Every defined domain, running, shut off or transient, with its
     /// UUID, name and whether it was running when listed: one call, which
     /// brings each domain's name, UUID and ID with it.
@@ -131,19 +117,6 @@ impl Libvirt {
                 })
             })
             .collect())
-    }
-
-    fn names(&self, flags: sys::virConnectListAllDomainsFlags) -> Result<Vec<String>> {
-        let doms = self
-            .conn
-            .list_all_domains(flags)
-            .map_err(|e| Error::libvirt("cannot list domains", e))?;
-        doms.iter()
-            .map(|d| {
-                d.name()
-                    .map_err(|e| Error::libvirt("cannot read a domain's name", e))
-            })
-            .collect()
     }
 }
 
