@@ -103,7 +103,7 @@ fn resolve(lv: &Libvirt, selection: &Selection) -> Result<Vec<(String, Option<St
     let host: Vec<(String, String, bool)> = lv
         .all_domains()?
         .into_iter()
-        .map(|d| (d.name, d.uuid, d.running))
+        .map(|d| (d.dom.name, d.uuid, d.running))
         .collect();
     select(selection, &host)
 }

@@ -14,12 +14,10 @@ pub struct Libvirt {
 
 /// A domain as [`Libvirt::all_domains`] listed it.
 pub struct Listed {
-    /// The domain.
+    /// The domain (with its name).
     pub dom: Dom,
     /// Its UUID (empty if it could not be read).
     pub uuid: String,
-    /// Its name.
-    pub name: String,
     /// Whether it was running (or paused) when listed.
     pub running: bool,
 }
@@ -107,12 +105,8 @@ impl Libvirt {
                 let running = dom.id().is_some();
                 let uuid = dom.uuid_string().unwrap_or_default();
                 Some(Listed {
-                    dom: Dom {
-                        dom,
-                        name: name.clone(),
-                    },
+                    dom: Dom { dom, name },
                     uuid,
-                    name,
                     running,
                 })
             })

@@ -48,13 +48,13 @@ impl Siblings {
         for (dom, files) in doms.iter().zip(read) {
             let DomainFiles { files, unknown } = files;
             for (key, id) in files {
-                s.add(&dom.uuid, &dom.name, key.0, key.1);
+                s.add(&dom.uuid, &dom.dom.name, key.0, key.1);
                 if let Some(id) = id {
                     s.ids.insert(key, id);
                 }
             }
             if let Some(why) = unknown {
-                s.unreadable(&dom.uuid, &dom.name, why);
+                s.unreadable(&dom.uuid, &dom.dom.name, why);
             }
         }
         for ((_, name), why) in &s.unreadable {
@@ -160,7 +160,7 @@ fn read_domain(lv: &Libvirt, dom: &crate::host::libvirt::Listed) -> DomainFiles 
     // A domain undefined since the listing uses nothing: asked again, by
     // UUID, after the reads.
     if out.unknown.is_some() && !dom.uuid.is_empty() && lv.name_of_uuid(&dom.uuid).is_none() {
-        log::debug!("Domain '{}' was undefined while it was read", dom.name);
+        log::debug!("Domain '{}' was undefined while it was read", dom.dom.name);
         out.unknown = None;
     }
     out
