@@ -1105,15 +1105,18 @@ fn start_job(dom: &Dom, p: &DiskPlan, bandwidth_mib: u64) -> Result<()> {
 /// Whether the domain's QEMU still runs. Right after QEMU dies, a call to it
 /// fails ("connection reset") while libvirt still calls the domain active,
 /// until it has processed the end of the monitor: so the domain counts as
-/// running only once its monitor answers (a block job query of `disk`, which libvirt sends to QEMU, succeeds), or as
-/// stopped once libvirt says so, waiting up to 2 s for either.
+/// running only once its monitor answers, or as stopped once libvirt says
+/// so, waiting up to 2 s for either. The probe is the disk's I/O counters,
+/// which libvirt always asks QEMU for; a block job query is not one: when
+/// libvirt has already processed the end of the job QEMU cancelled as it
+/// quit, it answers "no job" itself, while the domain still looks active.
 fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         if !dom.is_active()? {
             return Ok(false);
         }
-        if blockjob::job_info(dom.raw(), disk).is_ok() || Instant::now() >= deadline {
+        if dom.raw().block_stats(disk).is_ok() || Instant::now() >= deadline {
             return dom.is_active();
         }
         std::thread::sleep(Duration::from_millis(50));
