@@ -1106,18 +1106,27 @@ fn start_job(dom: &Dom, p: &DiskPlan, bandwidth_mib: u64) -> Result<()> {
 /// fails ("connection reset") while libvirt still calls the domain active,
 /// until it has processed the end of the monitor: so the domain counts as
 /// running only once its monitor answers, or as stopped once libvirt says
-/// so, waiting up to 2 s for either. The probe is the disk's I/O counters,
+/// so, waiting up to 10 s for either (a QEMU that runs answers at once; a
+/// slow host may take seconds to process a dead one's end); neither by then
+/// is an error (unknown, which each caller treats as not running). The
+/// probe is the disk's I/O counters,
 /// which libvirt always asks QEMU for; a block job query is not one: when
 /// libvirt has already processed the end of the job QEMU cancelled as it
 /// quit, it answers "no job" itself, while the domain still looks active.
 fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if !dom.is_active()? {
             return Ok(false);
         }
-        if dom.raw().block_stats(disk).is_ok() || Instant::now() >= deadline {
-            return dom.is_active();
+        if dom.raw().block_stats(disk).is_ok() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Job(format!(
+                "libvirt calls domain '{}' active, but its QEMU did not answer within 10 s",
+                dom.name
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
