@@ -140,14 +140,7 @@ fn sigkill_during_memory_dump_converges() {
     killed_run(&s, "kill-mid-dump", &["-b", b, "-s", st, &dom]);
     // The run died inside the call: its intent is in the ledger, no overlay
     // was confirmed.
-    let ledger_dir = s.root.join("fi-state/overlays");
-    let ledger: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            ledger_dir.join(format!("{}.json", virsh(&["domuuid", &dom]).trim())),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let ledger = s.ledger(&dom);
     assert!(
         ledger["overlays"].as_array().unwrap().is_empty(),
         "{ledger}"
@@ -185,6 +178,19 @@ fn sigkill_during_memory_dump_converges() {
     );
     let recs = records(&backup, &dom);
     assert_eq!(recs.len(), 1);
+    // That run went through: its own intent is cleared (in the write that
+    // noted its restore point), and its overlay is in the ledger, noted.
+    let ledger = s.ledger(&dom);
+    assert!(ledger["intent"].is_null(), "{ledger}");
+    let top = live_sources(&dom)[0].1.clone();
+    assert!(
+        ledger["overlays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["path"] == top.as_str() && o["point"].is_object()),
+        "{ledger}"
+    );
     let kept = names_in(&state);
     assert_eq!(kept.len(), 1);
     assert_ne!(kept, orphan);

@@ -69,8 +69,17 @@ pub struct Copied {
     pub tree: Option<Tree>,
 }
 
-/// Runs one copy job.
+/// Runs one copy job; its directory is flushed (fsync) after.
 pub fn copy(job: &CopyJob) -> Result<Copied> {
+    let copied = copy_unsynced(job)?;
+    crate::store::fsutil::sync_dir(&job.dest_dir)?;
+    Ok(copied)
+}
+
+/// Runs one copy job, its directory not flushed: for a caller that flushes
+/// it once after several copies (`exec::copy_all`), before anything names
+/// them.
+pub fn copy_unsynced(job: &CopyJob) -> Result<Copied> {
     let src = File::open(&job.source).map_err(|e| Error::io("cannot open", &job.source, e))?;
     let id = SourceId::in_chain(&job.source, job.above.as_deref())?;
     if let Some(expected) = job.expected_id {
@@ -108,7 +117,7 @@ pub fn copy(job: &CopyJob) -> Result<Copied> {
         .file
         .try_clone()
         .map_err(|e| Error::io("cannot reopen", &tmp.path, e))?;
-    tmp.publish(&job.dest_dir.join(&job.name))?;
+    tmp.publish_unsynced(&job.dest_dir.join(&job.name))?;
     ffi::advise(&file, 0, 0, Advice::DontNeed);
     ffi::advise(&src, 0, 0, Advice::DontNeed);
     let (blake3, tree) = hasher.finalize();

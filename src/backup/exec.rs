@@ -307,16 +307,30 @@ fn make_overlays(maker: &Maker) -> Result<Vec<(&Path, (u64, u64))>> {
         return Ok(Vec::new());
     };
     let mut made = Vec::new();
+    let remove = |made: &[(&Path, (u64, u64))]| {
+        for (p, _) in made {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     for (path, image, top) in overlays {
         match crate::host::qcow2::create(path, image, top) {
             Ok(id) => made.push((path.as_path(), (id.dev, id.ino))),
             Err(e) => {
-                for (p, _) in &made {
-                    let _ = std::fs::remove_file(p);
-                }
+                remove(&made);
                 return Err(e);
             }
         }
+    }
+    // Each directory they were made in is flushed once, after all of them.
+    let mut dirs: Vec<&Path> = made
+        .iter()
+        .map(|(p, _)| p.parent().unwrap_or(Path::new("/")))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    if let Some(e) = dirs.into_iter().find_map(|d| fsutil::sync_dir(d).err()) {
+        remove(&made);
+        return Err(e);
     }
     Ok(made)
 }
@@ -433,10 +447,20 @@ fn private(path: &std::path::Path) -> Result<()> {
 }
 
 /// Adds the overlays the snapshot just created to the domain's ledger, so
-/// that consolidation may delete them later (and only them).
+/// that consolidation may delete them later (and only them). A run's
+/// intent without a memory state file has nothing left to settle once its
+/// overlays are in the ledger (`intent::decide` passes over owned ones), so
+/// it is cleared in the same write (one write and its two fsyncs fewer).
 fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::Path) -> Result<()> {
     let mut ledger = Ledger::load(state_dir, &plan.domain, &plan.uuid);
     ledger.domain = plan.domain.clone();
+    if ledger
+        .intent
+        .as_ref()
+        .is_some_and(|i| i.ts == plan.ts && i.state_file.is_none())
+    {
+        ledger.intent = None;
+    }
     for d in disks {
         if let SnapshotDisk::External { target, overlay } = d {
             let meta = std::fs::metadata(overlay)
@@ -462,7 +486,10 @@ fn record_overlays(plan: &Plan, disks: &[SnapshotDisk], state_dir: &std::path::P
 /// Records in the ledger, on each new overlay, which restore point holds the
 /// files below it and with which identities. A run killed before this has a
 /// restore point, but its overlays carry no such note: a later consolidation
-/// then cannot keep the next backup incremental, and says so.
+/// then cannot keep the next backup incremental, and says so. This is the
+/// backup's last step, after its record: whatever the run's intent still
+/// covers (its memory state file) is recorded, so the intent is cleared in
+/// the same write.
 fn note_point(
     plan: &Plan,
     dir: &std::path::Path,
@@ -492,6 +519,9 @@ fn note_point(
                 .collect(),
         });
     }
+    if ledger.intent.as_ref().is_some_and(|i| i.ts == plan.ts) {
+        ledger.intent = None;
+    }
     ledger.save(state_dir)
 }
 
@@ -501,7 +531,7 @@ fn note_point(
 pub fn copy_all(list: &[CopyJob], pool: &Pool) -> Result<Vec<Copied>> {
     let results = crate::pool::map(list, pool.capacity, |job| {
         let started = Instant::now();
-        let r = pool.with(|| copy::copy(job));
+        let r = pool.with(|| copy::copy_unsynced(job));
         if let Ok(c) = &r {
             let secs = started.elapsed().as_secs_f64().max(1e-6);
             log::debug!(
@@ -529,6 +559,15 @@ pub fn copy_all(list: &[CopyJob], pool: &Pool) -> Result<Vec<Copied>> {
                 first_error.get_or_insert(e);
             }
         }
+    }
+    // Each directory the copies went into is flushed once, after all of
+    // them and before anything names them (one fsync a directory, not one
+    // a copy).
+    if first_error.is_none() {
+        let mut dirs: Vec<&Path> = list.iter().map(|j| j.dest_dir.as_path()).collect();
+        dirs.sort();
+        dirs.dedup();
+        first_error = dirs.into_iter().find_map(|d| fsutil::sync_dir(d).err());
     }
     if let Some(e) = first_error {
         // Only what this step published goes: no record names it yet.

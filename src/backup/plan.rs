@@ -1841,6 +1841,18 @@ mod tests {
         assert_eq!(checked, Some(copied));
     }
 
+    /// The executor clears the run's intent in the note-point step, which
+    /// is right only when that step comes after the record and last.
+    #[test]
+    fn the_point_is_noted_last_after_the_record() {
+        let plan = plan_backup(&facts(Vec::new(), index()), &options()).unwrap();
+        let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
+        assert_eq!(
+            kinds[kinds.len() - 3..],
+            ["write-xml", "write-record", "note-point"],
+            "{kinds:?}"
+        );
+    }
     #[test]
     fn a_deep_live_chain_is_warned_about() {
         let mut f = facts(Vec::new(), index());

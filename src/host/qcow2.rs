@@ -451,9 +451,11 @@ pub fn is_empty_overlay(path: &Path, id: (u64, u64)) -> bool {
 /// Creates the empty overlay `image` at `path`: a new file (never one that
 /// exists), 0600 and owned as the file `like` (the top it goes on, which
 /// QEMU opens), its pieces written and the rest left as holes, flushed
-/// with its directory, so that a guest writing into it after the snapshot
-/// never finds it missing after a crash. A file this call began is removed
-/// again when a step fails. Returns the new file's identity.
+/// (fsync). Its directory is not: the caller flushes each directory once
+/// after making all of a snapshot's overlays (`exec::make_overlays`), before
+/// the snapshot, so that a guest writing into one never finds it missing
+/// after a crash. A file this call began is removed again when a step
+/// fails. Returns the new file's identity.
 pub fn create(path: &Path, image: &Image, like: &Path) -> Result<crate::host::chain::SourceId> {
     use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
     let owner = std::fs::metadata(like).map_err(|e| Error::io("cannot stat", like, e))?;
@@ -475,10 +477,7 @@ pub fn create(path: &Path, image: &Image, like: &Path) -> Result<crate::host::ch
         .and_then(|()| f.sync_all())
         .and_then(|()| f.metadata());
     match written {
-        Ok(meta) => {
-            crate::store::fsutil::sync_dir(path.parent().unwrap_or(Path::new("/")))?;
-            Ok(crate::host::chain::SourceId::of(&meta))
-        }
+        Ok(meta) => Ok(crate::host::chain::SourceId::of(&meta)),
         Err(e) => {
             let _ = std::fs::remove_file(path);
             Err(Error::io("cannot write the overlay", path, e))

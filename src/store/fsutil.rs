@@ -58,7 +58,15 @@ impl TempFile {
 
     /// fsyncs the data, then links it to `dir/name` (never replacing a file)
     /// and removes the temporary name; then fsyncs the directory.
-    pub fn publish(mut self, final_path: &Path) -> Result<()> {
+    pub fn publish(self, final_path: &Path) -> Result<()> {
+        self.publish_unsynced(final_path)?;
+        sync_dir(dir_of(final_path))
+    }
+
+    /// `publish` without the directory's fsync, for a caller that publishes
+    /// several files into one directory and flushes it once, before
+    /// anything names them.
+    pub fn publish_unsynced(mut self, final_path: &Path) -> Result<()> {
         self.file
             .sync_all()
             .map_err(|e| Error::io("cannot flush (fsync)", &self.path, e))?;
@@ -71,8 +79,7 @@ impl TempFile {
         })?;
         self.published = true;
         std::fs::remove_file(&self.path)
-            .map_err(|e| Error::io("cannot remove temporary file", &self.path, e))?;
-        sync_dir(dir_of(final_path))
+            .map_err(|e| Error::io("cannot remove temporary file", &self.path, e))
     }
 }
 

@@ -214,6 +214,16 @@ impl Scenario {
         d
     }
 
+    /// The overlay ledger of domain `dom`, as fi-backup last wrote it.
+    pub fn ledger(&self, dom: &str) -> serde_json::Value {
+        let uuid = virsh(&["domuuid", dom]);
+        let path = self
+            .root
+            .join("fi-state/overlays")
+            .join(format!("{}.json", uuid.trim()));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
     /// The unique libvirt name of domain `short` in this scenario.
     pub fn dom_name(&self, short: &str) -> String {
         format!("{}-{short}", self.name)
