@@ -576,3 +576,61 @@ fn entries_that_are_not_regular_files_are_neither_read_nor_written_through() {
          verify and restore read all 5 writes",
     );
 }
+
+/// A domain's directory in the backup directory, or its images/, that is a
+/// symbolic link to a directory elsewhere (a shared backup disk edited by
+/// hand, or by another host) is never followed: list, verify, prune,
+/// restore and a backup each fail naming it, the files it leads to are
+/// unchanged (hashed) and the domain keeps its chain. Put back as a real
+/// directory, verify passes again.
+#[test]
+fn a_linked_domain_directory_is_not_followed() {
+    let mut s = Scenario::new("linkeddir");
+    let dom = s.start("l", "img", &[DiskSpec::qcow2("l.qcow2", "vda")]);
+    let backup = s.dir("backup");
+    let b = backup.to_str().unwrap();
+    for (n, pattern) in [0x61u8, 0x62].into_iter().enumerate() {
+        guest_write(&dom, 0, pattern, n as u64);
+        s.fi_ok(&["-b", b, &dom]);
+    }
+    let elsewhere = s.dir("elsewhere");
+    let root = backup.join(&dom);
+    let target = s.root.join("restored");
+    for linked in [root.join("images"), root.clone()] {
+        let moved = elsewhere.join(linked.file_name().unwrap());
+        std::fs::rename(&linked, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &linked).unwrap();
+        let before = snapshot_tree(&elsewhere);
+        let live = live_sources(&dom);
+        let says = format!("'{}' exists and is not a directory", linked.display());
+        let restore = restore_args(b, &dom, target.to_str().unwrap(), &[]);
+        for args in [
+            vec!["list", "--backup-dir", b],
+            vec!["verify", "--backup-dir", b],
+            vec!["prune", "--backup-dir", b, "--keep-last", "1"],
+            restore,
+            vec!["-b", b, dom.as_str()],
+        ] {
+            let out = s.fi_within_a_minute(&args, &[]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} through a link: {err}");
+            assert!(err.contains(&says), "{args:?}: {err}");
+        }
+        assert_eq!(
+            snapshot_tree(&elsewhere),
+            before,
+            "written through the link"
+        );
+        assert_eq!(live_sources(&dom), live, "the domain's chain changed");
+        assert!(!target.exists(), "restore wrote its target");
+        std::fs::remove_file(&linked).unwrap();
+        std::fs::rename(&moved, &linked).unwrap();
+        assert_eq!(records(&backup, &dom).len(), 2);
+        s.fi_ok(&["verify", "--backup-dir", b]);
+    }
+    report(
+        "FAIL-CLOSED | a domain's directory, or its images/, linked to a directory elsewhere: \
+         list, verify, prune, restore and -b fail naming it; the linked files hashed unchanged, \
+         the live chain unchanged, no restore target; put back, both points verify",
+    );
+}

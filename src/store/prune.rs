@@ -769,6 +769,7 @@ fn check_journal(j: &Journal) -> std::result::Result<(), String> {
 /// under the directory lock by prune and by every backup into the
 /// directory.
 pub fn finish_unfinished(dir: &DomainDir, domain: &str) -> Result<()> {
+    dir.check_no_links()?;
     if let Some(j) = load_journal(dir)? {
         log::warn!(
             "Finishing the prune of '{domain}' that an interrupted run left ({})",

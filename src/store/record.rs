@@ -211,6 +211,23 @@ impl DomainDir {
     pub fn xml_path(&self, ts: &str) -> PathBuf {
         self.points().join(format!("{ts}.xml"))
     }
+    /// The domain's directory and its images/ and points/ are each a real
+    /// directory or missing: a link is never followed (it is read from a
+    /// disk that may be shared, and a backup, prune, restore, verify or
+    /// sync through it would read, write or delete files outside the
+    /// backup directory). An error names the first that is not.
+    pub fn check_no_links(&self) -> Result<()> {
+        for d in [self.root.clone(), self.images(), self.points()] {
+            match std::fs::symlink_metadata(&d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(Error::NotADirectory(d)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot inspect", &d, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the directories (0700) and removes temporary files an
     /// interrupted run left in them.
     pub fn create(&self) -> Result<()> {
@@ -242,6 +259,7 @@ impl Index {
     /// a record that does not parse or does not match its file name is
     /// rejected (reported, never trusted).
     pub fn load(dir: &DomainDir) -> Result<Index> {
+        dir.check_no_links()?;
         let mut index = Index {
             names: list_names(&dir.images())?,
             present: [dir.root.clone(), dir.images(), dir.points()]
@@ -305,6 +323,8 @@ pub fn domains_in(backup_dir: &std::path::Path) -> Result<Vec<String>> {
     for e in entries {
         let e = e.map_err(|e| Error::io("cannot list", backup_dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
+        // A link that leads to a domain's directory counts as one, so that
+        // reading it fails loudly, naming it (`Index::load` follows no link).
         if e.path().join("points").is_dir() {
             domains.push(name);
         } else if !name.starts_with('.') {
