@@ -322,13 +322,10 @@ fn make_overlays(maker: &Maker) -> Result<Vec<(&Path, (u64, u64))>> {
         }
     }
     // Each directory they were made in is flushed once, after all of them.
-    let mut dirs: Vec<&Path> = made
-        .iter()
-        .map(|(p, _)| p.parent().unwrap_or(Path::new("/")))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    if let Some(e) = dirs.into_iter().find_map(|d| fsutil::sync_dir(d).err()) {
+    if let Err(e) = fsutil::sync_dirs(
+        made.iter()
+            .map(|(p, _)| p.parent().unwrap_or(Path::new("/"))),
+    ) {
         remove(&made);
         return Err(e);
     }
@@ -564,10 +561,7 @@ pub fn copy_all(list: &[CopyJob], pool: &Pool) -> Result<Vec<Copied>> {
     // them and before anything names them (one fsync a directory, not one
     // a copy).
     if first_error.is_none() {
-        let mut dirs: Vec<&Path> = list.iter().map(|j| j.dest_dir.as_path()).collect();
-        dirs.sort();
-        dirs.dedup();
-        first_error = dirs.into_iter().find_map(|d| fsutil::sync_dir(d).err());
+        first_error = fsutil::sync_dirs(list.iter().map(|j| j.dest_dir.as_path())).err();
     }
     if let Some(e) = first_error {
         // Only what this step published goes: no record names it yet.

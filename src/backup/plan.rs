@@ -1853,6 +1853,7 @@ mod tests {
             "{kinds:?}"
         );
     }
+
     #[test]
     fn a_deep_live_chain_is_warned_about() {
         let mut f = facts(Vec::new(), index());

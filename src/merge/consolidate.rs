@@ -1109,10 +1109,10 @@ fn start_job(dom: &Dom, p: &DiskPlan, bandwidth_mib: u64) -> Result<()> {
 /// so, waiting up to 10 s for either (a QEMU that runs answers at once; a
 /// slow host may take seconds to process a dead one's end); neither by then
 /// is an error (unknown, which each caller treats as not running). The
-/// probe is the disk's I/O counters,
-/// which libvirt always asks QEMU for; a block job query is not one: when
-/// libvirt has already processed the end of the job QEMU cancelled as it
-/// quit, it answers "no job" itself, while the domain still looks active.
+/// probe is the disk's I/O counters, which libvirt always asks QEMU for; a
+/// block job query is not one: when libvirt has already processed the end
+/// of the job QEMU cancelled as it quit, it answers "no job" itself, while
+/// the domain still looks active.
 fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -182,6 +182,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot flush (fsync) directory", dir, e))
 }
 
+/// fsyncs each of `dirs` once (a directory named twice is flushed once),
+/// for files published into them unsynced; the first error.
+pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    let mut dirs: Vec<&Path> = dirs.into_iter().collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.into_iter().try_for_each(sync_dir)
+}
+
 /// Proves, before a snapshot, that `dir` takes files the way a backup
 /// writes them, and has room for copies of `sources`. The probe does what a
 /// copy does, each step named in its error (some file systems refuse one of
