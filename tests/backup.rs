@@ -38,18 +38,7 @@ fn two_disks_two_runs_restore_points_read_back_after_moving() {
     );
     // Both are in the ledger, each noted with its restore point, and the
     // run's intent is cleared (disk only: in the write that entered them).
-    let ledger = s.ledger(&dom);
-    assert!(ledger["intent"].is_null(), "{ledger}");
-    for (_, src) in &live {
-        assert!(
-            ledger["overlays"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|o| o["path"] == src.as_str() && o["point"].is_object()),
-            "{src}: {ledger}"
-        );
-    }
+    s.assert_ledger_settled(&dom);
 
     let moved = s.root.join("moved");
     std::fs::rename(&backup, &moved).unwrap();

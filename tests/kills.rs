@@ -180,17 +180,7 @@ fn sigkill_during_memory_dump_converges() {
     assert_eq!(recs.len(), 1);
     // That run went through: its own intent is cleared (in the write that
     // noted its restore point), and its overlay is in the ledger, noted.
-    let ledger = s.ledger(&dom);
-    assert!(ledger["intent"].is_null(), "{ledger}");
-    let top = live_sources(&dom)[0].1.clone();
-    assert!(
-        ledger["overlays"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["path"] == top.as_str() && o["point"].is_object()),
-        "{ledger}"
-    );
+    s.assert_ledger_settled(&dom);
     let kept = names_in(&state);
     assert_eq!(kept.len(), 1);
     assert_ne!(kept, orphan);

@@ -224,6 +224,24 @@ impl Scenario {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
+    /// After a backup of `dom` that went through: its ledger holds no
+    /// intent, and each disk's live top is in it, noted with its restore
+    /// point.
+    pub fn assert_ledger_settled(&self, dom: &str) {
+        let ledger = self.ledger(dom);
+        assert!(ledger["intent"].is_null(), "{ledger}");
+        for (target, top) in live_sources(dom) {
+            assert!(
+                ledger["overlays"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|o| o["path"] == top.as_str() && o["point"].is_object()),
+                "{target} on {top}: {ledger}"
+            );
+        }
+    }
+
     /// The unique libvirt name of domain `short` in this scenario.
     pub fn dom_name(&self, short: &str) -> String {
         format!("{}-{short}", self.name)
