@@ -24,10 +24,7 @@ fn libvirtd_restart_mid_consolidation() {
     wait_until("libvirtd exits", 30, || {
         !cmd("pgrep", &["-x", "libvirtd"]).status.success()
     });
-    ok("libvirtd", &["-d"]);
-    wait_until("libvirtd answers again", 30, || {
-        cmd("virsh", &["-c", URI, "version"]).status.success()
-    });
+    start_libvirtd();
     assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
     s.fi_ok(&["-c", "--commit-all", &dom]);
     assert_eq!(names_in(&img), ["d.qcow2"]);

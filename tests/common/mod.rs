@@ -1242,8 +1242,14 @@ pub fn restart_libvirtd() {
     wait_until("libvirtd exits", 30, || {
         !cmd("pgrep", &["-x", "libvirtd"]).status.success()
     });
-    ok("libvirtd", &["-d"]);
-    wait_until("libvirtd answers again", 30, || {
-        cmd("virsh", &["-c", URI, "version"]).status.success()
-    });
+    start_libvirtd();
+}
+
+/// Starts libvirtd as scripts/stack does (under tini, which reaps the QEMU
+/// processes at once), waiting until it answers.
+pub fn start_libvirtd() {
+    ok(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-libvirtd"),
+        &[],
+    );
 }
