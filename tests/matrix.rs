@@ -14,7 +14,8 @@
 //!
 //! The multi-disk blockpull and blockcommit cells are then repeated ten
 //! times each (a crash seen one time in three would show with 98% odds).
-//! The matrix is printed with each cell's outcome.
+//! The shapes and the repeats are split over five tests, which cargo runs
+//! side by side; each prints its rows of the matrix, a cell's outcome each.
 
 mod common;
 
@@ -291,31 +292,33 @@ fn restore_cell(
     "ok".into()
 }
 
-#[test]
-fn configuration_matrix() {
-    let mut s = Scenario::new("matrix");
-    let ops = [
-        "-b",
-        "-C blockcommit",
-        "-C blockcommit --commit-through",
-        "-C blockpull",
-        "-c blockcommit",
-        "-c blockpull",
-        "restore new name",
-        "restore in place",
-    ];
+const OPS: [&str; 8] = [
+    "-b",
+    "-C blockcommit",
+    "-C blockcommit --commit-through",
+    "-C blockpull",
+    "-c blockcommit",
+    "-c blockpull",
+    "restore new name",
+    "restore in place",
+];
+
+const LEGEND: &str = "MATRIX | legend | ok: the expected exit status; the guest runs and every disk reads every pattern \
+     written so far; after a -b, the newest point's copies read them and verify passes over every point; \
+     others' files (sibling disk, shared base, a user's overlay) still there, the sibling's byte-identical; \
+     a restored domain runs and reads every pattern. A linked clone's plain blockcommit writes into its own \
+     overlay, not the shared base. refused (shared base): exit 1, the refusal names the sibling and \
+     suggests -m blockpull, with the same checks. refused (block device): exit 1, the refusal names the \
+     device and suggests -m blockcommit (a pull would copy the whole device into a file), with the same \
+     checks; the shape's other disk is pulled all the same (its chain is one file). After -C blockpull a clone shares nothing, so the later \
+     -c blockcommit is its own business and runs.";
+
+/// The matrix's rows of `shapes`, each in a scenario of its own test (the
+/// shapes are split over a few tests so that cargo runs them side by side).
+fn rows(test: &str, shapes: &[&str]) {
+    let mut s = Scenario::new(test);
     let mut rows = Vec::new();
-    for which in [
-        "one",
-        "three",
-        "clone-running",
-        "clone-off",
-        "uefi",
-        "user-overlay",
-        "transient",
-        "spaces",
-        "block",
-    ] {
+    for which in shapes {
         let sh = build(&mut s, which);
         let backup = s.dir(&format!("backup-{which}"));
         let b = backup.to_str().unwrap().to_string();
@@ -379,43 +382,58 @@ fn configuration_matrix() {
         row.push(restore_cell(&mut s, &sh, &backup, &written, true));
         rows.push(row);
     }
-    // Repeats: the three-disk domain's jobs of all disks, again and again.
+    report(LEGEND);
+    report(&format!("MATRIX | shape | {}", OPS.join(" | ")));
+    for r in &rows {
+        report(&format!("MATRIX | {}", r.join(" | ")));
+    }
+}
+
+#[test]
+fn matrix_plain_shapes() {
+    rows("matrix-plain", &["one", "three", "transient", "spaces"]);
+}
+
+#[test]
+fn matrix_shared_files() {
+    rows("matrix-shared", &["clone-running", "clone-off", "user-overlay"]);
+}
+
+#[test]
+fn matrix_firmware_and_block_device() {
+    rows("matrix-devices", &["uefi", "block"]);
+}
+
+/// The three-disk domain's jobs of all disks, again and again.
+fn repeated(test: &str, method: &str) {
+    let mut s = Scenario::new(test);
     let sh = build(&mut s, "three-repeat");
     let backup = s.dir("backup-repeat");
     let b = backup.to_str().unwrap().to_string();
     let mut written: Written = vec![Vec::new(); 3];
-    let mut repeated = Vec::new();
-    for method in ["blockpull", "blockcommit"] {
-        for i in 0..10u8 {
-            let round = if method == "blockpull" { i } else { 10 + i };
-            cell(
-                &s,
-                &sh,
-                &backup,
-                &mut written,
-                round,
-                &["-C", "-m", method, "-b", &b, &sh.dom],
-                false,
-            );
-        }
-        repeated.push(format!("3-disk -C -m {method}: 10 of 10 ok"));
+    for round in 0..10u8 {
+        cell(
+            &s,
+            &sh,
+            &backup,
+            &mut written,
+            round,
+            &["-C", "-m", method, "-b", &b, &sh.dom],
+            false,
+        );
     }
-    report(
-        "MATRIX | legend | ok: the expected exit status; the guest runs and every disk reads every pattern \
-         written so far; after a -b, the newest point's copies read them and verify passes over every point; \
-         others' files (sibling disk, shared base, a user's overlay) still there, the sibling's byte-identical; \
-         a restored domain runs and reads every pattern. A linked clone's plain blockcommit writes into its own \
-         overlay, not the shared base. refused (shared base): exit 1, the refusal names the sibling and \
-         suggests -m blockpull, with the same checks. refused (block device): exit 1, the refusal names the \
-         device and suggests -m blockcommit (a pull would copy the whole device into a file), with the same \
-         checks; the shape's other disk is pulled all the same (its chain is one file). After -C blockpull a clone shares nothing, so the later \
-         -c blockcommit is its own business and runs.",
-    );
-    report(&format!("MATRIX | shape | {}", ops.join(" | ")));
-    for r in &rows {
-        report(&format!("MATRIX | {}", r.join(" | ")));
-    }
-    for r in &repeated {
-        report(&format!("MATRIX | repeated | {r} (guest running, 3 disks read every pattern, newest point reads them, verify passes)"));
-    }
+    report(&format!(
+        "MATRIX | repeated | 3-disk -C -m {method}: 10 of 10 ok (guest running, 3 disks read every \
+         pattern, newest point reads them, verify passes)"
+    ));
+}
+
+#[test]
+fn matrix_repeated_blockpull() {
+    repeated("matrix-pull", "blockpull");
+}
+
+#[test]
+fn matrix_repeated_blockcommit() {
+    repeated("matrix-commit", "blockcommit");
 }
