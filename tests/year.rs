@@ -433,13 +433,18 @@ struct Night {
 fn like_for_like(nightly: &[Night]) -> Vec<String> {
     let say = |n: &Night| {
         format!(
-            "night {} {:.2} s ({} MiB written a guest, {} point(s) pruned)",
+            "night {} {:.3} s ({} MiB written a guest, {} point(s) pruned)",
             n.n, n.seconds, n.writes, n.pruned
         )
     };
     let mut out = Vec::new();
     if let (Some(second), Some(last)) = (nightly.get(1), nightly.last()) {
-        out.push(format!("{}; {}", say(second), say(last)));
+        out.push(format!(
+            "{}; {} ({:.2} x; not asserted)",
+            say(second),
+            say(last),
+            last.seconds / second.seconds
+        ));
     }
     let same: Vec<&Night> = nightly
         .iter()
