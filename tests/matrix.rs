@@ -396,7 +396,10 @@ fn matrix_plain_shapes() {
 
 #[test]
 fn matrix_shared_files() {
-    rows("matrix-shared", &["clone-running", "clone-off", "user-overlay"]);
+    rows(
+        "matrix-shared",
+        &["clone-running", "clone-off", "user-overlay"],
+    );
 }
 
 #[test]
