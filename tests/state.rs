@@ -143,6 +143,20 @@ fn memory_state_is_saved_and_restorable() {
     );
     let recs = records(&backup, &dom);
     assert_eq!(recs[0]["state_file"].as_str(), state_file.to_str());
+    assert_eq!(
+        recs[0]["state_blake3"].as_str(),
+        Some(blake3_file(&state_file).as_str())
+    );
+    let listed = s.fi(&[
+        "list",
+        "--backup-dir",
+        backup.to_str().unwrap(),
+        "--domain",
+        &dom,
+        "--json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["state_blake3"], recs[0]["state_blake3"]);
 
     // Written after the snapshot: must not be in the restored guest.
     guest_write(&dom, 0, 0x82, 0);
@@ -166,12 +180,14 @@ fn memory_state_is_saved_and_restorable() {
 }
 
 /// A record is input: an in-place `--start` resumes a memory state only
-/// from the file fi-backup gave that point's dump, a regular file. With the
-/// record of point A edited to name point B's state, then with A's state
-/// replaced by a link to B's, then with it missing, the restore is refused (exit 2, the
-/// file named) with nothing written: no target, the domain still shut off
-/// and not started; the backup directory hashes the same. Put back,
-/// point A resumes and reads A's data, not B's.
+/// from the file fi-backup gave that point's dump, a regular file that
+/// still hashes to the BLAKE3 the record has. With the record of point A
+/// edited to name point B's state, then with A's state replaced by a link
+/// to B's, then with it missing, then with one byte of it changed, the
+/// restore is refused (exit 2, the file named) with nothing written: no
+/// target, the domain still shut off and not started; the backup directory
+/// hashes the same; `verify` fails naming the damaged state. Put back,
+/// `verify` is clean and point A resumes and reads A's data, not B's.
 #[test]
 fn a_memory_state_is_resumed_only_from_its_own_points_file() {
     let mut s = Scenario::new("memown");
@@ -222,6 +238,23 @@ fn a_memory_state_is_resumed_only_from_its_own_points_file() {
     std::fs::remove_file(&a_state).unwrap();
     refused(&a_state, "is not there");
     std::fs::rename(&aside, &a_state).unwrap();
+
+    // One byte of the dump changed (the file as long as before).
+    let whole = std::fs::read(&a_state).unwrap();
+    let mut damaged = whole.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    std::fs::write(&a_state, &damaged).unwrap();
+    refused(&a_state, "the record says");
+    let out = s.fi(&["verify", "--backup-dir", b]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("memory state '{a_state}'")) && log.contains("(damaged)"),
+        "{log}"
+    );
+    std::fs::write(&a_state, &whole).unwrap();
+    s.fi_ok(&["verify", "--backup-dir", b]);
 
     s.fi_ok(&restore);
     assert_eq!(

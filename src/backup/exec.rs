@@ -407,6 +407,15 @@ fn write_record(
     if outcome.quiesce_dropped {
         record.quiesced = false;
     }
+    // The memory state as the snapshot wrote it: `verify` and an in-place
+    // resume check it against this.
+    if let Some(state) = &record.state_file {
+        let state = Path::new(state);
+        record.state_blake3 = Some(
+            fsutil::blake3_of(state)
+                .map_err(|e| Error::io("cannot read the memory state", state, e))?,
+        );
+    }
     let mut text = serde_json::to_string_pretty(&record)
         .map_err(|e| Error::Encode(format!("cannot encode the record: {e}")))?;
     text.push('\n');

@@ -779,6 +779,8 @@ fn record_head(
                     .to_string_lossy()
                     .into_owned()
             }),
+        // Read from the file once the snapshot wrote it (`write_record`).
+        state_blake3: None,
         disks,
         left_out: facts
             .skipped
@@ -1483,6 +1485,7 @@ mod tests {
             quiesced: false,
             domain_xml: format!("{P1}.xml"),
             state_file: None,
+            state_blake3: None,
             disks: vec![DiskRecord {
                 target: "vda".into(),
                 source: "/v/ov1".into(),

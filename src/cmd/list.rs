@@ -16,6 +16,8 @@ struct Point<'a> {
     bytes: u64,
     disks: Vec<Disk<'a>>,
     state_file: Option<&'a str>,
+    /// The memory state's BLAKE3 as recorded (null in older records).
+    state_blake3: Option<&'a str>,
     left_out: &'a [crate::store::record::LeftOutRecord],
     firmware: &'a [crate::store::record::FirmwareRecord],
     /// Domains that read this point in place (an instant restore): prune
@@ -206,6 +208,7 @@ fn point<'a>(r: &'a Record, in_use: &crate::store::prune::InUse) -> Point<'a> {
             })
             .collect(),
         state_file: r.state_file.as_deref(),
+        state_blake3: r.state_blake3.as_deref(),
         left_out: &r.left_out,
         firmware: &r.firmware,
         in_use_by,

@@ -497,8 +497,7 @@ fn define_checks(
         return Ok(None);
     };
     if let (true, true, Some(state)) = (in_place, args.start, record.state_file.as_deref()) {
-        let found = std::fs::symlink_metadata(state).map(|m| m.file_type());
-        if let Some(why) = memory_state_refusal(state, record, found) {
+        if let Some(why) = memory_state_problem(state, record) {
             return Err(Error::Usage(format!(
                 "the restore point's memory state '{state}' {why}, so '{name}' cannot resume \
                  from it; nothing was written. Restore without --start, then `virsh start \
@@ -764,6 +763,23 @@ fn check_define_name(name: &str) -> Result<()> {
 /// this point's dump (`<domain>.statefile-<point>`: not another point's)
 /// and be a regular file there (not a link to somewhere else, nor a
 /// device). Pure.
+/// What is wrong with the restore point's memory state file `state`: what
+/// `memory_state_refusal` finds, else, where the record has the file's
+/// BLAKE3 (records before it do not), a file that no longer hashes to it.
+/// None when nothing is. `verify` checks the same.
+pub(crate) fn memory_state_problem(state: &str, record: &Record) -> Option<String> {
+    let found = std::fs::symlink_metadata(state).map(|m| m.file_type());
+    if let Some(why) = memory_state_refusal(state, record, found) {
+        return Some(why);
+    }
+    let want = record.state_blake3.as_deref()?;
+    match crate::store::fsutil::blake3_of(Path::new(state)) {
+        Ok(h) if h == want => None,
+        Ok(h) => Some(format!("has BLAKE3 {h}, the record says {want} (damaged)")),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 fn memory_state_refusal(
     state: &str,
     record: &Record,
@@ -1291,6 +1307,7 @@ mod tests {
             quiesced: false,
             domain_xml: "20260101-000001.xml".into(),
             state_file: None,
+            state_blake3: None,
             disks: vec![crate::store::record::DiskRecord {
                 target: "vda".into(),
                 source: "/v/a".into(),

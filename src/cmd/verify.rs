@@ -145,6 +145,18 @@ pub fn verify_domain(dir: &DomainDir, records: &[&Record]) -> Report {
                     .push(r.restore_point.clone());
             }
         }
+        // The memory state lives in the directory `-s` named, outside the
+        // backup directory; a point that has one resumes from it.
+        if let Some(state) = &r.state_file {
+            report.checked += 1;
+            if let Some(problem) = crate::cmd::restore::memory_state_problem(state, r) {
+                report
+                    .problems
+                    .entry(format!("memory state '{state}': {problem}"))
+                    .or_default()
+                    .push(r.restore_point.clone());
+            }
+        }
     }
     report
 }

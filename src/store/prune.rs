@@ -1631,6 +1631,7 @@ mod tests {
             quiesced: false,
             domain_xml: format!("{ts}.xml"),
             state_file: None,
+            state_blake3: None,
             disks: vec![DiskRecord {
                 target: "vda".into(),
                 source: String::new(),

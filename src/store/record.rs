@@ -53,6 +53,10 @@ pub struct Record {
     pub domain_xml: String,
     /// Memory state file (absolute path), if one was saved.
     pub state_file: Option<String>,
+    /// BLAKE3 of the memory state file as the run left it (absent without
+    /// a memory state, and in records older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_blake3: Option<String>,
     /// The disks, in domain order.
     pub disks: Vec<DiskRecord>,
     /// Disks (not CD-ROM or floppy drives) this restore point does not hold, and why.
@@ -509,7 +513,22 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
             ));
         }
     }
+    match (&r.state_file, &r.state_blake3) {
+        (None, Some(_)) => return Err("a memory state's BLAKE3 without a memory state file".into()),
+        (Some(state), Some(h)) if !is_blake3(h) => {
+            return Err(format!(
+                "memory state file '{state}''s BLAKE3 '{}' is not 64 lowercase hex digits",
+                shown(h)
+            ))
+        }
+        _ => {}
+    }
     Ok(())
+}
+
+/// 64 lowercase hex digits, as a BLAKE3 is written.
+fn is_blake3(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The record's names and formats, each checked for what it becomes: a
@@ -560,12 +579,7 @@ fn check_names(r: &Record) -> std::result::Result<(), String> {
         if !names.insert(f.name.as_str()) {
             return Err(format!("file '{}' is described twice", f.name));
         }
-        if f.blake3.len() != 64
-            || !f
-                .blake3
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !is_blake3(&f.blake3) {
             return Err(format!(
                 "file {}'s BLAKE3 '{}' is not 64 lowercase hex digits",
                 f.name,
@@ -633,6 +647,7 @@ mod tests {
             quiesced: false,
             domain_xml: "20260101-000000.xml".into(),
             state_file: None,
+            state_blake3: None,
             disks: vec![DiskRecord {
                 target: "vda".into(),
                 source: "/src/top".into(),
@@ -810,6 +825,19 @@ mod tests {
                 "state file up",
                 |r| r.state_file = Some("/s/../../etc/passwd".into()),
                 "without '..'",
+            ),
+            (
+                "state checksum without a state",
+                |r| r.state_blake3 = Some("a".repeat(64)),
+                "without a memory state file",
+            ),
+            (
+                "state checksum not hex",
+                |r| {
+                    r.state_file = Some("/s/web.statefile-20260101-000000".into());
+                    r.state_blake3 = Some("../../x".into());
+                },
+                "is not 64 lowercase hex digits",
             ),
             (
                 "firmware rel",

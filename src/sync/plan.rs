@@ -510,6 +510,7 @@ mod tests {
             quiesced: false,
             domain_xml: format!("{point}.xml"),
             state_file: None,
+            state_blake3: None,
             disks: vec![DiskRecord {
                 target: "vda".into(),
                 source: "/src/top".into(),
