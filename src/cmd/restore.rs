@@ -755,14 +755,6 @@ fn check_define_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Why the memory state file `state` that `record` names cannot be resumed
-/// by an in-place `--start`, given what lstat found there; None when it
-/// can. The record is input (a backup directory may be shared or edited),
-/// and resuming a memory image over disks of another moment corrupts the
-/// guest's file systems, so the file must have the name fi-backup gave
-/// this point's dump (`<domain>.statefile-<point>`: not another point's)
-/// and be a regular file there (not a link to somewhere else, nor a
-/// device). Pure.
 /// What is wrong with the restore point's memory state file `state`: what
 /// `memory_state_refusal` finds, else, where the record has the file's
 /// BLAKE3 (records before it do not), a file that no longer hashes to it.
@@ -780,6 +772,14 @@ pub(crate) fn memory_state_problem(state: &str, record: &Record) -> Option<Strin
     }
 }
 
+/// Why the memory state file `state` that `record` names cannot be resumed
+/// by an in-place `--start`, given what lstat found there; None when it
+/// can. The record is input (a backup directory may be shared or edited),
+/// and resuming a memory image over disks of another moment corrupts the
+/// guest's file systems, so the file must have the name fi-backup gave
+/// this point's dump (`<domain>.statefile-<point>`: not another point's)
+/// and be a regular file there (not a link to somewhere else, nor a
+/// device). Pure.
 fn memory_state_refusal(
     state: &str,
     record: &Record,
