@@ -149,7 +149,7 @@ pub fn verify_domain(dir: &DomainDir, records: &[&Record]) -> Report {
         // backup directory; a point that has one resumes from it.
         if let Some(state) = &r.state_file {
             report.checked += 1;
-            if let Some(problem) = crate::cmd::restore::memory_state_problem(state, r) {
+            if let Some(problem) = crate::store::record::memory_state_problem(state, r) {
                 report
                     .problems
                     .entry(format!("memory state '{state}': {problem}"))

@@ -526,6 +526,53 @@ pub(crate) fn check_record(r: &Record, path: &Path) -> std::result::Result<(), S
     Ok(())
 }
 
+/// What is wrong with the restore point's memory state file `state`: what
+/// `memory_state_refusal` finds, else, where the record has the file's
+/// BLAKE3 (records before it do not), a file that no longer hashes to it.
+/// None when nothing is. `verify` and an in-place `restore --start` check
+/// it.
+pub fn memory_state_problem(state: &str, record: &Record) -> Option<String> {
+    let found = std::fs::symlink_metadata(state).map(|m| m.file_type());
+    if let Some(why) = memory_state_refusal(state, record, found) {
+        return Some(why);
+    }
+    let want = record.state_blake3.as_deref()?;
+    match crate::store::fsutil::blake3_of(Path::new(state)) {
+        Ok(h) if h == want => None,
+        Ok(h) => Some(format!("has BLAKE3 {h}, the record says {want} (damaged)")),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
+/// Why the memory state file `state` that `record` names cannot be resumed
+/// by an in-place `--start`, given what lstat found there; None when it
+/// can. The record is input (a backup directory may be shared or edited),
+/// and resuming a memory image over disks of another moment corrupts the
+/// guest's file systems, so the file must have the name fi-backup gave
+/// this point's dump (`<domain>.statefile-<point>`: not another point's)
+/// and be a regular file there (not a link to somewhere else, nor a
+/// device). Pure.
+fn memory_state_refusal(
+    state: &str,
+    record: &Record,
+    found: std::io::Result<std::fs::FileType>,
+) -> Option<String> {
+    let expected = format!("{}.statefile-{}", record.domain, record.restore_point);
+    // The record's check made it an absolute path without `..`.
+    if Path::new(state).file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+        return Some(format!(
+            "is not the file fi-backup names this point's dump ('{expected}')"
+        ));
+    }
+    match found {
+        Ok(t) if t.is_file() => None,
+        Ok(t) if t.is_symlink() => Some("is a symbolic link, which is not followed".into()),
+        Ok(_) => Some("is not a regular file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("is not there".into()),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 /// 64 lowercase hex digits, as a BLAKE3 is written.
 fn is_blake3(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -918,5 +965,62 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains("firmware"));
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+    }
+
+    /// `memory_state_refusal` on real file types: only the point's own
+    /// regular file passes.
+    #[test]
+    fn a_memory_state_is_resumed_only_from_this_points_own_regular_file() {
+        let dir = std::env::temp_dir().join(format!("fi-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = dir.join("web.statefile-20260101-000001");
+        std::fs::write(&own, b"state").unwrap();
+        let other = dir.join("web.statefile-20260102-000001");
+        std::fs::write(&other, b"state").unwrap();
+        let linked = dir.join("linked/web.statefile-20260101-000001");
+        std::fs::create_dir_all(linked.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&other, &linked).unwrap();
+        let fifo = dir.join("fifo/web.statefile-20260101-000001");
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let missing = dir.join("gone/web.statefile-20260101-000001");
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(sub.join("web.statefile-20260101-000001")).unwrap();
+        let mut r = record();
+        r.domain = "web".into();
+        r.restore_point = "20260101-000001".into();
+        let cases: &[(&Path, Option<&str>)] = &[
+            (&own, None),
+            (
+                &other,
+                Some("is not the file fi-backup names this point's dump"),
+            ),
+            (Path::new("/etc/passwd"), Some("is not the file")),
+            (&linked, Some("is a symbolic link")),
+            (&fifo, Some("is not a regular file")),
+            (
+                &sub.join("web.statefile-20260101-000001"),
+                Some("is not a regular file"),
+            ),
+            (&missing, Some("is not there")),
+        ];
+        for (path, want) in cases {
+            let state = path.to_str().unwrap();
+            let found = std::fs::symlink_metadata(path).map(|m| m.file_type());
+            let got = memory_state_refusal(state, &r, found);
+            match want {
+                None => assert_eq!(got, None, "{state}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{state}: {got:?}"
+                ),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
