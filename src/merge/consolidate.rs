@@ -1120,8 +1120,8 @@ fn still_running(dom: &Dom, disk: &str) -> Result<bool> {
         if !dom.is_active()? {
             return Ok(false);
         }
-        // The IOThreads query costs QEMU and libvirtd a seventh of the I/O
-        // counters (they were 5 of a -C -b's calls); the counters stay the
+        // The IOThreads query costs QEMU and libvirtd a quarter of the I/O
+        // counters (five probes in a two-disk -C -b); the counters stay the
         // probe where it fails on a QEMU that still answers.
         if blockjob::monitor_answers(dom.raw()) || dom.raw().block_stats(disk).is_ok() {
             return Ok(true);
