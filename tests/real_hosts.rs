@@ -1,5 +1,6 @@
 //! Shapes every real hypervisor has, which the first suite never built:
-//! QEMU dying in the middle of a blockpull, linked clones sharing a base.
+//! QEMU dying in the middle of a blockpull, linked clones sharing a base,
+//! a QEMU that stops answering while libvirt still calls it running.
 //! Each test reads the guest's data back and checks what was (not) deleted.
 
 mod common;
@@ -301,4 +302,49 @@ fn overlays_qemu_cannot_open_are_replaced_by_libvirts_own() {
          snapshot taken again with libvirt's overlay (owned by nobody), exit 0, nothing else \
          left beside the image, 1 pattern read from the copy",
     );
+}
+
+/// The probe `still_running` relies on before anything is deleted really
+/// asks QEMU: it answers for a running domain, waits while QEMU is stopped
+/// (SIGSTOP: libvirt's own state still says running) and answers once it
+/// runs again, and fails for a domain that is shut off (never answered from
+/// its configuration).
+#[test]
+fn the_running_probe_asks_qemu_itself() {
+    use fi_backup::host::ffi::libvirt::monitor_answers;
+    let mut s = Scenario::new("probe");
+    let dom = s.start("vm", "img", &[DiskSpec::qcow2("a.qcow2", "vda")]);
+    let lv = fi_backup::host::libvirt::Libvirt::open("qemu:///system").unwrap();
+    let d = lv.lookup(&dom).unwrap();
+    assert!(monitor_answers(d.raw()), "a running domain's QEMU answers");
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{dom}.pid")).unwrap();
+    let pid = pid.trim().to_string();
+    ok("kill", &["-STOP", &pid]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = dom.clone();
+    let probe = std::thread::spawn(move || {
+        let lv = fi_backup::host::libvirt::Libvirt::open("qemu:///system").unwrap();
+        let d = lv.lookup(&name).unwrap();
+        tx.send(monitor_answers(d.raw())).unwrap();
+    });
+    let early = rx.recv_timeout(std::time::Duration::from_secs(2));
+    let state = virsh(&["domstate", &dom]);
+    ok("kill", &["-CONT", &pid]);
+    assert_eq!(state.trim(), "running");
+    assert!(
+        early.is_err(),
+        "the probe answered while QEMU was stopped: {early:?}"
+    );
+    let late = rx.recv_timeout(std::time::Duration::from_secs(30));
+    probe.join().unwrap();
+    assert_eq!(late, Ok(true), "the probe answers once QEMU runs again");
+    virsh(&["destroy", &dom]);
+    assert!(
+        !monitor_answers(d.raw()),
+        "a shut-off domain has no QEMU to answer"
+    );
+    report(&format!(
+        "PROBE | {dom}: the IOThreads query answered while running, waited 2 s with QEMU \
+         SIGSTOPped (libvirt said running), answered after SIGCONT, failed once shut off"
+    ));
 }
