@@ -336,8 +336,8 @@ fn the_running_probe_asks_qemu_itself() {
         "the probe answered while QEMU was stopped: {early:?}"
     );
     let late = rx.recv_timeout(std::time::Duration::from_secs(30));
-    probe.join().unwrap();
     assert_eq!(late, Ok(true), "the probe answers once QEMU runs again");
+    probe.join().unwrap();
     virsh(&["destroy", &dom]);
     assert!(
         !monitor_answers(d.raw()),
