@@ -99,3 +99,6 @@ pub mod progress;
 pub mod report;
 pub mod steps;
 pub mod units;
+
+#[cfg(test)]
+mod testutil;

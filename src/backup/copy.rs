@@ -517,10 +517,7 @@ mod tests {
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fi-copy-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::testutil::scratch(&format!("copy-{name}"))
     }
 
     fn job(source: PathBuf, dest_dir: PathBuf, backing: Option<(&str, &str)>) -> CopyJob {

@@ -538,8 +538,7 @@ mod tests {
     /// identity cannot be read without the file above it, is forgotten.
     #[test]
     fn a_base_that_may_have_been_written_is_forgotten() {
-        let dir = std::env::temp_dir().join(format!("fi-journal-base-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch("journal-base");
         let file = dir.join("base");
         std::fs::write(&file, b"data").unwrap();
         let now = SourceId::read(&file).unwrap();

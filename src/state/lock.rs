@@ -70,8 +70,7 @@ mod tests {
 
     #[test]
     fn second_lock_on_the_same_domain_fails() {
-        let dir = std::env::temp_dir().join(format!("fi-lock-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch("lock-test");
         let first = lock_domain(&dir, "d", "u-1").unwrap();
         let second = lock_domain(&dir, "d", "u-1").unwrap_err();
         assert!(second.to_string().contains("'d'"), "{second}");

@@ -402,17 +402,11 @@ mod tests {
 
     #[test]
     fn input_is_read_only_from_a_regular_file_of_bounded_length() {
-        let dir = std::env::temp_dir().join(format!("fi-read-input-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch("read-input");
         let file = dir.join("record.json");
         std::fs::write(&file, b"{\"a\": 12}").unwrap();
         let fifo = dir.join("fifo.json");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        crate::testutil::mkfifo(&fifo);
         let link = dir.join("link.json");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let zero = dir.join("zero.json");

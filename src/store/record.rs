@@ -971,9 +971,7 @@ mod tests {
     /// regular file passes.
     #[test]
     fn a_memory_state_is_resumed_only_from_this_points_own_regular_file() {
-        let dir = std::env::temp_dir().join(format!("fi-state-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch("state");
         let own = dir.join("web.statefile-20260101-000001");
         std::fs::write(&own, b"state").unwrap();
         let other = dir.join("web.statefile-20260102-000001");
@@ -983,11 +981,7 @@ mod tests {
         std::os::unix::fs::symlink(&other, &linked).unwrap();
         let fifo = dir.join("fifo/web.statefile-20260101-000001");
         std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        crate::testutil::mkfifo(&fifo);
         let missing = dir.join("gone/web.statefile-20260101-000001");
         let sub = dir.join("sub");
         std::fs::create_dir_all(sub.join("web.statefile-20260101-000001")).unwrap();

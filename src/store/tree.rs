@@ -525,8 +525,7 @@ mod tests {
 
     #[test]
     fn a_rehash_reads_the_stale_leaves_and_equals_hashing_whole() {
-        let dir = std::env::temp_dir().join(format!("fi-tree-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch("tree");
         let path = dir.join("f");
         let l = LEAF;
         for (len, cap, writes, new_len) in [
