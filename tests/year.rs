@@ -10,8 +10,12 @@
 //! over all points made keeps, covering the same months and the same last
 //! 7 days; nightly application is path-dependent, as in PBS); each restores its own
 //! night bit-exact; verify is clean; the live chains are at most 2 files;
-//! the directory holds no file that no point reads. Alone in its binary
-//! (it restarts libvirtd).
+//! the directory holds no file that no point reads. Then, as a control,
+//! a third as many nights more (at most 40) of the year's pair and a young
+//! pair of the same shape in turns, each into its own directory: their
+//! nights of the same work, at the same hour, show what grows with history
+//! apart from this machine's drift (printed, not asserted). Alone in its
+//! binary (it restarts libvirtd).
 
 mod common;
 
@@ -179,18 +183,9 @@ fn a_year_of_nights() {
     for n in 1..=nights {
         let day = start + chrono::Days::new(u64::from(n - 1));
         let when = format!("{day} 01:30:00");
-        let writes = match n % 10 {
-            0 => 0,
-            5 => 12,
-            _ => 2,
-        };
+        let writes = writes_of(n);
         for d in &doms {
-            for j in 0..writes {
-                let disk = (j % 2) as usize;
-                let span = if disk == 0 { 56 } else { 30 };
-                let pattern = ((n * 7 + j) % 250 + 2) as u8;
-                guest_write(d, disk, pattern, u64::from((n * 3 + j * 5) % span));
-            }
+            write_night(d, n, writes);
         }
         if n == 2 * nights / 3 {
             restart_libvirtd();
@@ -410,6 +405,181 @@ fn a_year_of_nights() {
     for r in like_for_like(&nightly) {
         report(&format!("YEAR | {r}"));
     }
+    // The control: more nights of the year's pair and a young pair in
+    // turns, the same line into directories of their own.
+    let mut old = Pair {
+        doms: doms.clone(),
+        bk: bk.clone(),
+        metrics: metrics.to_str().unwrap().to_string(),
+        kept: doms
+            .iter()
+            .map(|d| (d.clone(), point_names(&backup, d).len()))
+            .collect(),
+    };
+    let mut young = Pair::young(&mut s);
+    let mut paired = Vec::new();
+    let extra = (nights / 3).min(40);
+    for n in nights + 1..=nights + extra {
+        let day = start + chrono::Days::new(u64::from(n - 1));
+        let when = format!("{day} 01:30:00");
+        let writes = writes_of(n);
+        for d in old.doms.iter().chain(&young.doms) {
+            write_night(d, n, writes);
+        }
+        let plain = n % 15 == 7;
+        // In turns, which pair runs first (the page cache, libvirtd's
+        // last call).
+        paired.push(if n % 2 == 1 {
+            let y = young.night(&s, n, writes, plain, &when);
+            (old.night(&s, n, writes, plain, &when), y)
+        } else {
+            let o = old.night(&s, n, writes, plain, &when);
+            (o, young.night(&s, n, writes, plain, &when))
+        });
+    }
+    s.fi_ok(&["verify", "--backup-dir", &bk]);
+    s.fi_ok(&["verify", "--backup-dir", &young.bk]);
+    for d in &young.doms {
+        for t in ["vda", "vdb"] {
+            let chain = chain_names(Path::new(&top_of(d, t)));
+            let limit = if *d == young.doms[1] && t == "vda" {
+                3
+            } else {
+                2
+            };
+            assert!(chain.len() <= limit, "{d} {t}: {chain:?}");
+        }
+    }
+    if let Some(r) = same_hour(&paired, nights) {
+        report(&format!("YEAR | {r}"));
+    }
+}
+
+/// What each guest writes before night `n`, in MiB: some nights nothing,
+/// some much.
+fn writes_of(n: u32) -> u32 {
+    match n % 10 {
+        0 => 0,
+        5 => 12,
+        _ => 2,
+    }
+}
+
+/// Night `n`'s writes into both disks of the running domain `d`, 1 MiB each.
+fn write_night(d: &str, n: u32, writes: u32) {
+    for j in 0..writes {
+        let disk = (j % 2) as usize;
+        let span = if disk == 0 { 56 } else { 30 };
+        let pattern = ((n * 7 + j) % 250 + 2) as u8;
+        guest_write(d, disk, pattern, u64::from((n * 3 + j * 5) % span));
+    }
+}
+
+/// Two domains run by one line into one backup directory: the year's pair,
+/// and for the control a young pair of its shape (one qcow2 and one raw
+/// disk each, the second a linked clone of the year's shared base). Single
+/// nights on this machine vary by a factor of 2 with its hour; a night of
+/// each pair run one right after the other does not.
+struct Pair {
+    doms: [String; 2],
+    bk: String,
+    metrics: String,
+    /// Points kept a domain after the last run.
+    kept: BTreeMap<String, usize>,
+}
+
+impl Pair {
+    fn young(s: &mut Scenario) -> Pair {
+        let img = s.dir("img");
+        create_overlay(&img.join("yb.qcow2"), "base.qcow2", "qcow2");
+        let a = s.start(
+            "ya",
+            "img",
+            &[
+                DiskSpec::qcow2("ya.qcow2", "vda"),
+                DiskSpec::raw("ya-data.raw", "vdb"),
+            ],
+        );
+        let b = s.start(
+            "yb",
+            "img",
+            &[
+                DiskSpec::qcow2("yb.qcow2", "vda"),
+                DiskSpec::raw("yb-data.raw", "vdb"),
+            ],
+        );
+        Pair {
+            doms: [a, b],
+            bk: s.dir("backup-young").to_str().unwrap().to_string(),
+            metrics: s.root.join("young.prom").to_str().unwrap().to_string(),
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// The pair's run of night `n` (`-C -b`, or `-b` when `plain`, with
+    /// the year's policy): what it did and how long it took.
+    fn night(&mut self, s: &Scenario, n: u32, writes: u32, plain: bool, when: &str) -> Night {
+        let mut args: Vec<&str> = if plain { vec!["-b"] } else { vec!["-C", "-b"] };
+        args.push(&self.bk);
+        args.extend(KEEP);
+        let both = format!("{} {}", self.doms[0], self.doms[1]);
+        args.extend(["--metrics", &self.metrics, "-d", &both]);
+        let before = images(Path::new(&self.bk));
+        let started = std::time::Instant::now();
+        let out = fi_at(s, when, None, &args);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{both}, night {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Each run makes one point a domain: the rest of the change is the
+        // prune's.
+        let mut pruned = 0;
+        for d in &self.doms {
+            let now = point_names(Path::new(&self.bk), d).len();
+            let was = self.kept.insert(d.clone(), now).unwrap_or(0);
+            pruned += was + 1 - now;
+        }
+        Night {
+            n,
+            writes,
+            plain,
+            pruned,
+            seconds,
+            rss_kib: peak_rss_kib(&out.stderr),
+            rewritten: rewritten(&before, &images(Path::new(&self.bk))),
+        }
+    }
+}
+
+/// The year's pair against the young pair on the nights after the year
+/// when both did the same work (`-C -b`, 2 MiB written a guest, one point
+/// pruned a domain), one run right after the other.
+fn same_hour(paired: &[(Night, Night)], nights: u32) -> Option<String> {
+    let same = |n: &Night| !n.plain && n.writes == 2 && n.pruned == 2;
+    let both: Vec<&(Night, Night)> = paired.iter().filter(|(o, y)| same(o) && same(y)).collect();
+    let (first, last) = (both.first()?, both.last()?);
+    let k = both.len() as f64;
+    let mean = |f: fn(&(Night, Night)) -> f64| both.iter().map(|p| f(p)).sum::<f64>() / k;
+    let (old, young) = (mean(|p| p.0.seconds), mean(|p| p.1.seconds));
+    Some(format!(
+        "same hour, same work (-C -b, 2 MiB written a guest, one point pruned a domain), on {} \
+         of nights {}-{}: the year's pair {:.3} s a night, a pair started on night {} {:.3} s \
+         ({:.2} x; not asserted); peak RSS {:.1} MiB against {:.1} MiB, files the prune \
+         rewrote {:.1} MiB against {:.1} MiB (means)",
+        both.len(),
+        first.0.n,
+        last.0.n,
+        old,
+        nights + 1,
+        young,
+        old / young,
+        mean(|p| p.0.rss_kib as f64) / 1024.0,
+        mean(|p| p.1.rss_kib as f64) / 1024.0,
+        mean(|p| p.0.rewritten as f64) / f64::from(1 << 20),
+        mean(|p| p.1.rewritten as f64) / f64::from(1 << 20),
+    ))
 }
 
 /// One timed run: its night, the MiB each guest wrote before it, whether
