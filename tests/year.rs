@@ -434,7 +434,7 @@ fn a_year_of_nights() {
     s.fi_ok(&["verify", "--backup-dir", &bk]);
     s.fi_ok(&["verify", "--backup-dir", &young.bk]);
     short_chains(&young.doms);
-    if let Some(r) = same_hour(&paired, nights) {
+    for r in same_hour(&paired, nights) {
         report(&format!("YEAR | {r}"));
     }
 }
@@ -550,33 +550,67 @@ impl Pair {
     }
 }
 
-/// The year's pair against the young pair on the nights after the year
-/// when both did the same work (`-C -b`, 2 MiB written a guest, one point
-/// pruned a domain), one run right after the other.
-fn same_hour(paired: &[(Night, Night)], nights: u32) -> Option<String> {
-    let same = |n: &Night| !n.plain && n.writes == 2 && n.pruned == 2;
-    let both: Vec<&(Night, Night)> = paired.iter().filter(|(o, y)| same(o) && same(y)).collect();
-    let (first, last) = (both.first()?, both.last()?);
-    let k = both.len() as f64;
-    let mean = |f: fn(&(Night, Night)) -> f64| both.iter().map(|p| f(p)).sum::<f64>() / k;
-    let (old, young) = (mean(|p| p.0.seconds), mean(|p| p.1.seconds));
-    Some(format!(
-        "same hour, same work (-C -b, 2 MiB written a guest, one point pruned a domain), on {} \
-         of nights {}-{}: the year's pair {:.3} s a night, a pair started on night {} {:.3} s \
-         ({:.2} x; not asserted); peak RSS {:.1} MiB against {:.1} MiB, files the prune \
-         rewrote {:.1} MiB against {:.1} MiB (means)",
-        both.len(),
-        first.0.n,
-        last.0.n,
-        old,
-        nights + 1,
-        young,
-        old / young,
-        mean(|p| p.0.rss_kib as f64) / 1024.0,
-        mean(|p| p.1.rss_kib as f64) / 1024.0,
-        mean(|p| p.0.rewritten as f64) / f64::from(1 << 20),
-        mean(|p| p.1.rewritten as f64) / f64::from(1 << 20),
-    ))
+/// The year's pair against the young pair on the nights after the year,
+/// one run right after the other: first where the young pair did night 2's
+/// work (`-C -b`, 2 MiB written a guest, nothing to prune: its second
+/// night on, before its first prune) and the year's pair its own work on
+/// the same nights (what it prunes with a year of points); then where both
+/// did the same work (`-C -b`, 2 MiB written a guest, one point pruned a
+/// domain).
+fn same_hour(paired: &[(Night, Night)], nights: u32) -> Vec<String> {
+    let plain_2 = |n: &Night| !n.plain && n.writes == 2;
+    let early: Vec<&(Night, Night)> = paired
+        .iter()
+        .take_while(|(_, y)| y.pruned == 0)
+        .filter(|(o, y)| y.n > nights + 1 && plain_2(o) && plain_2(y))
+        .collect();
+    let same: Vec<&(Night, Night)> = paired
+        .iter()
+        .filter(|(o, y)| plain_2(o) && plain_2(y) && o.pruned == 2 && y.pruned == 2)
+        .collect();
+    let mut out = Vec::new();
+    if let (Some(first), Some(last)) = (early.first(), early.last()) {
+        let k = early.len() as f64;
+        let mean = |f: fn(&(Night, Night)) -> f64| early.iter().map(|p| f(p)).sum::<f64>() / k;
+        out.push(format!(
+            "same hour, night 2's work against a year-old night's: on {} of nights {}-{} (-C -b, \
+             2 MiB written a guest), the year's pair {:.3} s a night ({:.1} point(s) pruned a \
+             night), a pair started on night {}, on its nights {}-{} with nothing to prune, \
+             {:.3} s ({:.2} x; not asserted)",
+            early.len(),
+            first.0.n,
+            last.0.n,
+            mean(|p| p.0.seconds),
+            mean(|p| p.0.pruned as f64),
+            nights + 1,
+            first.1.n - nights,
+            last.1.n - nights,
+            mean(|p| p.1.seconds),
+            mean(|p| p.0.seconds) / mean(|p| p.1.seconds),
+        ));
+    }
+    if let (Some(first), Some(last)) = (same.first(), same.last()) {
+        let k = same.len() as f64;
+        let mean = |f: fn(&(Night, Night)) -> f64| same.iter().map(|p| f(p)).sum::<f64>() / k;
+        out.push(format!(
+            "same hour, same work (-C -b, 2 MiB written a guest, one point pruned a domain), on \
+             {} of nights {}-{}: the year's pair {:.3} s a night, a pair started on night {} \
+             {:.3} s ({:.2} x; not asserted); peak RSS {:.1} MiB against {:.1} MiB, files the \
+             prune rewrote {:.1} MiB against {:.1} MiB (means)",
+            same.len(),
+            first.0.n,
+            last.0.n,
+            mean(|p| p.0.seconds),
+            nights + 1,
+            mean(|p| p.1.seconds),
+            mean(|p| p.0.seconds) / mean(|p| p.1.seconds),
+            mean(|p| p.0.rss_kib as f64) / 1024.0,
+            mean(|p| p.1.rss_kib as f64) / 1024.0,
+            mean(|p| p.0.rewritten as f64) / f64::from(1 << 20),
+            mean(|p| p.1.rewritten as f64) / f64::from(1 << 20),
+        ));
+    }
+    out
 }
 
 /// One timed run: its night, the MiB each guest wrote before it, whether
