@@ -12,10 +12,11 @@
 //! night bit-exact; verify is clean; the live chains are at most 2 files;
 //! the directory holds no file that no point reads. Then, as a control,
 //! a third as many nights more (at most 40) of the year's pair and a young
-//! pair of the same shape in turns, each into its own directory: their
-//! nights of the same work, at the same hour, show what grows with history
-//! apart from this machine's drift (printed, not asserted). Alone in its
-//! binary (it restarts libvirtd).
+//! pair of the same shape in turns, each into its own directory: the year's
+//! nights against the young pair's first ones (night 2's work) and against
+//! its nights of the same work, at the same hour, show what grows with
+//! history apart from this machine's drift (printed, not asserted). Alone
+//! in its binary (it restarts libvirtd).
 
 mod common;
 
@@ -573,7 +574,7 @@ fn same_hour(paired: &[(Night, Night)], nights: u32) -> Vec<String> {
         let k = early.len() as f64;
         let mean = |f: fn(&(Night, Night)) -> f64| early.iter().map(|p| f(p)).sum::<f64>() / k;
         out.push(format!(
-            "same hour, night 2's work against a year-old night's: on {} of nights {}-{} (-C -b, \
+            "same hour, the year's pair against night 2's work: on {} of nights {}-{} (-C -b, \
              2 MiB written a guest), the year's pair {:.3} s a night ({:.1} point(s) pruned a \
              night), a pair started on night {}, on its nights {}-{} with nothing to prune, \
              {:.3} s ({:.2} x; not asserted)",
