@@ -144,24 +144,8 @@ fn a_year_of_nights() {
     let img = s.dir("img");
     create_image(&img.join("base.qcow2"), "qcow2", "64M");
     image_write(&img.join("base.qcow2"), "qcow2", 0x11, 60);
-    create_overlay(&img.join("b.qcow2"), "base.qcow2", "qcow2");
     create_overlay(&img.join("c.qcow2"), "base.qcow2", "qcow2");
-    let a = s.start(
-        "a",
-        "img",
-        &[
-            DiskSpec::qcow2("a.qcow2", "vda"),
-            DiskSpec::raw("a-data.raw", "vdb"),
-        ],
-    );
-    let b = s.start(
-        "b",
-        "img",
-        &[
-            DiskSpec::qcow2("b.qcow2", "vda"),
-            DiskSpec::raw("b-data.raw", "vdb"),
-        ],
-    );
+    let [a, b] = start_pair(&mut s, "a", "b");
     let sibling = s.define("c", "img", &[DiskSpec::qcow2("c.qcow2", "vda")]);
     let sibling_hash = blake3_file(&img.join("c.qcow2"));
     let base_hash = blake3_file(&img.join("base.qcow2"));
@@ -440,6 +424,24 @@ fn a_year_of_nights() {
     }
 }
 
+/// Starts a pair of the year's shape in img/: domains `first` and `clone`,
+/// each with a qcow2 vda and a raw vdb, the clone's vda a new overlay over
+/// img/base.qcow2.
+fn start_pair(s: &mut Scenario, first: &str, clone: &str) -> [String; 2] {
+    let img = s.dir("img");
+    create_overlay(&img.join(format!("{clone}.qcow2")), "base.qcow2", "qcow2");
+    [first, clone].map(|d| {
+        s.start(
+            d,
+            "img",
+            &[
+                DiskSpec::qcow2(&format!("{d}.qcow2"), "vda"),
+                DiskSpec::raw(&format!("{d}-data.raw"), "vdb"),
+            ],
+        )
+    })
+}
+
 /// A pair's live chains: the base and one overlay a disk; the second
 /// domain's vda, a linked clone, its own overlay too, over the shared base.
 fn short_chains(pair: &[String; 2]) {
@@ -488,26 +490,8 @@ struct Pair {
 
 impl Pair {
     fn young(s: &mut Scenario) -> Pair {
-        let img = s.dir("img");
-        create_overlay(&img.join("yb.qcow2"), "base.qcow2", "qcow2");
-        let a = s.start(
-            "ya",
-            "img",
-            &[
-                DiskSpec::qcow2("ya.qcow2", "vda"),
-                DiskSpec::raw("ya-data.raw", "vdb"),
-            ],
-        );
-        let b = s.start(
-            "yb",
-            "img",
-            &[
-                DiskSpec::qcow2("yb.qcow2", "vda"),
-                DiskSpec::raw("yb-data.raw", "vdb"),
-            ],
-        );
         Pair {
-            doms: [a, b],
+            doms: start_pair(s, "ya", "yb"),
             bk: s.dir("backup-young").to_str().unwrap().to_string(),
             metrics: s.root.join("young.prom").to_str().unwrap().to_string(),
             kept: BTreeMap::new(),
